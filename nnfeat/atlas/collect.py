@@ -1,0 +1,220 @@
+"""Atlas stage 1: sample activations (and class attributions) from a dataset, streamed to disk.
+
+For each image, ``per_image`` distinct random spatial positions of the layer are sampled; each sample
+keeps the activation vector there (C,) and, when the model outputs logits (B, K), the attribution of
+every class at that position, ``sum_c act[c] * d logit_k / d act[c]`` (REFERENCE §4.1).
+
+Results go to memory-mapped ``.npy`` files in ``directory`` as they are computed, so a million samples
+never have to fit in memory, and an interrupted collection resumes at the batch it reached:
+
+* ``acts.npy``    (N, C) float32 activation vectors
+* ``attr.npy``    (N, K) float32 class attributions (only when the model has logits)
+* ``samples.npy`` (N, 2) int64: dataset image index, flat position index in the layer's map
+* ``collect.json`` settings key, layer shape, number of batches done, ``complete`` flag
+
+Randomness is drawn from a generator seeded by (seed, batch index), so a resumed collection equals an
+uninterrupted one.
+"""
+
+from __future__ import annotations
+
+import math
+import zlib
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from nnfeat.data import ImageSet
+from nnfeat.errors import NnfeatError
+from nnfeat.hooks import ActivationCapture
+from nnfeat.io import read_json, write_json
+from nnfeat.models.base import OUTPUT, Model
+
+META_FILE = "collect.json"
+
+
+def stage_seed(seed: int, stage: str, index: int = 0) -> int:
+    """A well-mixed 63-bit seed for (seed, stage, index): independent of any running RNG."""
+    words = [int(seed) & 0xFFFFFFFF, zlib.crc32(stage.encode()), int(index) & 0xFFFFFFFF]
+    high, low = (int(w) for w in np.random.SeedSequence(words).generate_state(2))
+    return ((high << 32) | low) & 0x7FFFFFFFFFFFFFFF
+
+
+def generator(seed: int, stage: str, index: int = 0) -> torch.Generator:
+    """A CPU torch.Generator seeded from (seed, stage, index)."""
+    return torch.Generator().manual_seed(stage_seed(seed, stage, index))
+
+
+def positions_view(act: torch.Tensor) -> torch.Tensor:
+    """Any activation -> (B, P, C): conv maps (B,C,H,W) -> positions y*W+x; tokens (B,N,C); vectors (B,C) -> P=1."""
+    if act.dim() == 4:
+        return act.flatten(2).transpose(1, 2)
+    if act.dim() == 3:
+        return act
+    if act.dim() == 2:
+        return act.unsqueeze(1)
+    raise NnfeatError(f"unsupported activation shape {tuple(act.shape)}: expected (B,C,H,W), (B,N,C) or (B,C)")
+
+
+@dataclass
+class Collected:
+    """Memory-mapped collection results (see the module docstring).
+
+    Attributes:
+        acts: (N, C) float32.
+        attr: (N, K) float32 or None when the model has no logits.
+        samples: (N, 2) int64 (image index, flat position).
+        layer_shape: the layer's activation shape without batch, e.g. (64, 8, 8).
+    """
+
+    acts: np.ndarray
+    attr: np.ndarray | None
+    samples: np.ndarray
+    layer_shape: tuple[int, ...]
+
+    def __len__(self) -> int:
+        return len(self.acts)
+
+    @property
+    def image_index(self) -> np.ndarray:
+        return self.samples[:, 0]
+
+    def position_yx(self, index: int) -> tuple[int, int]:
+        """(y, x) of sample ``index`` in the layer's map ((0, token) for tokens)."""
+        flat = int(self.samples[index, 1])
+        if len(self.layer_shape) == 3:
+            return divmod(flat, self.layer_shape[2])
+        return 0, flat
+
+
+def load_collected(directory: Path) -> Collected:
+    """Open a complete collection in ``directory`` (memory-mapped, read-only)."""
+    directory = Path(directory)
+    meta = read_json(directory / META_FILE)
+    attr = np.load(directory / "attr.npy", mmap_mode="r") if meta["has_attribution"] else None
+    return Collected(
+        acts=np.load(directory / "acts.npy", mmap_mode="r"),
+        attr=attr,
+        samples=np.load(directory / "samples.npy", mmap_mode="r"),
+        layer_shape=tuple(meta["layer_shape"]),
+    )
+
+
+def model_logit_count(model: Model) -> int | None:
+    """K when the model's output is a (B, K) logit vector, else None."""
+    shape = model.layer_shapes([OUTPUT])[OUTPUT]
+    return int(shape[1]) if len(shape) == 2 else None
+
+
+def collect(model: Model, layer: str, images: ImageSet, directory: Path, *, n: int, per_image: int = 1,
+            seed: int = 0, batch_size: int = 128, attribution: bool = True, key: str = "",
+            progress: bool = True) -> Collected:
+    """Sample ``n`` activations of ``layer`` (``per_image`` positions per image) into ``directory``.
+
+    Images are a random subset (seeded) of ``ceil(n / per_image)`` images, all of them if there are
+    fewer; so the collection holds ``images_used * per_image`` samples. A complete collection with the
+    same ``key`` is reused; a partial one resumes at the batch it reached.
+
+    Returns:
+        :class:`Collected` (memory-mapped).
+    """
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    meta_path = directory / META_FILE
+    device = model.device
+    size = tuple(model.input_size)
+    layer_shape = tuple(model.layer_shapes([layer], size)[layer][1:])
+    probe = positions_view(torch.zeros((1, *layer_shape)))
+    positions, channels = probe.shape[1], probe.shape[2]
+    if per_image < 1:
+        raise NnfeatError(f"--per-image must be at least 1, got {per_image}")
+    per_image = min(per_image, positions)
+    if n < 1:
+        raise NnfeatError(f"--n must be at least 1, got {n}")
+    logits = model_logit_count(model) if attribution else None
+
+    image_count = min(len(images), math.ceil(n / per_image))
+    order = torch.randperm(len(images), generator=generator(seed, "images"))[:image_count].numpy()
+    total = image_count * per_image
+    batches = math.ceil(image_count / batch_size)
+
+    meta = {"key": key, "layer": layer, "layer_shape": list(layer_shape), "samples": total, "per_image": per_image,
+            "images": image_count, "batch_size": batch_size, "has_attribution": logits is not None,
+            "classes": logits, "batches_done": 0, "complete": False}
+    old = read_json(meta_path) if meta_path.is_file() else None
+    resume = old is not None and all(old.get(k) == meta[k] for k in meta if k not in ("batches_done", "complete"))
+    if resume and old["complete"]:
+        return load_collected(directory)
+    start_batch = old["batches_done"] if resume else 0
+    mode = "r+" if resume else "w+"
+    if not resume and meta_path.exists():
+        meta_path.unlink()
+    open_mm = np.lib.format.open_memmap
+    acts = open_mm(directory / "acts.npy", mode=mode, dtype=np.float32, shape=(total, channels))
+    samples = open_mm(directory / "samples.npy", mode=mode, dtype=np.int64, shape=(total, 2))
+    attr = open_mm(directory / "attr.npy", mode=mode, dtype=np.float32, shape=(total, logits)) if logits else None
+    write_json(meta_path, {**meta, "batches_done": start_batch})
+
+    bar = _bar(batches, start_batch, f"collect {layer}", progress)
+    layers = [layer, OUTPUT] if logits else [layer]
+    with ActivationCapture(model, layers) as capture:
+        for b in range(start_batch, batches):
+            idx = order[b * batch_size:(b + 1) * batch_size]
+            batch = images.tensors(idx, size, device)
+            pick = torch.rand(len(idx), positions, generator=generator(seed, "positions", b)).argsort(1)[:, :per_image]
+            vec, att = _sample_batch(capture, batch, layer, pick.to(device), logits)
+            rows = slice(b * batch_size * per_image, b * batch_size * per_image + len(idx) * per_image)
+            acts[rows] = vec.reshape(-1, channels).cpu().numpy()
+            samples[rows, 0] = np.repeat(idx, per_image)
+            samples[rows, 1] = pick.reshape(-1).numpy()
+            if attr is not None:
+                attr[rows] = att.reshape(-1, logits).cpu().numpy()
+            for mm in (acts, samples, attr):
+                if mm is not None:
+                    mm.flush()
+            write_json(meta_path, {**meta, "batches_done": b + 1})
+            if bar is not None:
+                bar.update(1)
+    if bar is not None:
+        bar.close()
+    del acts, samples, attr
+    write_json(meta_path, {**meta, "batches_done": batches, "complete": True})
+    return load_collected(directory)
+
+
+def _sample_batch(capture: ActivationCapture, batch: torch.Tensor, layer: str, pick: torch.Tensor,
+                  logits: int | None) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Activations (B, S, C) at the picked positions (B, S), and attributions (B, S, K) when ``logits``."""
+    if logits is None:
+        with torch.no_grad():
+            view = positions_view(capture(batch)[layer])
+            return _gather(view, pick), None
+    with torch.enable_grad():
+        batch = batch.requires_grad_(True)
+        acts = capture(batch)
+        act, out = acts[layer], acts[OUTPUT]
+        view = positions_view(act)
+        picked = _gather(view.detach(), pick)
+        attributions = []
+        for k in range(logits):  # attribution of class k: act . d logit_k / d act, at the picked positions
+            (grad,) = torch.autograd.grad(out[:, k].sum(), act, retain_graph=k < logits - 1)
+            attributions.append((_gather(positions_view(grad), pick) * picked).sum(-1))
+    return picked, torch.stack(attributions, -1)
+
+
+def _gather(view: torch.Tensor, pick: torch.Tensor) -> torch.Tensor:
+    """(B, P, C) and (B, S) position indices -> (B, S, C)."""
+    return view.gather(1, pick.unsqueeze(-1).expand(-1, -1, view.shape[-1]))
+
+
+def _bar(total: int, done: int, desc: str, enabled: bool):
+    if not enabled:
+        return None
+    from tqdm.auto import tqdm
+
+    return tqdm(total=total, initial=done, desc=desc, unit="batch", leave=False)
+
+
+__all__ = ["collect", "load_collected", "Collected", "positions_view", "stage_seed", "generator", "model_logit_count"]

@@ -1,0 +1,369 @@
+"""The activation-atlas pipeline: every stage of REFERENCE §4, each cached in the output folder.
+
+``build_atlas(model, layer, images, out, settings)`` runs
+
+1. collect   -> ``collect/`` (memory-mapped activations, attributions, sample index; resumable by batch)
+2. whitening -> ``whitening.npy``
+3. layout    -> ``layout.npy`` (UMAP / t-SNE / PCA of the selected samples)
+4. grid      -> ``grid.npz`` (normalized layout, kept cells, their vectors and summaries)
+5. icons     -> ``icons/*.png`` + ``icons/batch-*.json`` (resumable by batch)
+6. stitch    -> ``atlas.png``, ``cells.json``, ``atlas.html`` (when the viewer is installed)
+
+Every stage records a key made of the settings it depends on (and its inputs' keys). A re-run reuses a
+stage whose key matches and recomputes it, and everything after it, otherwise; so changing ``--grid``
+keeps the collection and the layout, and an interrupted run resumes where it stopped.
+
+A class atlas (``settings.class_``) keeps only the samples whose attribution favours the class: its top
+attribution is the class, or it is among the class's ``class_top`` largest attributions (REFERENCE §4.9).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+
+from nnfeat.atlas.collect import Collected, collect
+from nnfeat.atlas.grid import Grid, make_grid
+from nnfeat.atlas.icons import icon_name, render_icons
+from nnfeat.atlas.layout import LAYOUTS, layout_2d, normalize_layout, whitening
+from nnfeat.atlas.stitch import save_mosaic
+from nnfeat.data import ImageSet
+from nnfeat.errors import NnfeatError
+from nnfeat.io import atomic_path, read_json, write_json
+from nnfeat.models.base import Model
+
+#: Cells list their mean attribution per class only up to this many classes (keeps cells.json small).
+MAX_ATTRIBUTION_CLASSES = 100
+
+#: Defaults of a class atlas where the user gave none (REFERENCE §4.9: 8x8 to 10x10 cells, min count ~4).
+CLASS_GRID = 10
+CLASS_MIN_COUNT = 4
+
+
+@dataclass
+class AtlasSettings:
+    """Everything that shapes an atlas. ``None`` for ``grid``/``min_count``/``icon_size`` means the default
+    for the atlas kind: 20 / 5 (full atlas) or 10 / 4 (class atlas), icon size min(80, model input size)."""
+
+    n: int = 100_000
+    per_image: int = 1
+    layout: str = "umap"
+    grid: int | None = None
+    min_count: int | None = None
+    whiten: bool = True
+    icon_size: int | None = None
+    steps: int = 512
+    batch: int = 32
+    seed: int = 0
+    class_: int | str | None = None
+    cossim_pow: float = 3.0
+    transforms: str = "auto"
+    n_neighbors: int = 20
+    min_dist: float = 0.01
+    class_top: int = 2500
+    members: int = 6
+    collect_batch: int = 128
+
+    def resolved(self, model: Model) -> "AtlasSettings":
+        """A copy with the ``None`` defaults filled in for ``model``."""
+        values = asdict(self)
+        is_class = self.class_ is not None
+        values["grid"] = self.grid or (CLASS_GRID if is_class else 20)
+        values["min_count"] = self.min_count if self.min_count is not None else (CLASS_MIN_COUNT if is_class else 5)
+        values["icon_size"] = self.icon_size or min(80, max(model.input_size))
+        return AtlasSettings(**values)
+
+    def check(self) -> None:
+        """One-line errors for impossible values."""
+        if self.layout not in LAYOUTS:
+            raise NnfeatError(f"unknown layout '{self.layout}': use one of {', '.join(LAYOUTS)}")
+        for name in ("n", "per_image", "grid", "icon_size", "steps", "batch", "class_top", "collect_batch"):
+            value = getattr(self, name)
+            if value is not None and value < 1:
+                raise NnfeatError(f"--{name.replace('_', '-')} must be at least 1, got {value}")
+        if self.min_count is not None and self.min_count < 1:
+            raise NnfeatError(f"--min-count must be at least 1, got {self.min_count}")
+
+
+@dataclass
+class AtlasResult:
+    """What :func:`build_atlas` returns.
+
+    Attributes:
+        out: the output folder.
+        mosaic: ``atlas.png``; cells_json: ``cells.json``; html: ``atlas.html`` or None.
+        header: the top-level entries of ``cells.json``; cells: its per-cell entries.
+        timings: seconds per stage (``cached`` stages report the time to load them).
+        cached: the stages that were reused from an earlier run.
+    """
+
+    out: Path
+    mosaic: Path
+    cells_json: Path
+    html: Path | None
+    header: dict
+    cells: list[dict]
+    timings: dict[str, float] = field(default_factory=dict)
+    cached: list[str] = field(default_factory=list)
+
+    @property
+    def mean_cosine(self) -> float:
+        return float(np.mean([c["cosine"] for c in self.cells])) if self.cells else float("nan")
+
+
+def _key(*parts) -> str:
+    return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:20]
+
+
+def _stage_key_matches(meta_path: Path, key: str, *files: Path) -> bool:
+    if not meta_path.is_file() or not all(f.is_file() for f in files):
+        return False
+    try:
+        return read_json(meta_path).get("key") == key
+    except (ValueError, OSError):
+        return False
+
+
+def _save_npy(path: Path, array: np.ndarray) -> None:
+    with atomic_path(path) as tmp:
+        with open(tmp, "wb") as handle:
+            np.save(handle, array)
+
+
+def _save_npz(path: Path, arrays: dict[str, np.ndarray]) -> None:
+    with atomic_path(path) as tmp:
+        with open(tmp, "wb") as handle:
+            np.savez(handle, **arrays)
+
+
+def resolve_class(value: int | str, names: list[str] | None, count: int) -> int:
+    """A class given as index or name -> its index, or a one-line error naming valid choices."""
+    text = str(value)
+    if text.lstrip("-").isdigit():
+        index = int(text)
+        if not 0 <= index < count:
+            raise NnfeatError(f"class {index} out of range: the model has classes 0..{count - 1}")
+        return index
+    if names is not None and text in names:
+        return names.index(text)
+    from nnfeat.errors import nearest
+
+    near = nearest(text, names or [])
+    hint = f"; nearest: {', '.join(near)}" if near else ""
+    raise NnfeatError(f"unknown class '{text}'{hint} (give a class name or an index 0..{count - 1})")
+
+
+def class_selection(attr: np.ndarray, cls: int, top: int) -> np.ndarray:
+    """Sorted sample rows whose top attribution is ``cls`` or that are among ``cls``'s largest attributions.
+
+    "Largest" means the ``min(top, N // K)`` highest values of ``attr[:, cls]`` (N samples, K classes): the
+    paper's 2 000-3 000 of 1 M samples, but never more than a class's fair share on small collections,
+    where ``top`` alone would keep every sample.
+    """
+    attr = np.asarray(attr)
+    favoured = np.argmax(attr, axis=1) == cls
+    column = attr[:, cls]
+    top = min(top, len(column) // max(attr.shape[1], 1))
+    if top > 0:
+        favoured[np.argpartition(-column, top - 1)[:top]] = True
+    return np.flatnonzero(favoured)
+
+
+def build_atlas(model: Model, layer: str, images: ImageSet, out: str | Path, settings: AtlasSettings, *,
+                progress: bool = True, on_icon_batch: Callable[[int, int], None] | None = None,
+                log: Callable[[str], None] | None = None) -> AtlasResult:
+    """Build (or resume) the activation atlas of ``layer`` over ``images`` in the folder ``out``.
+
+    Args:
+        model: the model (its device is used).
+        layer: a layer name of the model.
+        images: the image source.
+        out: output folder (created).
+        settings: see :class:`AtlasSettings`.
+        progress: tqdm bars on the long stages.
+        on_icon_batch: called after each saved icon batch as ``(batch_index, batch_count)``; may raise to stop.
+        log: called with one line per finished stage (e.g. ``print``).
+    Returns:
+        :class:`AtlasResult`.
+    """
+    settings.check()
+    model.check_layer(layer)
+    s = settings.resolved(model)
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    say = log or (lambda _line: None)
+    timings: dict[str, float] = {}
+    cached: list[str] = []
+    class_names = list(model.classes) if model.classes is not None else None
+
+    # 1. collect ---------------------------------------------------------------------------------
+    start = time.perf_counter()
+    collect_key = _key("collect", model.name, layer, images.name, len(images), s.n, s.per_image, s.seed,
+                       s.collect_batch)
+    was_complete = _stage_key_matches(out / "collect" / "collect.json", collect_key) and \
+        read_json(out / "collect" / "collect.json").get("complete", False)
+    data: Collected = collect(model, layer, images, out / "collect", n=s.n, per_image=s.per_image, seed=s.seed,
+                              batch_size=s.collect_batch, key=collect_key, progress=progress)
+    _finish("collect", start, was_complete, timings, cached, say, f"{len(data)} samples of {layer} {data.layer_shape}")
+    if class_names is None and data.attr is not None:
+        class_names = [str(i) for i in range(data.attr.shape[1])]
+
+    # 2. whitening -------------------------------------------------------------------------------
+    start = time.perf_counter()
+    white_meta, white_path = out / "whitening.json", out / "whitening.npy"
+    reuse = _stage_key_matches(white_meta, collect_key, white_path)
+    if reuse:
+        matrix = np.load(white_path)
+    else:
+        matrix = whitening(data.acts)
+        _save_npy(white_path, matrix)
+        write_json(white_meta, {"key": collect_key})
+    _finish("whitening", start, reuse, timings, cached, say, f"S {matrix.shape}")
+
+    # selection (class atlas) --------------------------------------------------------------------
+    class_index = None
+    if s.class_ is not None:
+        if data.attr is None:
+            raise NnfeatError("--class needs class attributions, but the model's output is not a logit vector (B, K)")
+        class_index = resolve_class(s.class_, class_names, data.attr.shape[1])
+        rows = class_selection(data.attr, class_index, s.class_top)
+        if len(rows) < 3:
+            raise NnfeatError(f"only {len(rows)} samples favour class {class_index}: raise --n")
+        acts = np.asarray(data.acts[rows])
+        attr = np.asarray(data.attr[rows])
+        image_index = np.asarray(data.samples[rows, 0])
+    else:
+        rows = None
+        acts, attr, image_index = data.acts, data.attr, np.asarray(data.samples[:, 0])
+
+    # 3. layout ----------------------------------------------------------------------------------
+    start = time.perf_counter()
+    layout_key = _key("layout", collect_key, s.layout, s.seed, s.n_neighbors, s.min_dist, class_index, s.class_top)
+    layout_meta, layout_path = out / "layout.json", out / "layout.npy"
+    reuse = _stage_key_matches(layout_meta, layout_key, layout_path)
+    if reuse:
+        positions = np.load(layout_path)
+    else:
+        positions = layout_2d(acts, s.layout, seed=s.seed, n_neighbors=s.n_neighbors, min_dist=s.min_dist,
+                              verbose=False)
+        _save_npy(layout_path, positions)
+        write_json(layout_meta, {"key": layout_key, "method": s.layout, "samples": len(positions)})
+    _finish("layout", start, reuse, timings, cached, say, f"{s.layout} of {len(positions)} samples")
+
+    # 4. normalize + grid ------------------------------------------------------------------------
+    start = time.perf_counter()
+    grid_key = _key("grid", layout_key, s.grid, s.min_count, s.members)
+    grid_meta, grid_path = out / "grid.json", out / "grid.npz"
+    reuse = _stage_key_matches(grid_meta, grid_key, grid_path)
+    if reuse:
+        with np.load(grid_path) as arrays:
+            grid = Grid.from_arrays({k: arrays[k] for k in arrays.files})
+    else:
+        normalized = normalize_layout(positions)
+        label_width = len(images.classes) if images.classes is not None else None
+        grid = make_grid(normalized, acts, size=s.grid, min_count=s.min_count, attr=attr, image_index=image_index,
+                         labels=images.labels, num_labels=label_width, members=s.members)
+        _save_npz(grid_path, {**grid.arrays(), "normalized": normalized})
+        write_json(grid_meta, {"key": grid_key, "cells": len(grid)})
+    if len(grid) == 0:
+        raise NnfeatError(f"no grid cell holds {s.min_count} samples: lower --min-count or --grid, or raise --n")
+    _finish("grid", start, reuse, timings, cached, say, f"{len(grid)} of {s.grid}x{s.grid} cells kept")
+
+    # 5. icons -----------------------------------------------------------------------------------
+    start = time.perf_counter()
+    icons_key = _key("icons", grid_key, s.whiten, s.icon_size, s.steps, s.cossim_pow, s.transforms, s.seed)
+    icon_dir = out / "icons"
+    cosines, rendered = render_icons(model, layer, grid.vectors, grid.rows, grid.cols, icon_dir,
+                           whitening=matrix if s.whiten else None, icon_size=s.icon_size, steps=s.steps,
+                           batch=s.batch, seed=s.seed, cossim_pow=s.cossim_pow, transforms=s.transforms,
+                           key=icons_key, progress=progress, on_batch=on_icon_batch)
+    reuse = rendered == 0
+    _finish("icons", start, reuse, timings, cached, say, f"{len(grid)} icons, mean cosine {cosines.mean():.3f}")
+
+    # 6. stitch, cells.json, html ----------------------------------------------------------------
+    start = time.perf_counter()
+    icon_paths = [icon_dir / icon_name(int(r), int(c)) for r, c in zip(grid.rows, grid.cols)]
+    mosaic = save_mosaic(out / "atlas.png", icon_paths, grid.rows, grid.cols, s.grid, s.icon_size)
+    cells = cell_entries(grid, cosines, class_names, images)
+    settings_dict = asdict(s)
+    settings_dict["class"] = settings_dict.pop("class_")
+    header = {
+        "model": model.name, "layer": layer, "layer_shape": list(data.layer_shape), "source": images.name,
+        "grid": s.grid, "icon_size": s.icon_size, "samples": int(len(acts)), "classes": class_names,
+        "label_classes": images.classes if images.labels is not None else None,
+        "class": None if class_index is None else {"index": class_index, "name": _name(class_names, class_index)},
+        "mean_cosine": float(cosines.mean()), "settings": settings_dict,
+        "mosaic": "atlas.png",
+    }
+    cells_json = write_json(out / "cells.json", {**header, "cells": cells})
+    title = f"{model.name} {layer}" + ("" if class_index is None else f" — class {_name(class_names, class_index)}")
+    html = _write_html(out, mosaic, cells, class_names if class_names is not None else images.classes, s.grid,
+                       title, images, model.input_size)
+    _finish("stitch", start, False, timings, cached, say, f"wrote {mosaic}")
+    write_json(out / "timings.json", {"timings": timings, "cached": cached})
+    return AtlasResult(out=out, mosaic=mosaic, cells_json=cells_json, html=html, header=header, cells=cells,
+                       timings=timings, cached=cached)
+
+
+def _name(names: list[str] | None, index: int) -> str:
+    return str(names[index]) if names is not None and 0 <= index < len(names) else str(index)
+
+
+def cell_entries(grid: Grid, cosines: np.ndarray, class_names: list[str] | None, images: ImageSet) -> list[dict]:
+    """One ``cells.json`` entry per kept cell (see the module docstring of :mod:`nnfeat.atlas`)."""
+    entries = []
+    for i in range(len(grid)):
+        entry = {
+            "row": int(grid.rows[i]), "col": int(grid.cols[i]), "count": int(grid.counts[i]),
+            "icon": f"icons/{icon_name(int(grid.rows[i]), int(grid.cols[i]))}",
+            "position": [round(float(v), 5) for v in grid.positions[i]],
+            "cosine": round(float(cosines[i]), 5),
+            "members": [int(m) for m in grid.members[i] if m >= 0],
+        }
+        if grid.attr is not None:
+            top = int(np.argmax(grid.attr[i]))
+            entry["top_class"] = {"index": top, "name": _name(class_names, top)}
+            if grid.attr.shape[1] <= MAX_ATTRIBUTION_CLASSES:
+                entry["attribution"] = [round(float(v), 5) for v in grid.attr[i]]
+        if grid.label_counts is not None:
+            hist = grid.label_counts[i]
+            order = np.argsort(-hist, kind="stable")
+            entry["labels"] = {images.label_name(int(k)): int(hist[k]) for k in order if hist[k] > 0}
+            if hist.sum() > 0:
+                top = int(order[0])
+                entry["majority_label"] = {"index": top, "name": images.label_name(top),
+                                           "share": round(float(hist[top] / hist.sum()), 5)}
+        entries.append(entry)
+    return entries
+
+
+def _write_html(out: Path, mosaic: Path, cells: list[dict], classes: list[str] | None, grid: int,
+                title: str, images: ImageSet, size: tuple[int, int]) -> Path | None:
+    """``atlas.html`` with the member images embedded, when the viewer module is installed."""
+    try:
+        from nnfeat.views.atlas_viewer import write_atlas_html
+    except ImportError:
+        return None
+    members = sorted({m for cell in cells for m in cell["members"]})
+    pictures = images.read(members, None if images.array is not None else size) if members else []
+    thumbnails = dict(zip(members, pictures))
+    path = out / "atlas.html"
+    write_atlas_html(path, mosaic, cells, classes=classes, grid=grid, title=title, member_thumbnails=thumbnails)
+    return path
+
+
+def _finish(stage: str, start: float, reused: bool, timings: dict, cached: list, say, detail: str) -> None:
+    timings[stage] = round(time.perf_counter() - start, 3)
+    if reused:
+        cached.append(stage)
+    say(f"{stage:<9} {'cached' if reused else f'{timings[stage]:.1f}s'}  {detail}")
+
+
+__all__ = ["AtlasSettings", "AtlasResult", "build_atlas", "class_selection", "resolve_class", "cell_entries",
+           "CLASS_GRID", "CLASS_MIN_COUNT"]

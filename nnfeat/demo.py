@@ -1,0 +1,66 @@
+"""``nnfeat demo``: the offline main job on the embedded ``digits-cnn``.
+
+Trains (or reuses) the digits CNN, renders its 10 class logits and the channels of ``conv2``, builds a
+digits activation atlas of ``conv3``, and writes ``OUT/index.html`` showing all of it.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+from nnfeat.io import save_image, write_json
+from nnfeat.models.zoo import load_model
+from nnfeat.objectives import logit
+from nnfeat.render import render
+from nnfeat.views.gallery import write_gallery
+
+DEMO_LAYER = "conv2"
+ATLAS_LAYER = "conv3"
+
+
+def run_demo(out: Path, *, steps: int = 256, atlas: bool = True, progress: bool = True) -> Path:
+    """Run the demo into ``out``; returns the path of ``index.html``."""
+    from nnfeat.microscope import microscope
+
+    out.mkdir(parents=True, exist_ok=True)
+    started = time.perf_counter()
+    model = load_model("digits-cnn")
+    print(f"digits-cnn ready ({time.perf_counter() - started:.1f} s)")
+
+    result = render(model, logit(list(range(10))), size=32, steps=steps, seed=0, progress=progress)
+    logit_items = []
+    for c, (image, value) in enumerate(zip(result.final, result.final_values.tolist())):
+        save_image(out / "logits" / f"logit-{c}.png", image)
+        logit_items.append({"src": f"logits/logit-{c}.png", "caption": f"digit {c} (logit {value:.1f})"})
+
+    manifest = microscope(model, DEMO_LAYER, None, out=out / DEMO_LAYER, batch=32, size=32, steps=steps, seed=0,
+                          progress=progress)
+    channel_items = [{"src": f"{DEMO_LAYER}/{entry['image']}", "caption": f"{DEMO_LAYER}:{c} ({entry['value']:.2f})"}
+                     for c, entry in sorted(manifest["channels"].items(), key=lambda kv: int(kv[0]))]
+
+    sections = [
+        {"title": "Class logits", "note": "Fourier + decorrelated parameterization, size-aware transforms, "
+                                          f"{steps} steps; one image per class, rendered as one batch.",
+         "items": logit_items},
+        {"title": f"Channels of {DEMO_LAYER}", "note": "One render per channel (nnfeat microscope).",
+         "items": channel_items},
+    ]
+    if atlas:
+        sections.append(_demo_atlas(model, out, progress))
+    index = write_gallery(out / "index.html", "nnfeat demo: digits-cnn", sections)
+    write_json(out / "demo.json", {"elapsed_seconds": round(time.perf_counter() - started, 1), "steps": steps})
+    print(f"wrote {index} ({time.perf_counter() - started:.0f} s)")
+    return index
+
+
+def _demo_atlas(model, out: Path, progress: bool) -> dict:
+    from nnfeat.atlas.pipeline import build_atlas
+
+    atlas_dir = out / "atlas"
+    build_atlas(model, ATLAS_LAYER, "digits", out=atlas_dir, n=1797 * 4, per_image=4, grid=12, min_count=3,
+                icon_size=32, steps=256, batch=64, seed=0, layout="umap", progress=progress)
+    return {"title": f"Activation atlas of {ATLAS_LAYER} on the digits",
+            "note": "UMAP layout of 4 positions per image, 12x12 grid; open <a href='atlas/atlas.html'>the interactive "
+                    "viewer</a>.",
+            "items": [{"src": "atlas/atlas.png", "caption": "atlas.png"}], "wide": True}

@@ -1,0 +1,237 @@
+"""Dataset examples: the images of a source that excite (and inhibit) a channel most.
+
+``top_examples(model, layer, channels, source, k)`` scores every image for every requested channel in
+one streaming pass (memory: k scores per channel, never all of them), and returns, per channel, the k
+highest-scoring images (``top``) and the k lowest (``bottom``), each with the position of its strongest
+(weakest) activation and the box of the input patch that position sees.
+
+The score of an image is the channel's spatial mean (like the ``channel`` objective) or its spatial max
+(``score="max"``). The patch box is the layer's receptive field, measured once per layer from the
+gradient of the centre unit (the region of the input with non-zero gradient), moved to each position
+by the layer's stride and kept inside the image.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from typing import Sequence
+
+import numpy as np
+import torch
+
+from nnfeat.atlas.collect import positions_view
+from nnfeat.data import ImageSet, load_images
+from nnfeat.errors import NnfeatError
+from nnfeat.hooks import ActivationCapture
+from nnfeat.models.base import Model, channel_count
+
+SCORES = ("mean", "max")
+
+
+@dataclass(frozen=True)
+class Example:
+    """One dataset example of a channel.
+
+    Attributes:
+        index: the image's index in the source.
+        score: the channel's score on it (spatial mean or max).
+        position: (y, x) of the strongest (top) or weakest (bottom) activation in the layer's map.
+        box: (top, left, height, width) of the input patch that position sees, in model-input pixels.
+        label: the image's dataset label, or None.
+    """
+
+    index: int
+    score: float
+    position: tuple[int, int]
+    box: tuple[int, int, int, int]
+    label: int | None = None
+
+
+@dataclass(frozen=True)
+class ChannelExamples:
+    """Top and bottom examples of one channel, best first (top: highest score; bottom: lowest)."""
+
+    layer: str
+    channel: int
+    top: list[Example]
+    bottom: list[Example]
+
+    def to_dict(self) -> dict:
+        return {"layer": self.layer, "channel": self.channel,
+                "top": [asdict(e) for e in self.top], "bottom": [asdict(e) for e in self.bottom]}
+
+
+@dataclass(frozen=True)
+class ReceptiveField:
+    """Receptive field of a layer's units in input pixels: the centre unit's box and the stride between units."""
+
+    centre: tuple[int, int]          # (y, x) of the centre unit in the layer map
+    box: tuple[int, int, int, int]   # (top, left, height, width) of the centre unit's field
+    stride: tuple[float, float]      # input pixels per layer position (y, x)
+    input_size: tuple[int, int]
+
+    def box_at(self, y: int, x: int) -> tuple[int, int, int, int]:
+        """The field of the unit at (y, x), shifted to stay inside the input (the size never shrinks below it)."""
+        top, left, height, width = self.box
+        top = int(round(top + (y - self.centre[0]) * self.stride[0]))
+        left = int(round(left + (x - self.centre[1]) * self.stride[1]))
+        height, width = min(height, self.input_size[0]), min(width, self.input_size[1])
+        top = min(max(top, 0), self.input_size[0] - height)
+        left = min(max(left, 0), self.input_size[1] - width)
+        return top, left, height, width
+
+
+def receptive_field(model: Model, layer: str, size: tuple[int, int] | None = None, probes: int = 4) -> ReceptiveField:
+    """Measure the receptive field of ``layer`` at input ``size`` from the gradient of its centre unit.
+
+    The box is where ``|d act[centre] / d input|``, summed over a few random inputs and all channels, is
+    non-zero. Layers without a spatial map (tokens, vectors) see the whole input.
+    """
+    size = tuple(size or model.input_size)
+    shape = model.layer_shapes([layer], size)[layer]
+    if len(shape) != 4:
+        return ReceptiveField((0, 0), (0, 0, *size), (float(size[0]), float(size[1])), size)
+    height, width = shape[2], shape[3]
+    cy, cx = height // 2, width // 2
+    generator = torch.Generator().manual_seed(0)
+    images = torch.rand(probes, 3, *size, generator=generator).to(model.device).requires_grad_(True)
+    with torch.enable_grad(), ActivationCapture(model, [layer]) as capture:
+        act = capture(images)[layer]
+        (act[:, :, cy, cx].square().sum() + act[:, :, cy, cx].sum()).backward()
+    seen = images.grad.abs().sum((0, 1)).cpu() > 0
+    rows, cols = torch.nonzero(seen.any(1)).flatten(), torch.nonzero(seen.any(0)).flatten()
+    stride = (size[0] / height, size[1] / width)
+    if len(rows) == 0 or len(cols) == 0:  # no gradient (dead unit everywhere): fall back to the stride
+        top, left = int(cy * stride[0]), int(cx * stride[1])
+        box = (top, left, max(1, int(round(stride[0]))), max(1, int(round(stride[1]))))
+    else:
+        box = (int(rows[0]), int(cols[0]), int(rows[-1] - rows[0] + 1), int(cols[-1] - cols[0] + 1))
+    return ReceptiveField((cy, cx), box, stride, size)
+
+
+def _check_channels(model: Model, layer: str, channels: Sequence[int] | int) -> list[int]:
+    shape = model.layer_shapes([layer])[layer]
+    count = channel_count(tuple(shape[1:]))
+    channels = [channels] if isinstance(channels, int) else [int(c) for c in channels]
+    if not channels:
+        raise NnfeatError("no channel given: use LAYER:CH, e.g. layer3:5 or layer3:0,4,7")
+    bad = [c for c in channels if not 0 <= c < count]
+    if bad:
+        raise NnfeatError(f"channel {bad[0]} out of range for layer '{layer}': it has channels 0..{count - 1}")
+    return channels
+
+
+@torch.no_grad()
+def top_examples(model: Model, layer: str, channels: Sequence[int] | int, source: ImageSet | str, k: int = 9, *,
+                 score: str = "mean", batch_size: int = 128, progress: bool = False) -> dict[int, ChannelExamples]:
+    """The ``k`` highest- and lowest-scoring images of ``source`` for each channel of ``layer``.
+
+    Args:
+        model: the model; images are fed at its input size, on its device.
+        layer: a layer name.
+        channels: one channel or a list.
+        source: an :class:`ImageSet` or anything :func:`nnfeat.data.load_images` accepts.
+        k: examples per channel and direction (fewer if the source is smaller).
+        score: ``mean`` (spatial mean, like the channel objective) or ``max`` (spatial max).
+        batch_size: images per forward pass.
+        progress: show a tqdm bar.
+    Returns:
+        ``{channel: ChannelExamples}`` in the order of ``channels``.
+    """
+    if score not in SCORES:
+        raise NnfeatError(f"unknown score '{score}': use {' or '.join(SCORES)}")
+    if k < 1:
+        raise NnfeatError(f"--k must be at least 1, got {k}")
+    model.check_layer(layer)
+    images = source if isinstance(source, ImageSet) else load_images(source, size=model.input_size)
+    channels = _check_channels(model, layer, channels)
+    k = min(k, len(images))
+    field = receptive_field(model, layer)
+    layer_shape = model.layer_shapes([layer])[layer]
+    map_width = layer_shape[3] if len(layer_shape) == 4 else None
+    wanted = torch.tensor(channels, device=model.device)
+
+    # running (k, Cs) best values, image indices and flat positions, for top (max) and bottom (min)
+    top = [torch.full((0, len(channels)), 0.0), torch.zeros((0, len(channels)), dtype=torch.long),
+           torch.zeros((0, len(channels)), dtype=torch.long)]
+    bottom = [t.clone() for t in top]
+    bar = None
+    if progress:
+        from tqdm.auto import tqdm
+
+        bar = tqdm(total=len(images), desc=f"examples {layer}", unit="img", leave=False)
+    start = 0
+    with ActivationCapture(model, [layer]) as capture:
+        for batch in images.iter_batches(batch_size, model.input_size, device=model.device):
+            view = positions_view(capture(batch)[layer]).float()[:, :, wanted]  # (B, P, Cs)
+            values = view.mean(1) if score == "mean" else view.amax(1)
+            strongest, weakest = view.argmax(1), view.argmin(1)  # (B, Cs) flat positions
+            index = torch.arange(start, start + len(batch), device=view.device)[:, None].expand_as(values)
+            top = _merge(top, values.cpu(), index.cpu(), strongest.cpu(), k, largest=True)
+            bottom = _merge(bottom, values.cpu(), index.cpu(), weakest.cpu(), k, largest=False)
+            start += len(batch)
+            if bar is not None:
+                bar.update(len(batch))
+    if bar is not None:
+        bar.close()
+
+    def examples(best, column: int) -> list[Example]:
+        out = []
+        for value, image, flat in zip(best[0][:, column].tolist(), best[1][:, column].tolist(),
+                                      best[2][:, column].tolist()):
+            y, x = divmod(flat, map_width) if map_width else (0, flat)
+            label = int(images.labels[image]) if images.labels is not None else None
+            out.append(Example(int(image), float(value), (int(y), int(x)), field.box_at(y, x), label))
+        return out
+
+    return {c: ChannelExamples(layer, c, examples(top, i), examples(bottom, i)) for i, c in enumerate(channels)}
+
+
+def _merge(best: list[torch.Tensor], values: torch.Tensor, index: torch.Tensor, position: torch.Tensor, k: int,
+           largest: bool) -> list[torch.Tensor]:
+    """Keep the k best rows per column of (running best + new batch); ties go to the lower image index."""
+    values = torch.cat([best[0], values])
+    index = torch.cat([best[1], index])
+    position = torch.cat([best[2], position])
+    # sort by image index first, then stably by value, so equal values keep the lower index first
+    by_index = index.argsort(dim=0, stable=True)
+    values, index, position = (t.gather(0, by_index) for t in (values, index, position))
+    order = values.argsort(dim=0, descending=largest, stable=True)[:k]
+    return [values.gather(0, order), index.gather(0, order), position.gather(0, order)]
+
+
+def example_images(source: ImageSet, examples: Sequence[Example], size: tuple[int, int] | int) -> torch.Tensor:
+    """The images of ``examples`` as (k, 3, H, W) in [0, 1] at ``size`` (the model's input size)."""
+    return source.tensors([e.index for e in examples], size)
+
+
+def example_patches(source: ImageSet, examples: Sequence[Example], size: tuple[int, int] | int) -> torch.Tensor:
+    """The receptive-field patches of ``examples`` (k, 3, h, w), cut from the images resized to ``size``.
+
+    All boxes of one layer have the same size, so the patches stack.
+    """
+    images = example_images(source, examples, size)
+    patches = [img[:, t:t + h, l:l + w] for img, (t, l, h, w) in zip(images, (e.box for e in examples))]
+    return torch.stack(patches)
+
+
+def parse_unit(spec: str) -> tuple[str, list[int]]:
+    """``"layer3:5"`` / ``"layer3:0,4,7"`` / ``"layer3:0-3"`` -> (layer, channels)."""
+    layer, sep, chans = spec.rpartition(":")
+    if not sep or not layer or not chans:
+        raise NnfeatError(f"bad unit '{spec}': expected LAYER:CH, e.g. layer3:5, layer3:0,4,7 or layer3:0-3")
+    channels: list[int] = []
+    for part in chans.split(","):
+        lo, dash, hi = part.partition("-")
+        try:
+            if dash:
+                channels.extend(range(int(lo), int(hi) + 1))
+            else:
+                channels.append(int(part))
+        except ValueError:
+            raise NnfeatError(f"bad channel '{part}' in '{spec}': channels are integers, e.g. 5, 0,4,7 or 0-3") from None
+    return layer, channels
+
+
+__all__ = ["Example", "ChannelExamples", "ReceptiveField", "receptive_field", "top_examples", "example_images",
+           "example_patches", "parse_unit", "SCORES"]

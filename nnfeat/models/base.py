@@ -1,0 +1,174 @@
+"""The model wrapper: one object that knows a network's input contract and its layer names.
+
+nnfeat images are always RGB in [0, 1], shape (B, 3, H, W). :class:`Model` converts them to what the
+wrapped network expects (grey if it takes one channel, then ``(x - mean) / std``), so every other stage
+of the pipeline can ignore normalization.
+"""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+import torch
+from torch import nn
+
+from nnfeat.errors import NnfeatError, unknown_layer
+
+#: Virtual layer name for the network's final output (logits); hooks are not needed for it.
+OUTPUT = "output"
+
+_LUMA = (0.299, 0.587, 0.114)
+
+
+class Model(nn.Module):
+    """A frozen, eval-mode network plus its input contract.
+
+    Args:
+        net: the network. It is put in eval mode and its parameters stop requiring grad.
+        name: a short name used in outputs (``render.json``).
+        mean, std: per-channel normalization applied to [0,1] input, length ``in_channels``.
+        input_size: the native (H, W) input size, or an int for square inputs.
+        in_channels: 3 for RGB networks, 1 for grey ones (RGB is converted with Rec. 601 luma).
+        classes: optional class names, index-aligned with the logits.
+    """
+
+    def __init__(
+        self,
+        net: nn.Module,
+        *,
+        name: str = "model",
+        mean: Sequence[float] | None = None,
+        std: Sequence[float] | None = None,
+        input_size: int | tuple[int, int] = 224,
+        in_channels: int = 3,
+        classes: Sequence[str] | None = None,
+    ) -> None:
+        super().__init__()
+        self.net = net.eval()
+        self.net.requires_grad_(False)
+        self.name = name
+        self.in_channels = int(in_channels)
+        self.input_size = (input_size, input_size) if isinstance(input_size, int) else tuple(input_size)
+        self.classes = list(classes) if classes is not None else None
+        mean = [0.0] * self.in_channels if mean is None else list(mean)
+        std = [1.0] * self.in_channels if std is None else list(std)
+        if len(mean) != self.in_channels or len(std) != self.in_channels:
+            raise NnfeatError(f"mean/std need {self.in_channels} values for a {self.in_channels}-channel model")
+        self.register_buffer("mean", torch.tensor(mean, dtype=torch.float32).view(1, -1, 1, 1), persistent=False)
+        self.register_buffer("std", torch.tensor(std, dtype=torch.float32).view(1, -1, 1, 1), persistent=False)
+        self.register_buffer("luma", torch.tensor(_LUMA, dtype=torch.float32).view(1, 3, 1, 1), persistent=False)
+        self._shape_cache: dict[tuple, dict[str, torch.Size]] = {}
+
+    # ----------------------------------------------------------------------------------------------
+    @property
+    def device(self) -> torch.device:
+        return self.mean.device
+
+    def train(self, mode: bool = True) -> "Model":  # the wrapped net always stays in eval mode
+        return super().train(False)
+
+    def preprocess(self, images: torch.Tensor) -> torch.Tensor:
+        """(B, 3, H, W) RGB in [0,1] -> (B, in_channels, H, W) normalized network input."""
+        if images.dim() != 4 or images.shape[1] not in (1, 3):
+            raise NnfeatError(f"images must have shape (B, 3, H, W); got {tuple(images.shape)}")
+        if self.in_channels == 1 and images.shape[1] == 3:
+            images = (images * self.luma).sum(1, keepdim=True)
+        elif self.in_channels == 3 and images.shape[1] == 1:
+            images = images.expand(-1, 3, -1, -1)
+        return (images - self.mean) / self.std
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        """(B, 3, H, W) RGB in [0,1] -> the network's output, e.g. logits (B, classes)."""
+        return self.net(self.preprocess(images))
+
+    # ----------------------------------------------------------------------------------------------
+    def layer_names(self) -> list[str]:
+        """Dotted PyTorch names of every submodule of the network, in registration order."""
+        return [n for n, _ in self.net.named_modules() if n]
+
+    def module(self, name: str) -> nn.Module:
+        """The submodule called ``name`` (a ``#k`` call suffix is ignored), or a one-line error."""
+        base = name.split("#", 1)[0]
+        modules = dict(self.net.named_modules())
+        if base not in modules or base == "":
+            raise unknown_layer(name, [OUTPUT, *self.layer_names()])
+        return modules[base]
+
+    def check_layer(self, name: str) -> None:
+        """Raise a one-line :class:`NnfeatError` unless ``name`` is a layer of this model."""
+        if name != OUTPUT:
+            self.module(name)
+
+    @torch.no_grad()
+    def layer_shapes(self, layers: Sequence[str], size: tuple[int, int] | None = None) -> dict[str, torch.Size]:
+        """Output shape of each requested layer for a batch of one image of ``size`` (default native).
+
+        Returns ``{layer: torch.Size([1, C, H, W])}`` (or (1, N, C) for tokens, (1, C) for vectors).
+        """
+        from nnfeat.hooks import ActivationCapture
+
+        size = tuple(size or self.input_size)
+        key = (size, tuple(sorted(set(layers))))
+        if key not in self._shape_cache:
+            probe = torch.full((1, 3, *size), 0.5, device=self.device)
+            with ActivationCapture(self, list(layers)) as capture:
+                acts = capture(probe)
+            self._shape_cache[key] = {k: v.shape for k, v in acts.items()}
+        return self._shape_cache[key]
+
+    @torch.no_grad()
+    def describe_layers(self, size: tuple[int, int] | None = None) -> list[tuple[str, tuple[int, ...] | None, int | None]]:
+        """(name, output shape without batch, channel count) for every module that yields a tensor.
+
+        Modules that are not called in a forward pass at ``size`` get shape ``None``.
+        Shared modules called k>1 times are listed once per call as ``name#i``.
+        """
+        size = tuple(size or self.input_size)
+        records: list[tuple[str, tuple[int, ...] | None]] = []
+        calls: dict[str, int] = {}
+        handles = []
+
+        def make_hook(name: str):
+            def hook(_m, _inp, out):
+                out = out[0] if isinstance(out, (tuple, list)) else out
+                if not torch.is_tensor(out):
+                    return
+                i = calls.get(name, 0)
+                calls[name] = i + 1
+                records.append((f"{name}#{i}", tuple(out.shape[1:])))
+
+            return hook
+
+        try:
+            for name, mod in self.net.named_modules():
+                if name:
+                    handles.append(mod.register_forward_hook(make_hook(name)))
+            out = self.net(self.preprocess(torch.full((1, 3, *size), 0.5, device=self.device)))
+        finally:
+            for h in handles:
+                h.remove()
+        rows: list[tuple[str, tuple[int, ...] | None, int | None]] = []
+        seen = set()
+        for key, shape in records:
+            name, i = key.rsplit("#", 1)
+            shown = name if calls[name] == 1 else key
+            seen.add(name)
+            rows.append((shown, shape, channel_count(shape)))
+        order = {n: i for i, n in enumerate(self.layer_names())}
+        rows.sort(key=lambda r: (order.get(r[0].split("#")[0], 0), r[0]))
+        rows += [(n, None, None) for n in self.layer_names() if n not in seen]
+        if torch.is_tensor(out):
+            rows.append((OUTPUT, tuple(out.shape[1:]), channel_count(tuple(out.shape[1:]))))
+        return rows
+
+
+def channel_count(shape_wo_batch: tuple[int, ...]) -> int:
+    """Channels of an activation shape without batch: (C,H,W)->C, (N,C)->C tokens-last, (C,)->C."""
+    if len(shape_wo_batch) == 3:
+        return shape_wo_batch[0]
+    return shape_wo_batch[-1] if shape_wo_batch else 1
+
+
+def as_model(model: nn.Module | Model) -> Model:
+    """Wrap a bare ``nn.Module`` (RGB, no normalization, 224 px) unless it already is a :class:`Model`."""
+    return model if isinstance(model, Model) else Model(model, name=type(model).__name__)

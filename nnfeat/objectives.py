@@ -1,0 +1,460 @@
+"""Objectives: differentiable scores of activations, one value per batch item.
+
+An :class:`Objective` maps the captured activations ``acts: {layer: Tensor}`` to a tensor of shape (B,):
+one score per batch item, to be *maximized*. Objectives compose with ``+ - * /`` (with numbers and with
+each other) and unary minus, so ``channel("layer3", 5) - 0.05 * total_variation()`` is an objective.
+``render`` maximizes the sum over the batch, so each item follows its own score.
+
+Activation layouts understood by every constructor (the channel axis is found from the rank):
+
+* (B, C, H, W) convolutional maps; "position" means (y, x).
+* (B, N, C) token sequences, e.g. ViT blocks; "position" means the token index ``x``.
+* (B, C) vectors, e.g. logits.
+
+Units can differ per batch item: ``channel("layer3", [0, 1, 2, 3])`` asks item i for channel i, so one
+forward pass renders one unit per batch item. ``batch=i`` restricts an objective to item i.
+
+Sign conventions follow Lucid: ``l1``, ``total_variation`` and ``blur`` return positive *penalties*
+(subtract them); ``diversity`` and ``alignment`` return rewards (add them).
+
+The pseudo-layer ``"image"`` is the parameterized image (B, 3, H, W) in [0,1] before the transforms.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable, Sequence
+
+import torch
+import torch.nn.functional as F
+
+from nnfeat.errors import NnfeatError
+from nnfeat.models.base import OUTPUT, channel_count
+
+IMAGE = "image"
+
+Acts = dict[str, torch.Tensor]
+ScoreFn = Callable[[Acts], torch.Tensor]
+
+
+@dataclass(frozen=True)
+class UnitRef:
+    """A reference to channels (and maybe a position) of a layer, checked against the model before rendering."""
+
+    layer: str
+    channels: tuple[int, ...] = ()
+    position: tuple[int | None, int | None] | None = None
+    vector_length: int | None = None
+
+
+class Objective:
+    """A score per batch item, shape (B,), to maximize. Compose with ``+ - * /`` and unary ``-``.
+
+    Args:
+        fn: ``acts -> Tensor (B,)``.
+        layers: the layers ``fn`` reads (hooks go on these only).
+        description: a readable formula, used in outputs.
+        units: channel/position references, validated before a render.
+        batch_size: the batch this objective implies (e.g. 16 channels, one per item), or None.
+    """
+
+    def __init__(
+        self,
+        fn: ScoreFn,
+        layers: Sequence[str],
+        description: str,
+        units: Sequence[UnitRef] = (),
+        batch_size: int | None = None,
+    ) -> None:
+        self.fn = fn
+        self.layers = tuple(dict.fromkeys(layers))
+        self.description = description
+        self.units = tuple(units)
+        self.batch_size = batch_size
+
+    def __call__(self, acts: Acts) -> torch.Tensor:
+        return self.fn(acts)
+
+    def __repr__(self) -> str:
+        return f"Objective({self.description})"
+
+    def __str__(self) -> str:
+        return self.description
+
+    @property
+    def model_layers(self) -> tuple[str, ...]:
+        """The layers that need a hook on the model (excludes the ``image`` pseudo-layer)."""
+        return tuple(layer for layer in self.layers if layer != IMAGE)
+
+    # -- composition -----------------------------------------------------------------------------
+    def _combine(self, other: "Objective | float", op: Callable, symbol: str, reverse: bool = False) -> "Objective":
+        if isinstance(other, Objective):
+            left, right = (other, self) if reverse else (self, other)
+            batch = _merge_batch(left.batch_size, right.batch_size)
+            return Objective(
+                lambda acts: op(left(acts), right(acts)),
+                left.layers + right.layers,
+                f"{_paren(left)} {symbol} {_paren(right)}",
+                left.units + right.units,
+                batch,
+            )
+        if isinstance(other, (int, float)) and not isinstance(other, bool):
+            number = float(other)
+            desc = f"{_fmt(number)} {symbol} {_paren(self)}" if reverse else f"{_paren(self)} {symbol} {_fmt(number)}"
+            fn = (lambda acts: op(number, self(acts))) if reverse else (lambda acts: op(self(acts), number))
+            return Objective(fn, self.layers, desc, self.units, self.batch_size)
+        return NotImplemented
+
+    def __add__(self, other):
+        return self._combine(other, torch.add, "+")
+
+    def __radd__(self, other):
+        return self._combine(other, torch.add, "+", reverse=True)
+
+    def __sub__(self, other):
+        return self._combine(other, lambda a, b: a - b, "-")
+
+    def __rsub__(self, other):
+        return self._combine(other, lambda a, b: a - b, "-", reverse=True)
+
+    def __mul__(self, other):
+        return self._combine(other, lambda a, b: a * b, "*")
+
+    def __rmul__(self, other):
+        return self._combine(other, lambda a, b: a * b, "*", reverse=True)
+
+    def __truediv__(self, other):
+        if isinstance(other, (int, float)) and other == 0:
+            raise NnfeatError("objective divided by zero: use a non-zero number")
+        return self._combine(other, lambda a, b: a / b, "/")
+
+    def __neg__(self) -> "Objective":
+        return Objective(lambda acts: -self(acts), self.layers, f"-{_paren(self)}", self.units, self.batch_size)
+
+    def __pos__(self) -> "Objective":
+        return self
+
+    # -- validation ------------------------------------------------------------------------------
+    def validate(self, shapes: dict[str, torch.Size], batch: int) -> None:
+        """Check every unit against the model's layer ``shapes`` (with batch 1) and the render ``batch``.
+
+        Raises a one-line :class:`NnfeatError` naming the valid channel range or position range.
+        """
+        if self.batch_size is not None and self.batch_size != batch:
+            raise NnfeatError(
+                f"objective '{self.description}' has {self.batch_size} units (one per batch item) but batch is {batch}; "
+                f"use batch {self.batch_size}"
+            )
+        for unit in self.units:
+            if unit.layer == IMAGE:
+                continue
+            shape = tuple(shapes[unit.layer][1:])
+            n_channels = channel_count(shape)
+            for c in unit.channels:
+                if not 0 <= c < n_channels:
+                    raise NnfeatError(
+                        f"channel {c} out of range for layer '{unit.layer}': valid channels are 0..{n_channels - 1}"
+                    )
+            if unit.vector_length is not None and unit.vector_length != n_channels:
+                raise NnfeatError(
+                    f"direction for layer '{unit.layer}' has length {unit.vector_length}; the layer has {n_channels} channels"
+                )
+            if unit.position is not None:
+                _check_position(unit.layer, shape, unit.position)
+
+
+def _check_position(layer: str, shape: tuple[int, ...], position: tuple[int | None, int | None]) -> None:
+    y, x = position
+    if len(shape) == 3:
+        h, w = shape[1], shape[2]
+        if y is not None and not 0 <= y < h:
+            raise NnfeatError(f"y={y} out of range for layer '{layer}' of size {h}x{w}: valid y is 0..{h - 1}")
+        if x is not None and not 0 <= x < w:
+            raise NnfeatError(f"x={x} out of range for layer '{layer}' of size {h}x{w}: valid x is 0..{w - 1}")
+    elif len(shape) == 2 and x is not None and not 0 <= x < shape[0]:
+        raise NnfeatError(f"token x={x} out of range for layer '{layer}' with {shape[0]} tokens: valid is 0..{shape[0] - 1}")
+
+
+def _merge_batch(a: int | None, b: int | None) -> int | None:
+    if a is not None and b is not None and a != b:
+        raise NnfeatError(f"cannot combine objectives with {a} and {b} units per batch: use the same count")
+    return a if a is not None else b
+
+
+def _fmt(number: float) -> str:
+    return f"{number:g}"
+
+
+def _paren(obj: Objective) -> str:
+    d = obj.description
+    return f"({d})" if any(s in d for s in (" + ", " - ", " * ", " / ")) else d
+
+
+# ---------------------------------------------------------------------------------------------------
+# Activation layout helpers
+
+
+def channels_first(act: torch.Tensor) -> torch.Tensor:
+    """Any supported activation -> (B, C, S) with S the flattened positions (1 for vectors)."""
+    if act.dim() == 4:
+        return act.flatten(2)
+    if act.dim() == 3:  # (B, N, C) tokens
+        return act.transpose(1, 2)
+    if act.dim() == 2:
+        return act.unsqueeze(-1)
+    raise NnfeatError(f"unsupported activation shape {tuple(act.shape)}: expected (B,C,H,W), (B,N,C) or (B,C)")
+
+
+def at_position(act: torch.Tensor, x: int | None, y: int | None) -> torch.Tensor:
+    """The activation vector at one position: (B,C,H,W) -> (B,C) (centre by default); (B,N,C) -> (B,C); (B,C) as is."""
+    if act.dim() == 4:
+        h, w = act.shape[-2:]
+        return act[:, :, h // 2 if y is None else y, w // 2 if x is None else x]
+    if act.dim() == 3:
+        n = act.shape[1]
+        return act[:, n // 2 if x is None else x, :]
+    if act.dim() == 2:
+        return act
+    raise NnfeatError(f"unsupported activation shape {tuple(act.shape)}: expected (B,C,H,W), (B,N,C) or (B,C)")
+
+
+def _select_channels(view: torch.Tensor, channels: Sequence[int]) -> torch.Tensor:
+    """(B, C, ...) and channel list of length 1 or B -> (B, ...) with item i's channel."""
+    if len(channels) == 1:
+        return view[:, channels[0]]
+    if view.shape[0] != len(channels):
+        raise NnfeatError(f"{len(channels)} channels given, one per batch item, but the batch has {view.shape[0]} items")
+    index = torch.as_tensor(channels, device=view.device).view(-1, 1, *([1] * (view.dim() - 2)))
+    return view.gather(1, index.expand(-1, 1, *view.shape[2:])).squeeze(1)
+
+
+def _batch_mask(fn: ScoreFn, batch: int | None) -> ScoreFn:
+    if batch is None:
+        return fn
+
+    def masked(acts: Acts) -> torch.Tensor:
+        values = fn(acts)
+        keep = torch.zeros_like(values)
+        keep[batch] = 1.0
+        return values * keep
+
+    return masked
+
+
+def _as_channels(channel: int | Sequence[int]) -> tuple[int, ...]:
+    if isinstance(channel, bool):
+        raise NnfeatError("channel must be an integer")
+    if isinstance(channel, int):
+        return (channel,)
+    if torch.is_tensor(channel):
+        return tuple(int(c) for c in channel.flatten().tolist())
+    channels = tuple(int(c) for c in channel)
+    if not channels:
+        raise NnfeatError("empty channel list: give at least one channel")
+    return channels
+
+
+def _units_batch(channels: tuple[int, ...]) -> int | None:
+    return len(channels) if len(channels) > 1 else None
+
+
+# ---------------------------------------------------------------------------------------------------
+# Constructors
+
+
+def neuron(layer: str, channel: int | Sequence[int], x: int | None = None, y: int | None = None,
+           batch: int | None = None) -> Objective:
+    """``layer[b, c, y, x]``; position defaults to the centre. For tokens (B,N,C), ``x`` is the token index."""
+    channels = _as_channels(channel)
+
+    def fn(acts: Acts) -> torch.Tensor:
+        return _select_channels(at_position(acts[layer], x, y), channels)
+
+    pos = "" if x is None and y is None else f", x={x}, y={y}"
+    return Objective(_batch_mask(fn, batch), [layer], f"neuron({layer}:{_chan_desc(channels)}{pos})",
+                     [UnitRef(layer, channels, (y, x))], _units_batch(channels))
+
+
+def channel(layer: str, channel: int | Sequence[int], batch: int | None = None) -> Objective:
+    """Mean over positions of ``layer[b, c]`` (one channel, or one channel per batch item)."""
+    channels = _as_channels(channel)
+
+    def fn(acts: Acts) -> torch.Tensor:
+        return _select_channels(channels_first(acts[layer]), channels).mean(-1)
+
+    return Objective(_batch_mask(fn, batch), [layer], f"{layer}:{_chan_desc(channels)}",
+                     [UnitRef(layer, channels)], _units_batch(channels))
+
+
+def deepdream(layer: str, batch: int | None = None) -> Objective:
+    """Mean of ``layer**2`` per item (DeepDream, the "layer" objective)."""
+
+    def fn(acts: Acts) -> torch.Tensor:
+        return acts[layer].flatten(1).pow(2).mean(1)
+
+    return Objective(_batch_mask(fn, batch), [layer], f"deepdream({layer})", [UnitRef(layer)])
+
+
+layer_objective = deepdream
+
+
+def direction(layer: str, vectors: torch.Tensor | Sequence[float], batch: int | None = None) -> Objective:
+    """Dot product with a direction along the channel axis, averaged over positions.
+
+    ``vectors``: (C,) for one direction, or (B, C) for one direction per batch item.
+    """
+    vec = _as_vectors(vectors)
+
+    def fn(acts: Acts) -> torch.Tensor:
+        view = channels_first(acts[layer])  # (B, C, S)
+        v = vec.to(view.device, view.dtype)
+        return (view * v.unsqueeze(-1)).sum(1).mean(-1)
+
+    return Objective(_batch_mask(fn, batch), [layer], f"direction({layer})",
+                     [UnitRef(layer, vector_length=vec.shape[-1])], vec.shape[0] if vec.dim() == 2 else None)
+
+
+def direction_neuron_cossim(layer: str, vectors: torch.Tensor | Sequence[float], x: int | None = None,
+                            y: int | None = None, cossim_pow: float = 2.0, batch: int | None = None) -> Objective:
+    """Activation Atlas icon objective at one position (centre by default): ``dot * max(cos, 0.1) ** p``.
+
+    With ``h`` (B,C) the activation at the position and ``v`` (C,) or (B,C) the direction:
+    ``dot = mean_c(h * v)``, ``cos = dot / (1e-4 + |h|)`` (REFERENCE §4.6). Whitening, if any, is applied to
+    ``v`` by the caller.
+    """
+    vec = _as_vectors(vectors)
+
+    def fn(acts: Acts) -> torch.Tensor:
+        h = at_position(acts[layer], x, y)
+        v = vec.to(h.device, h.dtype)
+        dot = (h * v).mean(-1)
+        cos = (dot / (1e-4 + h.norm(dim=-1))).clamp_min(0.1)
+        return dot * cos.pow(cossim_pow)
+
+    return Objective(_batch_mask(fn, batch), [layer], f"direction_neuron_cossim({layer}, p={_fmt(cossim_pow)})",
+                     [UnitRef(layer, position=(y, x), vector_length=vec.shape[-1])],
+                     vec.shape[0] if vec.dim() == 2 else None)
+
+
+def logit(cls: int | Sequence[int], batch: int | None = None) -> Objective:
+    """The network output (logit) of class ``cls`` (or one class per batch item)."""
+    obj = channel(OUTPUT, cls, batch)
+    obj.description = f"logit({_chan_desc(_as_channels(cls))})"
+    return obj
+
+
+def softmax(cls: int | Sequence[int], batch: int | None = None) -> Objective:
+    """The softmax probability of class ``cls`` (or one class per batch item)."""
+    classes = _as_channels(cls)
+
+    def fn(acts: Acts) -> torch.Tensor:
+        return _select_channels(torch.softmax(acts[OUTPUT].flatten(1), dim=1), classes)
+
+    return Objective(_batch_mask(fn, batch), [OUTPUT], f"softmax({_chan_desc(classes)})",
+                     [UnitRef(OUTPUT, classes)], _units_batch(classes))
+
+
+def diversity(layer: str) -> Objective:
+    """Reward for batch items that differ in style: ``-(mean cosine similarity of item i's Gram matrix with the others)``.
+
+    Needs batch >= 2. Lucid weighs it about 1e2 against a channel objective.
+    """
+
+    def fn(acts: Acts) -> torch.Tensor:
+        view = channels_first(acts[layer])  # (B, C, S)
+        b = view.shape[0]
+        if b < 2:
+            raise NnfeatError("diversity needs a batch of at least 2 images: use --batch 2 or more")
+        gram = torch.bmm(view, view.transpose(1, 2)).flatten(1) / view.shape[-1]
+        gram = F.normalize(gram, dim=1)
+        sim = gram @ gram.T  # (B, B)
+        off_diagonal = sim.sum(1) - sim.diagonal()
+        return -off_diagonal / (b - 1)
+
+    return Objective(fn, [layer], f"diversity({layer})", [UnitRef(layer)])
+
+
+def alignment(layer: str, decay_ratio: float = 2.0, max_distance: int = 4) -> Objective:
+    """Reward for neighbouring batch items having similar activations (for interpolations).
+
+    ``-sum_d sum_i mean((a_i - a_{i+d})**2) / decay_ratio**d`` for d = 1..max_distance, shared equally by the items.
+    """
+
+    def fn(acts: Acts) -> torch.Tensor:
+        act = acts[layer].flatten(1)
+        b = act.shape[0]
+        total = act.new_zeros(())
+        for d in range(1, min(max_distance, b - 1) + 1):  # a loop over distances, not over batch items
+            total = total + (act[d:] - act[:-d]).pow(2).mean(1).sum() / decay_ratio**d
+        return (-total / b).expand(b)
+
+    return Objective(fn, [layer], f"alignment({layer})", [UnitRef(layer)])
+
+
+def l1(constant: float = 0.5, layer: str = IMAGE) -> Objective:
+    """Penalty ``mean |x - constant|`` per item (default: the image, toward grey 0.5). Subtract it."""
+
+    def fn(acts: Acts) -> torch.Tensor:
+        return (acts[layer] - constant).abs().flatten(1).mean(1)
+
+    return Objective(fn, [layer], f"l1({layer})" if layer != IMAGE else "l1()", [UnitRef(layer)])
+
+
+def total_variation(layer: str = IMAGE) -> Objective:
+    """Penalty: mean absolute difference of neighbouring pixels per item. Subtract it."""
+
+    def fn(acts: Acts) -> torch.Tensor:
+        img = acts[layer]
+        dy = (img[..., 1:, :] - img[..., :-1, :]).abs().flatten(1).mean(1)
+        dx = (img[..., :, 1:] - img[..., :, :-1]).abs().flatten(1).mean(1)
+        return dx + dy
+
+    return Objective(fn, [layer], "total_variation()", [UnitRef(layer)])
+
+
+def blur(layer: str = IMAGE, sigma: float = 1.0) -> Objective:
+    """Penalty ``0.5 * mean((x - stop_grad(blur(x)))**2)``: its gradient pulls the image toward its own blur."""
+    import kornia
+
+    kernel = 2 * int(round(2 * sigma)) + 1
+
+    def fn(acts: Acts) -> torch.Tensor:
+        img = acts[layer]
+        blurred = kornia.filters.gaussian_blur2d(img.detach(), (kernel, kernel), (sigma, sigma))
+        return 0.5 * (img - blurred).pow(2).flatten(1).mean(1)
+
+    return Objective(fn, [layer], "blur()", [UnitRef(layer)])
+
+
+def _as_vectors(vectors) -> torch.Tensor:
+    vec = torch.as_tensor(vectors, dtype=torch.float32)
+    if vec.dim() not in (1, 2):
+        raise NnfeatError(f"direction must have shape (C,) or (B, C); got {tuple(vec.shape)}")
+    return vec
+
+
+def _chan_desc(channels: tuple[int, ...]) -> str:
+    if len(channels) == 1:
+        return str(channels[0])
+    if channels == tuple(range(channels[0], channels[-1] + 1)):
+        return f"[{channels[0]}..{channels[-1]}]"
+    return "[" + ",".join(map(str, channels)) + "]"
+
+
+#: The constructors the expression grammar may call, by name.
+CONSTRUCTORS: dict[str, Callable[..., Objective]] = {
+    "neuron": neuron,
+    "channel": channel,
+    "deepdream": deepdream,
+    "layer": deepdream,
+    "direction": direction,
+    "direction_neuron_cossim": direction_neuron_cossim,
+    "logit": logit,
+    "softmax": softmax,
+    "diversity": diversity,
+    "alignment": alignment,
+    "l1": l1,
+    "total_variation": total_variation,
+    "tv": total_variation,
+    "blur": blur,
+}

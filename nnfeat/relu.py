@@ -1,0 +1,50 @@
+"""Redirected ReLU (Lucid): for the first steps of a render, let gradient reach units stuck below zero.
+
+Inside :class:`RedirectedReLU` (a ``TorchFunctionMode``), every ReLU call -- ``nn.ReLU`` modules,
+``F.relu``, ``torch.relu``, ``Tensor.relu`` and their in-place forms -- uses a custom backward: the
+normal ReLU gradient where it is non-zero for a batch item; where it is all zero for that item, the
+gradient passes through negative inputs too, except where it would push them further down.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch.overrides import TorchFunctionMode
+
+
+class _RedirectedReLUFn(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x: torch.Tensor) -> torch.Tensor:
+        ctx.save_for_backward(x)
+        return x.clamp_min(0)
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor) -> torch.Tensor:
+        (x,) = ctx.saved_tensors
+        relu_grad = grad * (x > 0)
+        # grad > 0 here means gradient descent would lower x; do not push negative units further down.
+        redirected = torch.where((x < 0) & (grad > 0), torch.zeros_like(grad), grad)
+        if x.dim() == 0:
+            return relu_grad
+        item_has_grad = relu_grad.flatten(1).abs().amax(1) > 0
+        item_has_grad = item_has_grad.view(-1, *([1] * (x.dim() - 1)))
+        return torch.where(item_has_grad, relu_grad, redirected)
+
+
+def redirected_relu(x: torch.Tensor) -> torch.Tensor:
+    """ReLU forward with the redirected backward described in the module docstring."""
+    return _RedirectedReLUFn.apply(x)
+
+
+_RELU_FUNCS = {F.relu, torch.relu, torch.relu_, torch.Tensor.relu, torch.Tensor.relu_, torch.nn.functional.relu_}
+
+
+class RedirectedReLU(TorchFunctionMode):
+    """Context in which every ReLU call uses :func:`redirected_relu` (in-place calls return a new tensor)."""
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        if func in _RELU_FUNCS:
+            return redirected_relu(args[0])
+        return func(*args, **kwargs)

@@ -1,0 +1,241 @@
+"""The render loop: optimize an image parameterization to maximize an objective.
+
+One step is: ``images = param()`` -> ``transforms(images)`` -> model forward up to the deepest layer the
+objective needs (hooks on those layers only) -> ``objective(acts)`` (B,) -> backward -> optimizer step.
+Nothing in the loop reads values back to the host: per-step values go into a preallocated device tensor
+and images are copied at the thresholds; both are read once at the end.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import time
+from dataclasses import dataclass, field
+from typing import Callable, Iterable, Sequence
+
+import torch
+from torch import nn
+
+from nnfeat.errors import NnfeatError
+from nnfeat.hooks import ActivationCapture
+from nnfeat.models.base import Model, as_model
+from nnfeat.models.fold import folded_copy
+from nnfeat.objectives import IMAGE, Objective
+from nnfeat.param import ImageParam, image_param, random_backgrounds
+from nnfeat.relu import RedirectedReLU
+from nnfeat.transforms import make_transforms
+
+
+@dataclass
+class RenderResult:
+    """What :func:`render` returns.
+
+    Attributes:
+        images: ``{step: Tensor (B, 3, H, W)}`` in [0, 1] on the CPU, one entry per threshold.
+        values: (steps, B) the objective of each batch item at each step (on the transformed image).
+        final_values: (B,) the objective of the final images, evaluated without transforms.
+        elapsed: seconds spent in the loop.
+        settings: the settings used (for ``render.json``).
+    """
+
+    images: dict[int, torch.Tensor]
+    values: torch.Tensor
+    final_values: torch.Tensor
+    elapsed: float
+    settings: dict = field(default_factory=dict)
+
+    @property
+    def final(self) -> torch.Tensor:
+        """(B, 3, H, W) the images at the last threshold."""
+        return self.images[max(self.images)]
+
+
+def resolve_device(device: str | torch.device | None, model: Model | None = None) -> torch.device:
+    """``None`` -> the model's device (CPU for a fresh model); a one-line error for unavailable CUDA/MPS."""
+    if device is None:
+        return model.device if model is not None else torch.device("cpu")
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, TypeError):
+        raise NnfeatError(f"unknown device '{device}': use cpu, cuda, cuda:N or mps") from None
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise NnfeatError(f"device '{device}' requested but no CUDA GPU is available: use --device cpu")
+    if dev.type == "cuda" and dev.index is not None and dev.index >= torch.cuda.device_count():
+        raise NnfeatError(f"device '{device}' does not exist: valid are cuda:0..cuda:{torch.cuda.device_count() - 1}")
+    if dev.type == "mps" and not torch.backends.mps.is_available():
+        raise NnfeatError(f"device '{device}' requested but MPS is not available: use --device cpu")
+    return dev
+
+
+def _size2(size) -> tuple[int, int]:
+    return (int(size), int(size)) if isinstance(size, int) else (int(size[0]), int(size[1]))
+
+
+def render(
+    model: nn.Module | Model,
+    objective: Objective,
+    *,
+    size: int | tuple[int, int] | None = None,
+    batch: int | None = None,
+    param: ImageParam | str | None = None,
+    decorrelate: bool = True,
+    transforms: str | nn.Module | None = "auto",
+    model_input_size: int | tuple[int, int] | None = None,
+    steps: int = 256,
+    lr: float = 0.05,
+    optimizer: Callable[[Iterable[torch.Tensor]], torch.optim.Optimizer] | None = None,
+    thresholds: Sequence[int] | None = None,
+    seed: int = 0,
+    device: str | torch.device | None = None,
+    progress: bool = True,
+    redirected_relu_steps: int = 16,
+    fold_batchnorm: bool = True,
+    channels_last: bool = False,
+    autocast: bool | None = None,
+) -> RenderResult:
+    """Render images that maximize ``objective`` on ``model``.
+
+    Args:
+        model: an nnfeat :class:`Model` (from ``load_model``) or a bare module (RGB, no normalization).
+        objective: what to maximize; its batch size (units per item), if any, sets ``batch``.
+        size: image size (int or (H, W)); default: the model's native input size.
+        batch: number of images; default: the objective's unit count, else 1.
+        param: an :class:`ImageParam`, or a kind for :func:`nnfeat.param.image_param` (default ``"fft"``).
+        decorrelate: colour decorrelation for a param built here.
+        transforms: ``"auto"`` (size-aware), ``"standard"`` (Lucid's), ``"none"``, or a module
+            ``(images, generator) -> images``.
+        model_input_size: the size the transforms resize to before the model; default ``size``.
+        steps, lr: optimization length and Adam learning rate.
+        optimizer: ``params -> torch.optim.Optimizer``; default Adam(lr).
+        thresholds: steps (1-based) at which to keep a copy of the images; default ``(steps,)``.
+        seed: seeds the parameter initialization and every transform draw (torch RNG).
+        device: ``cpu``, ``cuda``...; default: the model's device.
+        progress: show a tqdm progress bar.
+        redirected_relu_steps: use Redirected ReLU for this many first steps (0 disables).
+        fold_batchnorm: fold eval-mode BatchNorm into preceding convolutions that are not targets (exact).
+        channels_last: run convolutions in channels-last memory format.
+        autocast: bf16 autocast; default on for CUDA, off otherwise.
+    Returns:
+        :class:`RenderResult`.
+    """
+    model = as_model(model)
+    if not isinstance(objective, Objective):
+        raise NnfeatError(f"objective must be an nnfeat Objective; got {type(objective).__name__}")
+    if steps < 1:
+        raise NnfeatError(f"steps must be at least 1; got {steps}")
+    dev = resolve_device(device, model)
+    model = model.to(dev)
+    size = _size2(size or model.input_size)
+    input_size = _size2(model_input_size or size)
+
+    # Validate layers and units before any work: one-line errors with nearest names and valid ranges.
+    for layer in objective.model_layers:
+        model.check_layer(layer)
+    shapes = model.layer_shapes(objective.model_layers, input_size) if objective.model_layers else {}
+    if isinstance(param, ImageParam) and batch is None:
+        batch = param().shape[0]
+    batch = batch or objective.batch_size or 1
+    objective.validate(shapes, batch)
+
+    thresholds = sorted({int(t) for t in (thresholds or (steps,))})
+    if thresholds[0] < 1 or thresholds[-1] > steps:
+        raise NnfeatError(f"thresholds must lie in 1..{steps}; got {thresholds}")
+
+    generator = torch.Generator(device=dev).manual_seed(int(seed))
+    if param is None or isinstance(param, str):
+        param = image_param(param or "fft", size, batch, decorrelate=decorrelate, generator=generator)
+    param = param.to(dev)
+    transform = make_transforms(transforms, size[0], input_size).to(dev)
+    params = [p for p in param.parameters() if p.requires_grad]
+    opt = optimizer(params) if optimizer is not None else torch.optim.Adam(params, lr=lr)
+
+    run_model = folded_copy(model, keep=objective.model_layers) if fold_batchnorm else model
+    if channels_last:
+        run_model = run_model.to(memory_format=torch.channels_last)
+    use_autocast = (dev.type == "cuda") if autocast is None else autocast
+    amp = (lambda: torch.autocast(dev.type, dtype=torch.bfloat16)) if use_autocast else contextlib.nullcontext
+    needs_image = IMAGE in objective.layers
+    redirect = RedirectedReLU()
+    alpha = bool(getattr(param, "has_alpha", False))  # transparency: composite over a new random background each step
+
+    values = torch.zeros(steps, batch, device=dev)
+    kept: dict[int, torch.Tensor] = {}
+    bar = _progress_bar(steps, objective, progress)
+    start = time.perf_counter()
+    with ActivationCapture(run_model, objective.model_layers) as capture:
+        for step in range(steps):
+            with redirect if step < redirected_relu_steps else contextlib.nullcontext():
+                images = param(random_backgrounds(batch, size, generator)) if alpha else param()
+                seen = transform(images, generator)
+                if channels_last:
+                    seen = seen.contiguous(memory_format=torch.channels_last)
+                with amp():
+                    acts = capture(seen) if objective.model_layers else {}
+                if needs_image:
+                    acts[IMAGE] = images
+                score = objective(acts).float()
+                loss = -score.sum()
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            values[step] = score.detach()
+            if step + 1 in thresholds:
+                with torch.no_grad():
+                    kept[step + 1] = param().detach().clone()
+            if bar is not None:
+                bar.update(1)
+        with torch.no_grad():
+            final = kept[thresholds[-1]]
+            seen = _resize(final, input_size)
+            acts = capture(seen) if objective.model_layers else {}
+            if needs_image:
+                acts[IMAGE] = final
+            final_values = objective(acts).float()
+    elapsed = time.perf_counter() - start
+    if bar is not None:
+        bar.set_postfix_str(f"mean objective {final_values.mean().item():.3g}")
+        bar.close()
+    settings = {
+        "size": list(size), "model_input_size": list(input_size), "batch": batch, "steps": steps, "lr": lr,
+        "seed": seed, "device": str(dev), "param": type(param.raw).__name__ if hasattr(param, "raw") else type(param).__name__,
+        "decorrelate": getattr(param, "decorrelation", None) is not None,
+        "transforms": transforms if isinstance(transforms, str) or transforms is None else type(transforms).__name__,
+        "thresholds": thresholds, "redirected_relu_steps": redirected_relu_steps,
+    }
+    return RenderResult(
+        images={k: v.cpu() for k, v in kept.items()},
+        values=values.cpu(),
+        final_values=final_values.cpu(),
+        elapsed=elapsed,
+        settings=settings,
+    )
+
+
+def _resize(images: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    if tuple(images.shape[-2:]) == tuple(size):
+        return images
+    return torch.nn.functional.interpolate(images, size=size, mode="bilinear", align_corners=False)
+
+
+def _progress_bar(steps: int, objective: Objective, enabled: bool):
+    if not enabled:
+        return None
+    from tqdm.auto import tqdm
+
+    label = objective.description
+    return tqdm(total=steps, desc=f"render {label[:40]}", unit="step", leave=False)
+
+
+@torch.no_grad()
+def evaluate(model: nn.Module | Model, objective: Objective, images: torch.Tensor,
+             device: str | torch.device | None = None) -> torch.Tensor:
+    """The objective on fixed images (B, 3, H, W) in [0,1], no transforms -> (B,)."""
+    model = as_model(model)
+    dev = resolve_device(device, model)
+    model = model.to(dev)
+    images = images.to(dev)
+    with ActivationCapture(model, objective.model_layers) as capture:
+        acts = capture(images) if objective.model_layers else {}
+    if IMAGE in objective.layers:
+        acts[IMAGE] = images
+    return objective(acts).float().cpu()

@@ -1,0 +1,271 @@
+"""Activation atlas: every stage on the digits model, caching, resume, class atlas, CLI."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from nnfeat.atlas import AtlasSettings, build_atlas
+from nnfeat.atlas.collect import collect
+from nnfeat.atlas.grid import cell_of, make_grid
+from nnfeat.atlas.layout import layout_2d, normalize_layout, whitening
+from nnfeat.atlas.pipeline import class_selection, resolve_class
+from nnfeat.data import ImageSet, load_images
+from nnfeat.errors import NnfeatError
+from nnfeat.hooks import ActivationCapture
+
+# small, fast settings: 32 px icons (the model's size), few steps
+FAST = dict(n=400, per_image=2, layout="pca", grid=4, min_count=3, steps=4, batch=4, icon_size=32)
+
+
+@pytest.fixture(scope="module")
+def model():
+    from nnfeat.models.zoo import load_model
+
+    return load_model("digits-cnn")
+
+
+@pytest.fixture(scope="module")
+def digits():
+    return load_images("digits")
+
+
+# -- units ---------------------------------------------------------------------------------------
+def test_whitening_inverts_second_moment():
+    rng = np.random.default_rng(0)
+    acts = rng.normal(size=(2000, 6)).astype(np.float32) @ rng.normal(size=(6, 6)).astype(np.float32)
+    s = whitening(acts)
+    moment = acts.astype(np.float64).T @ acts / len(acts)
+    assert np.allclose(s @ moment, np.eye(6), atol=1e-3)
+    dead = np.concatenate([acts, np.zeros((len(acts), 1), np.float32)], 1)  # a dead channel stays finite
+    assert np.isfinite(whitening(dead)).all()
+
+
+def test_normalize_layout_clips_percentiles():
+    rng = np.random.default_rng(1)
+    positions = rng.normal(size=(1000, 2))
+    positions[0] = (1e6, -1e6)  # an outlier must not squash the rest
+    normalized = normalize_layout(positions)
+    assert normalized.min() >= 0 and normalized.max() <= 1
+    assert tuple(normalized[0]) == (1.0, 0.0)
+    inside = normalized[1:]
+    assert inside.std(0).min() > 0.1
+    lo, hi = np.percentile(positions, [1, 99], axis=0)
+    widened_lo = lo - 0.1 * (hi - lo)
+    assert np.allclose((lo - widened_lo) / (1.2 * (hi - lo)), 0.1 / 1.2)
+
+
+def test_grid_cells_are_means_of_their_samples():
+    rng = np.random.default_rng(2)
+    positions = rng.uniform(size=(300, 2)).astype(np.float32)
+    acts = rng.normal(size=(300, 5)).astype(np.float32)
+    attr = rng.normal(size=(300, 3)).astype(np.float32)
+    image_index = np.arange(300) // 2
+    labels = rng.integers(0, 4, size=150)
+    grid = make_grid(positions, acts, size=3, min_count=30, attr=attr, image_index=image_index, labels=labels,
+                     num_labels=4, members=3, chunk=64)
+    flat = cell_of(positions, 3)
+    counts = np.bincount(flat, minlength=9)
+    assert len(grid) == int((counts >= 30).sum())
+    for i in range(len(grid)):
+        rows = flat == grid.rows[i] * 3 + grid.cols[i]
+        assert grid.counts[i] == rows.sum()
+        assert np.allclose(grid.vectors[i], acts[rows].mean(0), atol=1e-5)
+        assert np.allclose(grid.attr[i], attr[rows].mean(0), atol=1e-5)
+        assert np.allclose(grid.positions[i], positions[rows].mean(0), atol=1e-5)
+        assert (grid.label_counts[i] == np.bincount(labels[image_index[rows]], minlength=4)).all()
+        members = grid.members[i]
+        assert len(set(members.tolist())) == 3 and set(members.tolist()) <= set(image_index[rows].tolist())
+    dropped = ~np.isin(flat, grid.rows * 3 + grid.cols)
+    assert (grid.sample_cell[dropped] == -1).all()
+
+
+def test_class_selection_top_attribution_or_top_k():
+    attr = np.array([[5, 1, 0], [0, 4, 1], [3, 2.5, 0], [0, 0, 9], [1, 2, 3], [0, 3, 5]], dtype=np.float32)
+    # class 1 is the top of row 1; its 2 largest values are rows 1 (4) and 5 (3); N//K = 2 caps the top-k
+    assert class_selection(attr, 1, top=100).tolist() == [1, 5]
+    assert class_selection(attr, 1, top=1).tolist() == [1]
+    assert class_selection(attr, 0, top=1).tolist() == [0, 2]
+
+
+def test_resolve_class():
+    names = ["cat", "dog", "frog"]
+    assert resolve_class("dog", names, 3) == 1 and resolve_class("2", names, 3) == 2
+    with pytest.raises(NnfeatError, match="nearest: dog"):
+        resolve_class("dgo", names, 3)
+    with pytest.raises(NnfeatError, match="out of range"):
+        resolve_class(7, names, 3)
+
+
+# -- collection ----------------------------------------------------------------------------------
+def test_collect_attribution_of_a_linear_head_is_logit_minus_bias(model, digits, tmp_path):
+    """At ``avgpool`` the head is linear, so sum_c act_c * dlogit_k/dact_c = logit_k - bias_k exactly."""
+    data = collect(model, "avgpool", digits.subset(np.arange(64)), tmp_path, n=64, progress=False)
+    images = digits.tensors(data.samples[:, 0], 32)
+    with torch.no_grad(), ActivationCapture(model, ["avgpool", "output"]) as capture:
+        acts = capture(images)
+    assert np.allclose(data.acts, acts["avgpool"].flatten(1).numpy(), atol=1e-5)
+    expected = (acts["output"] - model.net.fc.bias).numpy()
+    assert np.allclose(data.attr, expected, atol=1e-4)
+
+
+def test_collect_positions_resume_and_memmap(model, digits, tmp_path):
+    images = digits.subset(np.arange(50))
+    data = collect(model, "relu3", images, tmp_path / "a", n=150, per_image=3, batch_size=16, progress=False)
+    assert data.acts.shape == (150, 64) and isinstance(data.acts, np.memmap)
+    samples = np.asarray(data.samples)
+    for image in np.unique(samples[:, 0]):  # distinct positions per image
+        assert len(set(samples[samples[:, 0] == image, 1].tolist())) == 3
+    # the stored vectors are the activations at the stored positions
+    with torch.no_grad(), ActivationCapture(model, ["relu3"]) as capture:
+        act = capture(images.tensors(samples[:5, 0], 32))["relu3"]
+    for row in range(5):
+        y, x = data.position_yx(row)
+        assert np.allclose(data.acts[row], act[row, :, y, x].numpy(), atol=1e-5)
+    # an interrupted collection (2 of 4 batches done) resumes to the same result
+    meta = json.loads((tmp_path / "a" / "collect.json").read_text())
+    partial = tmp_path / "b"
+    collect(model, "relu3", images, partial, n=150, per_image=3, batch_size=16, progress=False)
+    arrays = np.load(partial / "acts.npy", mmap_mode="r+")
+    arrays[2 * 16 * 3:] = 0
+    arrays.flush()
+    del arrays
+    (partial / "collect.json").write_text(json.dumps({**meta, "batches_done": 2, "complete": False}))
+    resumed = collect(model, "relu3", images, partial, n=150, per_image=3, batch_size=16, progress=False)
+    assert np.array_equal(resumed.acts, data.acts) and np.array_equal(resumed.samples, data.samples)
+
+
+# -- layout shows classes as regions -------------------------------------------------------------
+def test_digits_atlas_cells_are_mostly_label_pure(model, digits, tmp_path):
+    data = collect(model, "avgpool", digits, tmp_path, n=len(digits), progress=False)
+    positions = normalize_layout(layout_2d(data.acts, "umap", seed=0))
+    grid = make_grid(positions, data.acts, size=8, min_count=4, attr=data.attr, image_index=data.samples[:, 0],
+                     labels=digits.labels, num_labels=10)
+    share = grid.label_counts.max(1) / grid.label_counts.sum(1)
+    assert len(grid) >= 10
+    assert share.mean() >= 0.6
+    # the attribution's top class agrees with the dataset majority in most cells
+    assert (grid.attr.argmax(1) == grid.label_counts.argmax(1)).mean() >= 0.7
+    # a random layout would not be pure: same grid on shuffled positions
+    shuffled = positions[np.random.default_rng(0).permutation(len(positions))]
+    control = make_grid(shuffled, data.acts, size=8, min_count=4, image_index=data.samples[:, 0],
+                        labels=digits.labels, num_labels=10)
+    assert (control.label_counts.max(1) / control.label_counts.sum(1)).mean() < 0.4
+
+
+# -- the whole pipeline --------------------------------------------------------------------------
+@pytest.mark.parametrize("layout", ["pca", "umap"])
+def test_pipeline_outputs(model, digits, tmp_path, layout):
+    settings = AtlasSettings(**{**FAST, "layout": layout})
+    result = build_atlas(model, "relu3", digits, tmp_path, settings, progress=False)
+    record = json.loads((tmp_path / "cells.json").read_text())
+    assert record["model"] == "digits-cnn" and record["layer"] == "relu3" and record["grid"] == 4
+    assert record["classes"] == [str(i) for i in range(10)] and record["settings"]["layout"] == layout
+    cells = record["cells"]
+    assert cells == result.cells and 1 <= len(cells) <= 16
+    assert sum(c["count"] for c in cells) <= record["samples"] == 400
+    mosaic = np.asarray(Image.open(tmp_path / "atlas.png"))
+    assert mosaic.shape == (4 * 32, 4 * 32, 3)
+    occupied = {(c["row"], c["col"]) for c in cells}
+    for cell in cells:
+        assert cell["count"] >= 3
+        assert set(cell) >= {"row", "col", "count", "icon", "position", "top_class", "labels", "cosine", "members"}
+        icon = np.asarray(Image.open(tmp_path / cell["icon"]).convert("RGB"))
+        y, x = cell["row"] * 32, cell["col"] * 32
+        assert np.array_equal(mosaic[y:y + 32, x:x + 32], icon)
+        assert -1.0 <= cell["cosine"] <= 1.0
+        assert sum(cell["labels"].values()) == cell["count"]
+        assert 0 <= cell["top_class"]["index"] < 10 and cell["top_class"]["name"] == str(cell["top_class"]["index"])
+        assert all(0 <= m < len(digits) for m in cell["members"])
+    for row in range(4):
+        for col in range(4):
+            if (row, col) not in occupied:
+                assert (mosaic[row * 32:(row + 1) * 32, col * 32:(col + 1) * 32] == 255).all()
+    assert result.mean_cosine == pytest.approx(np.mean([c["cosine"] for c in cells]))
+
+
+def test_rerun_is_cached_and_grid_change_keeps_layout(model, digits, tmp_path):
+    settings = AtlasSettings(**FAST)
+    build_atlas(model, "relu3", digits, tmp_path, settings, progress=False)
+    again = build_atlas(model, "relu3", digits, tmp_path, settings, progress=False)
+    assert set(again.cached) == {"collect", "whitening", "layout", "grid", "icons"}
+    regrid = build_atlas(model, "relu3", digits, tmp_path, AtlasSettings(**{**FAST, "grid": 3}), progress=False)
+    assert {"collect", "whitening", "layout"} <= set(regrid.cached) and "grid" not in regrid.cached
+    assert json.loads((tmp_path / "cells.json").read_text())["grid"] == 3
+
+
+def test_interrupted_icon_stage_resumes_to_the_same_atlas(model, digits, tmp_path):
+    settings = AtlasSettings(**{**FAST, "n": 300, "grid": 3, "batch": 3})
+    whole = build_atlas(model, "relu3", digits, tmp_path / "whole", settings, progress=False)
+    batches = -(-len(whole.cells) // 3)
+    assert batches >= 2
+
+    def stop_after_first(index, count):
+        if index == 0:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        build_atlas(model, "relu3", digits, tmp_path / "split", settings, progress=False, on_icon_batch=stop_after_first)
+    assert not (tmp_path / "split" / "atlas.png").exists()
+    first = tmp_path / "split" / "icons" / "batch-00000.json"
+    assert first.is_file() and not (tmp_path / "split" / "icons" / "batch-00001.json").exists()
+    stamp = first.stat().st_mtime_ns
+    rendered = []
+    resumed = build_atlas(model, "relu3", digits, tmp_path / "split", settings, progress=False,
+                          on_icon_batch=lambda i, n: rendered.append(i))
+    assert first.stat().st_mtime_ns == stamp  # batch 0 was not rendered again
+    assert rendered == list(range(batches))
+    assert (tmp_path / "split" / "atlas.png").read_bytes() == (tmp_path / "whole" / "atlas.png").read_bytes()
+    assert (tmp_path / "split" / "cells.json").read_text() == (tmp_path / "whole" / "cells.json").read_text()
+    assert resumed.cells == whole.cells
+
+
+def test_class_atlas_keeps_samples_favouring_the_class(model, digits, tmp_path):
+    settings = AtlasSettings(n=len(digits), layout="pca", class_="3", steps=2, batch=16, icon_size=32)
+    result = build_atlas(model, "avgpool", digits, tmp_path, settings, progress=False)
+    assert result.header["class"] == {"index": 3, "name": "3"}
+    assert result.header["grid"] == 10 and result.header["settings"]["min_count"] == 4
+    attr = np.load(tmp_path / "collect" / "attr.npy")
+    assert result.header["samples"] == len(class_selection(attr, 3, 2500)) < len(digits) / 3
+    counts = {}
+    for cell in result.cells:
+        for name, count in cell["labels"].items():
+            counts[name] = counts.get(name, 0) + count
+    assert max(counts, key=counts.get) == "3" and counts["3"] / sum(counts.values()) > 0.5
+
+
+def test_class_atlas_needs_a_known_class(model, digits, tmp_path):
+    with pytest.raises(NnfeatError, match="unknown class 'seven'"):
+        build_atlas(model, "avgpool", digits, tmp_path, AtlasSettings(n=200, layout="pca", class_="seven"),
+                    progress=False)
+
+
+def test_bad_settings_are_one_line_errors(model, digits, tmp_path):
+    with pytest.raises(NnfeatError, match="unknown layout"):
+        build_atlas(model, "relu3", digits, tmp_path, AtlasSettings(layout="mds"), progress=False)
+    with pytest.raises(NnfeatError, match="--per-image"):
+        build_atlas(model, "relu3", digits, tmp_path, AtlasSettings(per_image=0), progress=False)
+    with pytest.raises(NnfeatError, match="unknown layer"):
+        build_atlas(model, "relu33", digits, tmp_path, AtlasSettings(), progress=False)
+
+
+def test_atlas_command(tmp_path):
+    from nnfeat.atlas.commands import register
+
+    parser = argparse.ArgumentParser()
+    register(parser.add_subparsers(dest="command"))
+    out = tmp_path / "cli"
+    args = parser.parse_args(["atlas", "digits-cnn", "relu3", "--images", "digits", "--n", "300", "--per-image", "2",
+                              "--layout", "pca", "--grid", "3", "--min-count", "2", "--no-whiten", "--icon-size", "32",
+                              "--steps", "2", "--batch", "8", "--seed", "1", "--device", "cpu", "--out", str(out)])
+    assert args.whiten is False
+    assert args.func(args) == 0
+    record = json.loads((out / "cells.json").read_text())
+    assert record["settings"]["whiten"] is False and record["settings"]["seed"] == 1 and record["grid"] == 3
+    assert (out / "atlas.png").is_file()
