@@ -19,7 +19,9 @@ from nnfeat.errors import NnfeatError
 
 def _load_model(args):
     from nnfeat.models.zoo import load_model
+    from nnfeat.render import resolve_device
 
+    resolve_device(getattr(args, "device", None))  # a one-line error for an unavailable device, before any loading
     return load_model(args.model, weights=getattr(args, "weights", "pretrained"), device=getattr(args, "device", None))
 
 

@@ -55,11 +55,13 @@ def run_demo(out: Path, *, steps: int = 256, atlas: bool = True, progress: bool 
 
 
 def _demo_atlas(model, out: Path, progress: bool) -> dict:
-    from nnfeat.atlas.pipeline import build_atlas
+    from nnfeat.atlas.pipeline import AtlasSettings, build_atlas
+    from nnfeat.data import load_images
 
     atlas_dir = out / "atlas"
-    build_atlas(model, ATLAS_LAYER, "digits", out=atlas_dir, n=1797 * 4, per_image=4, grid=12, min_count=3,
-                icon_size=32, steps=256, batch=64, seed=0, layout="umap", progress=progress)
+    settings = AtlasSettings(n=1797 * 4, per_image=4, grid=12, min_count=3, icon_size=32, steps=256, batch=64, seed=0,
+                             layout="umap")
+    build_atlas(model, ATLAS_LAYER, load_images("digits"), atlas_dir, settings, progress=progress)
     return {"title": f"Activation atlas of {ATLAS_LAYER} on the digits",
             "note": "UMAP layout of 4 positions per image, 12x12 grid; open <a href='atlas/atlas.html'>the interactive "
                     "viewer</a>.",

@@ -79,8 +79,12 @@ def parse_objective(text: str) -> Objective:
     try:
         tree = ast.parse(expanded, mode="eval")
     except SyntaxError as err:
-        col = origin[min((err.offset or 1) - 1, len(origin) - 1)]
-        raise NnfeatError(f"bad objective expression {_where(source, col)} ({err.msg})") from None
+        offset = err.offset or 0
+        if offset < 1:  # Python reports no position when the input ends too early
+            col, reason = len(source), "unexpected end of expression"
+        else:
+            col, reason = origin[min(offset - 1, len(origin) - 1)], err.msg
+        raise NnfeatError(f"bad objective expression {_where(source, col)} ({reason})") from None
     return _Walker(source, origin).visit(tree.body)
 
 

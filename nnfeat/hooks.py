@@ -51,13 +51,13 @@ class ActivationCapture:
         self.model = model
         self.layers = list(dict.fromkeys(layers))
         self.need_output = OUTPUT in self.layers
-        # (module name, call index) -> requested layer string
-        self._wanted: dict[tuple[str, int], str] = {}
+        # (module name, call index) -> requested layer strings ("relu" and "relu#0" name the same call)
+        self._wanted: dict[tuple[str, int], list[str]] = {}
         for layer in self.layers:
             if layer == OUTPUT:
                 continue
             model.check_layer(layer)
-            self._wanted[split_call(layer)] = layer
+            self._wanted.setdefault(split_call(layer), []).append(layer)
         self._handles: list = []
         self._acts: dict[str, torch.Tensor] = {}
         self._calls: dict[str, int] = {}
@@ -86,11 +86,12 @@ class ActivationCapture:
         def hook(_module, _inputs, output):
             call = self._calls.get(base, 0)
             self._calls[base] = call + 1
-            layer = self._wanted.get((base, call))
-            if layer is None:
+            layers = self._wanted.get((base, call))
+            if layers is None:
                 return None
             tensor = output[0] if isinstance(output, (tuple, list)) else output
-            self._acts[layer] = tensor
+            for layer in layers:
+                self._acts[layer] = tensor
             self._pending -= 1
             if self._pending == 0 and not self.need_output:
                 raise _StopForward

@@ -42,7 +42,7 @@ def microscope(model: Model, layer: str, channels: str | list[int] | None, *, ou
 
     out.mkdir(parents=True, exist_ok=True)
     manifest_path = out / "microscope.json"
-    settings = {"model": model_name or model.name, "layer": layer,
+    settings = {"model": model_name or model.name, "layer": layer, "batch": batch,
                 **{k: v for k, v in render_kwargs.items() if k != "progress"}}
     manifest = {"settings": settings, "channels": {}}
     if manifest_path.exists():
@@ -50,17 +50,16 @@ def microscope(model: Model, layer: str, channels: str | list[int] | None, *, ou
         if previous.get("settings") == settings:
             manifest = previous
     done = {int(c) for c in manifest["channels"] if (out / f"channel-{c}.png").exists()}
-    todo = [c for c in channel_list if c not in done]
+    # Chunks are fixed by the channel list, so a resumed run renders exactly the batches an uninterrupted one would.
+    chunks = [channel_list[i:i + batch] for i in range(0, len(channel_list), batch)]
+    todo = [chunk for chunk in chunks if not set(chunk) <= done]
 
     bar = None
     if progress and todo:
         from tqdm.auto import tqdm
 
-        bar = tqdm(total=len(channel_list), initial=len(channel_list) - len(todo), desc=f"microscope {layer}",
-                   unit="channel")
-    for start in range(0, len(todo), batch):
-        chunk = todo[start:start + batch]
-        # each chunk is seeded from (seed, first channel), so a resumed run renders the same images
+        bar = tqdm(total=len(chunks), initial=len(chunks) - len(todo), desc=f"microscope {layer}", unit="batch")
+    for chunk in todo:
         kwargs = dict(render_kwargs)
         kwargs["seed"] = int(render_kwargs.get("seed", 0)) * 100003 + chunk[0]
         result = render(model, channel_objective(layer, chunk), batch=len(chunk), progress=False, **kwargs)
@@ -69,7 +68,7 @@ def microscope(model: Model, layer: str, channels: str | list[int] | None, *, ou
             manifest["channels"][str(c)] = {"value": value, "image": f"channel-{c}.png"}
         write_json(manifest_path, manifest)
         if bar is not None:
-            bar.update(len(chunk))
+            bar.update(1)
     if bar is not None:
         bar.close()
 
@@ -82,9 +81,7 @@ def microscope(model: Model, layer: str, channels: str | list[int] | None, *, ou
     ])
     sheet = rendered
     if images:
-        from nnfeat.examples import contact_rows_with_examples
-
-        sheet = contact_rows_with_examples(model, layer, channel_list, rendered, images, k=examples_k)
+        sheet = rows_with_examples(model, layer, channel_list, rendered, images, k=examples_k)
         save_grid(out / "contact.png", sheet, ncol=1 + examples_k)
     else:
         save_grid(out / "contact.png", sheet)
@@ -92,3 +89,26 @@ def microscope(model: Model, layer: str, channels: str | list[int] | None, *, ou
     write_json(manifest_path, manifest)
     print(f"wrote {len(channel_list)} channel renders and {out / 'contact.png'}")
     return manifest
+
+
+def rows_with_examples(model: Model, layer: str, channels: list[int], rendered: torch.Tensor, source: str,
+                       k: int = 4) -> torch.Tensor:
+    """Contact-sheet rows: each channel's render (B,3,H,W) followed by its top-``k`` dataset examples.
+
+    Returns (len(channels) * (1 + k), 3, H, W), row-major, for ``save_grid(..., ncol=1 + k)``.
+    """
+    import torch.nn.functional as F
+
+    from nnfeat.data import load_images
+    from nnfeat.examples import example_images, top_examples
+
+    image_set = load_images(source, size=model.input_size)
+    found = top_examples(model, layer, channels, image_set, k=k)
+    size = tuple(rendered.shape[-2:])
+    tiles = []
+    for c, render_image in zip(channels, rendered):
+        examples = example_images(image_set, found[c].top, model.input_size)
+        examples = F.interpolate(examples, size=size, mode="bilinear", align_corners=False)
+        blank = torch.ones(k - len(examples), 3, *size)
+        tiles.append(torch.cat([render_image.unsqueeze(0), examples, blank]))
+    return torch.cat(tiles)

@@ -22,14 +22,19 @@ class _RedirectedReLUFn(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad: torch.Tensor) -> torch.Tensor:
         (x,) = ctx.saved_tensors
-        relu_grad = grad * (x > 0)
-        # grad > 0 here means gradient descent would lower x; do not push negative units further down.
-        redirected = torch.where((x < 0) & (grad > 0), torch.zeros_like(grad), grad)
+        relu_grad = torch.ops.aten.threshold_backward(grad, x, 0)  # grad where x > 0, else 0 (one fused pass)
         if x.dim() == 0:
             return relu_grad
-        item_has_grad = relu_grad.flatten(1).abs().amax(1) > 0
-        item_has_grad = item_has_grad.view(-1, *([1] * (x.dim() - 1)))
-        return torch.where(item_has_grad, relu_grad, redirected)
+        flat = relu_grad.reshape(x.shape[0], -1)
+        item_has_grad = (flat.amax(1) > 0) | (flat.amin(1) < 0)  # (B,); two plain reductions beat ne().any()
+        # On the CPU reading the flag costs nothing, and usually every item has gradient: skip the rest.
+        # (On accelerators this would be a host sync every step, so the branch-free form below runs instead.)
+        if x.device.type == "cpu" and bool(item_has_grad.all()):
+            return relu_grad
+        # Redirected: gradient passes where x >= 0; where x < 0 only the part that raises x (grad <= 0)
+        # passes, since grad > 0 means gradient descent would push x further down.
+        redirected = torch.where(x < 0, grad.clamp(max=0), grad)
+        return torch.where(item_has_grad.view(-1, *([1] * (x.dim() - 1))), relu_grad, redirected)
 
 
 def redirected_relu(x: torch.Tensor) -> torch.Tensor:

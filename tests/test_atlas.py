@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import json
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -14,9 +13,10 @@ from PIL import Image
 from nnfeat.atlas import AtlasSettings, build_atlas
 from nnfeat.atlas.collect import collect
 from nnfeat.atlas.grid import cell_of, make_grid
+from nnfeat.atlas.icons import centre_cosine, icon_objective
 from nnfeat.atlas.layout import layout_2d, normalize_layout, whitening
 from nnfeat.atlas.pipeline import class_selection, resolve_class
-from nnfeat.data import ImageSet, load_images
+from nnfeat.data import load_images
 from nnfeat.errors import NnfeatError
 from nnfeat.hooks import ActivationCapture
 
@@ -101,6 +101,24 @@ def test_resolve_class():
         resolve_class("dgo", names, 3)
     with pytest.raises(NnfeatError, match="out of range"):
         resolve_class(7, names, 3)
+
+
+def test_icon_objective_and_centre_cosine(model, digits):
+    rng = torch.Generator().manual_seed(0)
+    acts = {"relu3": torch.rand(2, 64, 8, 8, generator=rng)}
+    directions = torch.randn(2, 64, generator=rng)
+    plain = icon_objective("relu3", directions, 3.0)(acts)
+    h = acts["relu3"][:, :, 4, 4]
+    dot = (h * directions).mean(1)
+    assert torch.allclose(plain, dot * (dot / (1e-4 + h.norm(dim=1))).clamp_min(0.1) ** 3)
+    spread = icon_objective("relu3", directions, 3.0, spatial_weight=0.5)(acts)
+    everywhere = torch.einsum("bchw,bc->b", acts["relu3"], directions) / 64
+    assert torch.allclose(spread, plain + 0.5 * everywhere / 64, atol=1e-6)
+    images = digits.tensors([0, 1], 32)
+    with torch.no_grad(), ActivationCapture(model, ["relu3"]) as capture:
+        centre = capture(images)["relu3"][:, :, 4, 4]
+    assert torch.allclose(centre_cosine(model, "relu3", images, directions),
+                          torch.nn.functional.cosine_similarity(centre, directions, dim=1), atol=1e-6)
 
 
 # -- collection ----------------------------------------------------------------------------------
@@ -263,9 +281,11 @@ def test_atlas_command(tmp_path):
     out = tmp_path / "cli"
     args = parser.parse_args(["atlas", "digits-cnn", "relu3", "--images", "digits", "--n", "300", "--per-image", "2",
                               "--layout", "pca", "--grid", "3", "--min-count", "2", "--no-whiten", "--icon-size", "32",
-                              "--steps", "2", "--batch", "8", "--seed", "1", "--device", "cpu", "--out", str(out)])
+                              "--steps", "2", "--batch", "8", "--seed", "1", "--spatial-weight", "0.5", "--device", "cpu",
+                              "--out", str(out)])
     assert args.whiten is False
     assert args.func(args) == 0
     record = json.loads((out / "cells.json").read_text())
     assert record["settings"]["whiten"] is False and record["settings"]["seed"] == 1 and record["grid"] == 3
+    assert record["settings"]["spatial_weight"] == 0.5
     assert (out / "atlas.png").is_file()

@@ -64,3 +64,8 @@ def test_error_marks_the_breaking_column():
     with pytest.raises(NnfeatError) as err:
         parse_objective("layer3:5 + foo(1)")
     assert "layer3:5 + ⟨here⟩foo(1)" in str(err.value)
+
+
+def test_expression_ending_early_points_at_the_end():
+    with pytest.raises(NnfeatError, match="unexpected end of expression"):
+        parse_objective("layer3:1 +")

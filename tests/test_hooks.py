@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import pytest
 import torch
-from torch import nn
 
 from nnfeat.errors import NnfeatError
 from nnfeat.hooks import ActivationCapture
@@ -144,8 +143,10 @@ def test_shared_relu_calls_are_separate_layers(resnet18):
     assert torch.allclose(acts["layer1.0.relu#1"], second, atol=1e-5)
     assert not torch.allclose(acts["layer1.0.relu#0"], acts["layer1.0.relu#1"])
 
-    with ActivationCapture(resnet18, ["layer1.0.relu"]) as capture:  # plain name = first call
-        assert torch.allclose(capture(x)["layer1.0.relu"], first, atol=1e-5)
+    with ActivationCapture(resnet18, ["layer1.0.relu", "layer1.0.relu#0"]) as capture:  # plain name = first call
+        acts = capture(x)
+    assert torch.allclose(acts["layer1.0.relu"], first, atol=1e-5)
+    assert acts["layer1.0.relu#0"] is acts["layer1.0.relu"]
 
 
 def test_shared_relu_missing_call_is_one_line_error(resnet18):

@@ -5,17 +5,16 @@ from __future__ import annotations
 import functools
 import hashlib
 import http.server
+import os
 import shutil
 import threading
-from pathlib import Path
 
 import pytest
 import torch
 
 from nnfeat.errors import NnfeatError
-from nnfeat.models import Model, fetch_weights, known_models, load_model, nnfeat_home
+from nnfeat.models import Model, digits, fetch_weights, known_models, load_model, nnfeat_home
 from nnfeat.models import cifar_resnet as cr
-from nnfeat.models import digits
 from nnfeat.models.weights import hash_prefix_from_name, sha256_of
 
 R20 = "resnet20-12fca82f.th"
@@ -126,7 +125,7 @@ def test_hash_prefix_from_name():
 
 def test_fetch_finds_weights_on_search_path(shared_dir, tmp_path, monkeypatch):
     monkeypatch.setenv("NNFEAT_HOME", str(tmp_path / "home"))
-    monkeypatch.setenv("NNFEAT_WEIGHTS_PATH", f"{tmp_path / 'missing'}{__import__('os').pathsep}{shared_dir / 'models'}")
+    monkeypatch.setenv("NNFEAT_WEIGHTS_PATH", f"{tmp_path / 'missing'}{os.pathsep}{shared_dir / 'models'}")
     path = fetch_weights(R20, UNREACHABLE + R20, progress=False)
     assert path == shared_dir / "models" / R20
     assert sha256_of(path).startswith("12fca82f")
@@ -208,7 +207,7 @@ def http_mirror(shared_dir, tmp_path, monkeypatch):
     (root / "resnet32-d509ac18.th").write_bytes(b"not the weights")
     handler = functools.partial(QuietHandler, directory=str(root))
     server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
     thread.start()
     monkeypatch.setenv("no_proxy", "127.0.0.1,localhost")
     monkeypatch.setenv("NNFEAT_HOME", str(tmp_path / "home"))
@@ -304,21 +303,34 @@ def test_torchvision_unknown_name_lists_close_names():
     assert "torchvision:resnet18" in one_line(err)
 
 
-def test_torchvision_googlenet_input_contract():
-    """Our 0.5/0.5 normalization without transform_input equals torchvision's ImageNet norm + transform_input."""
+def test_torchvision_pretrained_googlenet_input_contract(tmp_path, monkeypatch):
+    """The pretrained path, served offline from a file:// URL: without transform_input and with 0.5/0.5
+    normalization our model computes what torchvision's ImageNet normalization + transform_input does."""
     import torchvision
+    from torchvision.models import GoogLeNet_Weights
 
-    ours = load_model("torchvision:googlenet", weights="random")
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(1)
+        source = torchvision.models.googlenet(weights=None, init_weights=True, aux_logits=True)
+    blob = tmp_path / "blob.pth"
+    torch.save(source.state_dict(), blob)
+    served = tmp_path / f"googlenet-{sha256_of(blob)[:8]}.pth"  # torch hub checks this hash prefix
+    blob.rename(served)
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
+    monkeypatch.setattr(GoogLeNet_Weights.DEFAULT.value, "url", served.as_uri())
+
+    ours = load_model("torchvision:googlenet")
     assert ours.net.transform_input is False
-    theirs = torchvision.models.googlenet(weights=None, init_weights=True, aux_logits=False, transform_input=True)
-    result = theirs.load_state_dict(ours.net.state_dict(), strict=False)
-    assert not result.missing_keys
-    theirs.eval()
-    imagenet = Model(theirs, mean=(0.485, 0.456, 0.406), std=(0.229, 0.224, 0.225))
-    halves = Model(ours.net, mean=(0.5, 0.5, 0.5), std=(0.5, 0.5, 0.5))
-    x = torch.rand(1, 3, 64, 64, generator=torch.Generator().manual_seed(0))
+    assert torch.allclose(ours.mean.flatten(), torch.full((3,), 0.5))
+    assert ours.classes == GoogLeNet_Weights.DEFAULT.meta["categories"]
+    assert torch.equal(ours.net.conv1.conv.weight, source.conv1.conv.weight)
+
+    theirs = torchvision.models.googlenet(weights=None, init_weights=True, aux_logits=True, transform_input=True)
+    theirs.load_state_dict(source.state_dict())
+    reference = Model(theirs, mean=(0.485, 0.456, 0.406), std=(0.229, 0.224, 0.225))
+    x = torch.rand(2, 3, 64, 64, generator=torch.Generator().manual_seed(0))
     with torch.no_grad():
-        assert torch.allclose(imagenet(x), halves(x), atol=1e-4)
+        assert torch.allclose(ours(x), reference(x), atol=1e-4)
 
 
 def test_torchvision_pretrained_offline_is_one_line(tmp_path, monkeypatch):
@@ -400,7 +412,8 @@ def test_digits_model_accuracy(digits_model):
     images, labels = digits.digits_dataset("test")  # RGB in [0,1]; Model converts to grey
     assert accuracy(digits_model, images, labels) >= 0.95
     shapes = digits_model.layer_shapes(["conv1", "pool1", "pool2", "relu3", "fc"])
-    assert [tuple(s) for s in shapes.values()] == [(1, 16, 32, 32), (1, 16, 16, 16), (1, 32, 8, 8), (1, 64, 8, 8), (1, 10)]
+    want = [(1, 16, 32, 32), (1, 16, 8, 8), (1, 32, 4, 4), (1, 64, 4, 4), (1, 10)]
+    assert [tuple(s) for s in shapes.values()] == want
 
 
 def test_digits_model_is_cached_and_deterministic(digits_model):

@@ -1,7 +1,9 @@
 """Atlas stage 6-7: render one icon per kept cell, in batches that survive interruption.
 
 Each icon maximizes ``direction_neuron_cossim(layer, v')`` at the centre position of the layer, with
-``v' = v·S`` the whitened cell vector (or ``v`` without whitening), REFERENCE §4.6. Cells are rendered in
+``v' = v·S`` the whitened cell vector (or ``v`` without whitening), REFERENCE §4.6. An optional
+``spatial_weight`` w adds ``w * mean over positions of (h · v') / C``, which asks every position, not
+only the centre, to show the direction (off by default, as in the paper; see ``experiments/atlas_cifar.py``). Cells are rendered in
 fixed batches (cell order is the grid's row-major order); batch ``i`` is seeded from ``(seed, i)`` and
 not from a running RNG, so rendering batch 3 alone gives the same pixels as rendering batches 0-3.
 
@@ -28,7 +30,7 @@ from nnfeat.atlas.collect import stage_seed
 from nnfeat.hooks import ActivationCapture
 from nnfeat.io import read_json, save_image, write_json
 from nnfeat.models.base import Model
-from nnfeat.objectives import at_position, direction_neuron_cossim
+from nnfeat.objectives import at_position, direction, direction_neuron_cossim
 
 
 def icon_name(row: int, col: int) -> str:
@@ -49,9 +51,17 @@ def centre_cosine(model: Model, layer: str, images: torch.Tensor, vectors: torch
     return F.cosine_similarity(h, vectors.to(h.device).float(), dim=1, eps=1e-8).cpu()
 
 
+def icon_objective(layer: str, directions: torch.Tensor, cossim_pow: float, spatial_weight: float = 0.0):
+    """The icon objective for (B, C) directions: centre ``direction_neuron_cossim`` (+ the optional whole-map term)."""
+    objective = direction_neuron_cossim(layer, directions, cossim_pow=cossim_pow)
+    if spatial_weight:
+        objective = objective + (spatial_weight / directions.shape[1]) * direction(layer, directions)
+    return objective
+
+
 def render_icons(model: Model, layer: str, vectors: np.ndarray, rows: np.ndarray, cols: np.ndarray,
                  directory: Path, *, whitening: np.ndarray | None, icon_size: int, steps: int, batch: int,
-                 seed: int, cossim_pow: float, transforms: str = "auto", key: str = "",
+                 seed: int, cossim_pow: float, transforms: str = "auto", spatial_weight: float = 0.0, key: str = "",
                  progress: bool = True, on_batch: Callable[[int, int], None] | None = None
                  ) -> tuple[np.ndarray, int]:
     """Render the icons of M cells into ``directory``; return their cosines (M,) float32 and the number of
@@ -65,6 +75,8 @@ def render_icons(model: Model, layer: str, vectors: np.ndarray, rows: np.ndarray
         steps, batch: render steps, icons per render batch.
         seed: base seed; batch i renders with seed ``stage_seed(seed, "icons", i)``.
         cossim_pow: the exponent p of the objective.
+        transforms: render transforms (``auto``, ``standard``, ``none``).
+        spatial_weight: weight of the whole-map ``direction`` term (0 = the paper's objective).
         key: settings key; a batch record with another key is rendered again.
         on_batch: called as ``on_batch(batch_index, batch_count)`` after each batch is saved (it may raise,
             e.g. KeyboardInterrupt, to stop the stage; the saved batches stay).
@@ -90,7 +102,7 @@ def render_icons(model: Model, layer: str, vectors: np.ndarray, rows: np.ndarray
                 and all((directory / name).is_file() for name in names)):
             cosines[cells] = record["cosines"]
         else:
-            objective = direction_neuron_cossim(layer, directions[cells], cossim_pow=cossim_pow)
+            objective = icon_objective(layer, directions[cells], cossim_pow, spatial_weight)
             result = render(model, objective, size=icon_size, batch=len(names), steps=steps, transforms=transforms,
                             seed=stage_seed(seed, "icons", b), progress=False)
             icons = result.final
@@ -119,4 +131,4 @@ def _bar(total: int, desc: str, enabled: bool):
     return tqdm(total=total, desc=desc, unit="batch", leave=False)
 
 
-__all__ = ["render_icons", "centre_cosine", "icon_name", "vectors_digest"]
+__all__ = ["render_icons", "icon_objective", "centre_cosine", "icon_name", "vectors_digest"]

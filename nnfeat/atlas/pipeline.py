@@ -64,6 +64,7 @@ class AtlasSettings:
     class_: int | str | None = None
     cossim_pow: float = 3.0
     transforms: str = "auto"
+    spatial_weight: float = 0.0
     n_neighbors: int = 20
     min_dist: float = 0.01
     class_top: int = 2500
@@ -277,12 +278,14 @@ def build_atlas(model: Model, layer: str, images: ImageSet, out: str | Path, set
 
     # 5. icons -----------------------------------------------------------------------------------
     start = time.perf_counter()
-    icons_key = _key("icons", grid_key, s.whiten, s.icon_size, s.steps, s.cossim_pow, s.transforms, s.seed)
+    icons_key = _key("icons", grid_key, s.whiten, s.icon_size, s.steps, s.cossim_pow, s.transforms, s.seed,
+                     s.spatial_weight)
     icon_dir = out / "icons"
-    cosines, rendered = render_icons(model, layer, grid.vectors, grid.rows, grid.cols, icon_dir,
-                           whitening=matrix if s.whiten else None, icon_size=s.icon_size, steps=s.steps,
-                           batch=s.batch, seed=s.seed, cossim_pow=s.cossim_pow, transforms=s.transforms,
-                           key=icons_key, progress=progress, on_batch=on_icon_batch)
+    cosines, rendered = render_icons(
+        model, layer, grid.vectors, grid.rows, grid.cols, icon_dir, whitening=matrix if s.whiten else None,
+        icon_size=s.icon_size, steps=s.steps, batch=s.batch, seed=s.seed, cossim_pow=s.cossim_pow,
+        transforms=s.transforms, spatial_weight=s.spatial_weight, key=icons_key, progress=progress,
+        on_batch=on_icon_batch)
     reuse = rendered == 0
     _finish("icons", start, reuse, timings, cached, say, f"{len(grid)} icons, mean cosine {cosines.mean():.3f}")
 

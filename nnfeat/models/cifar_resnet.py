@@ -132,7 +132,8 @@ def load_checkpoint(net: CifarResNet, path: str | Path) -> CifarResNet:
     try:
         checkpoint = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:  # noqa: BLE001 - any unreadable file is a user-facing problem
-        raise NnfeatError(f"cannot read weights file {path}: {type(err).__name__}; delete it so it is fetched again") from None
+        reason = type(err).__name__
+        raise NnfeatError(f"cannot read weights file {path} ({reason}); delete it so it is fetched again") from None
     state = checkpoint.get("state_dict", checkpoint) if isinstance(checkpoint, dict) else None
     if not isinstance(state, dict):
         raise NnfeatError(f"weights file {path} holds no state dict; expected a CIFAR ResNet checkpoint")

@@ -2,17 +2,19 @@
 
 Data: scikit-learn's bundled handwritten digits (1,797 grey 8x8 images, values 0..16), scaled to
 [0, 1] and upscaled to 32x32 (bilinear). The first 1,500 images train the net; the last 297 are
-held out. Training takes a few seconds on a laptop CPU and reaches about 98 % held-out accuracy.
+held out. Training takes a few seconds on one CPU core and reaches about 98 % held-out accuracy
+(97.6 % with the default seed 0; 97.6-98.7 % over seeds 0-2).
 
 Network (module names are the layer names)::
 
-    conv1 (1->16, 5x5) bn1 relu1 pool1     (B, 16, 16, 16)
-    conv2 (16->32, 3x3) bn2 relu2 pool2    (B, 32, 8, 8)
-    conv3 (32->64, 3x3) bn3 relu3          (B, 64, 8, 8)
-    avgpool, flatten, fc (64->10)          (B, 10) logits for "0".."9"
+    conv1 (1->16, 5x5) bn1 relu1            (B, 16, 32, 32)
+    pool1 (4x4 max)                         (B, 16, 8, 8)    back at the data's native 8x8 grid
+    conv2 (16->32, 3x3) bn2 relu2 pool2     (B, 32, 4, 4)
+    conv3 (32->64, 3x3) bn3 relu3           (B, 64, 4, 4)
+    avgpool, flatten, fc (64->10)           (B, 10) logits for "0".."9"
 
-Training: Adam with a one-cycle schedule, 10 epochs of batch 50, each image shifted by up to
-3 px at random; weights, order and shifts all come from one seeded ``torch.Generator``.
+Training: Adam with a one-cycle schedule, 12 epochs of batch 50, each image randomly rotated,
+scaled and shifted; weights, order and augmentation all come from one seeded ``torch.Generator``.
 
 The trained state dict is cached in ``$NNFEAT_HOME/weights/digits-cnn-v1.pt`` and reused.
 """
@@ -36,10 +38,12 @@ CLASSES = tuple(str(d) for d in range(10))
 IMAGE_SIZE = 32
 HELD_OUT = 297
 SEED = 0
-EPOCHS = 10
+EPOCHS = 12
 BATCH_SIZE = 50
 LEARNING_RATE = 1e-2
-MAX_SHIFT = 3
+MAX_SHIFT = 3  # pixels at 32 px
+MAX_ROTATION_DEG = 12.0
+MAX_SCALE_CHANGE = 0.1
 
 
 class DigitsCNN(nn.Module):
@@ -50,7 +54,7 @@ class DigitsCNN(nn.Module):
         self.conv1 = nn.Conv2d(1, 16, 5, padding=2)
         self.bn1 = nn.BatchNorm2d(16)
         self.relu1 = nn.ReLU()
-        self.pool1 = nn.MaxPool2d(2)
+        self.pool1 = nn.MaxPool2d(4)
         self.conv2 = nn.Conv2d(16, 32, 3, padding=1)
         self.bn2 = nn.BatchNorm2d(32)
         self.relu2 = nn.ReLU()
@@ -98,16 +102,17 @@ def digits_dataset(split: str = "all", *, rgb: bool = True) -> tuple[torch.Tenso
     return images, labels
 
 
-def random_shift(images: torch.Tensor, max_shift: int, generator: torch.Generator) -> torch.Tensor:
-    """Translate each image of (B, C, H, W) by its own integer offset in [-max_shift, max_shift], zero fill."""
+def random_affine(images: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+    """Randomly rotate (±12°), scale (±10 %) and shift (±3 px) each image of (B, C, H, W); zero fill."""
     batch, _, height, width = images.shape
-    padded = F.pad(images, (max_shift,) * 4)
-    dy = torch.randint(0, 2 * max_shift + 1, (batch,), generator=generator)
-    dx = torch.randint(0, 2 * max_shift + 1, (batch,), generator=generator)
-    rows = (dy[:, None] + torch.arange(height))[:, None, :, None]  # (B, 1, H, 1)
-    cols = (dx[:, None] + torch.arange(width))[:, None, None, :]  # (B, 1, 1, W)
-    index = torch.arange(batch)[:, None, None, None]
-    return padded.permute(0, 2, 3, 1)[index, rows, cols].squeeze(1).permute(0, 3, 1, 2)
+    angle = (torch.rand(batch, generator=generator) * 2 - 1) * math.radians(MAX_ROTATION_DEG)
+    scale = 1 + (torch.rand(batch, generator=generator) * 2 - 1) * MAX_SCALE_CHANGE
+    shift = (torch.rand(batch, 2, generator=generator) * 2 - 1) * MAX_SHIFT
+    shift = shift * torch.tensor([2.0 / width, 2.0 / height])  # pixels -> affine_grid's [-1, 1] units
+    cos, sin = torch.cos(angle) / scale, torch.sin(angle) / scale
+    theta = torch.stack([torch.stack([cos, -sin, shift[:, 0]], 1), torch.stack([sin, cos, shift[:, 1]], 1)], 1)
+    grid = F.affine_grid(theta, list(images.shape), align_corners=False)
+    return F.grid_sample(images, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
 
 
 @torch.no_grad()
@@ -124,9 +129,22 @@ def init_weights(net: DigitsCNN, generator: torch.Generator) -> DigitsCNN:
 def train_digits_cnn(seed: int = SEED, epochs: int = EPOCHS) -> dict:
     """Train :class:`DigitsCNN` from scratch, deterministically for a given seed.
 
+    Runs on one CPU thread (the previous thread count is restored afterwards): the result then does
+    not depend on the machine's core count, and small convolutions run faster than with several
+    threads competing for busy cores.
+
     Returns a checkpoint dict: ``state_dict``, ``mean``, ``std`` (floats, of the training images),
     ``heldout_accuracy`` (float), ``seed``, ``epochs``, ``seconds``.
     """
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        return _train(seed, epochs)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _train(seed: int, epochs: int) -> dict:
     start = time.perf_counter()
     generator = torch.Generator().manual_seed(seed)
     train_x, train_y = digits_dataset("train", rgb=False)
@@ -142,7 +160,7 @@ def train_digits_cnn(seed: int = SEED, epochs: int = EPOCHS) -> dict:
         order = torch.randperm(len(train_y), generator=generator)
         for begin in range(0, len(order), BATCH_SIZE):
             idx = order[begin : begin + BATCH_SIZE]
-            batch = random_shift(train_x[idx], MAX_SHIFT, generator)
+            batch = random_affine(train_x[idx], generator)
             loss = F.cross_entropy(net((batch - mean) / std), train_y[idx])
             optimizer.zero_grad(set_to_none=True)
             loss.backward()

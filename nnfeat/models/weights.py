@@ -93,7 +93,8 @@ def _download(filename: str, url: str, prefix: str | None, progress: bool) -> Pa
         target.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{filename}.", suffix=".part")
     except OSError as err:
-        raise NnfeatError(f"cannot write weights to {target.parent} ({err.strerror}); put {filename} in {where}") from None
+        reason = err.strerror or type(err).__name__
+        raise NnfeatError(f"cannot write weights to {target.parent} ({reason}); put {filename} in {where}") from None
     digest = hashlib.sha256()
     try:
         with os.fdopen(fd, "wb") as out, urllib.request.urlopen(url, timeout=30) as response:

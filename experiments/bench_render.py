@@ -1,0 +1,865 @@
+"""How fast is a render step, and where does the time go? Prints a table and writes it as JSON.
+
+A render step is at best one forward and one backward pass of the model up to the deepest layer the
+objective needs, on the transformed batch. Everything else (parameterization, transforms, objective,
+optimizer, hooks, Python) is overhead. Rows:
+
+1. **Overhead** -- nnfeat's time per step divided by a *bare* forward+backward on a batch of the shape
+   the model receives after the transforms. cifar10-resnet20 at 32 and 64 px, torchvision googlenet and
+   resnet50 (random weights) at 128 px; batch 1, 16, 64.
+2. **Early exit** -- step time of a shallow objective divided by that of a logit objective, same model.
+3. **Against lucent** -- torch-lucent (in its own venv, see ``setup_lucent.sh``) and nnfeat render the
+   same channels (one per item) with the same model, size, batch, steps and Fourier + decorrelated
+   parameterization, each with its own standard transforms, the model seeing the same input size.
+   Wall-time ratio and each tool's final mean activation, both scored by the same evaluator.
+4. **Whole layer** -- every channel of a layer, 256 steps: total time and peak memory per batch size.
+5. **Scaling** -- step time against batch size and image size, split into model / param / transforms.
+L. **Levers** -- step time with each engine option toggled, on the row-3 configuration.
+
+What is measured, exactly:
+
+* *nnfeat step time* is measured inside a real :func:`nnfeat.render` call: the optimizer passed to it
+  stamps the clock after every step, so an interval is one whole loop iteration (param, transforms,
+  hooks, forward, objective, backward, Adam, bookkeeping). On CPU the median interval after ``warmup``
+  steps is used; on CUDA the mean over a window, with a synchronize only at its two ends. Rows 1, 2, 5
+  and L time the steady state (``redirected_relu_steps=0``: what 240 of a default render's 256 steps
+  do); row L also times the redirected-ReLU steps, rows 3 and 4 time whole default renders.
+* *bare* is the plain network as a user has it (``model.net``: eval, weights frozen, float32 on CPU,
+  the render's autocast dtype on CUDA, unfolded BatchNorm, contiguous NCHW) on a random input leaf of
+  the transformed batch's shape that requires grad, stopped at the same layer by a forward hook that
+  raises, then ``act.sum().backward()``. No input normalization, no parameterization, no optimizer.
+* *same-net* is the bare loop on exactly the network nnfeat runs (BatchNorm folded, same memory
+  format and dtype), so ``nnfeat / same-net`` is the loop's own overhead and ``nnfeat / bare`` is what
+  a user gains or loses against writing the loop by hand.
+* Ratios are computed per repeat from measurements taken side by side (interleaved) and reported as
+  the median over repeats; times are medians too.
+
+Threads: ``--threads`` (default 1). On a small shared machine, OpenMP with as many threads as cores is
+catastrophically slow whenever other processes compete for the cores (spinning barriers); one thread
+per process gives stable ratios. Every side (nnfeat, bare, lucent) uses the same setting.
+
+    python experiments/bench_render.py                    # full CPU benchmark (about 15 min on 2 cores)
+    python experiments/bench_render.py --quick            # seconds: the code path only (CI smoke test)
+    python experiments/bench_render.py --device cuda --preset gpu --rows 1,3,4   # see bench_gpu.sh
+
+Writes ``OUT/bench/bench_render.json`` and ``OUT/bench/bench_render.md`` (``--out``, default ``out``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import math
+import os
+import platform
+import resource
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+SHARED = REPO_ROOT.parent / "shared"
+try:  # run from a checkout without `pip install -e .`
+    import nnfeat  # noqa: F401
+except ImportError:  # pragma: no cover - depends on how the repo is set up
+    sys.path.insert(0, str(REPO_ROOT))
+
+from nnfeat import objectives as O  # noqa: E402
+from nnfeat.errors import NnfeatError  # noqa: E402
+from nnfeat.io import write_json, write_text  # noqa: E402
+from nnfeat.models.base import OUTPUT, Model  # noqa: E402
+from nnfeat.models.fold import folded_copy  # noqa: E402
+from nnfeat.models.zoo import load_model  # noqa: E402
+from nnfeat.param import image_param  # noqa: E402
+from nnfeat.render import evaluate, render, resolve_device  # noqa: E402
+from nnfeat.transforms import make_transforms  # noqa: E402
+
+LUCENT_PYTHON = REPO_ROOT / ".venv-lucent" / "bin" / "python"
+LUCENT_SIDE = Path(__file__).resolve().parent / "lucent_side.py"
+RSS_SCALE = 1024 if sys.platform.startswith("linux") else 1  # ru_maxrss: KiB on Linux, bytes on macOS
+
+
+# ---------------------------------------------------------------------------------------------------
+# Settings
+
+
+@dataclass(frozen=True)
+class Case:
+    """One model/layer/size/batch cell."""
+
+    model: str
+    layer: str
+    size: int
+    batch: int
+    weights: str = "pretrained"
+
+    @property
+    def label(self) -> str:
+        return f"{self.model.replace('torchvision:', '')} {self.layer} {self.size}px b{self.batch}"
+
+
+@dataclass
+class Plan:
+    """Everything a run measures; built from the command line by :func:`make_plan`."""
+
+    device: torch.device
+    threads: int
+    repeats: int
+    warmup: int
+    timed_steps: int
+    overhead: list[Case]
+    early_exit: list[tuple[Case, str]]  # (case with the shallow layer, class count for logit objectives)
+    lucent: Case | None
+    lucent_steps: int
+    lucent_repeats: int
+    whole_layer: Case | None  # batch is ignored; the batch sizes are whole_layer_batches
+    whole_layer_channels: int
+    whole_layer_batches: list[int]
+    whole_layer_steps: int
+    scaling_batches: list[int]
+    scaling_sizes: list[int]
+    scaling_case: Case | None
+    levers: Case | None
+
+
+def make_plan(args: argparse.Namespace) -> Plan:
+    device = resolve_device(args.device)
+    cifar_w = args.cifar_weights
+    r20 = "cifar10-resnet20"
+    if args.quick:
+        return Plan(
+            device=device, threads=args.threads, repeats=args.repeats or 1, warmup=1, timed_steps=2,
+            overhead=[Case(r20, "layer3", 32, b, cifar_w) for b in (1, 2)],
+            early_exit=[(Case(r20, "layer1", 32, 2, cifar_w), "10")],
+            lucent=Case(r20, "layer3", 32, 2, cifar_w), lucent_steps=2, lucent_repeats=1,
+            whole_layer=Case(r20, "layer3", 32, 0, cifar_w), whole_layer_channels=4, whole_layer_batches=[2, 4],
+            whole_layer_steps=2,
+            scaling_batches=[1, 2], scaling_sizes=[32, 48], scaling_case=Case(r20, "layer3", 32, 2, cifar_w),
+            levers=Case(r20, "layer3", 32, 2, cifar_w),
+        )
+    if args.preset == "gpu":
+        g = "torchvision:googlenet"
+        return Plan(
+            device=device, threads=args.threads, repeats=args.repeats or 3, warmup=5, timed_steps=20,
+            overhead=[Case(g, "inception4c", 224, 64, "random"), Case(g, "inception4c", 224, 16, "random")],
+            early_exit=[(Case(g, "inception3a", 224, 64, "random"), "1000")],
+            lucent=Case(g, "inception4c", 224, 64, "random"), lucent_steps=256, lucent_repeats=args.repeats or 2,
+            whole_layer=Case(g, "inception4c", 224, 0, "random"), whole_layer_channels=256,
+            whole_layer_batches=[64, 128], whole_layer_steps=256,
+            scaling_batches=[1, 16, 64, 128], scaling_sizes=[128, 224, 320],
+            scaling_case=Case(g, "inception4c", 224, 64, "random"),
+            levers=Case(g, "inception4c", 224, 64, "random"),
+        )
+    overhead = []
+    for model, layer, size, weights in (
+        (r20, "layer3", 32, cifar_w), (r20, "layer3", 64, cifar_w),
+        ("torchvision:googlenet", "inception4c", 128, "random"), ("torchvision:resnet50", "layer3", 128, "random"),
+    ):
+        overhead += [Case(model, layer, size, b, weights) for b in (1, 16, 64)]
+    return Plan(
+        device=device, threads=args.threads, repeats=args.repeats or 3, warmup=2, timed_steps=6,
+        overhead=overhead,
+        early_exit=[(Case(r20, "layer1", 32, 16, cifar_w), "10"),
+                    (Case("torchvision:googlenet", "inception3a", 128, 16, "random"), "1000")],
+        lucent=Case(r20, "layer3", 64, 16, cifar_w), lucent_steps=256, lucent_repeats=args.repeats or 2,
+        whole_layer=Case(r20, "layer3", 32, 0, cifar_w), whole_layer_channels=64, whole_layer_batches=[8, 16, 64],
+        whole_layer_steps=256,
+        scaling_batches=[1, 4, 16, 64, 128], scaling_sizes=[32, 64, 128, 224],
+        scaling_case=Case(r20, "layer3", 32, 4, cifar_w),
+        levers=Case(r20, "layer3", 64, 16, cifar_w),
+    )
+
+
+# ---------------------------------------------------------------------------------------------------
+# Measurement primitives
+
+
+class _Models:
+    """Models by (name, weights), loaded once, on the plan's device."""
+
+    def __init__(self, device: torch.device) -> None:
+        self.device = device
+        self.cache: dict[tuple[str, str], Model] = {}
+
+    def get(self, name: str, weights: str) -> Model:
+        key = (name, weights)
+        if key not in self.cache:
+            self.cache[key] = load_model(name, weights=weights, device=self.device)
+        return self.cache[key]
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def step_time(stamps: list[float], warmup: int, device: torch.device) -> float:
+    """Seconds per step from per-step clock stamps: the median interval after ``warmup`` stamps (CPU), or
+    the window mean from stamp ``warmup`` to the last (CUDA, where only those two stamps are synchronized)."""
+    if len(stamps) < warmup + 2:
+        raise ValueError(f"need at least {warmup + 2} stamps, got {len(stamps)}")
+    if device.type == "cuda":
+        return (stamps[-1] - stamps[warmup]) / (len(stamps) - 1 - warmup)
+    return statistics.median(b - a for a, b in zip(stamps[warmup:], stamps[warmup + 1:]))
+
+
+class StepClock(torch.optim.Adam):
+    """Adam (lr 0.05, render's default) that stamps the clock after every step it takes.
+
+    Passed to :func:`nnfeat.render` as ``optimizer``, it times the real loop without touching it. On
+    CUDA the clock is synchronized only at step ``sync_from`` and at step ``sync_last`` (so no host sync
+    happens inside the measured window); on the CPU every step is stamped.
+    """
+
+    def __init__(self, params, device: torch.device, sync_from: int = 0, sync_last: int = 0) -> None:
+        super().__init__(params, lr=0.05)
+        self.device = device
+        self.sync_points = {sync_from, sync_last}
+        self.stamps: list[float] = []
+        self.count = 0
+
+    @torch.no_grad()
+    def step(self, closure=None):
+        out = super().step(closure)
+        if self.device.type != "cuda":
+            self.stamps.append(time.perf_counter())
+        elif self.count in self.sync_points:
+            torch.cuda.synchronize(self.device)
+            self.stamps.append(time.perf_counter())
+        self.count += 1
+        return out
+
+
+def channel_objective(layer: str, batch: int, n_channels: int | None = None, offset: int = 0) -> O.Objective:
+    """One channel per batch item (item i -> channel offset+i, modulo ``n_channels`` when given)."""
+    channels = [(offset + i) % n_channels if n_channels else offset + i for i in range(batch)]
+    return O.channel(layer, channels if batch > 1 else channels[0])
+
+
+def nnfeat_step(model: Model, objective: O.Objective, case: Case, plan: Plan, steps: int | None = None,
+                **render_kwargs) -> dict:
+    """Steady-state seconds per step of a real render (see the module docstring), plus its final values."""
+    steps = steps or plan.warmup + plan.timed_steps + 1
+    clocks: list[StepClock] = []
+
+    def make_optimizer(params):
+        clock = StepClock(params, plan.device, sync_from=plan.warmup, sync_last=steps - 1)
+        clocks.append(clock)
+        return clock
+
+    kwargs = dict(redirected_relu_steps=0)
+    kwargs.update(render_kwargs)
+    result = render(model, objective, size=case.size, batch=case.batch, steps=steps, optimizer=make_optimizer,
+                    progress=False, device=plan.device, **kwargs)
+    warm = plan.warmup if plan.device.type != "cuda" else 0
+    return {"step_s": step_time(clocks[0].stamps, warm, plan.device), "final": float(result.final_values.mean())}
+
+
+class _BareStop(Exception):
+    pass
+
+
+def bare_step(net: torch.nn.Module, layer: str, shape: tuple[int, ...], plan: Plan, *, dtype=None,
+              channels_last: bool = False, iters: int | None = None) -> float:
+    """Seconds per ``net(x)`` forward (stopped at ``layer``) + backward to a fresh input leaf ``x``.
+
+    ``dtype``: autocast dtype or None for float32. Median over iterations after the warm-up (CPU);
+    window mean with two synchronizations (CUDA)."""
+    iters = iters or plan.warmup + plan.timed_steps + 1
+    device = plan.device
+    captured: dict[str, torch.Tensor] = {}
+
+    def stop(_module, _inputs, output):
+        captured["act"] = output[0] if isinstance(output, (tuple, list)) else output
+        raise _BareStop
+
+    handle = None if layer == OUTPUT else dict(net.named_modules())[layer].register_forward_hook(stop)
+    base = torch.rand(shape, generator=torch.Generator().manual_seed(0)).to(device)
+    if channels_last:
+        base = base.contiguous(memory_format=torch.channels_last)
+    amp = (lambda: torch.autocast(device.type, dtype=dtype)) if dtype is not None else contextlib.nullcontext
+    stamps: list[float] = []
+    try:
+        for i in range(iters):
+            x = base.detach().requires_grad_(True)
+            with amp():
+                try:
+                    out = net(x)
+                    captured["act"] = out[0] if isinstance(out, (tuple, list)) else out
+                except _BareStop:
+                    pass
+            captured.pop("act").float().sum().backward()
+            if device.type != "cuda":
+                stamps.append(time.perf_counter())
+            elif i in (plan.warmup, iters - 1):
+                torch.cuda.synchronize(device)
+                stamps.append(time.perf_counter())
+    finally:
+        if handle is not None:
+            handle.remove()
+    warm = plan.warmup if device.type != "cuda" else 0
+    return step_time(stamps, warm, device)
+
+
+def render_defaults(device: torch.device) -> dict:
+    """The dtype and memory format :func:`nnfeat.render` uses by default on ``device``."""
+    import inspect
+
+    params = inspect.signature(render).parameters
+    autocast = params["autocast"].default
+    channels_last = params["channels_last"].default
+    use_amp = (device.type == "cuda") if autocast is None else bool(autocast)
+    if channels_last is None:  # "auto"
+        from nnfeat.render import default_channels_last
+
+        channels_last = default_channels_last(device)
+    return {"dtype": torch.bfloat16 if use_amp else None, "channels_last": bool(channels_last),
+            "fold_batchnorm": bool(params["fold_batchnorm"].default)}
+
+
+def same_net(model: Model, layers: tuple[str, ...], defaults: dict) -> torch.nn.Module:
+    """The network nnfeat's render runs by default: BatchNorm folded (except target convs), same memory format."""
+    net = folded_copy(model, keep=layers).net if defaults["fold_batchnorm"] else model.net
+    if defaults["channels_last"]:
+        import copy
+
+        net = copy.deepcopy(net).to(memory_format=torch.channels_last)
+    return net
+
+
+def _median(values) -> float:
+    return float(statistics.median(values))
+
+
+def _ms(seconds: float) -> str:
+    return f"{seconds * 1e3:.1f}" if seconds < 10 else f"{seconds * 1e3:.0f}"
+
+
+# ---------------------------------------------------------------------------------------------------
+# Row 1: overhead
+
+
+def row_overhead(plan: Plan, models: _Models, log) -> list[dict]:
+    defaults = render_defaults(plan.device)
+    cells = []
+    for case in plan.overhead:
+        model = models.get(case.model, case.weights)
+        obj = channel_objective(case.layer, case.batch)
+        shape = (case.batch, 3, case.size, case.size)
+        runs = {"nnfeat": [], "bare": [], "same_net": []}
+        net_same = same_net(model, obj.model_layers, defaults)
+        for _ in range(plan.repeats):  # interleaved: each repeat measures all three back to back
+            runs["bare"].append(bare_step(model.net, case.layer, shape, plan, dtype=defaults["dtype"]))
+            runs["same_net"].append(bare_step(net_same, case.layer, shape, plan, dtype=defaults["dtype"],
+                                              channels_last=defaults["channels_last"]))
+            runs["nnfeat"].append(nnfeat_step(model, obj, case, plan)["step_s"])
+        cell = {
+            "case": case.__dict__, "label": case.label,
+            "nnfeat_step_s": _median(runs["nnfeat"]), "bare_step_s": _median(runs["bare"]),
+            "same_net_step_s": _median(runs["same_net"]),
+            "overhead": _median(n / b for n, b in zip(runs["nnfeat"], runs["bare"])),
+            "overhead_vs_same_net": _median(n / b for n, b in zip(runs["nnfeat"], runs["same_net"])),
+            "runs": runs,
+        }
+        cells.append(cell)
+        log(f"  overhead {case.label}: nnfeat {_ms(cell['nnfeat_step_s'])} ms, bare {_ms(cell['bare_step_s'])} ms, "
+            f"same-net {_ms(cell['same_net_step_s'])} ms -> {cell['overhead']:.2f}x (loop overhead "
+            f"{cell['overhead_vs_same_net']:.2f}x)")
+    return cells
+
+
+# ---------------------------------------------------------------------------------------------------
+# Row 2: early exit
+
+
+def row_early_exit(plan: Plan, models: _Models, log) -> list[dict]:
+    defaults = render_defaults(plan.device)
+    cells = []
+    for case, n_classes in plan.early_exit:
+        model = models.get(case.model, case.weights)
+        shallow = channel_objective(case.layer, case.batch)
+        deep = O.logit([i % int(n_classes) for i in range(case.batch)] if case.batch > 1 else 0)
+        shape = (case.batch, 3, case.size, case.size)
+        runs = {"shallow": [], "logit": [], "bare_shallow": [], "bare_logit": []}
+        for _ in range(plan.repeats):
+            runs["shallow"].append(nnfeat_step(model, shallow, case, plan)["step_s"])
+            runs["logit"].append(nnfeat_step(model, deep, case, plan)["step_s"])
+            runs["bare_shallow"].append(bare_step(model.net, case.layer, shape, plan, dtype=defaults["dtype"]))
+            runs["bare_logit"].append(bare_step(model.net, OUTPUT, shape, plan, dtype=defaults["dtype"]))
+        cell = {
+            "case": case.__dict__, "label": case.label,
+            "shallow_step_s": _median(runs["shallow"]), "logit_step_s": _median(runs["logit"]),
+            "ratio": _median(s / d for s, d in zip(runs["shallow"], runs["logit"])),
+            "bare_ratio": _median(s / d for s, d in zip(runs["bare_shallow"], runs["bare_logit"])),
+            "runs": runs,
+        }
+        cells.append(cell)
+        log(f"  early exit {case.label}: {case.layer} {_ms(cell['shallow_step_s'])} ms / logit "
+            f"{_ms(cell['logit_step_s'])} ms = {cell['ratio']:.2f} (bare net: {cell['bare_ratio']:.2f})")
+    return cells
+
+
+# ---------------------------------------------------------------------------------------------------
+# Row 3: against lucent
+
+
+class LucentWorker:
+    """``lucent_side.py`` running in the lucent venv; one JSON request/answer per line."""
+
+    def __init__(self, python: Path, log_path: Path) -> None:
+        env = dict(os.environ)
+        env["PYTHONPATH"] = os.pathsep.join([str(REPO_ROOT), env.get("PYTHONPATH", "")]).rstrip(os.pathsep)
+        self.log = open(log_path, "w")  # noqa: SIM115 - closed in close()
+        self.proc = subprocess.Popen([str(python), str(LUCENT_SIDE)], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                                     stderr=self.log, text=True, env=env, cwd=str(REPO_ROOT))
+
+    def render(self, request: dict) -> dict:
+        self.proc.stdin.write(json.dumps(request) + "\n")
+        self.proc.stdin.flush()
+        line = self.proc.stdout.readline()
+        if not line:
+            raise RuntimeError(f"lucent worker exited (see {self.log.name})")
+        answer = json.loads(line)
+        if "error" in answer:
+            raise RuntimeError(f"lucent worker: {answer['error']}")
+        return answer
+
+    def close(self) -> None:
+        with contextlib.suppress(Exception):
+            self.proc.stdin.close()
+            self.proc.wait(timeout=30)
+        self.log.close()
+
+
+def lucent_status(python: Path) -> str | None:
+    """None when the lucent venv is usable, else why not (one line)."""
+    if not python.exists():
+        return f"skipped: no lucent venv at {python} (run `bash experiments/setup_lucent.sh`)"
+    probe = subprocess.run([str(python), "-c", "import lucent, kornia; print(kornia.__version__)"],
+                           capture_output=True, text=True, timeout=300)
+    if probe.returncode != 0:
+        return f"skipped: lucent venv at {python} cannot import lucent ({probe.stderr.strip().splitlines()[-1:]})"
+    return None
+
+
+def row_lucent(plan: Plan, models: _Models, log, lucent_python: Path, workdir: Path) -> dict:
+    case = plan.lucent
+    model = models.get(case.model, case.weights)
+    channels = list(range(case.batch))
+    obj = O.channel(case.layer, channels)
+    out = {"case": case.__dict__, "label": case.label, "steps": plan.lucent_steps, "channels": channels,
+           "nnfeat_settings": "render() defaults: fft + decorrelation, auto transforms, Adam 0.05, "
+                              "redirected ReLU 16 steps, BatchNorm folding",
+           "lucent_settings": "render_vis: param.image(fft, decorrelate), standard_transforms, Adam 0.05, "
+                              f"fixed_image_size={case.size}, preprocess=False (normalization inside the model)"}
+    reason = lucent_status(lucent_python)
+    if reason is not None:
+        out["skipped"] = reason
+        log(f"  lucent: {reason}")
+        return out
+    worker = LucentWorker(lucent_python, workdir / "lucent_worker.log")
+    request = {"model": case.model, "weights": case.weights, "layer": case.layer, "channels": channels,
+               "size": case.size, "device": str(plan.device), "threads": plan.threads}
+    runs: dict[str, list] = {"nnfeat_s": [], "lucent_s": [], "nnfeat_act": [], "lucent_act": []}
+    try:
+        # warm both sides (lazy imports, allocator, BatchNorm folding cache) with a 2-step render each
+        worker.render({**request, "steps": 2, "seed": 0, "out": str(workdir / "lucent_warm.npy")})
+        render(model, obj, size=case.size, steps=2, progress=False, device=plan.device)
+        for rep in range(plan.lucent_repeats):
+            _sync(plan.device)
+            start = time.perf_counter()
+            result = render(model, obj, size=case.size, steps=plan.lucent_steps, seed=rep, progress=False,
+                            device=plan.device)
+            _sync(plan.device)
+            runs["nnfeat_s"].append(time.perf_counter() - start)
+            runs["nnfeat_act"].append(float(evaluate(model, obj, result.final).mean()))
+            path = workdir / f"lucent_{rep}.npy"
+            answer = worker.render({**request, "steps": plan.lucent_steps, "seed": rep, "out": str(path)})
+            runs["lucent_s"].append(answer["seconds"])
+            import numpy as np
+
+            images = torch.from_numpy(np.load(path)).permute(0, 3, 1, 2).contiguous()
+            runs["lucent_act"].append(float(evaluate(model, obj, images).mean()))
+            out["versions"] = {k: answer[k] for k in ("lucent", "kornia", "torch")}
+            log(f"  lucent rep {rep}: nnfeat {runs['nnfeat_s'][-1]:.1f} s (act {runs['nnfeat_act'][-1]:.3f}), "
+                f"lucent {runs['lucent_s'][-1]:.1f} s (act {runs['lucent_act'][-1]:.3f})")
+    finally:
+        worker.close()
+    out.update({
+        "nnfeat_s": _median(runs["nnfeat_s"]), "lucent_s": _median(runs["lucent_s"]),
+        "speedup": _median(l / n for l, n in zip(runs["lucent_s"], runs["nnfeat_s"])),
+        "nnfeat_act": _median(runs["nnfeat_act"]), "lucent_act": _median(runs["lucent_act"]),
+        "runs": runs,
+    })
+    return out
+
+
+# ---------------------------------------------------------------------------------------------------
+# Row 4: whole layer (each batch size in a fresh process, so that peak memory is its own)
+
+
+def whole_layer_job(job: dict) -> dict:
+    """Render ``channels`` channels of ``layer`` in batches of ``batch``; time and peak memory."""
+    torch.set_num_threads(int(job["threads"]))
+    device = resolve_device(job["device"])
+    model = load_model(job["model"], weights=job["weights"], device=device)
+    channels = list(range(int(job["channels"])))
+    batch = int(job["batch"])
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+        base = torch.cuda.memory_allocated(device)
+    rss_before = _rss_now()
+    acts = []
+    _sync(device)
+    start = time.perf_counter()
+    for first in range(0, len(channels), batch):
+        chunk = channels[first:first + batch]
+        obj = O.channel(job["layer"], chunk if len(chunk) > 1 else chunk[0])
+        result = render(model, obj, size=int(job["size"]), batch=len(chunk), steps=int(job["steps"]),
+                        progress=False, device=device, seed=first)
+        acts.extend(result.final_values.tolist())
+    _sync(device)
+    seconds = time.perf_counter() - start
+    answer = {"batch": batch, "renders": math.ceil(len(channels) / batch), "seconds": seconds,
+              "images_per_s": len(channels) / seconds, "mean_act": sum(acts) / len(acts)}
+    if device.type == "cuda":
+        answer["peak_mb"] = (torch.cuda.max_memory_allocated(device) - base) / 2**20
+        answer["memory"] = "torch.cuda.max_memory_allocated minus what the model held before"
+    else:
+        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * RSS_SCALE
+        answer["peak_mb"] = (peak - rss_before) / 2**20
+        answer["peak_rss_mb"] = peak / 2**20
+        answer["memory"] = "process peak RSS minus RSS before the first render"
+    return answer
+
+
+def _rss_now() -> int:
+    try:
+        with open("/proc/self/statm") as f:
+            return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+    except (OSError, ValueError):  # not Linux: fall back to the high-water mark
+        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * RSS_SCALE
+
+
+def row_whole_layer(plan: Plan, log, cifar_env: dict) -> list[dict]:
+    case = plan.whole_layer
+    cells = []
+    for batch in plan.whole_layer_batches:
+        job = {"model": case.model, "weights": case.weights, "layer": case.layer, "size": case.size,
+               "channels": plan.whole_layer_channels, "batch": batch, "steps": plan.whole_layer_steps,
+               "threads": plan.threads, "device": str(plan.device)}
+        proc = subprocess.run([sys.executable, str(Path(__file__).resolve()), "--whole-layer-job", json.dumps(job)],
+                              capture_output=True, text=True, env=cifar_env, cwd=str(REPO_ROOT))
+        if proc.returncode != 0:
+            raise RuntimeError(f"whole-layer job failed: {proc.stderr.strip()[-500:]}")
+        answer = json.loads(proc.stdout.strip().splitlines()[-1])
+        answer.update({"model": case.model, "layer": case.layer, "size": case.size,
+                       "channels": plan.whole_layer_channels, "steps": plan.whole_layer_steps})
+        cells.append(answer)
+        log(f"  whole layer batch {batch}: {answer['seconds']:.1f} s ({answer['images_per_s']:.2f} images/s), "
+            f"peak +{answer['peak_mb']:.0f} MB, mean act {answer['mean_act']:.3f}")
+    return cells
+
+
+# ---------------------------------------------------------------------------------------------------
+# Row 5: scaling
+
+
+def _component_step(fn, plan: Plan, iters: int | None = None) -> float:
+    """Seconds per call of ``fn()`` (which runs forward and backward), median after warm-up."""
+    iters = iters or plan.warmup + plan.timed_steps + 1
+    stamps = []
+    for i in range(iters):
+        fn()
+        if plan.device.type != "cuda":
+            stamps.append(time.perf_counter())
+        elif i in (plan.warmup, iters - 1):
+            torch.cuda.synchronize(plan.device)
+            stamps.append(time.perf_counter())
+    return step_time(stamps, plan.warmup if plan.device.type != "cuda" else 0, plan.device)
+
+
+def param_and_transform_steps(case: Case, plan: Plan) -> tuple[float, float]:
+    """Forward+backward seconds of the default parameterization alone, and of the default transforms alone."""
+    gen = torch.Generator(device=plan.device).manual_seed(0)
+    param = image_param("fft", case.size, case.batch, generator=gen).to(plan.device)
+    transform = make_transforms("auto", case.size, (case.size, case.size)).to(plan.device)
+    images = torch.rand(case.batch, 3, case.size, case.size, device=plan.device)
+
+    def param_pass():
+        param.zero_grad(set_to_none=True)
+        param().sum().backward()
+
+    def transform_pass():
+        x = images.detach().requires_grad_(True)
+        transform(x, gen).sum().backward()
+
+    return _component_step(param_pass, plan), _component_step(transform_pass, plan)
+
+
+def row_scaling(plan: Plan, models: _Models, log) -> list[dict]:
+    base = plan.scaling_case
+    defaults = render_defaults(plan.device)
+    model = models.get(base.model, base.weights)
+    cases = [Case(base.model, base.layer, base.size, b, base.weights) for b in plan.scaling_batches]
+    cases += [Case(base.model, base.layer, s, base.batch, base.weights) for s in plan.scaling_sizes
+              if s != base.size]
+    cells = []
+    for case in cases:
+        obj = channel_objective(case.layer, case.batch)
+        shape = (case.batch, 3, case.size, case.size)
+        net_same = same_net(model, obj.model_layers, defaults)
+        runs = {"nnfeat": [], "bare": [], "same_net": [], "param": [], "transforms": []}
+        for _ in range(max(1, plan.repeats - 1)):
+            runs["nnfeat"].append(nnfeat_step(model, obj, case, plan)["step_s"])
+            runs["bare"].append(bare_step(model.net, case.layer, shape, plan, dtype=defaults["dtype"]))
+            runs["same_net"].append(bare_step(net_same, case.layer, shape, plan, dtype=defaults["dtype"],
+                                              channels_last=defaults["channels_last"]))
+            p, t = param_and_transform_steps(case, plan)
+            runs["param"].append(p)
+            runs["transforms"].append(t)
+        cell = {"case": case.__dict__, "label": case.label, "runs": runs}
+        for key, values in runs.items():
+            cell[f"{key}_step_s"] = _median(values)
+        cell["per_image_ms"] = cell["nnfeat_step_s"] * 1e3 / case.batch
+        cell["overhead"] = _median(n / b for n, b in zip(runs["nnfeat"], runs["bare"]))
+        cells.append(cell)
+        log(f"  scaling {case.label}: nnfeat {_ms(cell['nnfeat_step_s'])} ms ({cell['per_image_ms']:.2f} ms/image), "
+            f"bare {_ms(cell['bare_step_s'])}, same-net {_ms(cell['same_net_step_s'])}, param "
+            f"{_ms(cell['param_step_s'])}, transforms {_ms(cell['transforms_step_s'])} ms")
+    return cells
+
+
+# ---------------------------------------------------------------------------------------------------
+# Row L: levers
+
+
+def lever_variants(device: torch.device) -> list[tuple[str, dict]]:
+    defaults = render_defaults(device)
+    variants = [
+        ("default", {}),
+        ("fold_batchnorm=False", {"fold_batchnorm": False}),
+        (f"channels_last={not defaults['channels_last']}", {"channels_last": not defaults["channels_last"]}),
+        ("autocast=" + ("False (fp32)" if defaults["dtype"] is not None else "True (bf16)"),
+         {"autocast": defaults["dtype"] is None}),
+        ("redirected ReLU step", {"redirected_relu_steps": 10**6}),
+    ]
+    if device.type == "cpu":
+        variants.append(("transforms='none' (no transform cost)", {"transforms": "none"}))
+    return variants
+
+
+def row_levers(plan: Plan, models: _Models, log) -> list[dict]:
+    case = plan.levers
+    model = models.get(case.model, case.weights)
+    obj = channel_objective(case.layer, case.batch)
+    variants = lever_variants(plan.device)
+    runs: dict[str, list] = {name: [] for name, _ in variants}
+    finals: dict[str, list] = {name: [] for name, _ in variants}
+    for _ in range(plan.repeats):
+        for name, kwargs in variants:  # interleaved
+            measured = nnfeat_step(model, obj, case, plan, **kwargs)
+            runs[name].append(measured["step_s"])
+            finals[name].append(measured["final"])
+    cells = []
+    for name, _ in variants:
+        ratio = _median(v / d for v, d in zip(runs[name], runs["default"]))
+        cells.append({"variant": name, "step_s": _median(runs[name]), "vs_default": ratio, "runs": runs[name]})
+        log(f"  lever {case.label} {name}: {_ms(cells[-1]['step_s'])} ms ({ratio:.2f}x default)")
+    return [{"case": case.__dict__, "label": case.label, "variants": cells}]
+
+
+# ---------------------------------------------------------------------------------------------------
+# Table
+
+
+def format_table(report: dict) -> str:
+    rows = report["rows"]
+    meta = report["meta"]
+    lines = [f"# nnfeat render benchmark ({meta['device']}, {meta['threads']} thread(s), torch {meta['torch']})", "",
+             f"Command: `{meta['command']}`", ""]
+    if "overhead" in rows:
+        lines += ["## 1. Overhead: nnfeat step / bare forward+backward (steady state)", "",
+                  "| model, layer, size, batch | nnfeat ms/step | bare ms | overhead (≤1.25 at b≥16) | "
+                  "same-net ms | loop overhead |", "|---|---:|---:|---:|---:|---:|"]
+        for c in rows["overhead"]:
+            lines.append(f"| {c['label']} | {_ms(c['nnfeat_step_s'])} | {_ms(c['bare_step_s'])} | "
+                         f"**{c['overhead']:.2f}×** | {_ms(c['same_net_step_s'])} | {c['overhead_vs_same_net']:.2f}× |")
+        lines += ["", "bare = the user's network (unfolded, NCHW, same dtype), stopped at the layer by a raising "
+                      "hook, `act.sum().backward()` to the input; same-net = that loop on the exact network nnfeat "
+                      "runs (BatchNorm folded, same memory format), so *loop overhead* is nnfeat's own cost.", ""]
+    if "early_exit" in rows:
+        lines += ["## 2. Early exit: shallow objective / logit objective, same model", "",
+                  "| model, shallow layer, size, batch | shallow ms | logit ms | ratio | bare-net ratio |",
+                  "|---|---:|---:|---:|---:|"]
+        for c in rows["early_exit"]:
+            lines.append(f"| {c['label']} | {_ms(c['shallow_step_s'])} | {_ms(c['logit_step_s'])} | "
+                         f"**{c['ratio']:.2f}** | {c['bare_ratio']:.2f} |")
+        lines.append("")
+    if "lucent" in rows:
+        c = rows["lucent"]
+        lines += [f"## 3. Against lucent: {c['label']}, channels {c['channels'][0]}–{c['channels'][-1]} "
+                  f"(one per item), {c['steps']} steps", ""]
+        if "skipped" in c:
+            lines += [f"*{c['skipped']}*", ""]
+        else:
+            lines += ["| tool | wall time s | final mean activation |", "|---|---:|---:|",
+                      f"| nnfeat | {c['nnfeat_s']:.1f} | {c['nnfeat_act']:.3f} |",
+                      f"| lucent {c.get('versions', {}).get('lucent', '')} | {c['lucent_s']:.1f} | "
+                      f"{c['lucent_act']:.3f} |",
+                      f"| **speed-up** | **{c['speedup']:.2f}×** | |", "",
+                      f"nnfeat: {c['nnfeat_settings']}. lucent: {c['lucent_settings']}. Both scored by "
+                      f"`nnfeat.evaluate` on the final images (no transforms).", ""]
+    if "whole_layer" in rows and rows["whole_layer"]:
+        first = rows["whole_layer"][0]
+        lines += [f"## 4. Whole layer: {first['channels']} channels of {first['model']} {first['layer']} at "
+                  f"{first['size']} px, {first['steps']} steps", "",
+                  "| batch | renders | total s | images/s | peak memory MB | mean activation |",
+                  "|---:|---:|---:|---:|---:|---:|"]
+        for c in rows["whole_layer"]:
+            lines.append(f"| {c['batch']} | {c['renders']} | {c['seconds']:.1f} | {c['images_per_s']:.2f} | "
+                         f"{c['peak_mb']:.0f} | {c['mean_act']:.3f} |")
+        lines += ["", f"Memory: {first['memory']}.", ""]
+    if "scaling" in rows:
+        lines += ["## 5. Scaling: where a step's time goes", "",
+                  "| model, layer, size, batch | nnfeat ms | ms/image | bare ms | same-net ms | param ms | "
+                  "transforms ms | overhead |", "|---|---:|---:|---:|---:|---:|---:|---:|"]
+        for c in rows["scaling"]:
+            lines.append(f"| {c['label']} | {_ms(c['nnfeat_step_s'])} | {c['per_image_ms']:.2f} | "
+                         f"{_ms(c['bare_step_s'])} | {_ms(c['same_net_step_s'])} | {_ms(c['param_step_s'])} | "
+                         f"{_ms(c['transforms_step_s'])} | {c['overhead']:.2f}× |")
+        lines += ["", "param / transforms: forward+backward of the default fft parameterization / auto transforms "
+                      "alone, same batch and size.", ""]
+    if "levers" in rows:
+        for block in rows["levers"]:
+            lines += [f"## L. Levers: step time with one option changed ({block['label']})", "",
+                      "| variant | ms/step | vs default |", "|---|---:|---:|"]
+            for c in block["variants"]:
+                lines.append(f"| {c['variant']} | {_ms(c['step_s'])} | {c['vs_default']:.2f}× |")
+            lines.append("")
+    return "\n".join(lines)
+
+
+# ---------------------------------------------------------------------------------------------------
+# Main
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--quick", action="store_true", help="a few steps of every row (seconds; CI smoke test)")
+    p.add_argument("--preset", choices=("cpu", "gpu"), default="cpu",
+                   help="cpu: the rows of the issue; gpu: googlenet at 224 px, batch 64")
+    p.add_argument("--rows", default="1,2,3,4,5,L", help="comma-separated rows to run (1,2,3,4,5,L)")
+    p.add_argument("--device", default="cpu", help="cpu or cuda (a one-line error when CUDA is absent)")
+    p.add_argument("--threads", type=int, default=1, help="torch CPU threads for every side (default 1)")
+    p.add_argument("--repeats", type=int, default=0, help="repeats per measurement (default: 3, quick 1)")
+    p.add_argument("--cifar-weights", choices=("pretrained", "random"), default="pretrained",
+                   help="weights for cifar10-resnet20 (random needs no ../shared)")
+    p.add_argument("--lucent-python", type=Path, default=LUCENT_PYTHON,
+                   help="python of the lucent venv (default .venv-lucent/bin/python)")
+    p.add_argument("--out", type=Path, default=Path("out"), help="output folder (writes OUT/bench/...)")
+    p.add_argument("--whole-layer-job", help=argparse.SUPPRESS)
+    return p.parse_args(argv)
+
+
+def _environment() -> dict:
+    env = dict(os.environ)
+    models = SHARED / "models"
+    if models.is_dir() and not env.get("NNFEAT_WEIGHTS_PATH"):
+        env["NNFEAT_WEIGHTS_PATH"] = str(models)
+    env["PYTHONPATH"] = os.pathsep.join([str(REPO_ROOT), env.get("PYTHONPATH", "")]).rstrip(os.pathsep)
+    return env
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    if args.whole_layer_job:
+        print(json.dumps(whole_layer_job(json.loads(args.whole_layer_job))))
+        return 0
+    env = _environment()
+    os.environ.setdefault("NNFEAT_WEIGHTS_PATH", env.get("NNFEAT_WEIGHTS_PATH", ""))
+    try:
+        plan = make_plan(args)
+    except NnfeatError as err:
+        print(f"bench_render: {err}", file=sys.stderr)
+        return 2
+    rows = {r.strip().upper() for r in args.rows.split(",") if r.strip()}
+    unknown = rows - {"1", "2", "3", "4", "5", "L"}
+    if unknown:
+        print(f"bench_render: unknown rows {sorted(unknown)}: use a comma-separated subset of 1,2,3,4,5,L",
+              file=sys.stderr)
+        return 2
+    torch.set_num_threads(plan.threads)
+    out_dir = args.out / "bench"
+    out_dir.mkdir(parents=True, exist_ok=True)
+    models = _Models(plan.device)
+
+    def log(message: str) -> None:
+        print(message, file=sys.stderr, flush=True)
+
+    started = time.time()
+    report: dict = {"meta": {
+        "command": " ".join(["python", "experiments/bench_render.py", *(argv if argv is not None else sys.argv[1:])]),
+        "device": _device_name(plan.device), "threads": plan.threads, "torch": torch.__version__,
+        "python": platform.python_version(), "platform": platform.platform(), "cpu_count": os.cpu_count(),
+        "load_before": _loadavg(), "quick": args.quick, "repeats": plan.repeats, "warmup": plan.warmup,
+        "timed_steps": plan.timed_steps, "render_defaults": {k: str(v) for k, v in
+                                                             render_defaults(plan.device).items()},
+        "started": time.strftime("%Y-%m-%d %H:%M:%S"),
+    }, "rows": {}}
+    try:
+        with tempfile.TemporaryDirectory(prefix="bench_render_") as tmp:
+            if "1" in rows:
+                log("row 1: overhead")
+                report["rows"]["overhead"] = row_overhead(plan, models, log)
+            if "2" in rows:
+                log("row 2: early exit")
+                report["rows"]["early_exit"] = row_early_exit(plan, models, log)
+            if "3" in rows and plan.lucent is not None:
+                log("row 3: against lucent")
+                report["rows"]["lucent"] = row_lucent(plan, models, log, args.lucent_python, Path(tmp))
+            if "4" in rows and plan.whole_layer is not None:
+                log("row 4: whole layer")
+                report["rows"]["whole_layer"] = row_whole_layer(plan, log, env)
+            if "5" in rows and plan.scaling_case is not None:
+                log("row 5: scaling")
+                report["rows"]["scaling"] = row_scaling(plan, models, log)
+            if "L" in rows and plan.levers is not None:
+                log("row L: levers")
+                report["rows"]["levers"] = row_levers(plan, models, log)
+    except NnfeatError as err:
+        print(f"bench_render: {err}", file=sys.stderr)
+        return 2
+    report["meta"]["seconds"] = time.time() - started
+    report["meta"]["load_after"] = _loadavg()
+    table = format_table(report)
+    write_json(out_dir / "bench_render.json", report)
+    write_text(out_dir / "bench_render.md", table + "\n")
+    print(table)
+    log(f"wrote {out_dir / 'bench_render.json'} and {out_dir / 'bench_render.md'} in {report['meta']['seconds']:.0f} s")
+    return 0
+
+
+def _device_name(device: torch.device) -> str:
+    if device.type == "cuda":
+        return f"cuda ({torch.cuda.get_device_name(device)})"
+    return f"cpu ({platform.processor() or platform.machine()}, {os.cpu_count()} cores)"
+
+
+def _loadavg() -> list[float] | None:
+    try:
+        return [round(v, 2) for v in os.getloadavg()]
+    except OSError:
+        return None
+
+
+if __name__ == "__main__":
+    sys.exit(main())
