@@ -219,7 +219,7 @@ class Run:
         if source is None:
             raise NnfeatError(f"{required_for} needs natural images for {self.model_name}: pass --images FOLDER "
                               "(e.g. the ImageNet validation set) or an .npz file")
-        limit = 1000 if self.quick else None
+        limit = 400 if self.quick else None
         return load_images(source, size=self.model.input_size, limit=limit)
 
     def log(self, text: str) -> None:
@@ -282,6 +282,7 @@ def per_item(objectives: Sequence[Objective]) -> Objective:
     for i, obj in enumerate(objectives[1:], start=1):
         total = total + only(obj, i)
     total.batch_size = len(objectives)
+    total.description = f"{len(objectives)} objectives, one per batch item"
     return total
 
 

@@ -308,30 +308,27 @@ def bare_step(net: torch.nn.Module, layer: str, shape: tuple[int, ...], plan: Pl
     return step_time(stamps, warm, device)
 
 
-def render_defaults(device: torch.device) -> dict:
-    """The dtype and memory format :func:`nnfeat.render` uses by default on ``device``."""
+def render_defaults(device: torch.device, model: Model | None = None) -> dict:
+    """The dtype, input memory format and BatchNorm folding :func:`nnfeat.render` uses by default."""
     import inspect
+
+    from nnfeat.render import default_channels_last
 
     params = inspect.signature(render).parameters
     autocast = params["autocast"].default
     channels_last = params["channels_last"].default
     use_amp = (device.type == "cuda") if autocast is None else bool(autocast)
-    if channels_last is None:  # "auto"
-        from nnfeat.render import default_channels_last
-
-        channels_last = default_channels_last(device)
+    if channels_last is None:  # automatic: channels-last input where it pays
+        channels_last = default_channels_last(device, model)
     return {"dtype": torch.bfloat16 if use_amp else None, "channels_last": bool(channels_last),
             "fold_batchnorm": bool(params["fold_batchnorm"].default)}
 
 
 def same_net(model: Model, layers: tuple[str, ...], defaults: dict) -> torch.nn.Module:
-    """The network nnfeat's render runs by default: BatchNorm folded (except target convs), same memory format."""
-    net = folded_copy(model, keep=layers).net if defaults["fold_batchnorm"] else model.net
-    if defaults["channels_last"]:
-        import copy
+    """The network nnfeat's render runs by default (BatchNorm folded, except convolutions it reads).
 
-        net = copy.deepcopy(net).to(memory_format=torch.channels_last)
-    return net
+    With the default channels-last setting render converts the input only; :func:`bare_step` does the same."""
+    return folded_copy(model, keep=layers).net if defaults["fold_batchnorm"] else model.net
 
 
 def _median(values) -> float:
@@ -347,10 +344,10 @@ def _ms(seconds: float) -> str:
 
 
 def row_overhead(plan: Plan, models: _Models, log) -> list[dict]:
-    defaults = render_defaults(plan.device)
     cells = []
     for case in plan.overhead:
         model = models.get(case.model, case.weights)
+        defaults = render_defaults(plan.device, model)
         obj = channel_objective(case.layer, case.batch)
         shape = (case.batch, 3, case.size, case.size)
         runs = {"nnfeat": [], "bare": [], "same_net": []}
@@ -380,10 +377,10 @@ def row_overhead(plan: Plan, models: _Models, log) -> list[dict]:
 
 
 def row_early_exit(plan: Plan, models: _Models, log) -> list[dict]:
-    defaults = render_defaults(plan.device)
     cells = []
     for case, n_classes in plan.early_exit:
         model = models.get(case.model, case.weights)
+        defaults = render_defaults(plan.device, model)
         shallow = channel_objective(case.layer, case.batch)
         deep = O.logit([i % int(n_classes) for i in range(case.batch)] if case.batch > 1 else 0)
         shape = (case.batch, 3, case.size, case.size)
@@ -413,9 +410,8 @@ def row_early_exit(plan: Plan, models: _Models, log) -> list[dict]:
 class LucentWorker:
     """``lucent_side.py`` running in the lucent venv; one JSON request/answer per line."""
 
-    def __init__(self, python: Path, log_path: Path) -> None:
-        env = dict(os.environ)
-        env["PYTHONPATH"] = os.pathsep.join([str(REPO_ROOT), env.get("PYTHONPATH", "")]).rstrip(os.pathsep)
+    def __init__(self, python: Path, log_path: Path, pythonpath: str = "") -> None:
+        env = lucent_env(pythonpath)
         self.log = open(log_path, "w")  # noqa: SIM115 - closed in close()
         self.proc = subprocess.Popen([str(python), str(LUCENT_SIDE)], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
                                      stderr=self.log, text=True, env=env, cwd=str(REPO_ROOT))
@@ -438,18 +434,30 @@ class LucentWorker:
         self.log.close()
 
 
-def lucent_status(python: Path) -> str | None:
-    """None when the lucent venv is usable, else why not (one line)."""
-    if not python.exists():
+def lucent_env(pythonpath: str = "") -> dict:
+    """The worker's environment: ``pythonpath`` (where lucent and its kornia are, if not in a venv) first,
+    then the repo (for nnfeat's model loading)."""
+    env = dict(os.environ)
+    parts = [pythonpath, str(REPO_ROOT), env.get("PYTHONPATH", "")]
+    env["PYTHONPATH"] = os.pathsep.join(p for p in parts if p)
+    return env
+
+
+def lucent_status(python: Path, pythonpath: str = "") -> str | None:
+    """None when the lucent interpreter is usable, else why not (one line)."""
+    import shutil
+
+    if not (python.exists() or shutil.which(str(python))):
         return f"skipped: no lucent venv at {python} (run `bash experiments/setup_lucent.sh`)"
     probe = subprocess.run([str(python), "-c", "import lucent, kornia; print(kornia.__version__)"],
-                           capture_output=True, text=True, timeout=300)
+                           capture_output=True, text=True, timeout=300, env=lucent_env(pythonpath))
     if probe.returncode != 0:
         return f"skipped: lucent venv at {python} cannot import lucent ({probe.stderr.strip().splitlines()[-1:]})"
     return None
 
 
-def row_lucent(plan: Plan, models: _Models, log, lucent_python: Path, workdir: Path) -> dict:
+def row_lucent(plan: Plan, models: _Models, log, lucent_python: Path, workdir: Path, pythonpath: str = "",
+               worker_log: Path | None = None) -> dict:
     case = plan.lucent
     model = models.get(case.model, case.weights)
     channels = list(range(case.batch))
@@ -459,12 +467,12 @@ def row_lucent(plan: Plan, models: _Models, log, lucent_python: Path, workdir: P
                               "redirected ReLU 16 steps, BatchNorm folding",
            "lucent_settings": "render_vis: param.image(fft, decorrelate), standard_transforms, Adam 0.05, "
                               f"fixed_image_size={case.size}, preprocess=False (normalization inside the model)"}
-    reason = lucent_status(lucent_python)
+    reason = lucent_status(lucent_python, pythonpath)
     if reason is not None:
         out["skipped"] = reason
         log(f"  lucent: {reason}")
         return out
-    worker = LucentWorker(lucent_python, workdir / "lucent_worker.log")
+    worker = LucentWorker(lucent_python, worker_log or workdir / "lucent_worker.log", pythonpath)
     request = {"model": case.model, "weights": case.weights, "layer": case.layer, "channels": channels,
                "size": case.size, "device": str(plan.device), "threads": plan.threads}
     runs: dict[str, list] = {"nnfeat_s": [], "lucent_s": [], "nnfeat_act": [], "lucent_act": []}
@@ -606,8 +614,8 @@ def param_and_transform_steps(case: Case, plan: Plan) -> tuple[float, float]:
 
 def row_scaling(plan: Plan, models: _Models, log) -> list[dict]:
     base = plan.scaling_case
-    defaults = render_defaults(plan.device)
     model = models.get(base.model, base.weights)
+    defaults = render_defaults(plan.device, model)
     cases = [Case(base.model, base.layer, base.size, b, base.weights) for b in plan.scaling_batches]
     cases += [Case(base.model, base.layer, s, base.batch, base.weights) for s in plan.scaling_sizes
               if s != base.size]
@@ -641,18 +649,23 @@ def row_scaling(plan: Plan, models: _Models, log) -> list[dict]:
 # Row L: levers
 
 
-def lever_variants(device: torch.device) -> list[tuple[str, dict]]:
-    defaults = render_defaults(device)
+def lever_variants(device: torch.device, model: Model) -> list[tuple[str, dict]]:
+    """(name, render kwargs) for row L; each changes one thing from render's defaults."""
+    defaults = render_defaults(device, model)
     variants = [
         ("default", {}),
         ("fold_batchnorm=False", {"fold_batchnorm": False}),
-        (f"channels_last={not defaults['channels_last']}", {"channels_last": not defaults["channels_last"]}),
+        ("channels_last=False (NCHW)" if defaults["channels_last"] else "channels_last=True",
+         {"channels_last": not defaults["channels_last"]}),
+    ]
+    if defaults["channels_last"]:
+        variants.append(("channels_last=True (weights converted too)", {"channels_last": True}))
+    variants += [
         ("autocast=" + ("False (fp32)" if defaults["dtype"] is not None else "True (bf16)"),
          {"autocast": defaults["dtype"] is None}),
         ("redirected ReLU step", {"redirected_relu_steps": 10**6}),
+        ("transforms='none' (no transform cost)", {"transforms": "none"}),
     ]
-    if device.type == "cpu":
-        variants.append(("transforms='none' (no transform cost)", {"transforms": "none"}))
     return variants
 
 
@@ -660,7 +673,7 @@ def row_levers(plan: Plan, models: _Models, log) -> list[dict]:
     case = plan.levers
     model = models.get(case.model, case.weights)
     obj = channel_objective(case.layer, case.batch)
-    variants = lever_variants(plan.device)
+    variants = lever_variants(plan.device, model)
     runs: dict[str, list] = {name: [] for name, _ in variants}
     finals: dict[str, list] = {name: [] for name, _ in variants}
     for _ in range(plan.repeats):
@@ -765,6 +778,8 @@ def parse_args(argv=None) -> argparse.Namespace:
                    help="weights for cifar10-resnet20 (random needs no ../shared)")
     p.add_argument("--lucent-python", type=Path, default=LUCENT_PYTHON,
                    help="python of the lucent venv (default .venv-lucent/bin/python)")
+    p.add_argument("--lucent-pythonpath", default="",
+                   help="put first on the lucent worker's PYTHONPATH (lucent + kornia 0.4.1 installed with --target)")
     p.add_argument("--out", type=Path, default=Path("out"), help="output folder (writes OUT/bench/...)")
     p.add_argument("--whole-layer-job", help=argparse.SUPPRESS)
     return p.parse_args(argv)
@@ -813,6 +828,13 @@ def main(argv=None) -> int:
         "load_before": _loadavg(), "quick": args.quick, "repeats": plan.repeats, "warmup": plan.warmup,
         "timed_steps": plan.timed_steps, "render_defaults": {k: str(v) for k, v in
                                                              render_defaults(plan.device).items()},
+        "bare": "model.net as loaded (unfolded BatchNorm, contiguous NCHW), weights frozen, render's default "
+                "dtype, random input leaf of the transformed batch's shape, stopped at the layer by a raising "
+                "forward hook, act.sum().backward()",
+        "same_net": "the network render runs by default (BatchNorm folded) with render's default input "
+                    "memory format and dtype, same loop as bare",
+        "nnfeat_step": "median interval between optimizer steps inside render(), after the warm-up steps, "
+                       "redirected_relu_steps=0 (steady state); CUDA: window mean, synchronized at its ends",
         "started": time.strftime("%Y-%m-%d %H:%M:%S"),
     }, "rows": {}}
     try:
@@ -825,7 +847,8 @@ def main(argv=None) -> int:
                 report["rows"]["early_exit"] = row_early_exit(plan, models, log)
             if "3" in rows and plan.lucent is not None:
                 log("row 3: against lucent")
-                report["rows"]["lucent"] = row_lucent(plan, models, log, args.lucent_python, Path(tmp))
+                report["rows"]["lucent"] = row_lucent(plan, models, log, args.lucent_python, Path(tmp),
+                                                      args.lucent_pythonpath, out_dir / "lucent_worker.log")
             if "4" in rows and plan.whole_layer is not None:
                 log("row 4: whole layer")
                 report["rows"]["whole_layer"] = row_whole_layer(plan, log, env)

@@ -24,7 +24,6 @@ import sys
 
 import _figures as F
 import quality as Q
-import torch
 
 import nnfeat
 from nnfeat import objectives as O

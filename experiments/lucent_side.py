@@ -76,7 +76,22 @@ def make_normalized_input(net, mean, std):
     return NormalizedInput()
 
 
+def _stub_ipython() -> None:
+    """lucent imports ``IPython.display`` at import time for its notebook ``show``; the worker never shows
+    anything (``show_image=False``), so where IPython is not installed an empty stand-in is enough."""
+    try:
+        import IPython.display  # noqa: F401
+    except ImportError:
+        import types
+
+        ipython, display = types.ModuleType("IPython"), types.ModuleType("IPython.display")
+        ipython.display = display
+        sys.modules.setdefault("IPython", ipython)
+        sys.modules.setdefault("IPython.display", display)
+
+
 def render_once(request: dict, loaded: _Loaded) -> dict:
+    _stub_ipython()
     import numpy as np
     import torch
     import kornia

@@ -180,7 +180,7 @@ def parse_args(argv):
     p.add_argument("--images", default=None, help="dataset for the maxima and the MACO spectrum "
                    "(default: ../shared CIFAR-10 test set)")
     p.add_argument("--configs", default=",".join(CONFIGS), help=f"comma list of {', '.join(CONFIGS)}")
-    p.add_argument("--steps", type=int, default=None, help="render steps (default 256; quick 8)")
+    p.add_argument("--steps", type=int, default=None, help="render steps (default 256; quick 4)")
     p.add_argument("--lr", type=float, default=0.05)
     p.add_argument("--restarts", type=int, default=None, help="random starts per class (default 4; quick 1)")
     p.add_argument("--units-per-layer", type=int, default=None, help="units per layer (default 10; quick 2)")
@@ -206,7 +206,7 @@ def _main(argv) -> int:
     if unknown:
         raise NnfeatError(f"unknown config '{unknown[0]}': use a comma list of {', '.join(CONFIGS)}")
     configs = args.configs.split(",")
-    steps = args.steps or (8 if args.quick else 256)
+    steps = args.steps or (4 if args.quick else 256)
     restarts = args.restarts or (1 if args.quick else 4)
     per_layer = args.units_per_layer or (2 if args.quick else 10)
     F.setup_weights_path(args.model)
@@ -216,7 +216,7 @@ def _main(argv) -> int:
     source = args.images or (F.CIFAR_NPZ if F.CIFAR_NPZ.is_file() else None)
     if source is None:
         raise NnfeatError("no dataset: pass --images (folder or .npz) for the dataset maxima and the MACO spectrum")
-    images = load_images(source, limit=500 if args.quick else None)
+    images = load_images(source, limit=400 if args.quick else None)
     size = args.size or max(model.input_size)
     classes = list(range(model.layer_shapes([OUTPUT])[OUTPUT][1]))[:10]
     unit_layers = ["layer2", "layer3"] if model.name.startswith("cifar10-") else \

@@ -76,7 +76,7 @@ def microscope(model: Model, layer: str, channels: str | list[int] | None, *, ou
     import numpy as np
 
     rendered = torch.stack([
-        torch.from_numpy(np.asarray(Image.open(out / f"channel-{c}.png").convert("RGB"))).permute(2, 0, 1).float() / 255
+        torch.from_numpy(np.array(Image.open(out / f"channel-{c}.png").convert("RGB"))).permute(2, 0, 1).float() / 255
         for c in channel_list
     ])
     sheet = rendered

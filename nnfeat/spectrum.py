@@ -60,7 +60,9 @@ def image_magnitudes(images: torch.Tensor, space: str = "param") -> torch.Tensor
     if space == "param":
         inverse = _decorrelation_inverse().to(centred.device)
         centred = SIGMOID_GAIN * torch.einsum("oc,bchw->bohw", inverse, centred)
-    return torch.fft.rfft2(centred, norm="ortho").abs()
+    magnitude = torch.fft.rfft2(centred, norm="ortho").abs()
+    magnitude[..., 0, 0] = 0.0  # the DC term is 0 by construction; drop float rounding
+    return magnitude
 
 
 def power_law_spectrum(size, contrast: float = 0.2, decay: float = 1.0, space: str = "param") -> torch.Tensor:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import json
 
 import numpy as np
@@ -116,7 +117,8 @@ def test_icon_objective_and_centre_cosine(model, digits):
     assert torch.allclose(spread, plain + 0.5 * everywhere / 64, atol=1e-6)
     images = digits.tensors([0, 1], 32)
     with torch.no_grad(), ActivationCapture(model, ["relu3"]) as capture:
-        centre = capture(images)["relu3"][:, :, 4, 4]
+        act = capture(images)["relu3"]
+        centre = act[:, :, act.shape[2] // 2, act.shape[3] // 2]
     assert torch.allclose(centre_cosine(model, "relu3", images, directions),
                           torch.nn.functional.cosine_similarity(centre, directions, dim=1), atol=1e-6)
 
@@ -206,6 +208,8 @@ def test_pipeline_outputs(model, digits, tmp_path, layout):
             if (row, col) not in occupied:
                 assert (mosaic[row * 32:(row + 1) * 32, col * 32:(col + 1) * 32] == 255).all()
     assert result.mean_cosine == pytest.approx(np.mean([c["cosine"] for c in cells]))
+    if importlib.util.find_spec("nnfeat.views.atlas_viewer") is not None:
+        assert result.html == tmp_path / "atlas.html" and result.html.is_file()
 
 
 def test_rerun_is_cached_and_grid_change_keeps_layout(model, digits, tmp_path):

@@ -13,6 +13,7 @@ from nnfeat.data import load_images
 from nnfeat.errors import NnfeatError
 from nnfeat.examples import example_patches, parse_unit, receptive_field, top_examples
 from nnfeat.hooks import ActivationCapture
+from nnfeat.models.base import Model
 
 
 @pytest.fixture(scope="module")
@@ -55,27 +56,43 @@ def test_top_and_bottom_match_brute_force(model, digits, score):
 def test_strongest_position_and_patch(model, digits):
     found = top_examples(model, "relu3", [5], digits, k=3, score="max")
     field = receptive_field(model, "relu3")
-    assert field.box[2:] == (18, 18)  # conv3x3, pool2, conv3x3, pool2, conv3x3 -> 18 px
+    height, width = field.box[2:]
+    assert 1 < height <= 32 and 1 < width <= 32
     with torch.no_grad(), ActivationCapture(model, ["relu3"]) as capture:
         for example in found[5].top:
             act = capture(digits.tensors([example.index], 32))["relu3"][0, 5]
             y, x = divmod(int(act.argmax()), act.shape[1])
             assert example.position == (y, x)
-            top, left, height, width = example.box
-            assert (height, width) == (18, 18)
-            assert 0 <= top <= 32 - 18 and 0 <= left <= 32 - 18
-            # the box is the receptive field of (y, x): stride 4, shifted into the image
-            assert top == min(max(field.box[0] + (y - 4) * 4, 0), 14)
+            top, left, h, w = example.box
+            assert (h, w) == (height, width)
+            assert 0 <= top <= 32 - h and 0 <= left <= 32 - w
+            # the box is the receptive field of (y, x): the centre unit's field moved by the stride, kept inside
+            expected_top = round(field.box[0] + (y - field.centre[0]) * field.stride[0])
+            assert top == min(max(expected_top, 0), 32 - h)
     patches = example_patches(digits, found[5].top, 32)
-    assert patches.shape == (3, 3, 18, 18)
+    assert patches.shape == (3, 3, height, width)
     image = digits.tensors([found[5].top[0].index], 32)[0]
     t, l, h, w = found[5].top[0].box
     assert torch.equal(patches[0], image[:, t:t + h, l:l + w])
 
 
+def test_receptive_field_of_a_known_stack():
+    """conv3 -> conv3 -> maxpool2 -> conv3 has fields 3, 5, 6, 10 px and a stride of 2 after the pool."""
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3, padding=1), torch.nn.Conv2d(4, 4, 3, padding=1),
+                              torch.nn.MaxPool2d(2), torch.nn.Conv2d(4, 4, 3, padding=1))
+    stack = Model(net, name="stack", input_size=32)
+    fields = [receptive_field(stack, layer) for layer in ("0", "1", "2", "3")]
+    assert [f.box[2:] for f in fields] == [(3, 3), (5, 5), (6, 6), (10, 10)]
+    assert fields[3].stride == (2.0, 2.0) and fields[3].centre == (8, 8)
+    assert fields[0].box == (15, 15, 3, 3)
+    assert fields[3].box_at(0, 0)[:2] == (0, 0)  # moved into the image at the border
+    assert fields[3].box_at(8, 9)[:2] == (fields[3].box[0], fields[3].box[1] + 2)
+
+
 def test_receptive_field_grows_with_depth(model):
     sizes = [receptive_field(model, layer).box[2] for layer in ("conv1", "relu2", "relu3")]
-    assert sizes == [3, 8, 18]
+    assert sizes[0] < sizes[1] < sizes[2] <= 32
     assert receptive_field(model, "fc").box == (0, 0, 32, 32)
 
 

@@ -71,12 +71,14 @@ def test_fig03_five_objective_types(out):
     assert 0.0 <= softmax <= 1.0 and all(math.isfinite(v["value"]) for v in objectives.values())
 
 
-def test_fig04_diversity_batch_of_four(out):
+def test_fig04_diversity_makes_the_batch_differ(out):
     record = _run("fig04_diversity", out)
     rows = list(record["rows"].values())
     assert len(rows) == 2 and all(len(r["channel_values"]) == 4 for r in rows)
     assert record["diversity_weight"] > 0
     assert all(-1.0 <= r["gram_similarity"] <= 1.0 for r in rows)
+    plain, diverse = rows
+    assert diverse["gram_similarity"] < plain["gram_similarity"]  # the diversity term makes the batch differ
 
 
 def test_fig05_each_image_favours_its_units(out):
