@@ -97,7 +97,7 @@ def main() -> int:
 
     # fidelity: classify the saved icons (as written, 8-bit) with a held-out model
     judge = load("cifar10-resnet32", device)
-    icons = torch.stack([torch.from_numpy(np.asarray(Image.open(out / c["icon"]).convert("RGB")))
+    icons = torch.stack([torch.from_numpy(np.array(Image.open(out / c["icon"]).convert("RGB")))
                          for c in result.cells]).permute(0, 3, 1, 2).float().div(255).to(judge.device)
     with torch.no_grad():
         judged = judge(icons).argmax(1).cpu().numpy()

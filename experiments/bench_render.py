@@ -127,6 +127,7 @@ class Plan:
     scaling_sizes: list[int]
     scaling_case: Case | None
     levers: Case | None
+    budget_s: float = 4.0  # seconds one step-time measurement should take (slow cells time fewer steps)
 
 
 def make_plan(args: argparse.Namespace) -> Plan:
@@ -152,7 +153,7 @@ def make_plan(args: argparse.Namespace) -> Plan:
             early_exit=[(Case(g, "inception3a", 224, 64, "random"), "1000")],
             lucent=Case(g, "inception4c", 224, 64, "random"), lucent_steps=256, lucent_repeats=args.repeats or 2,
             whole_layer=Case(g, "inception4c", 224, 0, "random"), whole_layer_channels=256,
-            whole_layer_batches=[64, 128], whole_layer_steps=256,
+            whole_layer_batches=args.whole_layer_batches or [64, 128], whole_layer_steps=256,
             scaling_batches=[1, 16, 64, 128], scaling_sizes=[128, 224, 320],
             scaling_case=Case(g, "inception4c", 224, 64, "random"),
             levers=Case(g, "inception4c", 224, 64, "random"),
@@ -164,12 +165,13 @@ def make_plan(args: argparse.Namespace) -> Plan:
     ):
         overhead += [Case(model, layer, size, b, weights) for b in (1, 16, 64)]
     return Plan(
-        device=device, threads=args.threads, repeats=args.repeats or 3, warmup=2, timed_steps=6,
+        device=device, threads=args.threads, repeats=args.repeats or 3, warmup=1, timed_steps=5,
         overhead=overhead,
         early_exit=[(Case(r20, "layer1", 32, 16, cifar_w), "10"),
                     (Case("torchvision:googlenet", "inception3a", 128, 16, "random"), "1000")],
         lucent=Case(r20, "layer3", 64, 16, cifar_w), lucent_steps=256, lucent_repeats=args.repeats or 2,
-        whole_layer=Case(r20, "layer3", 32, 0, cifar_w), whole_layer_channels=64, whole_layer_batches=[8, 16, 64],
+        whole_layer=Case(r20, "layer3", 32, 0, cifar_w), whole_layer_channels=64,
+        whole_layer_batches=args.whole_layer_batches or [16, 64],
         whole_layer_steps=256,
         scaling_batches=[1, 4, 16, 64, 128], scaling_sizes=[32, 64, 128, 224],
         scaling_case=Case(r20, "layer3", 32, 4, cifar_w),
@@ -210,29 +212,58 @@ def step_time(stamps: list[float], warmup: int, device: torch.device) -> float:
     return statistics.median(b - a for a, b in zip(stamps[warmup:], stamps[warmup + 1:]))
 
 
-class StepClock(torch.optim.Adam):
-    """Adam (lr 0.05, render's default) that stamps the clock after every step it takes.
+@dataclass(frozen=True)
+class Timing:
+    """Seconds per step: ``wall`` (what a user waits) and, on the CPU, ``cpu`` (process CPU time, which
+    other load on a shared machine barely moves; with one thread it is what the wall time would be alone)."""
 
-    Passed to :func:`nnfeat.render` as ``optimizer``, it times the real loop without touching it. On
-    CUDA the clock is synchronized only at step ``sync_from`` and at step ``sync_last`` (so no host sync
-    happens inside the measured window); on the CPU every step is stamped.
+    wall: float
+    cpu: float | None
+
+
+class Clock:
+    """Stamps taken after each step ``tick(i)``: wall and process CPU time on the CPU; on CUDA only at steps
+    ``sync_from`` and ``sync_last``, after a synchronize (no host sync inside the measured window)."""
+
+    def __init__(self, device: torch.device, sync_from: int = 0, sync_last: int = 0) -> None:
+        self.device = device
+        self.sync_points = {sync_from, sync_last}
+        self.wall: list[float] = []
+        self.cpu: list[float] = []
+
+    def tick(self, i: int) -> None:
+        if self.device.type != "cuda":
+            self.wall.append(time.perf_counter())
+            self.cpu.append(time.process_time())
+        elif i in self.sync_points:
+            torch.cuda.synchronize(self.device)
+            self.wall.append(time.perf_counter())
+
+    def per_step(self, warmup: int) -> Timing:
+        if self.device.type == "cuda":
+            return Timing(step_time(self.wall, 0, self.device), None)
+        return Timing(step_time(self.wall, warmup, self.device), step_time(self.cpu, warmup, self.device))
+
+
+class StepClock(torch.optim.Adam):
+    """Adam (lr 0.05, render's default) that ticks a :class:`Clock` after every step it takes.
+
+    Passed to :func:`nnfeat.render` as ``optimizer``, it times the real loop without touching it.
     """
 
     def __init__(self, params, device: torch.device, sync_from: int = 0, sync_last: int = 0) -> None:
         super().__init__(params, lr=0.05)
-        self.device = device
-        self.sync_points = {sync_from, sync_last}
-        self.stamps: list[float] = []
+        self.clock = Clock(device, sync_from, sync_last)
         self.count = 0
+
+    @property
+    def stamps(self) -> list[float]:
+        return self.clock.wall
 
     @torch.no_grad()
     def step(self, closure=None):
         out = super().step(closure)
-        if self.device.type != "cuda":
-            self.stamps.append(time.perf_counter())
-        elif self.count in self.sync_points:
-            torch.cuda.synchronize(self.device)
-            self.stamps.append(time.perf_counter())
+        self.clock.tick(self.count)
         self.count += 1
         return out
 
@@ -243,10 +274,11 @@ def channel_objective(layer: str, batch: int, n_channels: int | None = None, off
     return O.channel(layer, channels if batch > 1 else channels[0])
 
 
-def nnfeat_step(model: Model, objective: O.Objective, case: Case, plan: Plan, steps: int | None = None,
-                **render_kwargs) -> dict:
-    """Steady-state seconds per step of a real render (see the module docstring), plus its final values."""
-    steps = steps or plan.warmup + plan.timed_steps + 1
+def nnfeat_step(model: Model, objective: O.Objective, case: Case, plan: Plan, timed: int | None = None,
+                **render_kwargs) -> tuple[Timing, float]:
+    """Steady-state time per step of a real render (see the module docstring), and its mean final value.
+    ``timed``: timed steps after the warm-up (default ``plan.timed_steps``)."""
+    steps = plan.warmup + (timed or plan.timed_steps) + 1
     clocks: list[StepClock] = []
 
     def make_optimizer(params):
@@ -258,8 +290,7 @@ def nnfeat_step(model: Model, objective: O.Objective, case: Case, plan: Plan, st
     kwargs.update(render_kwargs)
     result = render(model, objective, size=case.size, batch=case.batch, steps=steps, optimizer=make_optimizer,
                     progress=False, device=plan.device, **kwargs)
-    warm = plan.warmup if plan.device.type != "cuda" else 0
-    return {"step_s": step_time(clocks[0].stamps, warm, plan.device), "final": float(result.final_values.mean())}
+    return clocks[0].clock.per_step(plan.warmup), float(result.final_values.mean())
 
 
 class _BareStop(Exception):
@@ -267,12 +298,11 @@ class _BareStop(Exception):
 
 
 def bare_step(net: torch.nn.Module, layer: str, shape: tuple[int, ...], plan: Plan, *, dtype=None,
-              channels_last: bool = False, iters: int | None = None) -> float:
-    """Seconds per ``net(x)`` forward (stopped at ``layer``) + backward to a fresh input leaf ``x``.
+              channels_last: bool = False, timed: int | None = None) -> Timing:
+    """Time per ``net(x)`` forward (stopped at ``layer``) + backward to a fresh input leaf ``x``.
 
-    ``dtype``: autocast dtype or None for float32. Median over iterations after the warm-up (CPU);
-    window mean with two synchronizations (CUDA)."""
-    iters = iters or plan.warmup + plan.timed_steps + 1
+    ``dtype``: autocast dtype or None for float32; ``channels_last``: the input's memory format."""
+    iters = plan.warmup + (timed or plan.timed_steps) + 1
     device = plan.device
     captured: dict[str, torch.Tensor] = {}
 
@@ -285,7 +315,7 @@ def bare_step(net: torch.nn.Module, layer: str, shape: tuple[int, ...], plan: Pl
     if channels_last:
         base = base.contiguous(memory_format=torch.channels_last)
     amp = (lambda: torch.autocast(device.type, dtype=dtype)) if dtype is not None else contextlib.nullcontext
-    stamps: list[float] = []
+    clock = Clock(device, plan.warmup, iters - 1)
     try:
         for i in range(iters):
             x = base.detach().requires_grad_(True)
@@ -296,16 +326,11 @@ def bare_step(net: torch.nn.Module, layer: str, shape: tuple[int, ...], plan: Pl
                 except _BareStop:
                     pass
             captured.pop("act").float().sum().backward()
-            if device.type != "cuda":
-                stamps.append(time.perf_counter())
-            elif i in (plan.warmup, iters - 1):
-                torch.cuda.synchronize(device)
-                stamps.append(time.perf_counter())
+            clock.tick(i)
     finally:
         if handle is not None:
             handle.remove()
-    warm = plan.warmup if device.type != "cuda" else 0
-    return step_time(stamps, warm, device)
+    return clock.per_step(plan.warmup)
 
 
 def render_defaults(device: torch.device, model: Model | None = None) -> dict:
@@ -331,12 +356,43 @@ def same_net(model: Model, layers: tuple[str, ...], defaults: dict) -> torch.nn.
     return folded_copy(model, keep=layers).net if defaults["fold_batchnorm"] else model.net
 
 
+def timed_steps_for(plan: Plan, seconds_per_step: float) -> int:
+    """Timed steps per measurement: ``plan.timed_steps``, fewer (not under 3) for slow cells, so that one
+    measurement takes about ``plan.budget_s``."""
+    return max(min(3, plan.timed_steps), min(plan.timed_steps, int(plan.budget_s / max(seconds_per_step, 1e-6))))
+
+
 def _median(values) -> float:
     return float(statistics.median(values))
 
 
-def _ms(seconds: float) -> str:
+def _ms(seconds: float | None) -> str:
+    if seconds is None:
+        return "–"
     return f"{seconds * 1e3:.1f}" if seconds < 10 else f"{seconds * 1e3:.0f}"
+
+
+def _sec(seconds: float) -> str:
+    return f"{seconds:.1f}" if seconds >= 10 else f"{seconds:.2f}"
+
+
+def _x(ratio: float | None) -> str:
+    return "–" if ratio is None else f"{ratio:.2f}×"
+
+
+def _med(runs: list[Timing], attr: str = "wall") -> float | None:
+    values = [getattr(t, attr) for t in runs]
+    return None if any(v is None for v in values) else _median(values)
+
+
+def _ratio(top: list[Timing], bottom: list[Timing], attr: str = "wall") -> float | None:
+    """Median over repeats of the per-repeat ratio (measurements of a repeat were taken side by side)."""
+    pairs = [(getattr(a, attr), getattr(b, attr)) for a, b in zip(top, bottom)]
+    return None if any(a is None or b is None for a, b in pairs) else _median(a / b for a, b in pairs)
+
+
+def _runs_json(runs: dict[str, list[Timing]]) -> dict:
+    return {name: {"wall_s": [t.wall for t in ts], "cpu_s": [t.cpu for t in ts]} for name, ts in runs.items()}
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -350,25 +406,27 @@ def row_overhead(plan: Plan, models: _Models, log) -> list[dict]:
         defaults = render_defaults(plan.device, model)
         obj = channel_objective(case.layer, case.batch)
         shape = (case.batch, 3, case.size, case.size)
-        runs = {"nnfeat": [], "bare": [], "same_net": []}
+        runs: dict[str, list[Timing]] = {"nnfeat": [], "bare": [], "same_net": []}
         net_same = same_net(model, obj.model_layers, defaults)
+        timed = None
         for _ in range(plan.repeats):  # interleaved: each repeat measures all three back to back
-            runs["bare"].append(bare_step(model.net, case.layer, shape, plan, dtype=defaults["dtype"]))
+            runs["bare"].append(bare_step(model.net, case.layer, shape, plan, dtype=defaults["dtype"], timed=timed))
+            timed = timed or timed_steps_for(plan, runs["bare"][0].wall)
             runs["same_net"].append(bare_step(net_same, case.layer, shape, plan, dtype=defaults["dtype"],
-                                              channels_last=defaults["channels_last"]))
-            runs["nnfeat"].append(nnfeat_step(model, obj, case, plan)["step_s"])
-        cell = {
-            "case": case.__dict__, "label": case.label,
-            "nnfeat_step_s": _median(runs["nnfeat"]), "bare_step_s": _median(runs["bare"]),
-            "same_net_step_s": _median(runs["same_net"]),
-            "overhead": _median(n / b for n, b in zip(runs["nnfeat"], runs["bare"])),
-            "overhead_vs_same_net": _median(n / b for n, b in zip(runs["nnfeat"], runs["same_net"])),
-            "runs": runs,
-        }
+                                              channels_last=defaults["channels_last"], timed=timed))
+            runs["nnfeat"].append(nnfeat_step(model, obj, case, plan, timed)[0])
+        cell = {"case": case.__dict__, "label": case.label, "runs": _runs_json(runs)}
+        for name, timings in runs.items():
+            cell[f"{name}_step_s"] = _med(timings)
+            cell[f"{name}_cpu_step_s"] = _med(timings, "cpu")
+        cell["overhead"] = _ratio(runs["nnfeat"], runs["bare"])
+        cell["overhead_cpu"] = _ratio(runs["nnfeat"], runs["bare"], "cpu")
+        cell["overhead_vs_same_net"] = _ratio(runs["nnfeat"], runs["same_net"])
+        cell["overhead_vs_same_net_cpu"] = _ratio(runs["nnfeat"], runs["same_net"], "cpu")
         cells.append(cell)
         log(f"  overhead {case.label}: nnfeat {_ms(cell['nnfeat_step_s'])} ms, bare {_ms(cell['bare_step_s'])} ms, "
-            f"same-net {_ms(cell['same_net_step_s'])} ms -> {cell['overhead']:.2f}x (loop overhead "
-            f"{cell['overhead_vs_same_net']:.2f}x)")
+            f"same-net {_ms(cell['same_net_step_s'])} ms -> {_x(cell['overhead'])} (cpu {_x(cell['overhead_cpu'])}; "
+            f"loop overhead {_x(cell['overhead_vs_same_net'])}, cpu {_x(cell['overhead_vs_same_net_cpu'])})")
     return cells
 
 
@@ -384,22 +442,23 @@ def row_early_exit(plan: Plan, models: _Models, log) -> list[dict]:
         shallow = channel_objective(case.layer, case.batch)
         deep = O.logit([i % int(n_classes) for i in range(case.batch)] if case.batch > 1 else 0)
         shape = (case.batch, 3, case.size, case.size)
-        runs = {"shallow": [], "logit": [], "bare_shallow": [], "bare_logit": []}
+        runs: dict[str, list[Timing]] = {"shallow": [], "logit": [], "bare_shallow": [], "bare_logit": []}
         for _ in range(plan.repeats):
-            runs["shallow"].append(nnfeat_step(model, shallow, case, plan)["step_s"])
-            runs["logit"].append(nnfeat_step(model, deep, case, plan)["step_s"])
+            runs["shallow"].append(nnfeat_step(model, shallow, case, plan)[0])
+            runs["logit"].append(nnfeat_step(model, deep, case, plan)[0])
             runs["bare_shallow"].append(bare_step(model.net, case.layer, shape, plan, dtype=defaults["dtype"]))
             runs["bare_logit"].append(bare_step(model.net, OUTPUT, shape, plan, dtype=defaults["dtype"]))
         cell = {
-            "case": case.__dict__, "label": case.label,
-            "shallow_step_s": _median(runs["shallow"]), "logit_step_s": _median(runs["logit"]),
-            "ratio": _median(s / d for s, d in zip(runs["shallow"], runs["logit"])),
-            "bare_ratio": _median(s / d for s, d in zip(runs["bare_shallow"], runs["bare_logit"])),
-            "runs": runs,
+            "case": case.__dict__, "label": case.label, "runs": _runs_json(runs),
+            "shallow_step_s": _med(runs["shallow"]), "logit_step_s": _med(runs["logit"]),
+            "ratio": _ratio(runs["shallow"], runs["logit"]), "ratio_cpu": _ratio(runs["shallow"], runs["logit"], "cpu"),
+            "bare_ratio": _ratio(runs["bare_shallow"], runs["bare_logit"]),
+            "bare_ratio_cpu": _ratio(runs["bare_shallow"], runs["bare_logit"], "cpu"),
         }
         cells.append(cell)
         log(f"  early exit {case.label}: {case.layer} {_ms(cell['shallow_step_s'])} ms / logit "
-            f"{_ms(cell['logit_step_s'])} ms = {cell['ratio']:.2f} (bare net: {cell['bare_ratio']:.2f})")
+            f"{_ms(cell['logit_step_s'])} ms = {cell['ratio']:.2f} (cpu {_x(cell['ratio_cpu'])}; bare net: "
+            f"{cell['bare_ratio']:.2f})")
     return cells
 
 
@@ -456,6 +515,13 @@ def lucent_status(python: Path, pythonpath: str = "") -> str | None:
     return None
 
 
+def lucent_contestants(device: torch.device) -> list[tuple[str, dict]]:
+    """nnfeat's side of row 3: its defaults, and the other dtype (opt-in bf16 on CPU, fp32 on CUDA)."""
+    if device.type == "cuda":
+        return [("nnfeat", {}), ("nnfeat autocast=False (fp32)", {"autocast": False})]
+    return [("nnfeat", {}), ("nnfeat autocast=True (bf16, opt-in)", {"autocast": True})]
+
+
 def row_lucent(plan: Plan, models: _Models, log, lucent_python: Path, workdir: Path, pythonpath: str = "",
                worker_log: Path | None = None) -> dict:
     case = plan.lucent
@@ -464,7 +530,8 @@ def row_lucent(plan: Plan, models: _Models, log, lucent_python: Path, workdir: P
     obj = O.channel(case.layer, channels)
     out = {"case": case.__dict__, "label": case.label, "steps": plan.lucent_steps, "channels": channels,
            "nnfeat_settings": "render() defaults: fft + decorrelation, auto transforms, Adam 0.05, "
-                              "redirected ReLU 16 steps, BatchNorm folding",
+                              "redirected ReLU 16 steps, BatchNorm folding, channels-last input on CPU, "
+                              "bf16 autocast on CUDA",
            "lucent_settings": "render_vis: param.image(fft, decorrelate), standard_transforms, Adam 0.05, "
                               f"fixed_image_size={case.size}, preprocess=False (normalization inside the model)"}
     reason = lucent_status(lucent_python, pythonpath)
@@ -472,40 +539,54 @@ def row_lucent(plan: Plan, models: _Models, log, lucent_python: Path, workdir: P
         out["skipped"] = reason
         log(f"  lucent: {reason}")
         return out
+    import numpy as np
+
+    contestants = lucent_contestants(plan.device)
     worker = LucentWorker(lucent_python, worker_log or workdir / "lucent_worker.log", pythonpath)
     request = {"model": case.model, "weights": case.weights, "layer": case.layer, "channels": channels,
                "size": case.size, "device": str(plan.device), "threads": plan.threads}
-    runs: dict[str, list] = {"nnfeat_s": [], "lucent_s": [], "nnfeat_act": [], "lucent_act": []}
+    runs: dict[str, dict[str, list]] = {name: {"wall_s": [], "cpu_s": [], "act": []}
+                                        for name in [n for n, _ in contestants] + ["lucent"]}
     try:
         # warm both sides (lazy imports, allocator, BatchNorm folding cache) with a 2-step render each
         worker.render({**request, "steps": 2, "seed": 0, "out": str(workdir / "lucent_warm.npy")})
-        render(model, obj, size=case.size, steps=2, progress=False, device=plan.device)
+        for _, kwargs in contestants:
+            render(model, obj, size=case.size, steps=2, progress=False, device=plan.device, **kwargs)
         for rep in range(plan.lucent_repeats):
-            _sync(plan.device)
-            start = time.perf_counter()
-            result = render(model, obj, size=case.size, steps=plan.lucent_steps, seed=rep, progress=False,
-                            device=plan.device)
-            _sync(plan.device)
-            runs["nnfeat_s"].append(time.perf_counter() - start)
-            runs["nnfeat_act"].append(float(evaluate(model, obj, result.final).mean()))
+            for name, kwargs in contestants:
+                _sync(plan.device)
+                start, cpu_start = time.perf_counter(), time.process_time()
+                result = render(model, obj, size=case.size, steps=plan.lucent_steps, seed=rep, progress=False,
+                                device=plan.device, **kwargs)
+                _sync(plan.device)
+                runs[name]["wall_s"].append(time.perf_counter() - start)
+                runs[name]["cpu_s"].append(time.process_time() - cpu_start)
+                runs[name]["act"].append(float(evaluate(model, obj, result.final).mean()))
             path = workdir / f"lucent_{rep}.npy"
             answer = worker.render({**request, "steps": plan.lucent_steps, "seed": rep, "out": str(path)})
-            runs["lucent_s"].append(answer["seconds"])
-            import numpy as np
-
             images = torch.from_numpy(np.load(path)).permute(0, 3, 1, 2).contiguous()
-            runs["lucent_act"].append(float(evaluate(model, obj, images).mean()))
+            runs["lucent"]["wall_s"].append(answer["seconds"])
+            runs["lucent"]["cpu_s"].append(answer["cpu_seconds"])
+            runs["lucent"]["act"].append(float(evaluate(model, obj, images).mean()))
             out["versions"] = {k: answer[k] for k in ("lucent", "kornia", "torch")}
-            log(f"  lucent rep {rep}: nnfeat {runs['nnfeat_s'][-1]:.1f} s (act {runs['nnfeat_act'][-1]:.3f}), "
-                f"lucent {runs['lucent_s'][-1]:.1f} s (act {runs['lucent_act'][-1]:.3f})")
+            log(f"  lucent rep {rep}: " + ", ".join(
+                f"{name} {r['wall_s'][-1]:.1f} s (cpu {r['cpu_s'][-1]:.1f}, act {r['act'][-1]:.3f})"
+                for name, r in runs.items()))
     finally:
         worker.close()
-    out.update({
-        "nnfeat_s": _median(runs["nnfeat_s"]), "lucent_s": _median(runs["lucent_s"]),
-        "speedup": _median(l / n for l, n in zip(runs["lucent_s"], runs["nnfeat_s"])),
-        "nnfeat_act": _median(runs["nnfeat_act"]), "lucent_act": _median(runs["lucent_act"]),
-        "runs": runs,
-    })
+    lucent = runs["lucent"]
+    out["tools"] = []
+    for name, r in runs.items():
+        out["tools"].append({
+            "tool": name if name != "lucent" else f"lucent {out['versions']['lucent']}",
+            "wall_s": _median(r["wall_s"]), "cpu_s": _median(r["cpu_s"]), "act": _median(r["act"]),
+            "speedup": _median(lw / w for lw, w in zip(lucent["wall_s"], r["wall_s"])),
+            "cpu_speedup": _median(lc / c for lc, c in zip(lucent["cpu_s"], r["cpu_s"])),
+        })
+    main = out["tools"][0]
+    out.update({"nnfeat_s": main["wall_s"], "lucent_s": out["tools"][-1]["wall_s"], "speedup": main["speedup"],
+                "cpu_time_speedup": main["cpu_speedup"], "nnfeat_act": main["act"],
+                "lucent_act": out["tools"][-1]["act"], "runs": runs})
     return out
 
 
@@ -580,21 +661,17 @@ def row_whole_layer(plan: Plan, log, cifar_env: dict) -> list[dict]:
 # Row 5: scaling
 
 
-def _component_step(fn, plan: Plan, iters: int | None = None) -> float:
-    """Seconds per call of ``fn()`` (which runs forward and backward), median after warm-up."""
+def _component_step(fn, plan: Plan, iters: int | None = None) -> Timing:
+    """Time per call of ``fn()`` (which runs forward and backward), after the warm-up."""
     iters = iters or plan.warmup + plan.timed_steps + 1
-    stamps = []
+    clock = Clock(plan.device, plan.warmup, iters - 1)
     for i in range(iters):
         fn()
-        if plan.device.type != "cuda":
-            stamps.append(time.perf_counter())
-        elif i in (plan.warmup, iters - 1):
-            torch.cuda.synchronize(plan.device)
-            stamps.append(time.perf_counter())
-    return step_time(stamps, plan.warmup if plan.device.type != "cuda" else 0, plan.device)
+        clock.tick(i)
+    return clock.per_step(plan.warmup)
 
 
-def param_and_transform_steps(case: Case, plan: Plan) -> tuple[float, float]:
+def param_and_transform_steps(case: Case, plan: Plan) -> tuple[Timing, Timing]:
     """Forward+backward seconds of the default parameterization alone, and of the default transforms alone."""
     gen = torch.Generator(device=plan.device).manual_seed(0)
     param = image_param("fft", case.size, case.batch, generator=gen).to(plan.device)
@@ -624,20 +701,24 @@ def row_scaling(plan: Plan, models: _Models, log) -> list[dict]:
         obj = channel_objective(case.layer, case.batch)
         shape = (case.batch, 3, case.size, case.size)
         net_same = same_net(model, obj.model_layers, defaults)
-        runs = {"nnfeat": [], "bare": [], "same_net": [], "param": [], "transforms": []}
+        runs: dict[str, list[Timing]] = {"nnfeat": [], "bare": [], "same_net": [], "param": [], "transforms": []}
+        timed = None
         for _ in range(max(1, plan.repeats - 1)):
-            runs["nnfeat"].append(nnfeat_step(model, obj, case, plan)["step_s"])
-            runs["bare"].append(bare_step(model.net, case.layer, shape, plan, dtype=defaults["dtype"]))
+            runs["bare"].append(bare_step(model.net, case.layer, shape, plan, dtype=defaults["dtype"], timed=timed))
+            timed = timed or timed_steps_for(plan, runs["bare"][0].wall)
             runs["same_net"].append(bare_step(net_same, case.layer, shape, plan, dtype=defaults["dtype"],
-                                              channels_last=defaults["channels_last"]))
+                                              channels_last=defaults["channels_last"], timed=timed))
+            runs["nnfeat"].append(nnfeat_step(model, obj, case, plan, timed)[0])
             p, t = param_and_transform_steps(case, plan)
             runs["param"].append(p)
             runs["transforms"].append(t)
-        cell = {"case": case.__dict__, "label": case.label, "runs": runs}
-        for key, values in runs.items():
-            cell[f"{key}_step_s"] = _median(values)
+        cell = {"case": case.__dict__, "label": case.label, "runs": _runs_json(runs)}
+        for key, timings in runs.items():
+            cell[f"{key}_step_s"] = _med(timings)
+            cell[f"{key}_cpu_step_s"] = _med(timings, "cpu")
         cell["per_image_ms"] = cell["nnfeat_step_s"] * 1e3 / case.batch
-        cell["overhead"] = _median(n / b for n, b in zip(runs["nnfeat"], runs["bare"]))
+        cell["overhead"] = _ratio(runs["nnfeat"], runs["bare"])
+        cell["overhead_cpu"] = _ratio(runs["nnfeat"], runs["bare"], "cpu")
         cells.append(cell)
         log(f"  scaling {case.label}: nnfeat {_ms(cell['nnfeat_step_s'])} ms ({cell['per_image_ms']:.2f} ms/image), "
             f"bare {_ms(cell['bare_step_s'])}, same-net {_ms(cell['same_net_step_s'])}, param "
@@ -674,18 +755,21 @@ def row_levers(plan: Plan, models: _Models, log) -> list[dict]:
     model = models.get(case.model, case.weights)
     obj = channel_objective(case.layer, case.batch)
     variants = lever_variants(plan.device, model)
-    runs: dict[str, list] = {name: [] for name, _ in variants}
-    finals: dict[str, list] = {name: [] for name, _ in variants}
+    runs: dict[str, list[Timing]] = {name: [] for name, _ in variants}
+    finals: dict[str, list[float]] = {name: [] for name, _ in variants}
     for _ in range(plan.repeats):
         for name, kwargs in variants:  # interleaved
-            measured = nnfeat_step(model, obj, case, plan, **kwargs)
-            runs[name].append(measured["step_s"])
-            finals[name].append(measured["final"])
+            timing, final = nnfeat_step(model, obj, case, plan, **kwargs)
+            runs[name].append(timing)
+            finals[name].append(final)
     cells = []
     for name, _ in variants:
-        ratio = _median(v / d for v, d in zip(runs[name], runs["default"]))
-        cells.append({"variant": name, "step_s": _median(runs[name]), "vs_default": ratio, "runs": runs[name]})
-        log(f"  lever {case.label} {name}: {_ms(cells[-1]['step_s'])} ms ({ratio:.2f}x default)")
+        cells.append({"variant": name, "step_s": _med(runs[name]), "cpu_step_s": _med(runs[name], "cpu"),
+                      "vs_default": _ratio(runs[name], runs["default"]),
+                      "vs_default_cpu": _ratio(runs[name], runs["default"], "cpu"),
+                      "runs": _runs_json({name: runs[name]})[name]})
+        log(f"  lever {case.label} {name}: {_ms(cells[-1]['step_s'])} ms ({_x(cells[-1]['vs_default'])} default; "
+            f"cpu {_x(cells[-1]['vs_default_cpu'])})")
     return [{"case": case.__dict__, "label": case.label, "variants": cells}]
 
 
@@ -696,25 +780,32 @@ def row_levers(plan: Plan, models: _Models, log) -> list[dict]:
 def format_table(report: dict) -> str:
     rows = report["rows"]
     meta = report["meta"]
+    cpu = meta["device"].startswith("cpu")
     lines = [f"# nnfeat render benchmark ({meta['device']}, {meta['threads']} thread(s), torch {meta['torch']})", "",
-             f"Command: `{meta['command']}`", ""]
+             f"Command: `{meta['command']}`", "",
+             "Times are medians over interleaved repeats; ratios are medians of per-repeat ratios. "
+             + ("*cpu* columns use process CPU time instead of wall time (robust to other load on a shared "
+                "machine; with one thread it is the wall time the step would take alone)." if cpu else ""), ""]
     if "overhead" in rows:
         lines += ["## 1. Overhead: nnfeat step / bare forward+backward (steady state)", "",
-                  "| model, layer, size, batch | nnfeat ms/step | bare ms | overhead (≤1.25 at b≥16) | "
-                  "same-net ms | loop overhead |", "|---|---:|---:|---:|---:|---:|"]
+                  "| model, layer, size, batch | nnfeat ms/step | bare ms | **overhead** | overhead (cpu) | "
+                  "same-net ms | loop overhead | loop overhead (cpu) |", "|---|---:|---:|---:|---:|---:|---:|---:|"]
         for c in rows["overhead"]:
             lines.append(f"| {c['label']} | {_ms(c['nnfeat_step_s'])} | {_ms(c['bare_step_s'])} | "
-                         f"**{c['overhead']:.2f}×** | {_ms(c['same_net_step_s'])} | {c['overhead_vs_same_net']:.2f}× |")
-        lines += ["", "bare = the user's network (unfolded, NCHW, same dtype), stopped at the layer by a raising "
-                      "hook, `act.sum().backward()` to the input; same-net = that loop on the exact network nnfeat "
-                      "runs (BatchNorm folded, same memory format), so *loop overhead* is nnfeat's own cost.", ""]
+                         f"**{_x(c['overhead'])}** | {_x(c['overhead_cpu'])} | {_ms(c['same_net_step_s'])} | "
+                         f"{_x(c['overhead_vs_same_net'])} | {_x(c['overhead_vs_same_net_cpu'])} |")
+        lines += ["", "*bare*: the user's network (unfolded BatchNorm, NCHW, same dtype), stopped at the layer by a "
+                      "raising hook, `act.sum().backward()` to the input. *same-net*: that loop on the network nnfeat "
+                      "runs (BatchNorm folded, channels-last input where render uses it), so *loop overhead* is "
+                      "nnfeat's own cost (parameterization, transforms, hooks, objective, Adam, Python). Target: "
+                      "overhead ≤ 1.25× at batch ≥ 16.", ""]
     if "early_exit" in rows:
         lines += ["## 2. Early exit: shallow objective / logit objective, same model", "",
-                  "| model, shallow layer, size, batch | shallow ms | logit ms | ratio | bare-net ratio |",
-                  "|---|---:|---:|---:|---:|"]
+                  "| model, shallow layer, size, batch | shallow ms | logit ms | **ratio** | ratio (cpu) | "
+                  "bare-net ratio |", "|---|---:|---:|---:|---:|---:|"]
         for c in rows["early_exit"]:
             lines.append(f"| {c['label']} | {_ms(c['shallow_step_s'])} | {_ms(c['logit_step_s'])} | "
-                         f"**{c['ratio']:.2f}** | {c['bare_ratio']:.2f} |")
+                         f"**{c['ratio']:.2f}** | {_x(c['ratio_cpu'])} | {c['bare_ratio']:.2f} |")
         lines.append("")
     if "lucent" in rows:
         c = rows["lucent"]
@@ -723,13 +814,15 @@ def format_table(report: dict) -> str:
         if "skipped" in c:
             lines += [f"*{c['skipped']}*", ""]
         else:
-            lines += ["| tool | wall time s | final mean activation |", "|---|---:|---:|",
-                      f"| nnfeat | {c['nnfeat_s']:.1f} | {c['nnfeat_act']:.3f} |",
-                      f"| lucent {c.get('versions', {}).get('lucent', '')} | {c['lucent_s']:.1f} | "
-                      f"{c['lucent_act']:.3f} |",
-                      f"| **speed-up** | **{c['speedup']:.2f}×** | |", "",
-                      f"nnfeat: {c['nnfeat_settings']}. lucent: {c['lucent_settings']}. Both scored by "
-                      f"`nnfeat.evaluate` on the final images (no transforms).", ""]
+            lines += ["| tool | wall time s | speed-up vs lucent | CPU time s | speed-up (cpu) | final mean activation |",
+                      "|---|---:|---:|---:|---:|---:|"]
+            for t in c["tools"]:
+                bold = "**" if t is c["tools"][0] else ""
+                lines.append(f"| {t['tool']} | {_sec(t['wall_s'])} | {bold}{t['speedup']:.2f}×{bold} | {_sec(t['cpu_s'])} | "
+                             f"{t['cpu_speedup']:.2f}× | {bold}{t['act']:.3f}{bold} |")
+            lines += ["", f"Median of {len(c['runs']['lucent']['wall_s'])} interleaved repeats (seeds 0, 1, ...). "
+                      f"nnfeat: {c['nnfeat_settings']}. lucent: {c['lucent_settings']}. Every tool's final images "
+                      f"are scored by `nnfeat.evaluate` (channel mean, fp32, no transforms).", ""]
     if "whole_layer" in rows and rows["whole_layer"]:
         first = rows["whole_layer"][0]
         lines += [f"## 4. Whole layer: {first['channels']} channels of {first['model']} {first['layer']} at "
@@ -737,25 +830,26 @@ def format_table(report: dict) -> str:
                   "| batch | renders | total s | images/s | peak memory MB | mean activation |",
                   "|---:|---:|---:|---:|---:|---:|"]
         for c in rows["whole_layer"]:
-            lines.append(f"| {c['batch']} | {c['renders']} | {c['seconds']:.1f} | {c['images_per_s']:.2f} | "
+            lines.append(f"| {c['batch']} | {c['renders']} | {_sec(c['seconds'])} | {c['images_per_s']:.2f} | "
                          f"{c['peak_mb']:.0f} | {c['mean_act']:.3f} |")
-        lines += ["", f"Memory: {first['memory']}.", ""]
+        lines += ["", f"Default render settings, one fresh process per batch size. Memory: {first['memory']}.", ""]
     if "scaling" in rows:
         lines += ["## 5. Scaling: where a step's time goes", "",
                   "| model, layer, size, batch | nnfeat ms | ms/image | bare ms | same-net ms | param ms | "
-                  "transforms ms | overhead |", "|---|---:|---:|---:|---:|---:|---:|---:|"]
+                  "transforms ms | overhead | overhead (cpu) |", "|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
         for c in rows["scaling"]:
             lines.append(f"| {c['label']} | {_ms(c['nnfeat_step_s'])} | {c['per_image_ms']:.2f} | "
                          f"{_ms(c['bare_step_s'])} | {_ms(c['same_net_step_s'])} | {_ms(c['param_step_s'])} | "
-                         f"{_ms(c['transforms_step_s'])} | {c['overhead']:.2f}× |")
+                         f"{_ms(c['transforms_step_s'])} | {_x(c['overhead'])} | {_x(c['overhead_cpu'])} |")
         lines += ["", "param / transforms: forward+backward of the default fft parameterization / auto transforms "
                       "alone, same batch and size.", ""]
     if "levers" in rows:
         for block in rows["levers"]:
             lines += [f"## L. Levers: step time with one option changed ({block['label']})", "",
-                      "| variant | ms/step | vs default |", "|---|---:|---:|"]
+                      "| variant | ms/step | vs default | vs default (cpu) |", "|---|---:|---:|---:|"]
             for c in block["variants"]:
-                lines.append(f"| {c['variant']} | {_ms(c['step_s'])} | {c['vs_default']:.2f}× |")
+                lines.append(f"| {c['variant']} | {_ms(c['step_s'])} | {_x(c['vs_default'])} | "
+                             f"{_x(c['vs_default_cpu'])} |")
             lines.append("")
     return "\n".join(lines)
 
@@ -774,6 +868,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--device", default="cpu", help="cpu or cuda (a one-line error when CUDA is absent)")
     p.add_argument("--threads", type=int, default=1, help="torch CPU threads for every side (default 1)")
     p.add_argument("--repeats", type=int, default=0, help="repeats per measurement (default: 3, quick 1)")
+    p.add_argument("--whole-layer-batches", type=lambda text: [int(b) for b in text.split(",")], default=None,
+                   help="row 4 batch sizes, comma-separated (default 16,64; gpu preset 64,128)")
     p.add_argument("--cifar-weights", choices=("pretrained", "random"), default="pretrained",
                    help="weights for cifar10-resnet20 (random needs no ../shared)")
     p.add_argument("--lucent-python", type=Path, default=LUCENT_PYTHON,
@@ -796,6 +892,7 @@ def _environment() -> dict:
 
 def main(argv=None) -> int:
     args = parse_args(argv)
+    args.argv = list(argv) if argv is not None else sys.argv[1:]
     if args.whole_layer_job:
         print(json.dumps(whole_layer_job(json.loads(args.whole_layer_job))))
         return 0
@@ -812,7 +909,15 @@ def main(argv=None) -> int:
         print(f"bench_render: unknown rows {sorted(unknown)}: use a comma-separated subset of 1,2,3,4,5,L",
               file=sys.stderr)
         return 2
+    threads_before = torch.get_num_threads()
     torch.set_num_threads(plan.threads)
+    try:
+        return _run(args, plan, rows, env)
+    finally:
+        torch.set_num_threads(threads_before)
+
+
+def _run(args: argparse.Namespace, plan: Plan, rows: set[str], env: dict) -> int:
     out_dir = args.out / "bench"
     out_dir.mkdir(parents=True, exist_ok=True)
     models = _Models(plan.device)
@@ -822,7 +927,7 @@ def main(argv=None) -> int:
 
     started = time.time()
     report: dict = {"meta": {
-        "command": " ".join(["python", "experiments/bench_render.py", *(argv if argv is not None else sys.argv[1:])]),
+        "command": " ".join(["python", "experiments/bench_render.py", *args.argv]),
         "device": _device_name(plan.device), "threads": plan.threads, "torch": torch.__version__,
         "python": platform.python_version(), "platform": platform.platform(), "cpu_count": os.cpu_count(),
         "load_before": _loadavg(), "quick": args.quick, "repeats": plan.repeats, "warmup": plan.warmup,

@@ -26,10 +26,9 @@ FAST = dict(n=400, per_image=2, layout="pca", grid=4, min_count=3, steps=4, batc
 
 
 @pytest.fixture(scope="module")
-def model():
-    from nnfeat.models.zoo import load_model
-
-    return load_model("digits-cnn")
+def model(digits_model):
+    """The trained digits-cnn (conftest trains it once per session)."""
+    return digits_model
 
 
 @pytest.fixture(scope="module")
@@ -163,6 +162,7 @@ def test_collect_positions_resume_and_memmap(model, digits, tmp_path):
 
 # -- layout shows classes as regions -------------------------------------------------------------
 def test_digits_atlas_cells_are_mostly_label_pure(model, digits, tmp_path):
+    digits = digits.subset(np.arange(1000))
     data = collect(model, "avgpool", digits, tmp_path, n=len(digits), progress=False)
     positions = normalize_layout(layout_2d(data.acts, "umap", seed=0))
     grid = make_grid(positions, data.acts, size=8, min_count=4, attr=data.attr, image_index=data.samples[:, 0],

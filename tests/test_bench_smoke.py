@@ -33,9 +33,11 @@ def bench():
 
 
 def test_quick_benchmark_writes_every_row(bench, tmp_path, capsys):
+    threads = torch.get_num_threads()
     rc = bench.main(["--quick", "--rows", "1,2,3,4,5,L", "--cifar-weights", "random", "--out", str(tmp_path),
                      "--lucent-python", str(tmp_path / "no-lucent" / "python")])
     assert rc == 0
+    assert torch.get_num_threads() == threads, "the benchmark must restore the thread setting"
     report = json.loads((tmp_path / "bench" / "bench_render.json").read_text())
     table = (tmp_path / "bench" / "bench_render.md").read_text()
     rows = report["rows"]
@@ -43,8 +45,9 @@ def test_quick_benchmark_writes_every_row(bench, tmp_path, capsys):
     for cell in rows["overhead"]:
         for key in ("nnfeat_step_s", "bare_step_s", "same_net_step_s"):
             assert 0 < cell[key] < 60
-        assert math.isclose(cell["overhead"], sorted(n / b for n, b in zip(cell["runs"]["nnfeat"],
-                                                                            cell["runs"]["bare"]))[0], rel_tol=1e-9)
+        runs = cell["runs"]
+        assert math.isclose(cell["overhead"], runs["nnfeat"]["wall_s"][0] / runs["bare"]["wall_s"][0], rel_tol=1e-9)
+        assert 0 < cell["overhead_cpu"] < 100 and 0 < cell["nnfeat_cpu_step_s"] < 60
     assert rows["early_exit"][0]["shallow_step_s"] > 0 and rows["early_exit"][0]["logit_step_s"] > 0
     assert "skipped" in rows["lucent"] and "setup_lucent.sh" in rows["lucent"]["skipped"]
     assert [c["batch"] for c in rows["whole_layer"]] == [2, 4]
@@ -58,6 +61,18 @@ def test_quick_benchmark_writes_every_row(bench, tmp_path, capsys):
         assert heading in table
     assert "setup_lucent.sh" in table
     assert table.strip() in capsys.readouterr().out
+
+
+def test_lucent_row_when_the_lucent_venv_exists(bench, tmp_path):
+    if bench.lucent_status(bench.LUCENT_PYTHON) is not None:
+        pytest.skip("no lucent venv (bash experiments/setup_lucent.sh makes one)")
+    assert bench.main(["--quick", "--rows", "3", "--cifar-weights", "random", "--out", str(tmp_path)]) == 0
+    row = json.loads((tmp_path / "bench" / "bench_render.json").read_text())["rows"]["lucent"]
+    assert "skipped" not in row and row["versions"]["kornia"] == "0.4.1"
+    assert [t["tool"].split()[0] for t in row["tools"]] == ["nnfeat", "nnfeat", "lucent"]
+    lucent = row["tools"][-1]
+    assert lucent["wall_s"] > 0 and lucent["speedup"] == 1.0 and math.isfinite(lucent["act"])
+    assert row["speedup"] == row["tools"][0]["speedup"] > 0
 
 
 def test_cuda_request_without_cuda_is_one_line(bench, tmp_path, capsys):

@@ -17,10 +17,9 @@ from nnfeat.models.base import Model
 
 
 @pytest.fixture(scope="module")
-def model():
-    from nnfeat.models.zoo import load_model
-
-    return load_model("digits-cnn")
+def model(digits_model):
+    """The trained digits-cnn (conftest trains it once per session)."""
+    return digits_model
 
 
 @pytest.fixture(scope="module")

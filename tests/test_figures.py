@@ -172,3 +172,22 @@ def test_script_entry_point_reports_user_errors_in_one_line(tmp_path):
     assert proc.returncode == 2
     assert proc.stderr.count("\n") == 1 and "unknown model 'no-such-model'" in proc.stderr
     assert not (tmp_path / "figures").exists()
+
+
+@pytest.mark.parametrize("name", ["inceptionv1", "torchvision:googlenet"])
+def test_paper_units_exist_in_the_imagenet_models(name):
+    """The full-mode units name real layers and channels (checked on randomly initialised nets: no download)."""
+    from nnfeat.models.base import channel_count
+    from nnfeat.models.zoo import load_model
+
+    figures = _module("_figures")
+    units = figures.PAPER_UNITS[name]
+    model = load_model(name, weights="random")
+    singles = [units[k] for k in ("main", "second", "diversity", "progress", "regularize", "examples")]
+    wanted = [*singles, *units["addition"], *units["maco"]]
+    layers = sorted({layer for layer, _ in wanted} | {units["dream"], units["atlas_layer"]})
+    shapes = model.layer_shapes(layers, (128, 128))
+    for layer, channel in wanted:
+        assert 0 <= channel < channel_count(tuple(shapes[layer][1:])), f"{layer}:{channel}"
+    classes = model.layer_shapes(["output"], (128, 128))["output"][1]
+    assert all(0 <= c < classes for c in (*units["classes"], units["atlas_class"]))
