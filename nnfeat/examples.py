@@ -16,7 +16,6 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass
 from typing import Sequence
 
-import numpy as np
 import torch
 
 from nnfeat.atlas.collect import positions_view

@@ -15,7 +15,7 @@ from nnfeat.atlas import AtlasSettings, build_atlas
 from nnfeat.atlas.collect import collect
 from nnfeat.atlas.grid import cell_of, make_grid
 from nnfeat.atlas.icons import centre_cosine, icon_objective
-from nnfeat.atlas.layout import layout_2d, normalize_layout, whitening
+from nnfeat.atlas.layout import layout_2d, normalize_layout, pca_2d, whitening
 from nnfeat.atlas.pipeline import class_selection, resolve_class
 from nnfeat.data import load_images
 from nnfeat.errors import NnfeatError
@@ -45,6 +45,31 @@ def test_whitening_inverts_second_moment():
     assert np.allclose(s @ moment, np.eye(6), atol=1e-3)
     dead = np.concatenate([acts, np.zeros((len(acts), 1), np.float32)], 1)  # a dead channel stays finite
     assert np.isfinite(whitening(dead)).all()
+
+
+def test_pca_layout_matches_principal_axes():
+    from sklearn.decomposition import PCA
+
+    rng = np.random.default_rng(3)
+    x = rng.normal(size=(300, 8)) @ rng.normal(size=(8, 8))
+    ours = pca_2d(x)
+    reference = PCA(n_components=2).fit_transform(x)
+    assert np.allclose(np.abs(ours), np.abs(reference), atol=1e-4)  # equal up to the sign of each axis
+    assert ours[:, 0].var() >= ours[:, 1].var()
+
+
+@pytest.mark.parametrize("method", ["pca", "tsne", "umap"])
+def test_layouts_separate_directions(method):
+    """Two groups of vectors pointing in different directions (any length) land in two separate regions."""
+    rng = np.random.default_rng(4)
+    centres = np.eye(16)[:2] * 3 + 0.5
+    labels = np.repeat([0, 1], 60)
+    vectors = (centres[labels] + rng.normal(scale=0.3, size=(120, 16))) * rng.uniform(0.5, 4.0, size=(120, 1))
+    positions = layout_2d(vectors.astype(np.float32), method, seed=0)
+    assert positions.shape == (120, 2) and np.isfinite(positions).all()
+    gap = np.linalg.norm(positions[labels == 0].mean(0) - positions[labels == 1].mean(0))
+    spread = max(positions[labels == k].std(0).max() for k in (0, 1))
+    assert gap > 2 * spread
 
 
 def test_normalize_layout_clips_percentiles():
@@ -266,6 +291,7 @@ def test_class_atlas_needs_a_known_class(model, digits, tmp_path):
     with pytest.raises(NnfeatError, match="unknown class 'seven'"):
         build_atlas(model, "avgpool", digits, tmp_path, AtlasSettings(n=200, layout="pca", class_="seven"),
                     progress=False)
+    assert not (tmp_path / "collect").exists()  # checked before any work
 
 
 def test_bad_settings_are_one_line_errors(model, digits, tmp_path):

@@ -6,8 +6,6 @@ import argparse
 import sys
 from pathlib import Path
 
-from nnfeat.errors import NnfeatError
-
 
 def register(subparsers) -> None:
     """Add the ``atlas`` and ``examples`` sub-commands to an argparse ``subparsers`` object."""

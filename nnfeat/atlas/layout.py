@@ -11,6 +11,7 @@
 from __future__ import annotations
 
 import numpy as np
+import torch
 
 from nnfeat.errors import NnfeatError
 
@@ -18,13 +19,14 @@ LAYOUTS = ("umap", "tsne", "pca")
 
 
 def second_moment(acts: np.ndarray, chunk: int = 65536) -> np.ndarray:
-    """(N, C) activations -> (C, C) float64 ``AᵀA / N``, accumulated in chunks."""
+    """(N, C) activations -> (C, C) float64 ``AᵀA / N``, accumulated in chunks (torch, so it follows
+    ``torch.set_num_threads`` instead of starting a BLAS thread pool of its own)."""
     n, c = acts.shape
-    total = np.zeros((c, c), dtype=np.float64)
+    total = torch.zeros((c, c), dtype=torch.float64)
     for start in range(0, n, chunk):
-        block = np.asarray(acts[start:start + chunk], dtype=np.float64)
+        block = torch.from_numpy(np.asarray(acts[start:start + chunk], dtype=np.float64))
         total += block.T @ block
-    return total / max(n, 1)
+    return (total / max(n, 1)).numpy()
 
 
 def whitening(acts: np.ndarray, rel_floor: float = 1e-6) -> np.ndarray:
@@ -34,11 +36,21 @@ def whitening(acts: np.ndarray, rel_floor: float = 1e-6) -> np.ndarray:
     dead channel (all zeros) gives a large but finite weight instead of an error. It does not change
     the icon objective for cell vectors, whose dead-channel component is zero anyway.
     """
-    moment = second_moment(acts)
-    values, vectors = np.linalg.eigh(moment)
+    moment = torch.from_numpy(second_moment(acts))
+    values, vectors = torch.linalg.eigh(moment)
     floor = max(float(values.max()), 1e-12) * rel_floor
-    inverse = (vectors / np.maximum(values, floor)) @ vectors.T
-    return ((inverse + inverse.T) / 2).astype(np.float32)
+    inverse = (vectors / values.clamp_min(floor)) @ vectors.T
+    return ((inverse + inverse.T) / 2).numpy().astype(np.float32)
+
+
+def pca_2d(x: np.ndarray) -> np.ndarray:
+    """(N, C) -> (N, 2) projections on the two leading principal axes (signs fixed: largest loading positive)."""
+    data = torch.from_numpy(np.asarray(x, dtype=np.float64))
+    centred = data - data.mean(0)
+    _, vectors = torch.linalg.eigh(centred.T @ centred)
+    axes = vectors[:, -2:].flip(1)  # (C, 2), largest variance first
+    signs = torch.sign(axes.gather(0, axes.abs().argmax(0, keepdim=True)))
+    return (centred @ (axes * signs)).numpy().astype(np.float32)
 
 
 def _unit_rows(x: np.ndarray) -> np.ndarray:
@@ -63,9 +75,7 @@ def layout_2d(acts: np.ndarray, method: str = "umap", *, seed: int = 0, n_neighb
     if n < 3:
         raise NnfeatError(f"only {n} activation samples: a layout needs at least 3 (raise --n or give more images)")
     if method == "pca":
-        from sklearn.decomposition import PCA
-
-        return PCA(n_components=2, random_state=seed).fit_transform(_unit_rows(x)).astype(np.float32)
+        return pca_2d(_unit_rows(x))
     if method == "tsne":
         from sklearn.manifold import TSNE
 
@@ -96,4 +106,4 @@ def normalize_layout(positions: np.ndarray, low: float = 1.0, high: float = 99.0
     return ((np.clip(positions, lo, hi) - lo) / span).astype(np.float32)
 
 
-__all__ = ["LAYOUTS", "second_moment", "whitening", "layout_2d", "normalize_layout"]
+__all__ = ["LAYOUTS", "second_moment", "whitening", "pca_2d", "layout_2d", "normalize_layout"]

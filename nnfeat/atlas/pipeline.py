@@ -28,7 +28,7 @@ from typing import Callable
 
 import numpy as np
 
-from nnfeat.atlas.collect import Collected, collect
+from nnfeat.atlas.collect import Collected, collect, model_logit_count
 from nnfeat.atlas.grid import Grid, make_grid
 from nnfeat.atlas.icons import icon_name, render_icons
 from nnfeat.atlas.layout import LAYOUTS, layout_2d, normalize_layout, whitening
@@ -203,6 +203,13 @@ def build_atlas(model: Model, layer: str, images: ImageSet, out: str | Path, set
     cached: list[str] = []
     class_names = list(model.classes) if model.classes is not None else None
 
+    class_index = None
+    if s.class_ is not None:  # check the class before any work
+        logits = model_logit_count(model)
+        if logits is None:
+            raise NnfeatError("--class needs class attributions, but the model's output is not a logit vector (B, K)")
+        class_index = resolve_class(s.class_, class_names, logits)
+
     # 1. collect ---------------------------------------------------------------------------------
     start = time.perf_counter()
     collect_key = _key("collect", model.name, layer, images.name, len(images), s.n, s.per_image, s.seed,
@@ -228,11 +235,7 @@ def build_atlas(model: Model, layer: str, images: ImageSet, out: str | Path, set
     _finish("whitening", start, reuse, timings, cached, say, f"S {matrix.shape}")
 
     # selection (class atlas) --------------------------------------------------------------------
-    class_index = None
-    if s.class_ is not None:
-        if data.attr is None:
-            raise NnfeatError("--class needs class attributions, but the model's output is not a logit vector (B, K)")
-        class_index = resolve_class(s.class_, class_names, data.attr.shape[1])
+    if class_index is not None:
         rows = class_selection(data.attr, class_index, s.class_top)
         if len(rows) < 3:
             raise NnfeatError(f"only {len(rows)} samples favour class {class_index}: raise --n")
@@ -240,7 +243,6 @@ def build_atlas(model: Model, layer: str, images: ImageSet, out: str | Path, set
         attr = np.asarray(data.attr[rows])
         image_index = np.asarray(data.samples[rows, 0])
     else:
-        rows = None
         acts, attr, image_index = data.acts, data.attr, np.asarray(data.samples[:, 0])
 
     # 3. layout ----------------------------------------------------------------------------------
