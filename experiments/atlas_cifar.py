@@ -53,7 +53,8 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--batch", type=int, default=32)
     parser.add_argument("--cossim-pow", type=float, default=3.0)
     parser.add_argument("--whiten", action=argparse.BooleanOptionalAction, default=True)
-    parser.add_argument("--spatial-weight", type=float, default=0.0)
+    parser.add_argument("--spatial-weight", type=float, default=0.5,
+                        help="whole-map direction term of the icon objective (0 = the paper's objective)")
     parser.add_argument("--transforms", default="auto", choices=("auto", "standard", "none"))
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--device", default=None, help="default: cuda when available, else cpu")

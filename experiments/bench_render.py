@@ -74,7 +74,7 @@ except ImportError:  # pragma: no cover - depends on how the repo is set up
 from nnfeat import objectives as O  # noqa: E402
 from nnfeat.errors import NnfeatError  # noqa: E402
 from nnfeat.io import write_json, write_text  # noqa: E402
-from nnfeat.models.base import OUTPUT, Model  # noqa: E402
+from nnfeat.models.base import OUTPUT, Model, channel_count  # noqa: E402
 from nnfeat.models.fold import folded_copy  # noqa: E402
 from nnfeat.models.zoo import load_model  # noqa: E402
 from nnfeat.param import image_param  # noqa: E402
@@ -268,10 +268,16 @@ class StepClock(torch.optim.Adam):
         return out
 
 
-def channel_objective(layer: str, batch: int, n_channels: int | None = None, offset: int = 0) -> O.Objective:
-    """One channel per batch item (item i -> channel offset+i, modulo ``n_channels`` when given)."""
-    channels = [(offset + i) % n_channels if n_channels else offset + i for i in range(batch)]
+def channel_objective(layer: str, batch: int, n_channels: int | None = None) -> O.Objective:
+    """One channel per batch item: item i -> channel i (modulo ``n_channels`` when given)."""
+    channels = [i % n_channels if n_channels else i for i in range(batch)]
     return O.channel(layer, channels if batch > 1 else channels[0])
+
+
+def unit_objective(model: Model, case: Case) -> O.Objective:
+    """:func:`channel_objective` for ``case``, wrapping around the layer's channel count."""
+    shape = model.layer_shapes([case.layer], (case.size, case.size))[case.layer]
+    return channel_objective(case.layer, case.batch, channel_count(tuple(shape[1:])))
 
 
 def nnfeat_step(model: Model, objective: O.Objective, case: Case, plan: Plan, timed: int | None = None,
@@ -357,9 +363,9 @@ def same_net(model: Model, layers: tuple[str, ...], defaults: dict) -> torch.nn.
 
 
 def timed_steps_for(plan: Plan, seconds_per_step: float) -> int:
-    """Timed steps per measurement: ``plan.timed_steps``, fewer (not under 3) for slow cells, so that one
+    """Timed steps per measurement: ``plan.timed_steps``, fewer (not under 2) for slow cells, so that one
     measurement takes about ``plan.budget_s``."""
-    return max(min(3, plan.timed_steps), min(plan.timed_steps, int(plan.budget_s / max(seconds_per_step, 1e-6))))
+    return max(min(2, plan.timed_steps), min(plan.timed_steps, int(plan.budget_s / max(seconds_per_step, 1e-6))))
 
 
 def _median(values) -> float:
@@ -404,7 +410,7 @@ def row_overhead(plan: Plan, models: _Models, log) -> list[dict]:
     for case in plan.overhead:
         model = models.get(case.model, case.weights)
         defaults = render_defaults(plan.device, model)
-        obj = channel_objective(case.layer, case.batch)
+        obj = unit_objective(model, case)
         shape = (case.batch, 3, case.size, case.size)
         runs: dict[str, list[Timing]] = {"nnfeat": [], "bare": [], "same_net": []}
         net_same = same_net(model, obj.model_layers, defaults)
@@ -439,7 +445,7 @@ def row_early_exit(plan: Plan, models: _Models, log) -> list[dict]:
     for case, n_classes in plan.early_exit:
         model = models.get(case.model, case.weights)
         defaults = render_defaults(plan.device, model)
-        shallow = channel_objective(case.layer, case.batch)
+        shallow = unit_objective(model, case)
         deep = O.logit([i % int(n_classes) for i in range(case.batch)] if case.batch > 1 else 0)
         shape = (case.batch, 3, case.size, case.size)
         runs: dict[str, list[Timing]] = {"shallow": [], "logit": [], "bare_shallow": [], "bare_logit": []}
@@ -605,6 +611,7 @@ def whole_layer_job(job: dict) -> dict:
         torch.cuda.reset_peak_memory_stats(device)
         base = torch.cuda.memory_allocated(device)
     rss_before = _rss_now()
+    _reset_peak_rss()
     acts = []
     _sync(device)
     start = time.perf_counter()
@@ -622,19 +629,42 @@ def whole_layer_job(job: dict) -> dict:
         answer["peak_mb"] = (torch.cuda.max_memory_allocated(device) - base) / 2**20
         answer["memory"] = "torch.cuda.max_memory_allocated minus what the model held before"
     else:
-        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * RSS_SCALE
+        peak = _peak_rss()
         answer["peak_mb"] = (peak - rss_before) / 2**20
         answer["peak_rss_mb"] = peak / 2**20
-        answer["memory"] = "process peak RSS minus RSS before the first render"
+        answer["memory"] = "process peak RSS (VmHWM, reset after loading the model) minus RSS before the first render"
     return answer
 
 
 def _rss_now() -> int:
+    """Resident bytes now."""
     try:
         with open("/proc/self/statm") as f:
             return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
     except (OSError, ValueError):  # not Linux: fall back to the high-water mark
         return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * RSS_SCALE
+
+
+def _reset_peak_rss() -> None:
+    """Reset Linux's resident high-water mark (VmHWM) to the current RSS, where the kernel allows it."""
+    try:
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")
+    except OSError:
+        pass
+
+
+def _peak_rss() -> int:
+    """Peak resident bytes of this process image. VmHWM, not ``ru_maxrss``: Linux carries ``ru_maxrss`` over
+    from the parent across fork and exec, so a child of a big process would report the parent's peak."""
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * RSS_SCALE
 
 
 def row_whole_layer(plan: Plan, log, cifar_env: dict) -> list[dict]:
@@ -698,7 +728,7 @@ def row_scaling(plan: Plan, models: _Models, log) -> list[dict]:
               if s != base.size]
     cells = []
     for case in cases:
-        obj = channel_objective(case.layer, case.batch)
+        obj = unit_objective(model, case)
         shape = (case.batch, 3, case.size, case.size)
         net_same = same_net(model, obj.model_layers, defaults)
         runs: dict[str, list[Timing]] = {"nnfeat": [], "bare": [], "same_net": [], "param": [], "transforms": []}
@@ -753,7 +783,7 @@ def lever_variants(device: torch.device, model: Model) -> list[tuple[str, dict]]
 def row_levers(plan: Plan, models: _Models, log) -> list[dict]:
     case = plan.levers
     model = models.get(case.model, case.weights)
-    obj = channel_objective(case.layer, case.batch)
+    obj = unit_objective(model, case)
     variants = lever_variants(plan.device, model)
     runs: dict[str, list[Timing]] = {name: [] for name, _ in variants}
     finals: dict[str, list[float]] = {name: [] for name, _ in variants}

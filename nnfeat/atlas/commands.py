@@ -34,9 +34,9 @@ def register(subparsers) -> None:
     atlas.add_argument("--class", dest="class_", default=None, metavar="C",
                        help="class atlas: only samples whose attribution favours class C (name or index)")
     atlas.add_argument("--cossim-pow", type=float, default=3.0, help="exponent p of the icon objective (default 3)")
-    atlas.add_argument("--spatial-weight", type=float, default=0.0,
+    atlas.add_argument("--spatial-weight", type=float, default=0.5,
                        help="add W x the cell direction averaged over all positions to the centre objective "
-                            "(default 0: the paper's objective; 0.5 makes icons more recognisable)")
+                            "(default 0.5: more recognisable icons; 0 is the paper's objective)")
     atlas.add_argument("--transforms", default="auto", choices=("auto", "standard", "none"),
                        help="render transforms (default auto)")
     atlas.add_argument("--limit", type=int, default=None, help="use only the first N images of the source")

@@ -3,7 +3,8 @@
 Each icon maximizes ``direction_neuron_cossim(layer, v')`` at the centre position of the layer, with
 ``v' = v·S`` the whitened cell vector (or ``v`` without whitening), REFERENCE §4.6. An optional
 ``spatial_weight`` w adds ``w * mean over positions of (h · v') / C``, which asks every position, not
-only the centre, to show the direction (off by default, as in the paper; see ``experiments/atlas_cifar.py``). Cells are rendered in
+only the centre, to show the direction (0.5 by default; 0 gives the paper's objective; measured in
+``experiments/atlas_cifar.py``). Cells are rendered in
 fixed batches (cell order is the grid's row-major order); batch ``i`` is seeded from ``(seed, i)`` and
 not from a running RNG, so rendering batch 3 alone gives the same pixels as rendering batches 0-3.
 

@@ -64,7 +64,7 @@ class AtlasSettings:
     class_: int | str | None = None
     cossim_pow: float = 3.0
     transforms: str = "auto"
-    spatial_weight: float = 0.0
+    spatial_weight: float = 0.5
     n_neighbors: int = 20
     min_dist: float = 0.01
     class_top: int = 2500
