@@ -13,7 +13,7 @@ each side keeps its warm process::
 What lucent gets, so that both tools do the same job:
 
 * The same network object nnfeat loads (``nnfeat.models.zoo.load_model``, only for its weights and
-  architecture), wrapped in :class:`NormalizedInput` so that lucent feeds it RGB in [0, 1] and the
+  architecture), wrapped by :func:`make_normalized_input` so that lucent feeds it RGB in [0, 1] and the
   normalization happens inside the model, as in nnfeat's ``Model``. ``render_vis(preprocess=False)``.
 * A fresh deep copy of the network for every request: lucent never removes its hooks, and reusing one
   network would make every later run slower (a known lucent fault, not what this benchmark measures).
@@ -23,9 +23,9 @@ What lucent gets, so that both tools do the same job:
 * One channel per batch item, lucent's way: ``sum_i objectives.channel(layer, c_i, batch=i)``.
 
 The timed span is the ``render_vis`` call only (CUDA synchronized at both ends); ``cpu_seconds`` is the
-worker's process CPU time over the same span. The final images are
-written to ``out`` as a float32 array (B, H, W, 3) in [0, 1]; ``bench_render.py`` scores them with the
-same evaluator it uses for nnfeat's images.
+worker's process CPU time over the same span. The final images are written to ``out`` as a float32
+array (B, H, W, 3) in [0, 1]; ``bench_render.py`` scores them with the same evaluator as nnfeat's.
+Where IPython is not installed, an empty stand-in is registered (lucent imports it only for notebooks).
 """
 
 from __future__ import annotations
@@ -126,7 +126,8 @@ def render_once(request: dict, loaded: _Loaded) -> dict:
     _sync(device)
     seconds, cpu_seconds = time.perf_counter() - start, time.process_time() - cpu_start
     np.save(request["out"], np.asarray(images[-1], dtype=np.float32))
-    return {"seconds": seconds, "cpu_seconds": cpu_seconds, "out": request["out"], "lucent": lucent.__version__, "kornia": kornia.__version__,
+    return {"seconds": seconds, "cpu_seconds": cpu_seconds, "out": request["out"], "lucent": lucent.__version__,
+            "kornia": kornia.__version__,
             "torch": torch.__version__}
 
 
