@@ -10,7 +10,6 @@ import importlib
 import importlib.util
 import platform
 import sys
-import time
 from pathlib import Path
 from typing import Sequence
 
