@@ -24,8 +24,8 @@ What is measured, exactly:
   steps is used; on CUDA the mean over a window, with a synchronize only at its two ends. Rows 1, 2, 5
   and L time the steady state (``redirected_relu_steps=0``: what 240 of a default render's 256 steps
   do); row L also times the redirected-ReLU steps, rows 3 and 4 time whole default renders.
-* *bare* is the plain network as a user has it (``model.net``: eval, weights frozen, float32 on CPU,
-  the render's autocast dtype on CUDA, unfolded BatchNorm, contiguous NCHW) on a random input leaf of
+* *bare* is the plain network as a user has it (``model.net``: eval, weights frozen, the render's
+  default dtype (bf16 autocast where the device has native bf16, else float32), unfolded BatchNorm, contiguous NCHW) on a random input leaf of
   the transformed batch's shape that requires grad, stopped at the same layer by a forward hook that
   raises, then ``act.sum().backward()``. No input normalization, no parameterization, no optimizer.
 * *same-net* is the bare loop on exactly the network nnfeat runs (BatchNorm folded, same memory
@@ -343,12 +343,12 @@ def render_defaults(device: torch.device, model: Model | None = None) -> dict:
     """The dtype, input memory format and BatchNorm folding :func:`nnfeat.render` uses by default."""
     import inspect
 
-    from nnfeat.render import default_channels_last
+    from nnfeat.render import default_autocast, default_channels_last
 
     params = inspect.signature(render).parameters
     autocast = params["autocast"].default
     channels_last = params["channels_last"].default
-    use_amp = (device.type == "cuda") if autocast is None else bool(autocast)
+    use_amp = default_autocast(device) if autocast is None else bool(autocast)
     if channels_last is None:  # automatic: channels-last input where it pays
         channels_last = default_channels_last(device, model)
     return {"dtype": torch.bfloat16 if use_amp else None, "channels_last": bool(channels_last),
@@ -522,10 +522,12 @@ def lucent_status(python: Path, pythonpath: str = "") -> str | None:
 
 
 def lucent_contestants(device: torch.device) -> list[tuple[str, dict]]:
-    """nnfeat's side of row 3: its defaults, and the other dtype (opt-in bf16 on CPU, fp32 on CUDA)."""
-    if device.type == "cuda":
-        return [("nnfeat", {}), ("nnfeat autocast=False (fp32)", {"autocast": False})]
-    return [("nnfeat", {}), ("nnfeat autocast=True (bf16, opt-in)", {"autocast": True})]
+    """nnfeat's side of row 3: its defaults, and the other precision (fp32 where the default is bf16)."""
+    from nnfeat.render import default_autocast
+
+    if default_autocast(device):
+        return [("nnfeat (default: bf16)", {}), ("nnfeat autocast=False (fp32)", {"autocast": False})]
+    return [("nnfeat (default: fp32)", {}), ("nnfeat autocast=True (bf16, emulated here)", {"autocast": True})]
 
 
 def row_lucent(plan: Plan, models: _Models, log, lucent_python: Path, workdir: Path, pythonpath: str = "",
@@ -537,7 +539,7 @@ def row_lucent(plan: Plan, models: _Models, log, lucent_python: Path, workdir: P
     out = {"case": case.__dict__, "label": case.label, "steps": plan.lucent_steps, "channels": channels,
            "nnfeat_settings": "render() defaults: fft + decorrelation, auto transforms, Adam 0.05, "
                               "redirected ReLU 16 steps, BatchNorm folding, channels-last input on CPU, "
-                              "bf16 autocast on CUDA",
+                              "bf16 autocast where the device has native bf16 (render.default_autocast)",
            "lucent_settings": "render_vis: param.image(fft, decorrelate), standard_transforms, Adam 0.05, "
                               f"fixed_image_size={case.size}, preprocess=False (normalization inside the model)"}
     reason = lucent_status(lucent_python, pythonpath)

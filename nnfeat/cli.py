@@ -89,7 +89,7 @@ def _render_kwargs(args) -> dict:
     thresholds = [int(t) for t in args.thresholds.split(",")] if args.thresholds else None
     return dict(size=args.size, steps=args.steps, lr=args.lr, seed=args.seed, device=args.device, param=args.param,
                 decorrelate=not args.no_decorrelate, transforms=args.transforms, thresholds=thresholds,
-                progress=not args.quiet)
+                progress=not args.quiet, autocast={"auto": None, "fp32": False, "bf16": True}[args.precision])
 
 
 def cmd_render(args) -> int:
@@ -175,13 +175,24 @@ def _add_render_options(p: argparse.ArgumentParser, *, steps: int = 256) -> None
     p.add_argument("--lr", type=float, default=0.05, help="Adam learning rate (default 0.05)")
     p.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
     p.add_argument("--device", default=None, help="cpu, cuda, cuda:N (default cpu)")
+    p.add_argument("--precision", default="auto", choices=("auto", "fp32", "bf16"),
+                   help="model arithmetic: auto (bf16 where the device has native bf16, else fp32; default), "
+                        "fp32, bf16")
     p.add_argument("--thresholds", default=None, help="comma list of steps at which to save images, e.g. 32,128,256")
     p.add_argument("--weights", default="pretrained", help="pretrained (default) or random")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
 
 
+class _OneLineParser(argparse.ArgumentParser):
+    """argparse, but a usage mistake is one line (what was wrong, what is valid, where help is), exit 2."""
+
+    def error(self, message: str):
+        print(f"nnfeat: error: {message} (see '{self.prog} -h')", file=sys.stderr)
+        sys.exit(2)
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="nnfeat", description="See what neural networks learned.")
+    parser = _OneLineParser(prog="nnfeat", description="See what neural networks learned.")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     sub.required = True
     model_help = "cifar10-resnet20|32|44|56, digits-cnn, inceptionv1, torchvision:NAME or FILE.py:FACTORY"

@@ -56,6 +56,8 @@ class Objective:
         description: a readable formula, used in outputs.
         units: channel/position references, validated before a render.
         batch_size: the batch this objective implies (e.g. 16 channels, one per item), or None.
+        batch_items: the batch items that parts of it are restricted to (``batch=i`` of a constructor);
+            a render needs at least ``max(batch_items) + 1`` items.
     """
 
     def __init__(
@@ -65,8 +67,11 @@ class Objective:
         description: str,
         units: Sequence[UnitRef] = (),
         batch_size: int | None = None,
+        batch_items: Sequence[int] = (),
     ) -> None:
         self.fn = fn
+        own = (fn.item,) if isinstance(fn, _BatchMasked) else ()
+        self.batch_items = tuple(sorted(set(batch_items) | set(own)))
         self.layers = tuple(dict.fromkeys(layers))
         self.description = description
         self.units = tuple(units)
@@ -80,6 +85,13 @@ class Objective:
 
     def __str__(self) -> str:
         return self.description
+
+    @property
+    def min_batch(self) -> int:
+        """The smallest batch this objective works with: its unit count, else the highest ``batch=i`` + 1, else 1."""
+        if self.batch_size is not None:
+            return self.batch_size
+        return self.batch_items[-1] + 1 if self.batch_items else 1
 
     @property
     def model_layers(self) -> tuple[str, ...]:
@@ -97,12 +109,13 @@ class Objective:
                 f"{_paren(left)} {symbol} {_paren(right)}",
                 left.units + right.units,
                 batch,
+                left.batch_items + right.batch_items,
             )
         if isinstance(other, (int, float)) and not isinstance(other, bool):
             number = float(other)
             desc = f"{_fmt(number)} {symbol} {_paren(self)}" if reverse else f"{_paren(self)} {symbol} {_fmt(number)}"
             fn = (lambda acts: op(number, self(acts))) if reverse else (lambda acts: op(self(acts), number))
-            return Objective(fn, self.layers, desc, self.units, self.batch_size)
+            return Objective(fn, self.layers, desc, self.units, self.batch_size, self.batch_items)
         return NotImplemented
 
     def __add__(self, other):
@@ -129,7 +142,8 @@ class Objective:
         return self._combine(other, lambda a, b: a / b, "/")
 
     def __neg__(self) -> "Objective":
-        return Objective(lambda acts: -self(acts), self.layers, f"-{_paren(self)}", self.units, self.batch_size)
+        return Objective(lambda acts: -self(acts), self.layers, f"-{_paren(self)}", self.units, self.batch_size,
+                         self.batch_items)
 
     def __pos__(self) -> "Objective":
         return self
@@ -144,6 +158,11 @@ class Objective:
             raise NnfeatError(
                 f"objective '{self.description}' has {self.batch_size} units (one per batch item) but batch is {batch}; "
                 f"use batch {self.batch_size}"
+            )
+        if self.batch_items and self.batch_items[-1] >= batch:
+            raise NnfeatError(
+                f"objective '{self.description}' uses batch item {self.batch_items[-1]} but the batch has {batch} "
+                f"item(s): use batch {self.batch_items[-1] + 1} or more"
             )
         for unit in self.units:
             if unit.layer == IMAGE:
@@ -228,17 +247,30 @@ def _select_channels(view: torch.Tensor, channels: Sequence[int]) -> torch.Tenso
     return view.gather(1, index.expand(-1, 1, *view.shape[2:])).squeeze(1)
 
 
+class _BatchMasked:
+    """``fn`` restricted to batch item ``item``: ``acts -> (B,)``, zero except at ``item``.
+
+    The one-hot mask is built once per (shape, dtype, device) and reused, not allocated every step."""
+
+    def __init__(self, fn: ScoreFn, item: int) -> None:
+        if isinstance(item, bool) or not isinstance(item, int) or item < 0:
+            raise NnfeatError(f"batch must be a batch item index 0, 1, ...; got {item!r}")
+        self.fn, self.item = fn, item
+        self._masks: dict[tuple, torch.Tensor] = {}
+
+    def __call__(self, acts: Acts) -> torch.Tensor:
+        values = self.fn(acts)
+        key = (tuple(values.shape), values.dtype, values.device)
+        mask = self._masks.get(key)
+        if mask is None:
+            mask = torch.zeros(values.shape, dtype=values.dtype, device=values.device)
+            mask[self.item] = 1.0
+            self._masks[key] = mask
+        return values * mask
+
+
 def _batch_mask(fn: ScoreFn, batch: int | None) -> ScoreFn:
-    if batch is None:
-        return fn
-
-    def masked(acts: Acts) -> torch.Tensor:
-        values = fn(acts)
-        keep = torch.zeros_like(values)
-        keep[batch] = 1.0
-        return values * keep
-
-    return masked
+    return fn if batch is None else _BatchMasked(fn, batch)
 
 
 def _as_channels(channel: int | Sequence[int]) -> tuple[int, ...]:

@@ -41,6 +41,9 @@ def assert_one_line_error(proc, *fragments):
     (["render", "cifar10-resnet20", "layer3:64"], ["channel 64", "valid channels are 0..63"]),
     (["render", "cifar10-resnet20", "layer3:1 + foo(2)"], ["unknown function 'foo'", "⟨here⟩"]),
     (["render", "cifar10-resnet20", "__import__('os').getcwd()"], ["not allowed"]),
+    (["render", "cifar10-resnet20", "channel('layer3', 1, batch=3)", "--batch", "2"],
+     ["uses batch item 3", "use batch 4 or more"]),
+    (["render", "cifar10-resnet20", "layer3:1", "--precision", "fp16"], ["--precision", "fp32", "bf16"]),
     (["render", "cifar10-resnet20", "layer3:1", "--device", "cuda"], ["no CUDA GPU", "--device cpu"]),
     (["microscope", "cifar10-resnet20", "layer3", "--channels", "60:70"], ["channel 64", "0..63"]),
     (["render", "cifar10-resnet20", "--objective-file", "objectives/nope.py:x"], ["not found"]),
@@ -72,6 +75,20 @@ def test_render_writes_grid_items_and_json_and_same_seed_same_bytes(tmp_path):
     third = nnfeat(*args, "--seed", "1", "--out", str(tmp_path / "c"))
     assert third.returncode == 0
     assert (tmp_path / "c" / "render.png").read_bytes() != (tmp_path / "a" / "render.png").read_bytes()
+
+
+@needs_shared
+def test_precision_flag_is_recorded_deterministic_and_changes_the_arithmetic(tmp_path):
+    args = ["render", "cifar10-resnet20", "layer3:5", "--steps", "8", "--quiet"]
+    pngs = {}
+    for precision in ("fp32", "bf16", "bf16"):
+        out = tmp_path / f"{precision}-{len(pngs)}"
+        proc = nnfeat(*args, "--precision", precision, "--out", str(out))
+        assert proc.returncode == 0, proc.stderr
+        assert json.loads((out / "render.json").read_text())["settings"]["precision"] == precision
+        pngs.setdefault(precision, []).append((out / "render.png").read_bytes())
+    assert pngs["bf16"][0] == pngs["bf16"][1]
+    assert pngs["fp32"][0] != pngs["bf16"][0]
 
 
 @needs_shared

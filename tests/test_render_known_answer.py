@@ -19,11 +19,17 @@ def colour_model(weights) -> Model:
     return Model(nn.Sequential(conv), name="colour", input_size=32)
 
 
+# Both precisions on every machine: the default (bf16 autocast where the CPU has native bf16) may be either.
+PRECISIONS = pytest.mark.parametrize("autocast", [False, True], ids=["fp32", "bf16"])
+
+
+@PRECISIONS
 @pytest.mark.parametrize("weights,target", [((1.0, -1.0, -1.0), (1, 0, 0)), ((-1.0, 1.0, 1.0), (0, 1, 1)),
                                             ((-1.0, -1.0, 1.0), (0, 0, 1))])
-def test_colour_filter_recovers_its_colour(weights, target):
+def test_colour_filter_recovers_its_colour(weights, target, autocast):
     model = colour_model(weights)
-    result = render(model, O.channel("0", 0), size=32, steps=128, lr=0.1, progress=False)
+    result = render(model, O.channel("0", 0), size=32, steps=128, lr=0.1, progress=False, autocast=autocast)
+    assert result.settings["precision"] == ("bf16" if autocast else "fp32")
     mean = result.final[0].mean(dim=(1, 2))
     high = [mean[i] for i in range(3) if target[i] == 1]
     low = [mean[i] for i in range(3) if target[i] == 0]
@@ -84,10 +90,12 @@ def dominant_period(image: torch.Tensor, longest: float = 16.0) -> float:
     return w / float(radius.flatten()[spectrum.argmax()])
 
 
+@PRECISIONS
 @pytest.mark.parametrize("angle", [0.0, 90.0, 45.0])
-def test_oriented_filter_recovers_orientation_and_frequency(angle):
+def test_oriented_filter_recovers_orientation_and_frequency(angle, autocast):
     model = oriented_model(angle)
-    result = render(model, O.channel("1", 0), size=48, steps=128, lr=0.08, transforms="none", progress=False)
+    result = render(model, O.channel("1", 0), size=48, steps=128, lr=0.08, transforms="none", progress=False,
+                    autocast=autocast)
     got = best_angle(result.final[0])
     assert got == angle, f"rendered stripes respond best at {got:.0f} degrees, filter prefers {angle}"
     assert 4.5 <= dominant_period(result.final[0]) <= 8.0
@@ -109,3 +117,20 @@ def test_one_unit_per_batch_item():
     red, blue = result.final.mean(dim=(2, 3))
     assert red[0] - max(red[1], red[2]) > 0.3
     assert blue[2] - max(blue[0], blue[1]) > 0.3
+
+
+def test_batch_item_objectives_set_the_batch_and_leave_other_items_alone():
+    """``channel(..., batch=i)`` terms: the batch defaults to the highest item + 1, each item follows its own
+    term, and an item no term names gets no gradient (it stays the initial image)."""
+    conv = nn.Conv2d(3, 2, 1, bias=False)
+    with torch.no_grad():
+        conv.weight.copy_(torch.tensor([[1.0, -1.0, -1.0], [-1.0, -1.0, 1.0]]).view(2, 3, 1, 1))
+    model = Model(nn.Sequential(conv), input_size=32)
+    objective = O.channel("0", 0, batch=0) + O.channel("0", 1, batch=2)
+    result = render(model, objective, size=32, steps=96, lr=0.1, progress=False)
+    assert result.final.shape[0] == 3
+    red, _, blue = result.final.mean(dim=(2, 3)).T  # (3,) per colour over the items
+    assert red[0] - blue[0] > 0.3 and blue[2] - red[2] > 0.3
+    assert (result.values[:, 1] == 0).all()
+    initial = render(model, objective, size=32, steps=1, lr=0.0, progress=False).final
+    assert torch.allclose(result.final[1], initial[1])
