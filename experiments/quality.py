@@ -18,7 +18,8 @@ render, one objective per batch item; the restarts are independent random initia
 pixel, cppn, maco (the magnitude fixed to the dataset's mean spectrum, see :mod:`nnfeat.spectrum`) and
 rgba (transparency, random backgrounds each step), all with the default ``auto`` transforms; and fft
 with the ``standard`` (Lucid's pixel numbers) and ``none`` transform presets. Everything else is
-:func:`nnfeat.render`'s default (256 steps, Adam lr 0.05, size = the model's input size).
+:func:`nnfeat.render`'s default (256 steps, Adam lr 0.05 (cppn 0.005), size = the model's input size,
+bf16 autocast where the device has native bf16; ``--precision fp32`` for float32).
 
 Writes ``OUT/quality/quality.json``, ``quality.md`` (the table) and one picture of the class renders
 per configuration. A re-run with the same settings reuses the configurations already measured.
@@ -114,8 +115,8 @@ def make_param(kind: str, size: int, batch: int, *, decorrelate: bool, spectrum,
     return image_param(kind, size, batch, decorrelate=decorrelate, generator=generator)
 
 
-def measure_config(model, judges, settings: dict, *, classes, restarts: int, units, maxima, steps: int, lr: float,
-                   size: int, seed: int, spectrum, progress: bool) -> tuple[dict, torch.Tensor]:
+def measure_config(model, judges, settings: dict, *, classes, restarts: int, units, maxima, steps: int,
+                   lr: float | None, size: int, seed: int, spectrum, progress: bool, autocast: bool | None = None) -> tuple[dict, torch.Tensor]:
     """Render classes x restarts logits and the units in one batch; return the row and the class renders."""
     targets = [c for _ in range(restarts) for c in classes]
     objectives = [O.logit(c) for c in targets] + [O.channel(layer, ch) for layer, ch in units]
@@ -124,7 +125,7 @@ def measure_config(model, judges, settings: dict, *, classes, restarts: int, uni
                        spectrum=spectrum, seed=seed, device=model.device)
     start = time.perf_counter()
     result = nnfeat.render(model, F.per_item(objectives), param=param, transforms=settings["transforms"],
-                           steps=steps, lr=lr, seed=seed, size=size, progress=progress)
+                           steps=steps, lr=lr, seed=seed, size=size, progress=progress, autocast=autocast)
     seconds = time.perf_counter() - start
     values = result.final_values
     n = len(targets)
@@ -165,12 +166,20 @@ def table_markdown(record: dict) -> str:
         lines.append("| " + " | ".join(cells) + " |")
     s = record["settings"]
     lines.append("")
-    lines.append(f"{s['model']} renders at {s['size']} px, {s['steps']} steps, Adam lr {s['lr']}, seed {s['seed']}; "
+    lr = "render's default (0.05; cppn 0.005)" if s["lr"] is None else s["lr"]
+    lines.append(f"{s['model']} renders at {s['size']} px, {s['steps']} steps, Adam lr {lr}, "
+                 f"{s.get('precision', 'fp32')}, seed {s['seed']}; "
                  f"{len(s['classes'])} classes x {s['restarts']} restarts = {len(s['classes']) * s['restarts']} class "
                  f"renders per setting; activation ratio over {len(record['units'])} units "
                  f"({', '.join(sorted({u.split(':')[0] for u in record['units']}))}), dataset maxima over "
                  f"{record['dataset_images']} images of {record['dataset']}.")
     return "\n".join(lines) + "\n"
+
+
+def _precision_used(precision: str, device) -> str:
+    from nnfeat.render import default_autocast
+
+    return ("bf16" if default_autocast(device) else "fp32") if precision == "auto" else precision
 
 
 def parse_args(argv):
@@ -181,7 +190,9 @@ def parse_args(argv):
                    "(default: ../shared CIFAR-10 test set)")
     p.add_argument("--configs", default=",".join(CONFIGS), help=f"comma list of {', '.join(CONFIGS)}")
     p.add_argument("--steps", type=int, default=None, help="render steps (default 256; quick 4)")
-    p.add_argument("--lr", type=float, default=0.05)
+    p.add_argument("--lr", type=float, default=None, help="Adam lr (default: render's, 0.05; cppn 0.005)")
+    p.add_argument("--precision", default="auto", choices=("auto", "fp32", "bf16"),
+                   help="render arithmetic (default auto: bf16 where the device has native bf16)")
     p.add_argument("--restarts", type=int, default=None, help="random starts per class (default 4; quick 1)")
     p.add_argument("--units-per-layer", type=int, default=None, help="units per layer (default 10; quick 2)")
     p.add_argument("--size", type=int, default=None, help="render size (default: the model's input size)")
@@ -224,6 +235,7 @@ def _main(argv) -> int:
 
     out = Path(args.out) / "quality"
     settings = {"model": model.name, "judges": [j.name for j in judges], "steps": steps, "lr": args.lr,
+                "precision": _precision_used(args.precision, model.device),
                 "restarts": restarts, "size": size, "seed": args.seed, "classes": classes,
                 "units_per_layer": per_layer, "dataset": str(source), "dataset_images": len(images)}
     previous = {}
@@ -246,7 +258,8 @@ def _main(argv) -> int:
         description, config = CONFIGS[key]
         row, renders = measure_config(model, judges, config, classes=classes, restarts=restarts, units=units,
                                       maxima=maxima, steps=steps, lr=args.lr, size=size, seed=args.seed,
-                                      spectrum=spectrum, progress=not args.quick)
+                                      spectrum=spectrum, progress=not args.quick,
+                                      autocast={"auto": None, "fp32": False, "bf16": True}[args.precision])
         row["description"] = description
         row["settings"] = config
         record["rows"][key] = row

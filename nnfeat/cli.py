@@ -85,9 +85,26 @@ def cmd_layers(args) -> int:
     return 0
 
 
+def _param_and_spectrum(args) -> tuple[str, object]:
+    """``--param`` / ``--spectrum`` -> (kind, magnitude or None), with one-line errors for a bad pairing."""
+    kind = args.param or ("maco" if args.spectrum else "fft")
+    if args.spectrum and kind != "maco":
+        raise NnfeatError(f"--spectrum is for --param maco, not --param {kind}: drop one of them")
+    if kind == "maco" and not args.spectrum:
+        raise NnfeatError("--param maco needs --spectrum FILE.pt: make one with "
+                          "`nnfeat spectrum --images SRC --model MODEL --out FILE.pt`")
+    if not args.spectrum:
+        return kind, None
+    from nnfeat.spectrum import load_spectrum
+
+    return kind, load_spectrum(args.spectrum)
+
+
 def _render_kwargs(args) -> dict:
     thresholds = [int(t) for t in args.thresholds.split(",")] if args.thresholds else None
-    return dict(size=args.size, steps=args.steps, lr=args.lr, seed=args.seed, device=args.device, param=args.param,
+    kind, spectrum = _param_and_spectrum(args)
+    return dict(size=args.size, steps=args.steps, lr=args.lr, seed=args.seed, device=args.device, param=kind,
+                spectrum=spectrum,
                 decorrelate=not args.no_decorrelate, transforms=args.transforms, thresholds=thresholds,
                 progress=not args.quiet, autocast={"auto": None, "fp32": False, "bf16": True}[args.precision])
 
@@ -167,12 +184,14 @@ def _add_render_options(p: argparse.ArgumentParser, *, steps: int = 256) -> None
 
     p.add_argument("--size", type=int, default=None, help="image size in px (default: the model's input size)")
     p.add_argument("--steps", type=int, default=steps, help=f"optimization steps (default {steps})")
-    p.add_argument("--param", default="fft", choices=[k for k in PARAM_KINDS if k != "maco"],
-                   help="image parameterization (default fft)")
+    p.add_argument("--param", default=None, choices=PARAM_KINDS,
+                   help="image parameterization (default fft; maco when --spectrum is given)")
+    p.add_argument("--spectrum", default=None, metavar="FILE.pt",
+                   help="Fourier magnitude for --param maco, written by `nnfeat spectrum --out FILE.pt`")
     p.add_argument("--no-decorrelate", action="store_true", help="turn colour decorrelation off")
     p.add_argument("--transforms", default="auto", choices=TRANSFORM_PRESETS,
                    help="robustness transforms: auto (size-aware, default), standard (Lucid's), none")
-    p.add_argument("--lr", type=float, default=0.05, help="Adam learning rate (default 0.05)")
+    p.add_argument("--lr", type=float, default=None, help="Adam learning rate (default 0.05; cppn 0.005)")
     p.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
     p.add_argument("--device", default=None, help="cpu, cuda, cuda:N (default cpu)")
     p.add_argument("--precision", default="auto", choices=("auto", "fp32", "bf16"),

@@ -18,6 +18,16 @@ from nnfeat.objectives import channel as channel_objective
 from nnfeat.render import render
 
 
+def _json_value(value):
+    """A settings value as JSON: tensors (a maco spectrum) become a short content digest."""
+    if torch.is_tensor(value):
+        import hashlib
+
+        data = value.detach().cpu().contiguous().float().numpy().tobytes()
+        return {"tensor": list(value.shape), "sha256": hashlib.sha256(data).hexdigest()[:16]}
+    return value
+
+
 def microscope(model: Model, layer: str, channels: str | list[int] | None, *, out: Path, batch: int = 16,
                images: str | None = None, model_name: str | None = None, progress: bool = True,
                examples_k: int = 4, **render_kwargs) -> dict:
@@ -43,7 +53,7 @@ def microscope(model: Model, layer: str, channels: str | list[int] | None, *, ou
     out.mkdir(parents=True, exist_ok=True)
     manifest_path = out / "microscope.json"
     settings = {"model": model_name or model.name, "layer": layer, "batch": batch,
-                **{k: v for k, v in render_kwargs.items() if k != "progress"}}
+                **{k: _json_value(v) for k, v in render_kwargs.items() if k != "progress"}}
     manifest = {"settings": settings, "channels": {}}
     if manifest_path.exists():
         previous = read_json(manifest_path)

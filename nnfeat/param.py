@@ -110,7 +110,11 @@ class CPPNImage(nn.Module):
     """A compositional pattern-producing network per batch item: (x, y, r) -> colour, with atan activations.
 
     Items have independent weights, run together as grouped 1x1 convolutions (no loop over items).
+    Its weights are far more sensitive than Fourier coefficients: at Adam lr 0.05 renders saturate to flat
+    colours, so :func:`nnfeat.render.render` uses ``default_lr`` (0.005) unless given ``lr``.
     """
+
+    default_lr = 0.005
 
     def __init__(self, size, batch: int = 1, channels: int = 3, hidden: int = 24, layers: int = 8,
                  generator: torch.Generator | None = None) -> None:
@@ -197,6 +201,9 @@ class ColorDecorrelation(nn.Module):
         return decorrelate_colors(raw, self.matrix)
 
 
+DEFAULT_LR = 0.05  # Lucid's Adam learning rate for Fourier and pixel images
+
+
 class ImageParam(nn.Module):
     """A raw parameterization plus colour handling: ``forward()`` -> (B, 3, H, W) RGB in [0, 1].
 
@@ -228,6 +235,11 @@ class ImageParam(nn.Module):
         if alpha.shape[1]:
             return torch.cat([rgb, torch.sigmoid(alpha)], dim=1)
         return rgb
+
+    @property
+    def default_lr(self) -> float:
+        """The Adam learning rate ``render`` uses when none is given: the raw parameterization's, else 0.05."""
+        return float(getattr(self.raw, "default_lr", DEFAULT_LR))
 
     @property
     def has_alpha(self) -> bool:
@@ -279,6 +291,12 @@ def image_param(kind: str = "fft", size=128, batch: int = 1, *, decorrelate: boo
     elif kind == "maco":
         if magnitude is None:
             raise NnfeatError("the 'maco' parameterization needs a magnitude spectrum: run `nnfeat spectrum --images SRC`")
+        h, w = _size2(size)
+        mag_shape = tuple(torch.as_tensor(magnitude).shape[-2:])
+        if mag_shape != (h, w // 2 + 1):
+            got = f"{mag_shape[0]}x{(mag_shape[1] - 1) * 2}" if len(mag_shape) == 2 else str(mag_shape)
+            raise NnfeatError(f"the maco spectrum is for {got} px images but the render size is {h}x{w}: "
+                              f"make one with `nnfeat spectrum --images SRC --size {h}` or render at its size")
         raw = MagnitudeConstrainedImage(magnitude, batch, 3, generator)
     elif kind == "rgba":
         raw = FourierImage(size, batch, 4, sd, decay_power, generator)

@@ -22,7 +22,7 @@ from nnfeat.hooks import ActivationCapture
 from nnfeat.models.base import Model, as_model
 from nnfeat.models.fold import folded_copy
 from nnfeat.objectives import IMAGE, Objective
-from nnfeat.param import ImageParam, image_param, random_backgrounds
+from nnfeat.param import DEFAULT_LR, ImageParam, image_param, random_backgrounds
 from nnfeat.relu import RedirectedReLU
 from nnfeat.transforms import make_transforms
 
@@ -80,10 +80,11 @@ def render(
     batch: int | None = None,
     param: ImageParam | str | None = None,
     decorrelate: bool = True,
+    spectrum: torch.Tensor | None = None,
     transforms: str | nn.Module | None = "auto",
     model_input_size: int | tuple[int, int] | None = None,
     steps: int = 256,
-    lr: float = 0.05,
+    lr: float | None = None,
     optimizer: Callable[[Iterable[torch.Tensor]], torch.optim.Optimizer] | None = None,
     thresholds: Sequence[int] | None = None,
     seed: int = 0,
@@ -104,10 +105,13 @@ def render(
             else 1.
         param: an :class:`ImageParam`, or a kind for :func:`nnfeat.param.image_param` (default ``"fft"``).
         decorrelate: colour decorrelation for a param built here.
+        spectrum: the fixed Fourier magnitude (3, H, W//2+1) for ``param="maco"`` (see ``nnfeat.spectrum``);
+            its H, W must equal ``size``.
         transforms: ``"auto"`` (size-aware), ``"standard"`` (Lucid's), ``"none"``, or a module
             ``(images, generator) -> images``.
         model_input_size: the size the transforms resize to before the model; default ``size``.
-        steps, lr: optimization length and Adam learning rate.
+        steps: optimization length.
+        lr: Adam learning rate; default: the parameterization's ``default_lr`` (0.05; CPPN 0.005).
         optimizer: ``params -> torch.optim.Optimizer``; default Adam(lr).
         thresholds: steps (1-based) at which to keep a copy of the images; default ``(steps,)``.
         seed: seeds the parameter initialization and every transform draw (torch RNG).
@@ -149,10 +153,12 @@ def render(
 
     generator = torch.Generator(device=dev).manual_seed(int(seed))
     if param is None or isinstance(param, str):
-        param = image_param(param or "fft", size, batch, decorrelate=decorrelate, generator=generator)
+        param = image_param(param or "fft", size, batch, decorrelate=decorrelate, magnitude=spectrum,
+                            generator=generator)
     param = param.to(dev)
     transform = make_transforms(transforms, size[0], input_size).to(dev)
     params = [p for p in param.parameters() if p.requires_grad]
+    lr = float(getattr(param, "default_lr", DEFAULT_LR) if lr is None else lr)
     opt = optimizer(params) if optimizer is not None else torch.optim.Adam(params, lr=lr)
 
     run_model = _run_model(model, objective.model_layers, fold_batchnorm, channels_last is True)

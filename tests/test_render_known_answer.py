@@ -134,3 +134,13 @@ def test_batch_item_objectives_set_the_batch_and_leave_other_items_alone():
     assert (result.values[:, 1] == 0).all()
     initial = render(model, objective, size=32, steps=1, lr=0.0, progress=False).final
     assert torch.allclose(result.final[1], initial[1])
+
+
+def test_cppn_gets_its_own_learning_rate_and_finds_the_colour():
+    """CPPN weights need a 10x smaller step than Fourier coefficients; render picks it when lr is not given."""
+    model = colour_model((1.0, -1.0, -1.0))
+    result = render(model, O.channel("0", 0), size=32, steps=128, param="cppn", progress=False)
+    assert result.settings["lr"] == 0.005
+    mean = result.final[0].mean(dim=(1, 2))
+    assert mean[0] - max(mean[1], mean[2]) > 0.3, mean.tolist()
+    assert render(model, O.channel("0", 0), size=32, steps=1, progress=False).settings["lr"] == 0.05

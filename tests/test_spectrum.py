@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import argparse
+import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -153,3 +155,32 @@ def test_spectrum_command_through_the_cli(tmp_path, capsys):
     assert "spectrum of 3 images at 6x6 (param space)" in capsys.readouterr().out
     assert cli.main(["spectrum", "--images", str(tmp_path / "none.npz")]) == 2
     assert capsys.readouterr().err.count("\n") == 1
+
+
+@pytest.mark.skipif(not (Path(__file__).resolve().parents[2] / "shared" / "models").is_dir(),
+                    reason="../shared is absent (CI has it)")
+def test_render_and_microscope_take_a_spectrum_file(tmp_path, capsys):
+    """`nnfeat spectrum --out` -> `nnfeat render --spectrum` (maco) and `nnfeat microscope --spectrum`;
+    a spectrum of another size, maco without a spectrum, and a spectrum with another param are one-line errors."""
+    from nnfeat import cli
+
+    path, _ = _npz(tmp_path / "set.npz", n=8, h=32, w=32)
+    spectrum = tmp_path / "s.pt"
+    assert cli.main(["spectrum", "--images", str(path), "--out", str(spectrum), "--quiet"]) == 0
+    out = tmp_path / "render"
+    assert cli.main(["render", "cifar10-resnet20", "layer3:5", "--spectrum", str(spectrum), "--steps", "4",
+                     "--quiet", "--out", str(out)]) == 0
+    settings = json.loads((out / "render.json").read_text())["settings"]
+    assert settings["param"] == "MagnitudeConstrainedImage" and settings["size"] == [32, 32]
+    micro = tmp_path / "micro"
+    assert cli.main(["microscope", "cifar10-resnet20", "layer1", "--channels", "0:2", "--batch", "2", "--steps", "2",
+                     "--spectrum", str(spectrum), "--quiet", "--out", str(micro)]) == 0
+    assert json.loads((micro / "microscope.json").read_text())["settings"]["spectrum"]["tensor"] == [3, 32, 17]
+    capsys.readouterr()
+    for extra, fragment in ((["--spectrum", str(spectrum), "--size", "48"], "--size 48"),
+                            (["--param", "maco"], "needs --spectrum"),
+                            (["--spectrum", str(spectrum), "--param", "pixel"], "not --param pixel")):
+        assert cli.main(["render", "cifar10-resnet20", "layer3:5", "--steps", "2", "--quiet",
+                         "--out", str(tmp_path / "bad"), *extra]) == 2
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1 and fragment in err, err
