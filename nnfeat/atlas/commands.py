@@ -39,6 +39,8 @@ def register(subparsers) -> None:
                             "(default 0.5: more recognisable icons; 0 is the paper's objective)")
     atlas.add_argument("--transforms", default="auto", choices=("auto", "standard", "none"),
                        help="render transforms (default auto)")
+    atlas.add_argument("--precision", default="auto", choices=("auto", "fp32", "bf16"),
+                       help="icon render arithmetic (default auto: bf16 where the device has native bf16)")
     atlas.add_argument("--limit", type=int, default=None, help="use only the first N images of the source")
     atlas.add_argument("--device", default=None, help="cpu, cuda, cuda:N, mps (default: cuda when available)")
     atlas.add_argument("--out", default=None, help="output folder (default out/atlas-MODEL-LAYER[-CLASS])")
@@ -88,7 +90,8 @@ def run_atlas(args: argparse.Namespace) -> int:
     settings = AtlasSettings(n=args.n, per_image=args.per_image, layout=args.layout, grid=args.grid,
                              min_count=args.min_count, whiten=args.whiten, icon_size=args.icon_size, steps=args.steps,
                              batch=args.batch, seed=args.seed, class_=args.class_, cossim_pow=args.cossim_pow,
-                             transforms=args.transforms, spatial_weight=args.spatial_weight)
+                             transforms=args.transforms, spatial_weight=args.spatial_weight,
+                             precision=args.precision)
     suffix = f"-{_safe(str(args.class_))}" if args.class_ is not None else ""
     out = Path(args.out or f"out/atlas-{_safe(args.model)}-{_safe(args.layer)}{suffix}")
     try:

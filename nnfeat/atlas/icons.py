@@ -62,7 +62,8 @@ def icon_objective(layer: str, directions: torch.Tensor, cossim_pow: float, spat
 
 def render_icons(model: Model, layer: str, vectors: np.ndarray, rows: np.ndarray, cols: np.ndarray,
                  directory: Path, *, whitening: np.ndarray | None, icon_size: int, steps: int, batch: int,
-                 seed: int, cossim_pow: float, transforms: str = "auto", spatial_weight: float = 0.0, key: str = "",
+                 seed: int, cossim_pow: float, transforms: str = "auto", spatial_weight: float = 0.0,
+                 autocast: bool | None = None, key: str = "",
                  progress: bool = True, on_batch: Callable[[int, int], None] | None = None
                  ) -> tuple[np.ndarray, int]:
     """Render the icons of M cells into ``directory``; return their cosines (M,) float32 and the number of
@@ -77,6 +78,7 @@ def render_icons(model: Model, layer: str, vectors: np.ndarray, rows: np.ndarray
         seed: base seed; batch i renders with seed ``stage_seed(seed, "icons", i)``.
         cossim_pow: the exponent p of the objective.
         transforms: render transforms (``auto``, ``standard``, ``none``).
+        autocast: the render's bf16 autocast (None: where the device has native bf16).
         spatial_weight: weight of the whole-map ``direction`` term (0 = the paper's objective).
         key: settings key; a batch record with another key is rendered again.
         on_batch: called as ``on_batch(batch_index, batch_count)`` after each batch is saved (it may raise,
@@ -105,7 +107,7 @@ def render_icons(model: Model, layer: str, vectors: np.ndarray, rows: np.ndarray
         else:
             objective = icon_objective(layer, directions[cells], cossim_pow, spatial_weight)
             result = render(model, objective, size=icon_size, batch=len(names), steps=steps, transforms=transforms,
-                            seed=stage_seed(seed, "icons", b), progress=False)
+                            seed=stage_seed(seed, "icons", b), autocast=autocast, progress=False)
             icons = result.final
             cos = centre_cosine(model, layer, icons, raw[cells])
             for name, icon in zip(names, icons):

@@ -37,6 +37,7 @@ from nnfeat.data import ImageSet
 from nnfeat.errors import NnfeatError
 from nnfeat.io import atomic_path, read_json, write_json
 from nnfeat.models.base import Model
+from nnfeat.render import default_autocast
 
 #: Cells list their mean attribution per class only up to this many classes (keeps cells.json small).
 MAX_ATTRIBUTION_CLASSES = 100
@@ -65,6 +66,7 @@ class AtlasSettings:
     cossim_pow: float = 3.0
     transforms: str = "auto"
     spatial_weight: float = 0.5
+    precision: str = "auto"
     n_neighbors: int = 20
     min_dist: float = 0.01
     class_top: int = 2500
@@ -90,6 +92,8 @@ class AtlasSettings:
                 raise NnfeatError(f"--{name.replace('_', '-')} must be at least 1, got {value}")
         if self.min_count is not None and self.min_count < 1:
             raise NnfeatError(f"--min-count must be at least 1, got {self.min_count}")
+        if self.precision not in ("auto", "fp32", "bf16"):
+            raise NnfeatError(f"unknown precision '{self.precision}': use auto, fp32 or bf16")
 
 
 @dataclass
@@ -280,13 +284,15 @@ def build_atlas(model: Model, layer: str, images: ImageSet, out: str | Path, set
 
     # 5. icons -----------------------------------------------------------------------------------
     start = time.perf_counter()
+    autocast = {"auto": None, "fp32": False, "bf16": True}[s.precision]
+    precision = ("bf16" if default_autocast(model.device) else "fp32") if autocast is None else s.precision
     icons_key = _key("icons", grid_key, s.whiten, s.icon_size, s.steps, s.cossim_pow, s.transforms, s.seed,
-                     s.spatial_weight)
+                     s.spatial_weight, *([precision] if precision != "fp32" else []))
     icon_dir = out / "icons"
     cosines, rendered = render_icons(
         model, layer, grid.vectors, grid.rows, grid.cols, icon_dir, whitening=matrix if s.whiten else None,
         icon_size=s.icon_size, steps=s.steps, batch=s.batch, seed=s.seed, cossim_pow=s.cossim_pow,
-        transforms=s.transforms, spatial_weight=s.spatial_weight, key=icons_key, progress=progress,
+        transforms=s.transforms, spatial_weight=s.spatial_weight, autocast=autocast, key=icons_key, progress=progress,
         on_batch=on_icon_batch)
     reuse = rendered == 0
     _finish("icons", start, reuse, timings, cached, say, f"{len(grid)} icons, mean cosine {cosines.mean():.3f}")
