@@ -264,28 +264,6 @@ def main_wrapper(body: Callable[[list[str] | None], int], argv: list[str] | None
 # Objectives helpers
 
 
-def only(objective: Objective, item: int) -> Objective:
-    """``objective`` restricted to batch item ``item`` (zero for every other item)."""
-
-    def fn(acts):
-        values = objective(acts)
-        mask = torch.zeros_like(values)
-        mask[item] = 1.0
-        return values * mask
-
-    return Objective(fn, objective.layers, f"[{item}] {objective.description}", objective.units)
-
-
-def per_item(objectives: Sequence[Objective]) -> Objective:
-    """One objective per batch item: item i maximizes ``objectives[i]`` (one forward pass for all)."""
-    total = only(objectives[0], 0)
-    for i, obj in enumerate(objectives[1:], start=1):
-        total = total + only(obj, i)
-    total.batch_size = len(objectives)
-    total.description = f"{len(objectives)} objectives, one per batch item"
-    return total
-
-
 def evaluate_each(model, objective: Objective, images: torch.Tensor) -> list[float]:
     """``objective`` on each image (no transforms) -> list of floats."""
     values = nnfeat.evaluate(model, objective, images.to(model.device))

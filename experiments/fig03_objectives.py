@@ -38,7 +38,7 @@ def _main(argv):
     }
     steps = run.steps(512, 6)
     run.log(f"{len(objectives)} objectives in one batch, {steps} steps")
-    result = run.render(F.per_item(list(objectives.values())), steps=steps)
+    result = run.render(O.per_item(list(objectives.values())), steps=steps)
     panels, entries = [], {}
     for i, (label, objective) in enumerate(objectives.items()):
         value = F.evaluate_each(run.model, objective, result.final[i : i + 1])[0]

@@ -29,7 +29,7 @@ def _main(argv):
     a, b = O.channel(*unit_a), O.channel(*unit_b)
     steps = run.steps(512, 6)
     run.log(f"{F.unit_label(unit_a)}, {F.unit_label(unit_b)} and their sum, {steps} steps")
-    result = run.render(F.per_item([a, b, a + b]), steps=steps)
+    result = run.render(O.per_item([a, b, a + b]), steps=steps)
     values_a = F.evaluate_each(run.model, a, result.final)
     values_b = F.evaluate_each(run.model, b, result.final)
     labels = [F.unit_label(unit_a), F.unit_label(unit_b), f"{F.unit_label(unit_a)} + {F.unit_label(unit_b)}"]

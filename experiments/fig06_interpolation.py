@@ -32,7 +32,7 @@ def _main(argv):
     frames = 4 if run.quick else 6
     a, b = O.channel(*unit_a), O.channel(*unit_b)
     mix = [(1 - i / (frames - 1)) * a + (i / (frames - 1)) * b for i in range(frames)]
-    objective = F.per_item(mix) + ALIGNMENT_WEIGHT * O.alignment(unit_a[0])
+    objective = O.per_item(mix) + ALIGNMENT_WEIGHT * O.alignment(unit_a[0])
     steps = run.steps(512, 6)
     run.log(f"{F.unit_label(unit_a)} -> {F.unit_label(unit_b)}, {frames} frames, {steps} steps")
     result = run.render(objective, batch=frames, param="fft+shared", steps=steps)

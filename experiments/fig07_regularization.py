@@ -43,7 +43,7 @@ def _main(argv):
         at_plain = F.evaluate_each(run.model, penalty, plain.final)[0]
         weights[name] = STRENGTH * abs(value) / max(at_plain, 1e-8)
     run.log("L1, TV and blur in one batch; weights " + ", ".join(f"{k} {w:.3g}" for k, w in weights.items()))
-    regularized = run.render(F.per_item([objective - weights[k] * p for k, p in penalties.items()]),
+    regularized = run.render(O.per_item([objective - weights[k] * p for k, p in penalties.items()]),
                              transforms="none", **pixels)
     robust = run.render(objective, transforms="auto", **pixels)
     images = {"none": plain.final[0]}

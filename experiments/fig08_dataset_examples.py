@@ -37,7 +37,7 @@ def _main(argv):
     objective = O.channel(layer, channel)
     steps = run.steps(512, 6)
     run.log(f"positive and negative optimization, {steps} steps")
-    result = run.render(F.per_item([objective, -objective]), steps=steps)
+    result = run.render(O.per_item([objective, -objective]), steps=steps)
     rendered = F.evaluate_each(run.model, objective, result.final)
     rows = []
     for sign, examples, image, value in (("positive", found.top, result.final[0], rendered[0]),

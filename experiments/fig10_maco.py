@@ -77,7 +77,7 @@ def _main(argv):
         run.log(f"{kind}: {len(units)} units + {len(targets)} class renders, {steps} steps")
         param = Q.make_param(kind, run.size, len(objectives), decorrelate=True, spectrum=spectrum, seed=args.seed,
                              device=run.model.device)
-        result = run.render(F.per_item(objectives), param=param, steps=steps)
+        result = run.render(O.per_item(objectives), param=param, steps=steps)
         values = [float(v) for v in result.final_values]
         ratios = [values[i] / float(maxima[u[0]][u[1]]) if maxima is not None and maxima[u[0]][u[1]] > 0 else None
                   for i, u in enumerate(units)]

@@ -124,7 +124,7 @@ def measure_config(model, judges, settings: dict, *, classes, restarts: int, uni
     param = make_param(settings["param"], size, batch, decorrelate=settings.get("decorrelate", True),
                        spectrum=spectrum, seed=seed, device=model.device)
     start = time.perf_counter()
-    result = nnfeat.render(model, F.per_item(objectives), param=param, transforms=settings["transforms"],
+    result = nnfeat.render(model, O.per_item(objectives), param=param, transforms=settings["transforms"],
                            steps=steps, lr=lr, seed=seed, size=size, progress=progress, autocast=autocast)
     seconds = time.perf_counter() - start
     values = result.final_values

@@ -474,6 +474,30 @@ def _chan_desc(channels: tuple[int, ...]) -> str:
 
 
 #: The constructors the expression grammar may call, by name.
+def on_item(objective: Objective, item: int) -> Objective:
+    """``objective`` restricted to batch item ``item`` (zero for every other item): (B,) -> (B,)."""
+    return Objective(_BatchMasked(objective.fn, item), objective.layers, f"[{item}] {_paren(objective)}",
+                     objective.units, objective.batch_size, objective.batch_items)
+
+
+def per_item(objectives: Sequence[Objective]) -> Objective:
+    """Different objectives in one render: item i maximizes ``objectives[i]`` only (one forward pass for all).
+
+    Each term is evaluated on the whole batch (vectorized) and masked to its item, so the cost is one small
+    reduction per objective, not a forward pass per item. For one objective kind over many units, prefer a
+    unit list (``channel("layer3", [0, 1, 2])``), which is a single gather.
+    """
+    objectives = list(objectives)
+    if not objectives:
+        raise NnfeatError("per_item needs at least one objective")
+    total = on_item(objectives[0], 0)
+    for i, objective in enumerate(objectives[1:], start=1):
+        total = total + on_item(objective, i)
+    total.batch_size = len(objectives)
+    total.description = f"{len(objectives)} objectives, one per batch item"
+    return total
+
+
 CONSTRUCTORS: dict[str, Callable[..., Objective]] = {
     "neuron": neuron,
     "channel": channel,

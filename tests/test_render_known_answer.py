@@ -8,6 +8,7 @@ import torch
 from torch import nn
 
 from nnfeat import objectives as O
+from nnfeat.errors import NnfeatError
 from nnfeat.models.base import Model
 from nnfeat.render import render
 
@@ -144,3 +145,16 @@ def test_cppn_gets_its_own_learning_rate_and_finds_the_colour():
     mean = result.final[0].mean(dim=(1, 2))
     assert mean[0] - max(mean[1], mean[2]) > 0.3, mean.tolist()
     assert render(model, O.channel("0", 0), size=32, steps=1, progress=False).settings["lr"] == 0.05
+
+
+def test_per_item_renders_different_objectives_in_one_batch():
+    """``per_item([f, -f])``: item 0 maximizes the red filter, item 1 minimizes it (cyan)."""
+    model = colour_model((1.0, -1.0, -1.0))
+    objective = O.per_item([O.channel("0", 0), -O.channel("0", 0)])
+    assert objective.batch_size == 2
+    result = render(model, objective, size=32, steps=96, lr=0.1, progress=False)
+    red, green, blue = result.final.mean(dim=(2, 3)).T
+    assert red[0] - max(green[0], blue[0]) > 0.3
+    assert min(green[1], blue[1]) - red[1] > 0.3
+    with pytest.raises(NnfeatError, match="at least one"):
+        O.per_item([])
