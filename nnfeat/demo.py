@@ -1,6 +1,7 @@
 """``nnfeat demo``: the offline main job on the embedded ``digits-cnn``.
 
-Trains (or reuses) the digits CNN, renders its 10 class logits and the channels of ``conv2``, builds a
+Trains (or reuses) the digits CNN, renders its 10 class logits and the channels of ``bn2`` (the second block after BatchNorm, before
+its ReLU: the units the next layer sees, as Lucid's ``*_pre_relu`` layers), builds a
 digits activation atlas of ``conv3``, and writes ``OUT/index.html`` showing all of it.
 """
 
@@ -15,7 +16,7 @@ from nnfeat.objectives import logit
 from nnfeat.render import render
 from nnfeat.views.gallery import write_gallery
 
-DEMO_LAYER = "conv2"
+DEMO_LAYER = "bn2"  # conv2 itself has no bias; a few of its channels cannot exceed 0 on grey input
 ATLAS_LAYER = "conv3"
 
 
@@ -43,7 +44,8 @@ def run_demo(out: Path, *, steps: int = 256, atlas: bool = True, progress: bool 
         {"title": "Class logits", "note": "Fourier + decorrelated parameterization, size-aware transforms, "
                                           f"{steps} steps; one image per class, rendered as one batch.",
          "items": logit_items},
-        {"title": f"Channels of {DEMO_LAYER}", "note": "One render per channel (nnfeat microscope).",
+        {"title": f"Channels of {DEMO_LAYER}",
+         "note": "One render per channel (nnfeat microscope), after BatchNorm and before the ReLU.",
          "items": channel_items},
     ]
     if atlas:
