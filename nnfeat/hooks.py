@@ -59,6 +59,7 @@ class ActivationCapture:
             model.check_layer(layer)
             self._wanted.setdefault(split_call(layer), []).append(layer)
         self._handles: list = []
+        self._tangents: dict[str, torch.Tensor] = {}
         self._acts: dict[str, torch.Tensor] = {}
         self._calls: dict[str, int] = {}
         self._pending = 0
@@ -97,6 +98,9 @@ class ActivationCapture:
                 raise _StopForward
             # Hand downstream a copy so later in-place ops leave the captured value intact.
             copy = tensor.clone()
+            tangent = next((self._tangents[layer] for layer in layers if layer in self._tangents), None)
+            if tangent is not None:  # forward-mode AD from here on (see __call__'s ``tangents``)
+                copy = torch.autograd.forward_ad.make_dual(copy, tangent)
             if isinstance(output, tuple):
                 return (copy, *output[1:])
             if isinstance(output, list):
@@ -105,10 +109,18 @@ class ActivationCapture:
 
         return hook
 
-    def __call__(self, images: torch.Tensor) -> dict[str, torch.Tensor]:
-        """Run the model on (B, 3, H, W) images in [0,1]; return ``{layer: activation}``."""
+    def __call__(self, images: torch.Tensor, tangents: dict[str, torch.Tensor] | None = None
+                 ) -> dict[str, torch.Tensor]:
+        """Run the model on (B, 3, H, W) images in [0,1]; return ``{layer: activation}``.
+
+        ``tangents``: ``{layer: tensor shaped like its activation}``, for forward-mode AD inside
+        ``torch.autograd.forward_ad.dual_level()``: downstream of ``layer`` the network runs on a dual
+        tensor, so ``forward_ad.unpack_dual(acts["output"]).tangent`` is the Jacobian-vector product of
+        the output with the tangent (one pass for every output unit at once).
+        """
         if not self._handles and self._wanted:
             raise RuntimeError("ActivationCapture must be used as a context manager")
+        self._tangents = dict(tangents or {})
         self._acts = {}
         self._calls = {}
         self._pending = len(self._wanted)

@@ -319,3 +319,75 @@ def test_atlas_command(tmp_path):
     assert record["settings"]["whiten"] is False and record["settings"]["seed"] == 1 and record["grid"] == 3
     assert record["settings"]["spatial_weight"] == 0.5
     assert (out / "atlas.png").is_file()
+
+
+class _NoJvpSquare(torch.autograd.Function):
+    """x**2 with a backward rule but no forward-mode (jvp) rule."""
+
+    @staticmethod
+    def forward(ctx, x):
+        ctx.save_for_backward(x)
+        return x * x
+
+    @staticmethod
+    def backward(ctx, grad):
+        (x,) = ctx.saved_tensors
+        return 2 * x * grad
+
+
+class _HeadWithoutJvp(torch.nn.Module):
+    def __init__(self, net):
+        super().__init__()
+        self.net = net
+
+    def forward(self, x):
+        return _NoJvpSquare.apply(self.net(x))
+
+
+@pytest.mark.parametrize("case", ["digits-bn2", "resnet18-layer2", "no-jvp-head"])
+def test_attribution_by_forward_mode_equals_one_backward_per_class(model, case):
+    """The one-pass-per-position JVP attribution equals act . d logit_k / d act by K backward passes, through
+    BatchNorm, pooling, in-place ReLUs and residual adds; a network with an op that has no forward-mode rule
+    falls back to the backward passes and gives the same numbers."""
+    from nnfeat.atlas import collect as C
+    from nnfeat.models.zoo import load_model
+
+    torch.manual_seed(0)
+    if case == "digits-bn2":
+        net, layer, images = model, "bn2", torch.rand(6, 3, 32, 32)
+    elif case == "resnet18-layer2":
+        net, layer, images = load_model("torchvision:resnet18", weights="random"), "layer2", torch.rand(3, 3, 64, 64)
+    else:
+        from nnfeat.models.base import Model
+
+        net = Model(_HeadWithoutJvp(model.net), mean=model.mean.flatten().tolist(), std=model.std.flatten().tolist(),
+                    input_size=32, in_channels=1)
+        layer, images = "net.bn2", torch.rand(6, 3, 32, 32)
+    with ActivationCapture(net, [layer, "output"]) as capture:
+        with torch.no_grad():
+            acts = capture(images)
+        view = C.positions_view(acts[layer])
+        pick = torch.rand(view.shape[0], view.shape[1]).argsort(1)[:, :3]
+        picked, attributions = C._sample_batch(capture, images, layer, pick, acts["output"].shape[1], "forward")
+        expected = C._attributions_backward(capture, images, layer, pick, picked, acts["output"].shape[1])
+        if case != "no-jvp-head":
+            forward = C._attributions_forward(capture, images, layer, acts[layer], pick, picked)
+            assert torch.allclose(forward, expected, rtol=1e-4, atol=1e-4 * float(expected.abs().max()))
+        else:
+            with pytest.raises((RuntimeError, NotImplementedError)):
+                C._attributions_forward(capture, images, layer, acts[layer], pick, picked)
+    assert attributions.shape == expected.shape == (images.shape[0], 3, acts["output"].shape[1])
+    assert float(expected.abs().max()) > 0
+    assert torch.allclose(attributions, expected, rtol=1e-4, atol=1e-4 * float(expected.abs().max()))
+
+
+def test_attribution_mode_picks_the_cheaper_pass_from_flop_counts(model):
+    """Few classes and only a linear head after the layer: K backward passes are cheaper; a shallow layer with one
+    position per image, or 1000 classes: one forward-mode pass is."""
+    from nnfeat.atlas.collect import attribution_mode
+    from nnfeat.models.zoo import load_model
+
+    assert attribution_mode(model, "conv3", (32, 32), 4, 10) == "backward"
+    assert attribution_mode(model, "conv1", (32, 32), 1, 10) == "forward"
+    googlenet = load_model("torchvision:googlenet", weights="random")
+    assert attribution_mode(googlenet, "inception4c", (128, 128), 1, 1000) == "forward"
