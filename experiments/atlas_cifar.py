@@ -38,6 +38,7 @@ sys.path.insert(0, str(ROOT))
 from nnfeat.atlas import AtlasSettings, build_atlas  # noqa: E402
 from nnfeat.data import load_images  # noqa: E402
 from nnfeat.io import write_json  # noqa: E402
+from nnfeat.render import PRECISIONS  # noqa: E402
 
 
 def parse_args() -> argparse.Namespace:
@@ -57,7 +58,7 @@ def parse_args() -> argparse.Namespace:
                         help="whole-map direction term of the icon objective (0 = the paper's objective)")
     parser.add_argument("--transforms", default="auto", choices=("auto", "standard", "none"))
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--precision", default="auto", choices=("auto", "fp32", "bf16"),
+    parser.add_argument("--precision", default="auto", choices=PRECISIONS,
                         help="icon render arithmetic (default auto: bf16 where the device has native bf16)")
     parser.add_argument("--device", default=None, help="default: cuda when available, else cpu")
     parser.add_argument("--fresh", action="store_true", help="delete OUT first, so every stage is timed")

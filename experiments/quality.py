@@ -44,6 +44,7 @@ from nnfeat.errors import NnfeatError
 from nnfeat.hooks import ActivationCapture
 from nnfeat.models.base import OUTPUT
 from nnfeat.objectives import channels_first
+from nnfeat.render import PRECISIONS, autocast_for, precision_used
 
 #: id -> (description, render settings). ``param`` "maco" is built here from the dataset spectrum.
 CONFIGS: dict[str, tuple[str, dict]] = {
@@ -176,12 +177,6 @@ def table_markdown(record: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
-def _precision_used(precision: str, device) -> str:
-    from nnfeat.render import default_autocast
-
-    return ("bf16" if default_autocast(device) else "fp32") if precision == "auto" else precision
-
-
 def parse_args(argv):
     p = argparse.ArgumentParser(description="Activation ratio and transferability per parameterization and preset.")
     p.add_argument("--model", default=F.QUICK_MODEL, help=f"render model (default {F.QUICK_MODEL})")
@@ -191,7 +186,7 @@ def parse_args(argv):
     p.add_argument("--configs", default=",".join(CONFIGS), help=f"comma list of {', '.join(CONFIGS)}")
     p.add_argument("--steps", type=int, default=None, help="render steps (default 256; quick 4)")
     p.add_argument("--lr", type=float, default=None, help="Adam lr (default: render's, 0.05; cppn 0.005)")
-    p.add_argument("--precision", default="auto", choices=("auto", "fp32", "bf16"),
+    p.add_argument("--precision", default="auto", choices=PRECISIONS,
                    help="render arithmetic (default auto: bf16 where the device has native bf16)")
     p.add_argument("--restarts", type=int, default=None, help="random starts per class (default 4; quick 1)")
     p.add_argument("--units-per-layer", type=int, default=None, help="units per layer (default 10; quick 2)")
@@ -235,7 +230,7 @@ def _main(argv) -> int:
 
     out = Path(args.out) / "quality"
     settings = {"model": model.name, "judges": [j.name for j in judges], "steps": steps, "lr": args.lr,
-                "precision": _precision_used(args.precision, model.device),
+                "precision": precision_used(model.device, autocast_for(args.precision)),
                 "restarts": restarts, "size": size, "seed": args.seed, "classes": classes,
                 "units_per_layer": per_layer, "dataset": str(source), "dataset_images": len(images)}
     previous = {}
@@ -259,7 +254,7 @@ def _main(argv) -> int:
         row, renders = measure_config(model, judges, config, classes=classes, restarts=restarts, units=units,
                                       maxima=maxima, steps=steps, lr=args.lr, size=size, seed=args.seed,
                                       spectrum=spectrum, progress=not args.quick,
-                                      autocast={"auto": None, "fp32": False, "bf16": True}[args.precision])
+                                      autocast=autocast_for(args.precision))
         row["description"] = description
         row["settings"] = config
         record["rows"][key] = row

@@ -101,12 +101,14 @@ def _param_and_spectrum(args) -> tuple[str, object]:
 
 
 def _render_kwargs(args) -> dict:
+    from nnfeat.render import autocast_for
+
     thresholds = [int(t) for t in args.thresholds.split(",")] if args.thresholds else None
     kind, spectrum = _param_and_spectrum(args)
     return dict(size=args.size, steps=args.steps, lr=args.lr, seed=args.seed, device=args.device, param=kind,
                 spectrum=spectrum,
                 decorrelate=not args.no_decorrelate, transforms=args.transforms, thresholds=thresholds,
-                progress=not args.quiet, autocast={"auto": None, "fp32": False, "bf16": True}[args.precision])
+                progress=not args.quiet, autocast=autocast_for(args.precision))
 
 
 def cmd_render(args) -> int:
@@ -180,6 +182,7 @@ def cmd_demo(args) -> int:
 
 def _add_render_options(p: argparse.ArgumentParser, *, steps: int = 256) -> None:
     from nnfeat.param import PARAM_KINDS
+    from nnfeat.render import PRECISIONS
     from nnfeat.transforms import TRANSFORM_PRESETS
 
     p.add_argument("--size", type=int, default=None, help="image size in px (default: the model's input size)")
@@ -194,7 +197,7 @@ def _add_render_options(p: argparse.ArgumentParser, *, steps: int = 256) -> None
     p.add_argument("--lr", type=float, default=None, help="Adam learning rate (default 0.05; cppn 0.005)")
     p.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
     p.add_argument("--device", default=None, help="cpu, cuda, cuda:N (default cpu)")
-    p.add_argument("--precision", default="auto", choices=("auto", "fp32", "bf16"),
+    p.add_argument("--precision", default="auto", choices=PRECISIONS,
                    help="model arithmetic: auto (bf16 where the device has native bf16, else fp32; default), "
                         "fp32, bf16")
     p.add_argument("--thresholds", default=None, help="comma list of steps at which to save images, e.g. 32,128,256")

@@ -1,8 +1,8 @@
 """``nnfeat demo``: the offline main job on the embedded ``digits-cnn``.
 
-Trains (or reuses) the digits CNN, renders its 10 class logits and the channels of ``bn2`` (the second block after BatchNorm, before
-its ReLU: the units the next layer sees, as Lucid's ``*_pre_relu`` layers), builds a
-digits activation atlas of ``conv3``, and writes ``OUT/index.html`` showing all of it.
+Trains (or reuses) the digits CNN, renders its 10 class logits and the channels of ``bn2`` (the second
+block after BatchNorm, before its ReLU: the units the next layer sees, like Lucid's ``*_pre_relu``
+layers), builds a digits activation atlas of ``conv3``, and writes ``OUT/index.html`` showing all of it.
 """
 
 from __future__ import annotations

@@ -98,9 +98,10 @@ class ActivationCapture:
                 raise _StopForward
             # Hand downstream a copy so later in-place ops leave the captured value intact.
             copy = tensor.clone()
-            tangent = next((self._tangents[layer] for layer in layers if layer in self._tangents), None)
-            if tangent is not None:  # forward-mode AD from here on (see __call__'s ``tangents``)
-                copy = torch.autograd.forward_ad.make_dual(copy, tangent)
+            if self._tangents:  # forward-mode AD from here on (see __call__'s ``tangents``)
+                tangent = next((self._tangents[layer] for layer in layers if layer in self._tangents), None)
+                if tangent is not None:
+                    copy = torch.autograd.forward_ad.make_dual(copy, tangent)
             if isinstance(output, tuple):
                 return (copy, *output[1:])
             if isinstance(output, list):

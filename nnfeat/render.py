@@ -164,7 +164,7 @@ def render(
     run_model = _run_model(model, objective.model_layers, fold_batchnorm, channels_last is True)
     auto_channels_last = channels_last is None and default_channels_last(dev, model)
     channels_last = bool(channels_last) or auto_channels_last
-    use_autocast = default_autocast(dev) if autocast is None else bool(autocast)
+    use_autocast = precision_used(dev, autocast) == "bf16"
     amp = (lambda: torch.autocast(dev.type, dtype=torch.bfloat16)) if use_autocast else contextlib.nullcontext
     needs_image = IMAGE in objective.layers
     redirect = RedirectedReLU()
@@ -234,6 +234,21 @@ def to_grey(images: torch.Tensor) -> torch.Tensor:
     """(B, 3, H, W) RGB -> (B, 3, H, W) with each channel the Rec. 601 luma."""
     luma = images.new_tensor([0.299, 0.587, 0.114]).view(1, 3, 1, 1)
     return (images * luma).sum(1, keepdim=True).expand(-1, 3, -1, -1).contiguous()
+
+
+PRECISIONS = ("auto", "fp32", "bf16")
+
+
+def autocast_for(precision: str) -> bool | None:
+    """A ``--precision`` value -> ``render``'s ``autocast`` argument (``auto`` -> None: the device decides)."""
+    if precision not in PRECISIONS:
+        raise NnfeatError(f"unknown precision '{precision}': use one of {', '.join(PRECISIONS)}")
+    return {"auto": None, "fp32": False, "bf16": True}[precision]
+
+
+def precision_used(device: str | torch.device, autocast: bool | None) -> str:
+    """``"bf16"`` or ``"fp32"``: what a render with this ``autocast`` argument runs on ``device``."""
+    return "bf16" if (default_autocast(device) if autocast is None else autocast) else "fp32"
 
 
 def default_autocast(device: str | torch.device) -> bool:

@@ -66,6 +66,7 @@ def test_render_writes_grid_items_and_json_and_same_seed_same_bytes(tmp_path):
     first = nnfeat(*args, "--out", str(tmp_path / "a"))
     assert first.returncode == 0, first.stderr
     second = nnfeat(*args, "--out", str(tmp_path / "b"))
+    assert second.returncode == 0, second.stderr
     for name in ("render.png", "render-0.png", "render-1.png", "render-step4.png"):
         assert (tmp_path / "a" / name).read_bytes() == (tmp_path / "b" / name).read_bytes()
     meta = json.loads((tmp_path / "a" / "render.json").read_text())

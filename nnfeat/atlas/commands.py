@@ -9,6 +9,8 @@ from pathlib import Path
 
 def register(subparsers) -> None:
     """Add the ``atlas`` and ``examples`` sub-commands to an argparse ``subparsers`` object."""
+    from nnfeat.render import PRECISIONS
+
     atlas = subparsers.add_parser(
         "atlas", help="activation atlas of a layer over a dataset (REFERENCE §4)",
         description="Build an activation atlas: sample activations of LAYER over --images, lay them out in 2-D, "
@@ -39,7 +41,7 @@ def register(subparsers) -> None:
                             "(default 0.5: more recognisable icons; 0 is the paper's objective)")
     atlas.add_argument("--transforms", default="auto", choices=("auto", "standard", "none"),
                        help="render transforms (default auto)")
-    atlas.add_argument("--precision", default="auto", choices=("auto", "fp32", "bf16"),
+    atlas.add_argument("--precision", default="auto", choices=PRECISIONS,
                        help="icon render arithmetic (default auto: bf16 where the device has native bf16)")
     atlas.add_argument("--limit", type=int, default=None, help="use only the first N images of the source")
     atlas.add_argument("--device", default=None, help="cpu, cuda, cuda:N, mps (default: cuda when available)")

@@ -37,7 +37,7 @@ from nnfeat.data import ImageSet
 from nnfeat.errors import NnfeatError
 from nnfeat.io import atomic_path, read_json, write_json
 from nnfeat.models.base import Model
-from nnfeat.render import default_autocast
+from nnfeat.render import autocast_for, precision_used
 
 #: Cells list their mean attribution per class only up to this many classes (keeps cells.json small).
 MAX_ATTRIBUTION_CLASSES = 100
@@ -92,8 +92,7 @@ class AtlasSettings:
                 raise NnfeatError(f"--{name.replace('_', '-')} must be at least 1, got {value}")
         if self.min_count is not None and self.min_count < 1:
             raise NnfeatError(f"--min-count must be at least 1, got {self.min_count}")
-        if self.precision not in ("auto", "fp32", "bf16"):
-            raise NnfeatError(f"unknown precision '{self.precision}': use auto, fp32 or bf16")
+        autocast_for(self.precision)  # a one-line error for an unknown value
 
 
 @dataclass
@@ -284,8 +283,8 @@ def build_atlas(model: Model, layer: str, images: ImageSet, out: str | Path, set
 
     # 5. icons -----------------------------------------------------------------------------------
     start = time.perf_counter()
-    autocast = {"auto": None, "fp32": False, "bf16": True}[s.precision]
-    precision = ("bf16" if default_autocast(model.device) else "fp32") if autocast is None else s.precision
+    autocast = autocast_for(s.precision)
+    precision = precision_used(model.device, autocast)
     icons_key = _key("icons", grid_key, s.whiten, s.icon_size, s.steps, s.cossim_pow, s.transforms, s.seed,
                      s.spatial_weight, *([precision] if precision != "fp32" else []))
     icon_dir = out / "icons"
