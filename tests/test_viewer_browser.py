@@ -466,3 +466,44 @@ def test_screenshot_for_people(browser, pages):
     assert shot.std() > 20  # not blank
     assert len(np.unique(shot.reshape(-1, 3)[::97], axis=0)) > 20  # many distinct colours: icons, text, panel
     assert _severe_console_messages(browser) == []
+
+
+@pytest.mark.browser
+def test_scale_by_density_shrinks_sparse_cells_only(browser, pages):
+    """With "Scale by density" on, the densest cell (33 samples) keeps its full icon, a sparse cell (4 samples)
+    shrinks to sqrt(4/33) of its cell around the centre (its corner turns white, its centre keeps the icon colour),
+    empty cells stay white; off again, the plain mosaic is back."""
+    from selenium.webdriver.common.by import By
+
+    _open(browser, pages["top_class"])
+    colours = _icon_colours()
+    box = browser.find_element(By.ID, "density")
+    assert not box.is_selected()
+    assert browser.execute_script("return document.getElementById('density-canvas').hidden;")
+    box.click()
+    assert not browser.execute_script("return document.getElementById('density-canvas').hidden;")
+    pixels = np.asarray(browser.execute_script(
+        "const c = document.getElementById('density-canvas');"
+        "return Array.from(c.getContext('2d').getImageData(0, 0, c.width, c.height).data);"
+    ), dtype=np.int64).reshape(GRID * ICON, GRID * ICON, 4)[..., :3]
+
+    def at(row, col, dy, dx):
+        return pixels[row * ICON + dy, col * ICON + dx]
+
+    dense, sparse = (2, 2), (3, 3)  # counts 33 and 4
+    scale = browser.execute_script("return window.atlasViewer.densityScale({count: 4});")
+    assert scale == pytest.approx(max(0.25, (4 / 33) ** 0.5))
+    assert np.abs(at(*dense, 3, 3) - colours[dense]).max() <= 3  # full size: the corner is icon colour
+    assert at(*sparse, 3, 3).min() >= 250  # shrunk: the corner is white
+    assert np.abs(at(*sparse, ICON // 2 - 1, ICON // 2 - 1) - colours[sparse]).max() <= 3
+    for row, col in EMPTY:
+        assert at(row, col, ICON // 2, ICON // 2).min() >= 250
+    # on screen too: the sparse cell's corner region is white where the plain mosaic shows the icon
+    x, y = _cell_centre(browser, *sparse)
+    rect = _mosaic_rect(browser)
+    corner = (int(x - 0.42 * rect["width"] / GRID), int(y - 0.42 * rect["height"] / GRID))
+    assert _screenshot_array(browser)[corner[1], corner[0]].min() >= 245
+    box.click()
+    assert browser.execute_script("return document.getElementById('density-canvas').hidden;")
+    assert np.abs(_screenshot_array(browser)[corner[1], corner[0]].astype(int) - colours[sparse]).max() <= 3
+    assert _severe_console_messages(browser) == []

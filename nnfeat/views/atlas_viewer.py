@@ -2,13 +2,15 @@
 
 The file embeds the mosaic PNG and member thumbnails as base64 data URLs, the cells as inline JSON,
 and its own CSS and JavaScript. It offers pan (drag), zoom (wheel, buttons, +/- keys), a details panel
-for the hovered (or clicked = pinned) cell, and shading of the cells by attribution to a chosen class.
+for the hovered (or clicked = pinned) cell, shading of the cells by attribution to a chosen class, and
+a "scale by density" view that draws each icon at sqrt(count / max count) of its cell (at least 1/4).
 
 Stable element ids (used by the browser test and handy for scripting): ``#viewport``, ``#stage``,
 ``#mosaic`` (the mosaic <img>), ``#shade`` (overlay canvas, one canvas pixel per grid cell),
 ``#class-frames`` (overlay canvas, 16 px per cell: class-coloured cell frames in "top class" mode),
 ``#hover-box``, ``#details``, ``#detail-count``, ``#detail-class``, ``#detail-cosine``,
-``#detail-labels``, ``#detail-members``, ``#class-select``, ``#zoom-in``, ``#zoom-out``, ``#zoom-fit``.
+``#detail-labels``, ``#detail-members``, ``#class-select``, ``#zoom-in``, ``#zoom-out``, ``#zoom-fit``,
+``#density`` (the checkbox) and ``#density-canvas`` (the density-scaled mosaic, drawn over ``#mosaic``).
 """
 
 from __future__ import annotations
@@ -290,6 +292,10 @@ _HTML = """<!DOCTYPE html>
     <button id="zoom-fit" type="button" title="Fit to window (0)">Fit</button>
   </div>
   <div class="group">
+    <label title="Draw each icon at a size that grows with the square root of its cell's sample count">
+      <input id="density" type="checkbox"> Scale by density</label>
+  </div>
+  <div class="group">
     <label for="class-select">Shade by class</label>
     <select id="class-select"><option value="">none</option><option value="*">top class (colours)</option></select>
   </div>
@@ -299,6 +305,7 @@ _HTML = """<!DOCTYPE html>
   <section id="viewport" tabindex="0" aria-label="Atlas mosaic: drag to pan, wheel to zoom, click a cell to pin it">
     <div id="stage">
       <img id="mosaic" alt="activation atlas mosaic" draggable="false" src="@@MOSAIC@@">
+      <canvas id="density-canvas" hidden></canvas>
       <canvas id="shade"></canvas>
       <canvas id="class-frames"></canvas>
       <div id="pin-box" class="cell-box" hidden></div>
@@ -358,6 +365,7 @@ main { flex: 1; display: flex; min-height: 0; }
 #viewport.dragging { cursor: grabbing; }
 #stage { position: absolute; left: 0; top: 0; transform-origin: 0 0; box-shadow: 0 1px 6px rgba(0, 0, 0, .25); }
 #mosaic { display: block; width: 100%; height: 100%; user-select: none; -webkit-user-drag: none; background: #fff; }
+#density-canvas { position: absolute; left: 0; top: 0; width: 100%; height: 100%; background: #fff; pointer-events: none; }
 #shade, #class-frames { position: absolute; left: 0; top: 0; width: 100%; height: 100%; image-rendering: pixelated;
   pointer-events: none; }
 .cell-box { position: absolute; pointer-events: none; border-style: solid; }
@@ -711,11 +719,31 @@ _JS = r"""
     if (lastPointer) updateHover(lastPointer.x, lastPointer.y);
   });
   new ResizeObserver(() => { if (!view.touched) fit(); }).observe(viewport);
-  mosaic.addEventListener("load", () => { if (shown) drawIcon(shown); });
+  // ---- density: each icon scaled by sqrt(count / max count), at least MIN_DENSITY of its cell (REFERENCE §4.8) ----
+  const densityBox = $("density"), densityCanvas = $("density-canvas"), MIN_DENSITY = 0.25;
+  const maxCount = Math.max(1, ...data.cells.map((c) => c.count || 0));
+  function densityScale(cell) { return Math.max(MIN_DENSITY, Math.sqrt((cell.count || 0) / maxCount)); }
+  function drawDensity() {
+    densityCanvas.hidden = !densityBox.checked;
+    if (!densityBox.checked || !mosaic.complete || !mosaic.naturalWidth) return;
+    densityCanvas.width = mosaic.naturalWidth; densityCanvas.height = mosaic.naturalHeight;
+    const ctx = densityCanvas.getContext("2d");
+    const sx = mosaic.naturalWidth / W, sy = mosaic.naturalHeight / H, w = cellW * sx, h = cellH * sy;
+    ctx.fillStyle = "#fff"; ctx.fillRect(0, 0, densityCanvas.width, densityCanvas.height);
+    ctx.imageSmoothingEnabled = true;
+    for (const cell of data.cells) {
+      const k = densityScale(cell), x = cell.col * w, y = cell.row * h;
+      ctx.drawImage(mosaic, x, y, w, h, x + w * (1 - k) / 2, y + h * (1 - k) / 2, w * k, h * k);
+    }
+  }
+  densityBox.addEventListener("change", drawDensity);
+  mosaic.addEventListener("load", () => { if (shown) drawIcon(shown); drawDensity(); });
 
   fit();
   drawShade();
+  drawDensity();
   // for scripting and tests: the view state and the current cell (read-only use intended)
-  window.atlasViewer = { data: data, view: view, fit: fit, zoomAt: zoomAt, shown: () => shown, pinned: () => pinned };
+  window.atlasViewer = { data: data, view: view, fit: fit, zoomAt: zoomAt, shown: () => shown, pinned: () => pinned,
+                         densityScale: densityScale };
 })();
 """
