@@ -230,7 +230,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("model", help=model_help)
     p.add_argument("expr", nargs="?", help="objective, e.g. 'layer3:5' or 'linear:3 - 0.5*diversity(\"layer2\")'")
     p.add_argument("--objective-file", default=None, help="FILE.py:NAME recipe instead of an expression")
-    p.add_argument("--batch", type=int, default=None, help="number of independent images (default 1)")
+    p.add_argument("--batch", type=int, default=None,
+                   help="number of images (default: the objective's unit count or its highest batch=i + 1, else 1)")
     p.add_argument("--out", default="out/render", help="output folder (default out/render)")
     _add_render_options(p)
     p.set_defaults(func=cmd_render)
