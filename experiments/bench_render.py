@@ -348,7 +348,7 @@ def render_defaults(device: torch.device, model: Model | None = None) -> dict:
     params = inspect.signature(render).parameters
     autocast = params["autocast"].default
     channels_last = params["channels_last"].default
-    use_amp = default_autocast(device) if autocast is None else bool(autocast)
+    use_amp = default_autocast(device, model) if autocast is None else bool(autocast)
     if channels_last is None:  # automatic: channels-last input where it pays
         channels_last = default_channels_last(device, model)
     return {"dtype": torch.bfloat16 if use_amp else None, "channels_last": bool(channels_last),
@@ -521,13 +521,13 @@ def lucent_status(python: Path, pythonpath: str = "") -> str | None:
     return None
 
 
-def lucent_contestants(device: torch.device) -> list[tuple[str, dict]]:
+def lucent_contestants(device: torch.device, model: Model) -> list[tuple[str, dict]]:
     """nnfeat's side of row 3: its defaults, and the other precision (fp32 where the default is bf16)."""
     from nnfeat.render import default_autocast
 
-    if default_autocast(device):
+    if default_autocast(device, model):
         return [("nnfeat (default: bf16)", {}), ("nnfeat autocast=False (fp32)", {"autocast": False})]
-    return [("nnfeat (default: fp32)", {}), ("nnfeat autocast=True (bf16, emulated here)", {"autocast": True})]
+    return [("nnfeat (default: fp32)", {}), ("nnfeat autocast=True (bf16)", {"autocast": True})]
 
 
 def row_lucent(plan: Plan, models: _Models, log, lucent_python: Path, workdir: Path, pythonpath: str = "",
@@ -539,7 +539,7 @@ def row_lucent(plan: Plan, models: _Models, log, lucent_python: Path, workdir: P
     out = {"case": case.__dict__, "label": case.label, "steps": plan.lucent_steps, "channels": channels,
            "nnfeat_settings": "render() defaults: fft + decorrelation, auto transforms, Adam 0.05, "
                               "redirected ReLU 16 steps, BatchNorm folding, channels-last input on CPU, "
-                              "bf16 autocast where the device has native bf16 (render.default_autocast)",
+                              "bf16 autocast where it pays (render.default_autocast)",
            "lucent_settings": "render_vis: param.image(fft, decorrelate), standard_transforms, Adam 0.05, "
                               f"fixed_image_size={case.size}, preprocess=False (normalization inside the model)"}
     reason = lucent_status(lucent_python, pythonpath)
@@ -549,7 +549,7 @@ def row_lucent(plan: Plan, models: _Models, log, lucent_python: Path, workdir: P
         return out
     import numpy as np
 
-    contestants = lucent_contestants(plan.device)
+    contestants = lucent_contestants(plan.device, model)
     worker = LucentWorker(lucent_python, worker_log or workdir / "lucent_worker.log", pythonpath)
     request = {"model": case.model, "weights": case.weights, "layer": case.layer, "channels": channels,
                "size": case.size, "device": str(plan.device), "threads": plan.threads}

@@ -230,7 +230,7 @@ def _main(argv) -> int:
 
     out = Path(args.out) / "quality"
     settings = {"model": model.name, "judges": [j.name for j in judges], "steps": steps, "lr": args.lr,
-                "precision": precision_used(model.device, autocast_for(args.precision)),
+                "precision": precision_used(model.device, autocast_for(args.precision), model),
                 "restarts": restarts, "size": size, "seed": args.seed, "classes": classes,
                 "units_per_layer": per_layer, "dataset": str(source), "dataset_images": len(images)}
     previous = {}

@@ -122,8 +122,9 @@ def render(
         channels_last: run convolutions in channels-last memory format. Default (None): channels-last input
             on the CPU for networks with 2-D convolutions (see :func:`default_channels_last`), falling back to
             contiguous input if the network rejects it; True also converts the weights (of a cached copy).
-        autocast: bf16 autocast of the model's forward pass. Default (None): on where the device computes
-            bf16 natively (see :func:`default_autocast`), else float32. The objective, the images, the
+        autocast: bf16 autocast of the model's forward pass. Default (None): on where it is measured to pay
+            (native bf16 hardware; on the CPU, dense-convolution networks; see :func:`default_autocast`),
+            else float32. The objective, the images, the
             optimizer and ``final_values`` stay float32 either way.
     Returns:
         :class:`RenderResult`.
@@ -164,7 +165,7 @@ def render(
     run_model = _run_model(model, objective.model_layers, fold_batchnorm, channels_last is True)
     auto_channels_last = channels_last is None and default_channels_last(dev, model)
     channels_last = bool(channels_last) or auto_channels_last
-    use_autocast = precision_used(dev, autocast) == "bf16"
+    use_autocast = precision_used(dev, autocast, model) == "bf16"
     amp = (lambda: torch.autocast(dev.type, dtype=torch.bfloat16)) if use_autocast else contextlib.nullcontext
     needs_image = IMAGE in objective.layers
     redirect = RedirectedReLU()
@@ -246,29 +247,43 @@ def autocast_for(precision: str) -> bool | None:
     return {"auto": None, "fp32": False, "bf16": True}[precision]
 
 
-def precision_used(device: str | torch.device, autocast: bool | None) -> str:
-    """``"bf16"`` or ``"fp32"``: what a render with this ``autocast`` argument runs on ``device``."""
-    return "bf16" if (default_autocast(device) if autocast is None else autocast) else "fp32"
+def precision_used(device: str | torch.device, autocast: bool | None, model: Model | None = None) -> str:
+    """``"bf16"`` or ``"fp32"``: what a render of ``model`` with this ``autocast`` argument runs on ``device``."""
+    return "bf16" if (default_autocast(device, model) if autocast is None else autocast) else "fp32"
 
 
-def default_autocast(device: str | torch.device) -> bool:
-    """What ``autocast=None`` means: bf16 autocast where the device has native bf16 arithmetic.
+def default_autocast(device: str | torch.device, model: Model | None = None) -> bool:
+    """What ``autocast=None`` means: bf16 autocast where it is measured to pay, else float32.
 
     * CUDA: GPUs with native bf16 (compute capability 8.0 and later).
-    * CPU: x86 CPUs with AVX512-BF16 or AMX, where oneDNN runs bf16 convolutions and matmuls in hardware.
-      ``experiments/bench_render.py`` measured a render step at 0.62x the float32 time there, with the
-      same final activation. Elsewhere bf16 is emulated and slower than float32, so float32 is kept.
+    * CPU: only on x86 CPUs with AVX512-BF16 or AMX (elsewhere bf16 is emulated, slower than float32),
+      and only for networks made of dense convolutions (:func:`cpu_bf16_pays`). Measured render steps,
+      bf16 / fp32 time on such a CPU (``experiments/bench_precision.py``): cifar10-resnet20 0.65,
+      resnet50 0.61, swin_t 0.59, densenet121 0.72, googlenet 0.72; but mobilenet_v3_small 1.60 and
+      efficientnet_b0 1.53 (depthwise convolutions) and vit_b_16 3.28 (``nn.MultiheadAttention``: its bf16
+      batched matmuls take a slow copying path on the CPU). Final activations match float32 (README).
     * Other devices: float32.
 
-    The result depends only on the hardware, so a seed still gives the same image on the same machine.
-    Pass ``autocast=False`` (CLI ``--precision fp32``) for float32 everywhere.
+    The result depends only on the hardware and the architecture, so a seed still gives the same image
+    on the same machine. Pass ``autocast=False`` (CLI ``--precision fp32``) for float32 everywhere.
     """
     device = torch.device(device)
     if device.type == "cuda":
         return torch.cuda.is_available() and torch.cuda.is_bf16_supported(including_emulation=False)
     if device.type == "cpu":
-        return cpu_has_native_bf16()
+        return cpu_has_native_bf16() and (model is None or cpu_bf16_pays(model))
     return False
+
+
+def cpu_bf16_pays(model: Model) -> bool:
+    """Whether bf16 autocast speeds up a CPU render of ``model`` (see :func:`default_autocast`): the network
+    has 2-D convolutions, none of them grouped or depthwise (``groups > 1``), and no ``nn.MultiheadAttention``.
+    Conservative: it leaves out some networks where bf16 also pays (convnext's depthwise blocks measured
+    0.58x), never one where it was measured slower."""
+    modules = list(model.net.modules())
+    convs = [m for m in modules if isinstance(m, nn.Conv2d)]
+    return (bool(convs) and all(m.groups == 1 for m in convs)
+            and not any(isinstance(m, nn.MultiheadAttention) for m in modules))
 
 
 def cpu_has_native_bf16() -> bool:

@@ -158,3 +158,28 @@ def test_per_item_renders_different_objectives_in_one_batch():
     assert min(green[1], blue[1]) - red[1] > 0.3
     with pytest.raises(NnfeatError, match="at least one"):
         O.per_item([])
+
+
+def test_cpu_bf16_default_only_for_dense_convolution_networks():
+    """bf16 autocast is the CPU default only where it was measured faster: dense-convolution networks. Depthwise
+    convolutions (mobilenet) and nn.MultiheadAttention (ViT) measured 1.5x and 3.2x slower in bf16, so they stay
+    fp32; and nothing is bf16 by default on a CPU without native bf16."""
+    from torchvision.models import mobilenet_v3_small, resnet18
+    from torchvision.models.vision_transformer import VisionTransformer
+
+    from nnfeat.render import cpu_bf16_pays, cpu_has_native_bf16, default_autocast, precision_used
+
+    torch.manual_seed(0)
+    dense = Model(resnet18(), input_size=64)
+    depthwise = Model(mobilenet_v3_small(), input_size=64)
+    vit = Model(VisionTransformer(image_size=32, patch_size=8, num_layers=1, num_heads=2, hidden_dim=16, mlp_dim=32),
+                input_size=32)
+    assert cpu_bf16_pays(dense) and cpu_bf16_pays(colour_model((1.0, 0.0, 0.0)))
+    assert not cpu_bf16_pays(depthwise) and not cpu_bf16_pays(vit)
+    assert not cpu_bf16_pays(Model(nn.Sequential(nn.Flatten(), nn.Linear(3 * 8 * 8, 4)), input_size=8))
+    native = cpu_has_native_bf16()
+    assert default_autocast("cpu", dense) is native
+    assert default_autocast("cpu", depthwise) is False and default_autocast("cpu", vit) is False
+    assert precision_used("cpu", None, vit) == "fp32" and precision_used("cpu", True, vit) == "bf16"
+    result = render(vit, O.channel("encoder", [0, 1]), size=32, steps=2, progress=False)
+    assert result.settings["precision"] == "fp32"

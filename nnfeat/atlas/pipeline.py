@@ -284,7 +284,7 @@ def build_atlas(model: Model, layer: str, images: ImageSet, out: str | Path, set
     # 5. icons -----------------------------------------------------------------------------------
     start = time.perf_counter()
     autocast = autocast_for(s.precision)
-    precision = precision_used(model.device, autocast)
+    precision = precision_used(model.device, autocast, model)
     icons_key = _key("icons", grid_key, s.whiten, s.icon_size, s.steps, s.cossim_pow, s.transforms, s.seed,
                      s.spatial_weight, *([precision] if precision != "fp32" else []))
     icon_dir = out / "icons"
