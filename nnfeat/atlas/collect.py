@@ -213,8 +213,8 @@ def _sample_batch(capture: ActivationCapture, batch: torch.Tensor, layer: str, p
 def attribution_mode(model: Model, layer: str, size, per_image: int, logits: int) -> str:
     """``"forward"`` or ``"backward"``: the cheaper way to get K class attributions, from a FLOP count.
 
-    Forward mode costs about ``per_image`` dual-number passes of the whole network (~1.5x a forward
-    each); backward mode one forward plus K backward passes of the part after ``layer`` (~2x its
+    Forward mode costs one forward plus ``per_image`` dual-number passes of the whole network (~1.5x a
+    forward each); backward mode one forward plus K backward passes of the part after ``layer`` (~2x its
     forward each). FLOPs (``torch.utils.flop_counter``, convolutions and matmuls) of one probe image
     decide, so the choice is the same on every run: for CIFAR ``layer3`` (10 classes, only the pooled
     linear head after it) backward wins; for ``inception4c`` of a 1000-class GoogLeNet, forward mode
@@ -230,7 +230,7 @@ def attribution_mode(model: Model, layer: str, size, per_image: int, logits: int
             capture(probe)
         counts.append(counter.get_total_flops())
     before, total = counts
-    forward_cost = per_image * 1.5 * total
+    forward_cost = total + per_image * 1.5 * total  # the plain pass that reads the activation, then the JVPs
     backward_cost = total + logits * 2.0 * max(total - before, 0)
     return "forward" if forward_cost < backward_cost else "backward"
 
