@@ -38,7 +38,7 @@ sys.path.insert(0, str(ROOT))
 from nnfeat.atlas import AtlasSettings, build_atlas  # noqa: E402
 from nnfeat.data import load_images  # noqa: E402
 from nnfeat.io import write_json  # noqa: E402
-from nnfeat.render import PRECISIONS  # noqa: E402
+from nnfeat.device import PRECISIONS  # noqa: E402
 
 
 def parse_args() -> argparse.Namespace:

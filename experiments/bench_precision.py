@@ -2,7 +2,7 @@
 
 For each network: a real ``nnfeat.render`` of 4 channels (one per item), the two precisions interleaved,
 ``--repeats`` times ``--steps`` steps each after a 2-step warm-up; the table gives the best ms/step of
-each precision, their ratio, and what ``--precision auto`` picks (``nnfeat.render.default_autocast``).
+each precision, their ratio, and what ``--precision auto`` picks (``nnfeat.device.default_autocast``).
 Random weights for the torchvision networks (shapes decide the speed, not the values).
 
     NNFEAT_WEIGHTS_PATH=../shared/models python experiments/bench_precision.py
@@ -25,7 +25,8 @@ if not os.environ.get("NNFEAT_WEIGHTS_PATH") and (ROOT.parent / "shared" / "mode
 
 from nnfeat import objectives as O  # noqa: E402
 from nnfeat.models.zoo import load_model  # noqa: E402
-from nnfeat.render import cpu_has_native_bf16, precision_used, render  # noqa: E402
+from nnfeat.device import cpu_has_native_bf16, precision_used  # noqa: E402
+from nnfeat.rendering import render  # noqa: E402
 
 CASES = [  # (model, weights, layer, size, batch)
     ("cifar10-resnet20", "pretrained", "layer3", 64, 16),

@@ -74,11 +74,13 @@ except ImportError:  # pragma: no cover - depends on how the repo is set up
 from nnfeat import objectives as O  # noqa: E402
 from nnfeat.errors import NnfeatError  # noqa: E402
 from nnfeat.io import write_json, write_text  # noqa: E402
-from nnfeat.models.base import OUTPUT, Model, channel_count  # noqa: E402
+from nnfeat.layouts import OUTPUT, channel_count  # noqa: E402
+from nnfeat.models.base import Model  # noqa: E402
 from nnfeat.models.fold import folded_copy  # noqa: E402
 from nnfeat.models.zoo import load_model  # noqa: E402
 from nnfeat.param import image_param  # noqa: E402
-from nnfeat.render import evaluate, render, resolve_device  # noqa: E402
+from nnfeat.device import resolve_device  # noqa: E402
+from nnfeat.rendering import evaluate, render  # noqa: E402
 from nnfeat.transforms import make_transforms  # noqa: E402
 
 LUCENT_PYTHON = REPO_ROOT / ".venv-lucent" / "bin" / "python"
@@ -343,7 +345,7 @@ def render_defaults(device: torch.device, model: Model | None = None) -> dict:
     """The dtype, input memory format and BatchNorm folding :func:`nnfeat.render` uses by default."""
     import inspect
 
-    from nnfeat.render import default_autocast, default_channels_last
+    from nnfeat.device import default_autocast, default_channels_last
 
     params = inspect.signature(render).parameters
     autocast = params["autocast"].default
@@ -523,7 +525,7 @@ def lucent_status(python: Path, pythonpath: str = "") -> str | None:
 
 def lucent_contestants(device: torch.device, model: Model) -> list[tuple[str, dict]]:
     """nnfeat's side of row 3: its defaults, and the other precision (fp32 where the default is bf16)."""
-    from nnfeat.render import default_autocast
+    from nnfeat.device import default_autocast
 
     if default_autocast(device, model):
         return [("nnfeat (default: bf16)", {}), ("nnfeat autocast=False (fp32)", {"autocast": False})]

@@ -28,7 +28,7 @@ import quality as Q
 import nnfeat
 from nnfeat import objectives as O
 from nnfeat.errors import NnfeatError
-from nnfeat.models.base import OUTPUT
+from nnfeat.layouts import OUTPUT
 from nnfeat.spectrum import dataset_spectrum, power_law_spectrum
 
 NAME = "fig10_maco"

@@ -42,9 +42,8 @@ import nnfeat
 from nnfeat import objectives as O
 from nnfeat.errors import NnfeatError
 from nnfeat.hooks import ActivationCapture
-from nnfeat.models.base import OUTPUT
-from nnfeat.objectives import channels_first
-from nnfeat.render import PRECISIONS, autocast_for, precision_used
+from nnfeat.layouts import OUTPUT, channels_first
+from nnfeat.device import PRECISIONS, autocast_for, precision_used
 
 #: id -> (description, render settings). ``param`` "maco" is built here from the dataset spectrum.
 CONFIGS: dict[str, tuple[str, dict]] = {

@@ -12,7 +12,7 @@ from nnfeat import objectives
 from nnfeat.errors import NnfeatError
 from nnfeat.expr import parse_objective
 from nnfeat.models.base import Model
-from nnfeat.render import RenderResult, evaluate, render
+from nnfeat.rendering import RenderResult, evaluate, render
 
 __version__ = "0.1.0"
 

@@ -18,7 +18,7 @@ from nnfeat.errors import NnfeatError
 
 def _load_model(args):
     from nnfeat.models.zoo import load_model
-    from nnfeat.render import resolve_device
+    from nnfeat.device import resolve_device
 
     resolve_device(getattr(args, "device", None))  # a one-line error for an unavailable device, before any loading
     return load_model(args.model, weights=getattr(args, "weights", "pretrained"), device=getattr(args, "device", None))
@@ -101,7 +101,7 @@ def _param_and_spectrum(args) -> tuple[str, object]:
 
 
 def _render_kwargs(args) -> dict:
-    from nnfeat.render import autocast_for
+    from nnfeat.device import autocast_for
 
     thresholds = [int(t) for t in args.thresholds.split(",")] if args.thresholds else None
     kind, spectrum = _param_and_spectrum(args)
@@ -113,7 +113,7 @@ def _render_kwargs(args) -> dict:
 
 def cmd_render(args) -> int:
     from nnfeat.io import save_grid, save_image, write_json
-    from nnfeat.render import render
+    from nnfeat.rendering import render
 
     model = _load_model(args)
     objective = _objective_from_args(args, model)
@@ -182,7 +182,7 @@ def cmd_demo(args) -> int:
 
 def _add_render_options(p: argparse.ArgumentParser, *, steps: int = 256) -> None:
     from nnfeat.param import PARAM_KINDS
-    from nnfeat.render import PRECISIONS
+    from nnfeat.device import PRECISIONS
     from nnfeat.transforms import TRANSFORM_PRESETS
 
     p.add_argument("--size", type=int, default=None, help="image size in px (default: the model's input size)")

@@ -13,7 +13,7 @@ from pathlib import Path
 from nnfeat.io import save_image, write_json
 from nnfeat.models.zoo import load_model
 from nnfeat.objectives import logit
-from nnfeat.render import render
+from nnfeat.rendering import render
 from nnfeat.views.gallery import write_gallery
 
 DEMO_LAYER = "bn2"  # conv2 itself has no bias; a few of its channels cannot exceed 0 on grey input

@@ -18,11 +18,11 @@ from typing import Sequence
 
 import torch
 
-from nnfeat.atlas.collect import positions_view
 from nnfeat.data import ImageSet, load_images
 from nnfeat.errors import NnfeatError
 from nnfeat.hooks import ActivationCapture
-from nnfeat.models.base import Model, channel_count
+from nnfeat.layouts import channel_count, positions_view
+from nnfeat.models.base import Model
 
 SCORES = ("mean", "max")
 

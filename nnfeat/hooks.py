@@ -5,8 +5,13 @@
 no work is done past it. Hooks are removed on exit, also on error.
 
 Layer names are the network's dotted module names (``layer3.1.conv2``), ``output`` for the network's
-output, or ``name#k`` for the k-th call (0-based) of a module called several times in one forward pass
-(a shared ``ReLU``). A plain name means the first call.
+output, ``name#k`` for the k-th call (0-based) of a module called several times in one forward pass
+(a shared ``ReLU``; a plain name means the first call) and ``name[i]`` for element i of a module that
+returns a tuple (attention modules return ``(output, weights)``; a plain name means element 0). See
+:mod:`nnfeat.layouts`. For an nnfeat ``Model`` the names are those of its wrapped network ``model.net``;
+for any other ``nn.Module``, its own.
+
+This module depends on ``torch.nn`` and the leaf modules only, so every stage can use it.
 
 Each captured activation is the module's own output. Downstream code gets a copy, so a later in-place
 op (``ReLU(inplace=True)``, ``out += identity``) cannot overwrite the captured value, and gradients flow
@@ -18,23 +23,36 @@ from __future__ import annotations
 from typing import Sequence
 
 import torch
+from torch import nn
 
-from nnfeat.errors import NnfeatError
-from nnfeat.models.base import OUTPUT, Model
+from nnfeat.errors import NnfeatError, unknown_layer
+from nnfeat.layouts import OUTPUT, parse_layer_ref
 
 
 class _StopForward(Exception):
     """Raised inside a hook once every requested activation is captured."""
 
 
-def split_call(layer: str) -> tuple[str, int]:
-    """``"relu#2"`` -> ``("relu", 2)``; ``"relu"`` -> ``("relu", 0)``."""
-    if "#" in layer:
-        base, idx = layer.rsplit("#", 1)
-        if not idx.isdigit():
-            raise NnfeatError(f"bad call index in layer '{layer}': expected NAME#K with K an integer")
-        return base, int(idx)
-    return layer, 0
+def layer_root(model: nn.Module) -> nn.Module:
+    """The module whose dotted names layer references use: an nnfeat ``Model``'s network, else ``model``."""
+    net = getattr(model, "net", None)
+    return net if isinstance(net, nn.Module) else model
+
+
+def find_module(model: nn.Module, layer: str) -> nn.Module:
+    """The submodule a layer reference names (``#call``/``[element]`` ignored), or a one-line error with the
+    nearest valid names."""
+    base = parse_layer_ref(layer).base
+    modules = dict(layer_root(model).named_modules())
+    if base == "" or base not in modules:
+        raise unknown_layer(layer, [OUTPUT, *(n for n in modules if n)])
+    return modules[base]
+
+
+def check_layer(model: nn.Module, layer: str) -> None:
+    """Raise a one-line error unless ``layer`` is :data:`OUTPUT` or names a submodule of ``model``."""
+    if layer != OUTPUT:
+        find_module(model, layer)
 
 
 class ActivationCapture:
@@ -47,17 +65,18 @@ class ActivationCapture:
             acts["layer3"]           # (B, 64, 8, 8)
     """
 
-    def __init__(self, model: Model, layers: Sequence[str]) -> None:
+    def __init__(self, model: nn.Module, layers: Sequence[str]) -> None:
         self.model = model
         self.layers = list(dict.fromkeys(layers))
         self.need_output = OUTPUT in self.layers
-        # (module name, call index) -> requested layer strings ("relu" and "relu#0" name the same call)
-        self._wanted: dict[tuple[str, int], list[str]] = {}
+        # (module name, call index) -> [(requested layer string, tuple element)] ("relu" and "relu#0" are one call)
+        self._wanted: dict[tuple[str, int], list[tuple[str, int]]] = {}
         for layer in self.layers:
             if layer == OUTPUT:
                 continue
-            model.check_layer(layer)
-            self._wanted.setdefault(split_call(layer), []).append(layer)
+            check_layer(model, layer)
+            ref = parse_layer_ref(layer)
+            self._wanted.setdefault((ref.base, ref.call), []).append((layer, ref.element))
         self._handles: list = []
         self._tangents: dict[str, torch.Tensor] = {}
         self._acts: dict[str, torch.Tensor] = {}
@@ -67,7 +86,7 @@ class ActivationCapture:
     def __enter__(self) -> "ActivationCapture":
         try:
             for base in dict.fromkeys(b for b, _ in self._wanted):
-                module = self.model.module(base)
+                module = find_module(self.model, base)
                 self._handles.append(module.register_forward_hook(self._make_hook(base)))
         except BaseException:
             self.close()
@@ -87,26 +106,33 @@ class ActivationCapture:
         def hook(_module, _inputs, output):
             call = self._calls.get(base, 0)
             self._calls[base] = call + 1
-            layers = self._wanted.get((base, call))
-            if layers is None:
+            wanted = self._wanted.get((base, call))
+            if wanted is None:
                 return None
-            tensor = output[0] if isinstance(output, (tuple, list)) else output
-            for layer in layers:
-                self._acts[layer] = tensor
+            parts = list(output) if isinstance(output, (tuple, list)) else [output]
+            for layer, element in wanted:
+                if element >= len(parts) or not torch.is_tensor(parts[element]):
+                    kinds = ", ".join(f"[{i}] {type(p).__name__}" for i, p in enumerate(parts))
+                    raise NnfeatError(f"layer '{layer}' selects output element {element}, but '{base}' returns "
+                                      f"{kinds}: pick a tensor element")
+                self._acts[layer] = parts[element]
             self._pending -= 1
             if self._pending == 0 and not self.need_output:
                 raise _StopForward
-            # Hand downstream a copy so later in-place ops leave the captured value intact.
-            copy = tensor.clone()
-            if self._tangents:  # forward-mode AD from here on (see __call__'s ``tangents``)
-                tangent = next((self._tangents[layer] for layer in layers if layer in self._tangents), None)
-                if tangent is not None:
-                    copy = torch.autograd.forward_ad.make_dual(copy, tangent)
+            # Hand downstream a copy of each captured element so later in-place ops leave it intact.
+            for element in sorted({e for _, e in wanted}):
+                copy = parts[element].clone()
+                if self._tangents:  # forward-mode AD from here on (see __call__'s ``tangents``)
+                    tangent = next((self._tangents[layer] for layer, e in wanted
+                                    if e == element and layer in self._tangents), None)
+                    if tangent is not None:
+                        copy = torch.autograd.forward_ad.make_dual(copy, tangent)
+                parts[element] = copy
             if isinstance(output, tuple):
-                return (copy, *output[1:])
+                return tuple(parts)
             if isinstance(output, list):
-                return [copy, *output[1:]]
-            return copy
+                return parts
+            return parts[0]
 
         return hook
 
@@ -133,6 +159,6 @@ class ActivationCapture:
             pass
         if len(self._acts) != len(self.layers):
             missing = [layer for layer in self.layers if layer not in self._acts]
-            detail = ", ".join(f"{m} (called {self._calls.get(split_call(m)[0], 0)} times)" for m in missing)
+            detail = ", ".join(f"{m} (called {self._calls.get(parse_layer_ref(m).base, 0)} times)" for m in missing)
             raise NnfeatError(f"layer(s) not reached in the forward pass: {detail}")
         return self._acts

@@ -13,9 +13,10 @@ import torch
 
 from nnfeat.errors import NnfeatError
 from nnfeat.io import read_json, save_grid, save_image, write_json
-from nnfeat.models.base import Model, channel_count
+from nnfeat.layouts import channel_count
+from nnfeat.models.base import Model
 from nnfeat.objectives import channel as channel_objective
-from nnfeat.render import render
+from nnfeat.rendering import render
 
 
 def _json_value(value):

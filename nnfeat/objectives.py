@@ -29,9 +29,7 @@ import torch
 import torch.nn.functional as F
 
 from nnfeat.errors import NnfeatError
-from nnfeat.models.base import OUTPUT, channel_count
-
-IMAGE = "image"
+from nnfeat.layouts import IMAGE, OUTPUT, at_position, channel_count, channels_first
 
 Acts = dict[str, torch.Tensor]
 ScoreFn = Callable[[Acts], torch.Tensor]
@@ -207,34 +205,6 @@ def _fmt(number: float) -> str:
 def _paren(obj: Objective) -> str:
     d = obj.description
     return f"({d})" if any(s in d for s in (" + ", " - ", " * ", " / ")) else d
-
-
-# ---------------------------------------------------------------------------------------------------
-# Activation layout helpers
-
-
-def channels_first(act: torch.Tensor) -> torch.Tensor:
-    """Any supported activation -> (B, C, S) with S the flattened positions (1 for vectors)."""
-    if act.dim() == 4:
-        return act.flatten(2)
-    if act.dim() == 3:  # (B, N, C) tokens
-        return act.transpose(1, 2)
-    if act.dim() == 2:
-        return act.unsqueeze(-1)
-    raise NnfeatError(f"unsupported activation shape {tuple(act.shape)}: expected (B,C,H,W), (B,N,C) or (B,C)")
-
-
-def at_position(act: torch.Tensor, x: int | None, y: int | None) -> torch.Tensor:
-    """The activation vector at one position: (B,C,H,W) -> (B,C) (centre by default); (B,N,C) -> (B,C); (B,C) as is."""
-    if act.dim() == 4:
-        h, w = act.shape[-2:]
-        return act[:, :, h // 2 if y is None else y, w // 2 if x is None else x]
-    if act.dim() == 3:
-        n = act.shape[1]
-        return act[:, n // 2 if x is None else x, :]
-    if act.dim() == 2:
-        return act
-    raise NnfeatError(f"unsupported activation shape {tuple(act.shape)}: expected (B,C,H,W), (B,N,C) or (B,C)")
 
 
 def _select_channels(view: torch.Tensor, channels: Sequence[int]) -> torch.Tensor:

@@ -18,6 +18,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from nnfeat.errors import NnfeatError
+from nnfeat.layouts import size2
 
 #: Square root of ImageNet's colour correlation matrix (Lucid), rows = RGB output channels.
 COLOR_CORRELATION_SQRT = torch.tensor(
@@ -27,8 +28,10 @@ COLOR_CORRELATION_SQRT = torch.tensor(
 COLOR_MEAN = (0.48, 0.46, 0.41)
 
 
-def _size2(size: int | Sequence[int]) -> tuple[int, int]:
-    return (int(size), int(size)) if isinstance(size, int) else (int(size[0]), int(size[1]))
+def decorrelation_matrix() -> torch.Tensor:
+    """(3, 3) the colour mixing that decorrelated images go through: :data:`COLOR_CORRELATION_SQRT` scaled so
+    its largest column norm is 1 (Olah et al., "Feature Visualization", Distill 2017; Lucid's numbers)."""
+    return COLOR_CORRELATION_SQRT / COLOR_CORRELATION_SQRT.norm(dim=0).max()
 
 
 def _randn(shape: Sequence[int], sd: float, generator: torch.Generator | None) -> torch.Tensor:
@@ -42,7 +45,7 @@ class PixelImage(nn.Module):
     def __init__(self, size, batch: int = 1, channels: int = 3, sd: float = 0.01,
                  generator: torch.Generator | None = None) -> None:
         super().__init__()
-        h, w = _size2(size)
+        h, w = size2(size)
         self.pixels = nn.Parameter(_randn((batch, channels, h, w), sd, generator))
 
     def forward(self) -> torch.Tensor:
@@ -68,7 +71,7 @@ class FourierImage(nn.Module):
     def __init__(self, size, batch: int = 1, channels: int = 3, sd: float = 0.01, decay_power: float = 1.0,
                  generator: torch.Generator | None = None) -> None:
         super().__init__()
-        self.h, self.w = _size2(size)
+        self.h, self.w = size2(size)
         self.channels = channels
         self.spectrum = nn.Parameter(_randn((batch, channels, self.h, self.w // 2 + 1, 2), sd, generator))
         self.register_buffer("scale", fourier_scale(self.h, self.w, decay_power).to(self.spectrum.device),
@@ -111,7 +114,7 @@ class CPPNImage(nn.Module):
 
     Items have independent weights, run together as grouped 1x1 convolutions (no loop over items).
     Its weights are far more sensitive than Fourier coefficients: at Adam lr 0.05 renders saturate to flat
-    colours, so :func:`nnfeat.render.render` uses ``default_lr`` (0.005) unless given ``lr``.
+    colours, so :func:`nnfeat.render` uses ``default_lr`` (0.005) unless given ``lr``.
     """
 
     default_lr = 0.005
@@ -119,7 +122,7 @@ class CPPNImage(nn.Module):
     def __init__(self, size, batch: int = 1, channels: int = 3, hidden: int = 24, layers: int = 8,
                  generator: torch.Generator | None = None) -> None:
         super().__init__()
-        h, w = _size2(size)
+        h, w = size2(size)
         self.batch = batch
         device = generator.device if generator is not None else "cpu"
         ys = torch.linspace(-math.sqrt(3), math.sqrt(3), h, device=device).view(h, 1).expand(h, w)
@@ -160,7 +163,7 @@ class SharedComponents(nn.Module):
     def __init__(self, size, batch: int = 1, channels: int = 3, factors: Sequence[int] = (2, 4, 8, 16),
                  sd: float = 0.01, generator: torch.Generator | None = None) -> None:
         super().__init__()
-        self.h, self.w = _size2(size)
+        self.h, self.w = size2(size)
         self.batch = batch
         self.parts = nn.ParameterList(
             nn.Parameter(_randn((1, channels, max(1, self.h // f), max(1, self.w // f)), sd, generator))
@@ -194,8 +197,7 @@ class ColorDecorrelation(nn.Module):
 
     def __init__(self) -> None:
         super().__init__()
-        matrix = COLOR_CORRELATION_SQRT / COLOR_CORRELATION_SQRT.norm(dim=0).max()
-        self.register_buffer("matrix", matrix, persistent=False)
+        self.register_buffer("matrix", decorrelation_matrix(), persistent=False)
 
     def forward(self, raw: torch.Tensor) -> torch.Tensor:
         return decorrelate_colors(raw, self.matrix)
@@ -291,7 +293,7 @@ def image_param(kind: str = "fft", size=128, batch: int = 1, *, decorrelate: boo
     elif kind == "maco":
         if magnitude is None:
             raise NnfeatError("the 'maco' parameterization needs a magnitude spectrum: run `nnfeat spectrum --images SRC`")
-        h, w = _size2(size)
+        h, w = size2(size)
         mag_shape = tuple(torch.as_tensor(magnitude).shape[-2:])
         if mag_shape != (h, w // 2 + 1):
             got = f"{mag_shape[0]}x{(mag_shape[1] - 1) * 2}" if len(mag_shape) == 2 else str(mag_shape)

@@ -29,6 +29,7 @@ import numpy as np
 import torch
 
 from nnfeat.errors import NnfeatError
+from nnfeat.layouts import size2
 
 SPACES = ("param", "pixel")
 #: Bump when the computation changes, so old cache entries are not reused.
@@ -37,19 +38,11 @@ CACHE_VERSION = 1
 SIGMOID_GAIN = 4.0
 
 
-def _size2(size) -> tuple[int, int]:
-    if isinstance(size, int):
-        return (size, size)
-    h, w = (int(s) for s in size)
-    return (h, w)
-
-
 def _decorrelation_inverse() -> torch.Tensor:
     """(3, 3) inverse of the colour decorrelation matrix that :class:`nnfeat.param.ColorDecorrelation` applies."""
-    from nnfeat.param import COLOR_CORRELATION_SQRT
+    from nnfeat.param import decorrelation_matrix
 
-    matrix = COLOR_CORRELATION_SQRT / COLOR_CORRELATION_SQRT.norm(dim=0).max()
-    return torch.linalg.inv(matrix.double()).float()
+    return torch.linalg.inv(decorrelation_matrix().double()).float()
 
 
 def image_magnitudes(images: torch.Tensor, space: str = "param") -> torch.Tensor:
@@ -75,7 +68,7 @@ def power_law_spectrum(size, contrast: float = 0.2, decay: float = 1.0, space: s
 
     if space not in SPACES:
         raise NnfeatError(f"unknown spectrum space '{space}': use {' or '.join(SPACES)}")
-    h, w = _size2(size)
+    h, w = size2(size)
     shape = fourier_scale(h, w, decay)
     shape[0, 0] = 0.0
     # Parseval (orthonormal FFT): sum over the full spectrum of |F|^2 = sum of pixels^2 = H*W*std^2.
@@ -90,10 +83,9 @@ def power_law_spectrum(size, contrast: float = 0.2, decay: float = 1.0, space: s
     if space == "param":
         # Natural colours are correlated as the decorrelation matrix D encodes: x = D z with z white, so in
         # param space (4 z) every channel has the same magnitude, 4 / (mean row norm of D) times the pixel one.
-        from nnfeat.param import COLOR_CORRELATION_SQRT
+        from nnfeat.param import decorrelation_matrix
 
-        matrix = COLOR_CORRELATION_SQRT / COLOR_CORRELATION_SQRT.norm(dim=0).max()
-        magnitude = magnitude * (SIGMOID_GAIN / matrix.norm(dim=1).mean())
+        magnitude = magnitude * (SIGMOID_GAIN / decorrelation_matrix().norm(dim=1).mean())
     return magnitude
 
 
@@ -115,7 +107,7 @@ def spectrum_cache_path(images, size, space: str = "param") -> Path:
     """Where :func:`dataset_spectrum` caches the spectrum of ``images`` (an :class:`nnfeat.data.ImageSet`)."""
     from nnfeat.models.weights import nnfeat_home
 
-    key = json.dumps({"v": CACHE_VERSION, "images": _fingerprint(images), "n": len(images), "size": list(_size2(size)),
+    key = json.dumps({"v": CACHE_VERSION, "images": _fingerprint(images), "n": len(images), "size": list(size2(size)),
                       "space": space}, sort_keys=True)
     return nnfeat_home() / "spectra" / f"{hashlib.sha256(key.encode()).hexdigest()[:24]}.pt"
 
@@ -139,7 +131,7 @@ def dataset_spectrum(source, size, *, space: str = "param", limit: int | None = 
 
     if space not in SPACES:
         raise NnfeatError(f"unknown spectrum space '{space}': use {' or '.join(SPACES)}")
-    h, w = _size2(size)
+    h, w = size2(size)
     if h < 2 or w < 2:
         raise NnfeatError(f"spectrum size must be at least 2x2, got {h}x{w}")
     images = source if isinstance(source, ImageSet) else load_images(source, size=(h, w))

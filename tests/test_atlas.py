@@ -20,6 +20,7 @@ from nnfeat.atlas.pipeline import class_selection, resolve_class
 from nnfeat.data import load_images
 from nnfeat.errors import NnfeatError
 from nnfeat.hooks import ActivationCapture
+from nnfeat.layouts import positions_view
 
 # small, fast settings: 32 px icons (the model's size), few steps
 FAST = dict(n=400, per_image=2, layout="pca", grid=4, min_count=3, steps=4, batch=4, icon_size=32)
@@ -366,7 +367,7 @@ def test_attribution_by_forward_mode_equals_one_backward_per_class(model, case):
     with ActivationCapture(net, [layer, "output"]) as capture:
         with torch.no_grad():
             acts = capture(images)
-        view = C.positions_view(acts[layer])
+        view = positions_view(acts[layer])
         pick = torch.rand(view.shape[0], view.shape[1]).argsort(1)[:, :3]
         picked, attributions = C._sample_batch(capture, images, layer, pick, acts["output"].shape[1], "forward")
         expected = C._attributions_backward(capture, images, layer, pick, picked, acts["output"].shape[1])

@@ -16,7 +16,8 @@ from torch import nn
 from nnfeat import objectives as O
 from nnfeat.models.base import Model
 from nnfeat.relu import redirected_relu
-from nnfeat.render import default_channels_last, render
+from nnfeat.device import default_channels_last
+from nnfeat.rendering import render
 
 REPO = Path(__file__).resolve().parents[1]
 

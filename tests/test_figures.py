@@ -177,7 +177,7 @@ def test_script_entry_point_reports_user_errors_in_one_line(tmp_path):
 @pytest.mark.parametrize("name", ["inceptionv1", "torchvision:googlenet"])
 def test_paper_units_exist_in_the_imagenet_models(name):
     """The full-mode units name real layers and channels (checked on randomly initialised nets: no download)."""
-    from nnfeat.models.base import channel_count
+    from nnfeat.layouts import channel_count
     from nnfeat.models.zoo import load_model
 
     figures = _module("_figures")

@@ -10,7 +10,7 @@ from torch import nn
 from nnfeat import objectives as O
 from nnfeat.errors import NnfeatError
 from nnfeat.models.base import Model
-from nnfeat.render import render
+from nnfeat.rendering import render
 
 
 def colour_model(weights) -> Model:
@@ -167,7 +167,7 @@ def test_cpu_bf16_default_only_for_dense_convolution_networks():
     from torchvision.models import mobilenet_v3_small, resnet18
     from torchvision.models.vision_transformer import VisionTransformer
 
-    from nnfeat.render import cpu_bf16_pays, cpu_has_native_bf16, default_autocast, precision_used
+    from nnfeat.device import cpu_bf16_pays, cpu_has_native_bf16, default_autocast, precision_used
 
     torch.manual_seed(0)
     dense = Model(resnet18(), input_size=64)

@@ -30,7 +30,8 @@ from nnfeat.data import ImageSet
 from nnfeat.errors import NnfeatError
 from nnfeat.hooks import ActivationCapture
 from nnfeat.io import read_json, write_json
-from nnfeat.models.base import OUTPUT, Model
+from nnfeat.layouts import OUTPUT, positions_view
+from nnfeat.models.base import Model
 
 META_FILE = "collect.json"
 
@@ -45,17 +46,6 @@ def stage_seed(seed: int, stage: str, index: int = 0) -> int:
 def generator(seed: int, stage: str, index: int = 0) -> torch.Generator:
     """A CPU torch.Generator seeded from (seed, stage, index)."""
     return torch.Generator().manual_seed(stage_seed(seed, stage, index))
-
-
-def positions_view(act: torch.Tensor) -> torch.Tensor:
-    """Any activation -> (B, P, C): conv maps (B,C,H,W) -> positions y*W+x; tokens (B,N,C); vectors (B,C) -> P=1."""
-    if act.dim() == 4:
-        return act.flatten(2).transpose(1, 2)
-    if act.dim() == 3:
-        return act
-    if act.dim() == 2:
-        return act.unsqueeze(1)
-    raise NnfeatError(f"unsupported activation shape {tuple(act.shape)}: expected (B,C,H,W), (B,N,C) or (B,C)")
 
 
 @dataclass
@@ -285,4 +275,4 @@ def _bar(total: int, done: int, desc: str, enabled: bool):
     return tqdm(total=total, initial=done, desc=desc, unit="batch", leave=False)
 
 
-__all__ = ["collect", "load_collected", "Collected", "positions_view", "stage_seed", "generator", "model_logit_count"]
+__all__ = ["collect", "load_collected", "Collected", "stage_seed", "generator", "model_logit_count"]

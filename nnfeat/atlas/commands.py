@@ -9,7 +9,7 @@ from pathlib import Path
 
 def register(subparsers) -> None:
     """Add the ``atlas`` and ``examples`` sub-commands to an argparse ``subparsers`` object."""
-    from nnfeat.render import PRECISIONS
+    from nnfeat.device import PRECISIONS
 
     atlas = subparsers.add_parser(
         "atlas", help="activation atlas of a layer over a dataset (REFERENCE §4)",
@@ -70,7 +70,7 @@ def _load_model(name: str, device: str | None):
     import torch
 
     from nnfeat.models.zoo import load_model
-    from nnfeat.render import resolve_device
+    from nnfeat.device import resolve_device
 
     if device is None:
         device = "cuda" if torch.cuda.is_available() else "cpu"

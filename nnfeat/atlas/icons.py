@@ -31,7 +31,8 @@ from nnfeat.atlas.collect import stage_seed
 from nnfeat.hooks import ActivationCapture
 from nnfeat.io import read_json, save_image, write_json
 from nnfeat.models.base import Model
-from nnfeat.objectives import at_position, direction, direction_neuron_cossim
+from nnfeat.layouts import at_position
+from nnfeat.objectives import direction, direction_neuron_cossim
 
 
 def icon_name(row: int, col: int) -> str:
@@ -84,7 +85,7 @@ def render_icons(model: Model, layer: str, vectors: np.ndarray, rows: np.ndarray
         on_batch: called as ``on_batch(batch_index, batch_count)`` after each batch is saved (it may raise,
             e.g. KeyboardInterrupt, to stop the stage; the saved batches stay).
     """
-    from nnfeat.render import render
+    from nnfeat.rendering import render
 
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)

@@ -37,7 +37,7 @@ from nnfeat.data import ImageSet
 from nnfeat.errors import NnfeatError
 from nnfeat.io import atomic_path, read_json, write_json
 from nnfeat.models.base import Model
-from nnfeat.render import autocast_for, precision_used
+from nnfeat.device import autocast_for, precision_used
 
 #: Cells list their mean attribution per class only up to this many classes (keeps cells.json small).
 MAX_ATTRIBUTION_CLASSES = 100

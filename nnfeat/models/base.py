@@ -12,12 +12,9 @@ from typing import Sequence
 import torch
 from torch import nn
 
-from nnfeat.errors import NnfeatError, unknown_layer
-
-#: Virtual layer name for the network's final output (logits); hooks are not needed for it.
-OUTPUT = "output"
-
-_LUMA = (0.299, 0.587, 0.114)
+from nnfeat.errors import NnfeatError
+from nnfeat.hooks import ActivationCapture, check_layer, find_module
+from nnfeat.layouts import LUMA, OUTPUT, channel_count
 
 
 class Model(nn.Module):
@@ -56,7 +53,7 @@ class Model(nn.Module):
             raise NnfeatError(f"mean/std need {self.in_channels} values for a {self.in_channels}-channel model")
         self.register_buffer("mean", torch.tensor(mean, dtype=torch.float32).view(1, -1, 1, 1), persistent=False)
         self.register_buffer("std", torch.tensor(std, dtype=torch.float32).view(1, -1, 1, 1), persistent=False)
-        self.register_buffer("luma", torch.tensor(_LUMA, dtype=torch.float32).view(1, 3, 1, 1), persistent=False)
+        self.register_buffer("luma", torch.tensor(LUMA, dtype=torch.float32).view(1, 3, 1, 1), persistent=False)
         self._shape_cache: dict[tuple, dict[str, torch.Size]] = {}
 
     # ----------------------------------------------------------------------------------------------
@@ -87,17 +84,12 @@ class Model(nn.Module):
         return [n for n, _ in self.net.named_modules() if n]
 
     def module(self, name: str) -> nn.Module:
-        """The submodule called ``name`` (a ``#k`` call suffix is ignored), or a one-line error."""
-        base = name.split("#", 1)[0]
-        modules = dict(self.net.named_modules())
-        if base not in modules or base == "":
-            raise unknown_layer(name, [OUTPUT, *self.layer_names()])
-        return modules[base]
+        """The submodule a layer reference names (``#k`` and ``[i]`` suffixes ignored), or a one-line error."""
+        return find_module(self, name)
 
     def check_layer(self, name: str) -> None:
         """Raise a one-line :class:`NnfeatError` unless ``name`` is a layer of this model."""
-        if name != OUTPUT:
-            self.module(name)
+        check_layer(self, name)
 
     @torch.no_grad()
     def layer_shapes(self, layers: Sequence[str], size: tuple[int, int] | None = None) -> dict[str, torch.Size]:
@@ -105,8 +97,6 @@ class Model(nn.Module):
 
         Returns ``{layer: torch.Size([1, C, H, W])}`` (or (1, N, C) for tokens, (1, C) for vectors).
         """
-        from nnfeat.hooks import ActivationCapture
-
         size = tuple(size or self.input_size)
         key = (size, tuple(sorted(set(layers))))
         if key not in self._shape_cache:
@@ -160,13 +150,6 @@ class Model(nn.Module):
         if torch.is_tensor(out):
             rows.append((OUTPUT, tuple(out.shape[1:]), channel_count(tuple(out.shape[1:]))))
         return rows
-
-
-def channel_count(shape_wo_batch: tuple[int, ...]) -> int:
-    """Channels of an activation shape without batch: (C,H,W)->C, (N,C)->C tokens-last, (C,)->C."""
-    if len(shape_wo_batch) == 3:
-        return shape_wo_batch[0]
-    return shape_wo_batch[-1] if shape_wo_batch else 1
 
 
 def as_model(model: nn.Module | Model) -> Model:

@@ -17,11 +17,13 @@ from typing import Callable, Iterable, Sequence
 import torch
 from torch import nn
 
+from nnfeat.device import default_channels_last, precision_used, resolve_device
 from nnfeat.errors import NnfeatError
 from nnfeat.hooks import ActivationCapture
+from nnfeat.layouts import IMAGE, size2, to_grey
 from nnfeat.models.base import Model, as_model
 from nnfeat.models.fold import folded_copy
-from nnfeat.objectives import IMAGE, Objective
+from nnfeat.objectives import Objective
 from nnfeat.param import DEFAULT_LR, ImageParam, image_param, random_backgrounds
 from nnfeat.relu import RedirectedReLU
 from nnfeat.transforms import make_transforms
@@ -49,27 +51,6 @@ class RenderResult:
     def final(self) -> torch.Tensor:
         """(B, 3, H, W) the images at the last threshold."""
         return self.images[max(self.images)]
-
-
-def resolve_device(device: str | torch.device | None, model: Model | None = None) -> torch.device:
-    """``None`` -> the model's device (CPU for a fresh model); a one-line error for unavailable CUDA/MPS."""
-    if device is None:
-        return model.device if model is not None else torch.device("cpu")
-    try:
-        dev = torch.device(device)
-    except (RuntimeError, TypeError):
-        raise NnfeatError(f"unknown device '{device}': use cpu, cuda, cuda:N or mps") from None
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise NnfeatError(f"device '{device}' requested but no CUDA GPU is available: use --device cpu")
-    if dev.type == "cuda" and dev.index is not None and dev.index >= torch.cuda.device_count():
-        raise NnfeatError(f"device '{device}' does not exist: valid are cuda:0..cuda:{torch.cuda.device_count() - 1}")
-    if dev.type == "mps" and not torch.backends.mps.is_available():
-        raise NnfeatError(f"device '{device}' requested but MPS is not available: use --device cpu")
-    return dev
-
-
-def _size2(size) -> tuple[int, int]:
-    return (int(size), int(size)) if isinstance(size, int) else (int(size[0]), int(size[1]))
 
 
 def render(
@@ -136,8 +117,8 @@ def render(
         raise NnfeatError(f"steps must be at least 1; got {steps}")
     dev = resolve_device(device, model)
     model = model.to(dev)
-    size = _size2(size or model.input_size)
-    input_size = _size2(model_input_size or size)
+    size = size2(size or model.input_size)
+    input_size = size2(model_input_size or size)
 
     # Validate layers and units before any work: one-line errors with nearest names and valid ranges.
     for layer in objective.model_layers:
@@ -229,88 +210,6 @@ def render(
         elapsed=elapsed,
         settings=settings,
     )
-
-
-def to_grey(images: torch.Tensor) -> torch.Tensor:
-    """(B, 3, H, W) RGB -> (B, 3, H, W) with each channel the Rec. 601 luma."""
-    luma = images.new_tensor([0.299, 0.587, 0.114]).view(1, 3, 1, 1)
-    return (images * luma).sum(1, keepdim=True).expand(-1, 3, -1, -1).contiguous()
-
-
-PRECISIONS = ("auto", "fp32", "bf16")
-
-
-def autocast_for(precision: str) -> bool | None:
-    """A ``--precision`` value -> ``render``'s ``autocast`` argument (``auto`` -> None: the device decides)."""
-    if precision not in PRECISIONS:
-        raise NnfeatError(f"unknown precision '{precision}': use one of {', '.join(PRECISIONS)}")
-    return {"auto": None, "fp32": False, "bf16": True}[precision]
-
-
-def precision_used(device: str | torch.device, autocast: bool | None, model: Model | None = None) -> str:
-    """``"bf16"`` or ``"fp32"``: what a render of ``model`` with this ``autocast`` argument runs on ``device``."""
-    return "bf16" if (default_autocast(device, model) if autocast is None else autocast) else "fp32"
-
-
-def default_autocast(device: str | torch.device, model: Model | None = None) -> bool:
-    """What ``autocast=None`` means: bf16 autocast where it is measured to pay, else float32.
-
-    * CUDA: GPUs with native bf16 (compute capability 8.0 and later).
-    * CPU: only on x86 CPUs with AVX512-BF16 or AMX (elsewhere bf16 is emulated, slower than float32),
-      and only for networks made of dense convolutions (:func:`cpu_bf16_pays`). Measured render steps,
-      bf16 / fp32 time on such a CPU (``experiments/bench_precision.py``): cifar10-resnet20 0.65,
-      resnet50 0.61, swin_t 0.59, densenet121 0.72, googlenet 0.72; but mobilenet_v3_small 1.60 and
-      efficientnet_b0 1.53 (depthwise convolutions) and vit_b_16 3.28 (``nn.MultiheadAttention``: its bf16
-      batched matmuls take a slow copying path on the CPU). Final activations match float32 (README).
-    * Other devices: float32.
-
-    The result depends only on the hardware and the architecture, so a seed still gives the same image
-    on the same machine. Pass ``autocast=False`` (CLI ``--precision fp32``) for float32 everywhere.
-    """
-    device = torch.device(device)
-    if device.type == "cuda":
-        return torch.cuda.is_available() and torch.cuda.is_bf16_supported(including_emulation=False)
-    if device.type == "cpu":
-        return cpu_has_native_bf16() and (model is None or cpu_bf16_pays(model))
-    return False
-
-
-def cpu_bf16_pays(model: Model) -> bool:
-    """Whether bf16 autocast speeds up a CPU render of ``model`` (see :func:`default_autocast`): the network
-    has 2-D convolutions, none of them grouped or depthwise (``groups > 1``), and no ``nn.MultiheadAttention``.
-    Conservative: it leaves out some networks where bf16 also pays (convnext's depthwise blocks measured
-    0.58x), never one where it was measured slower."""
-    modules = list(model.net.modules())
-    convs = [m for m in modules if isinstance(m, nn.Conv2d)]
-    return (bool(convs) and all(m.groups == 1 for m in convs)
-            and not any(isinstance(m, nn.MultiheadAttention) for m in modules))
-
-
-def cpu_has_native_bf16() -> bool:
-    """True when this CPU has AVX512-BF16 or AMX tiles and torch's oneDNN backend is available.
-
-    torch has no public query for this; its ``torch.cpu._is_avx512_bf16_supported`` and
-    ``_is_amx_tile_supported`` (present since torch 2.1) are used when they exist, and False otherwise.
-    """
-    if not torch.backends.mkldnn.is_available():
-        return False
-    probes = [getattr(torch.cpu, name, None) for name in ("_is_avx512_bf16_supported", "_is_amx_tile_supported")]
-    try:
-        return any(bool(probe()) for probe in probes if callable(probe))
-    except (RuntimeError, AttributeError):
-        return False
-
-
-def default_channels_last(device: torch.device, model: Model | None = None) -> bool:
-    """What ``channels_last=None`` means: channels-last input on the CPU when the network has 2-D convolutions.
-
-    oneDNN's channels-last convolutions measured 8-20 % faster per render step than contiguous NCHW on every
-    CPU configuration of ``experiments/bench_render.py``; converting the input is enough (conv outputs keep
-    its format), so the network itself is not copied. Other devices keep NCHW until measured there.
-    """
-    if torch.device(device).type != "cpu":
-        return False
-    return model is None or any(isinstance(m, nn.Conv2d) for m in model.net.modules())
 
 
 def _first_forward(capture: ActivationCapture, seen: torch.Tensor) -> tuple[dict[str, torch.Tensor], bool]:
