@@ -571,7 +571,7 @@ def row_lucent(plan: Plan, models: _Models, log, lucent_python: Path, workdir: P
                 _sync(plan.device)
                 runs[name]["wall_s"].append(time.perf_counter() - start)
                 runs[name]["cpu_s"].append(time.process_time() - cpu_start)
-                runs[name]["act"].append(float(evaluate(model, obj, result.final).mean()))
+                runs[name]["act"].append(float(evaluate(model, obj, result.images).mean()))
             path = workdir / f"lucent_{rep}.npy"
             answer = worker.render({**request, "steps": plan.lucent_steps, "seed": rep, "out": str(path)})
             images = torch.from_numpy(np.load(path)).permute(0, 3, 1, 2).contiguous()

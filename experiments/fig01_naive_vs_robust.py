@@ -41,8 +41,8 @@ def _main(argv):
         run.log(f"{label}: {steps} steps")
         result = run.render(objective, steps=steps, thresholds=thresholds, **kwargs)
         panels, entries = [], []
-        for step in sorted(result.images):
-            image = result.images[step]
+        for step in sorted(result.history):
+            image = result.history[step]
             value = F.evaluate_each(run.model, objective, image)[0]
             hf = F.high_frequency_share(image)[0]
             panels.append(F.Panel(image[0], f"step {step}: {value:.3g}"))

@@ -31,9 +31,9 @@ def _main(argv):
     run.log(f"{F.unit_label(unit)}: {thresholds[-1]} steps")
     result = run.render(objective, steps=thresholds[-1], thresholds=thresholds)
     panels, entries = [], []
-    for step in sorted(result.images):
-        value = F.evaluate_each(run.model, objective, result.images[step])[0]
-        panels.append(F.Panel(result.images[step][0], f"step {step}: {value:.3g}"))
+    for step in sorted(result.history):
+        value = F.evaluate_each(run.model, objective, result.history[step])[0]
+        panels.append(F.Panel(result.history[step][0], f"step {step}: {value:.3g}"))
         entries.append({"step": step, "objective": value})
     curve = result.values[:, 0].tolist()
     rows = [(F.unit_label(unit), panels), ("objective per step", [F.Panel(F.curve_image({"objective": curve}), "")])]

@@ -41,8 +41,8 @@ def _main(argv):
     result = run.render(O.per_item(list(objectives.values())), steps=steps)
     panels, entries = [], {}
     for i, (label, objective) in enumerate(objectives.items()):
-        value = F.evaluate_each(run.model, objective, result.final[i : i + 1])[0]
-        panels.append(F.Panel(result.final[i], f"{label}: {value:.3g}"))
+        value = F.evaluate_each(run.model, objective, result.images[i : i + 1])[0]
+        panels.append(F.Panel(result.images[i], f"{label}: {value:.3g}"))
         entries[label] = {"objective": objective.description, "value": value}
     F.save_figure(run, [("objective", panels)],
                   caption="One render, one objective per batch item: a neuron (centre position), a channel, a whole "

@@ -46,10 +46,10 @@ def _main(argv):
     diverse = run.render(base + weight * O.diversity(layer), batch=BATCH, steps=steps)
     rows, numbers = [], {}
     for label, result in (("channel only", plain), (f"channel + {weight:.3g} x diversity", diverse)):
-        values = F.evaluate_each(run.model, base, result.final)
-        similarity = gram_similarity(run.model, layer, result.final)
+        values = F.evaluate_each(run.model, base, result.images)
+        similarity = gram_similarity(run.model, layer, result.images)
         rows.append((f"{label} (Gram similarity {similarity:.2f})",
-                     [F.Panel(img, f"{v:.3g}") for img, v in zip(result.final, values)]))
+                     [F.Panel(img, f"{v:.3g}") for img, v in zip(result.images, values)]))
         numbers[label] = {"channel_values": values, "gram_similarity": similarity}
     F.save_figure(run, rows, caption=f"Channel {layer}:{channel}, 4 images per row. Adding the diversity term "
                   "makes the batch show different facets of the unit.",

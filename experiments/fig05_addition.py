@@ -30,11 +30,11 @@ def _main(argv):
     steps = run.steps(512, 6)
     run.log(f"{F.unit_label(unit_a)}, {F.unit_label(unit_b)} and their sum, {steps} steps")
     result = run.render(O.per_item([a, b, a + b]), steps=steps)
-    values_a = F.evaluate_each(run.model, a, result.final)
-    values_b = F.evaluate_each(run.model, b, result.final)
+    values_a = F.evaluate_each(run.model, a, result.images)
+    values_b = F.evaluate_each(run.model, b, result.images)
     labels = [F.unit_label(unit_a), F.unit_label(unit_b), f"{F.unit_label(unit_a)} + {F.unit_label(unit_b)}"]
     panels = [F.Panel(img, f"{label}: a={va:.3g}, b={vb:.3g}")
-              for img, label, va, vb in zip(result.final, labels, values_a, values_b)]
+              for img, label, va, vb in zip(result.images, labels, values_a, values_b)]
     F.save_figure(run, [("a, b, a + b", panels)],
                   caption=f"a = {labels[0]}, b = {labels[1]}; the third image maximizes a + b and shows both.",
                   data={"a": labels[0], "b": labels[1], "steps": steps,

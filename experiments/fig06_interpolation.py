@@ -36,10 +36,10 @@ def _main(argv):
     steps = run.steps(512, 6)
     run.log(f"{F.unit_label(unit_a)} -> {F.unit_label(unit_b)}, {frames} frames, {steps} steps")
     result = run.render(objective, batch=frames, param="fft+shared", steps=steps)
-    values_a = F.evaluate_each(run.model, a, result.final)
-    values_b = F.evaluate_each(run.model, b, result.final)
+    values_a = F.evaluate_each(run.model, a, result.images)
+    values_b = F.evaluate_each(run.model, b, result.images)
     panels = [F.Panel(img, f"t={i / (frames - 1):.2f} a={va:.3g} b={vb:.3g}")
-              for i, (img, va, vb) in enumerate(zip(result.final, values_a, values_b))]
+              for i, (img, va, vb) in enumerate(zip(result.images, values_a, values_b))]
     F.save_figure(run, [(f"{F.unit_label(unit_a)} to {F.unit_label(unit_b)}", panels)],
                   caption=f"Frames interpolating from a = {F.unit_label(unit_a)} to b = {F.unit_label(unit_b)}; "
                   f"shared low-resolution components plus {ALIGNMENT_WEIGHT:g} x alignment({unit_a[0]}).",

@@ -40,15 +40,15 @@ def _main(argv):
     penalties = {"L1 (toward grey)": O.l1(), "total variation": O.total_variation(), "blur": O.blur()}
     weights = {}
     for name, penalty in penalties.items():
-        at_plain = F.evaluate_each(run.model, penalty, plain.final)[0]
+        at_plain = F.evaluate_each(run.model, penalty, plain.images)[0]
         weights[name] = STRENGTH * abs(value) / max(at_plain, 1e-8)
     run.log("L1, TV and blur in one batch; weights " + ", ".join(f"{k} {w:.3g}" for k, w in weights.items()))
     regularized = run.render(O.per_item([objective - weights[k] * p for k, p in penalties.items()]),
                              transforms="none", **pixels)
     robust = run.render(objective, transforms="auto", **pixels)
-    images = {"none": plain.final[0]}
-    images.update({k: regularized.final[i] for i, k in enumerate(penalties)})
-    images["transformation robustness"] = robust.final[0]
+    images = {"none": plain.images[0]}
+    images.update({k: regularized.images[i] for i, k in enumerate(penalties)})
+    images["transformation robustness"] = robust.images[0]
     panels, numbers = [], {}
     for name, image in images.items():
         act = F.evaluate_each(run.model, objective, image[None])[0]

@@ -38,10 +38,10 @@ def _main(argv):
     steps = run.steps(512, 6)
     run.log(f"positive and negative optimization, {steps} steps")
     result = run.render(O.per_item([objective, -objective]), steps=steps)
-    rendered = F.evaluate_each(run.model, objective, result.final)
+    rendered = F.evaluate_each(run.model, objective, result.images)
     rows = []
-    for sign, examples, image, value in (("positive", found.top, result.final[0], rendered[0]),
-                                          ("negative", found.bottom, result.final[1], rendered[1])):
+    for sign, examples, image, value in (("positive", found.top, result.images[0], rendered[0]),
+                                          ("negative", found.bottom, result.images[1], rendered[1])):
         patches = example_patches(images, examples, run.model.input_size)
         panels = [F.Panel(image, f"optimized: {value:.3g}")]
         panels += [F.Panel(p, f"#{e.index}: {e.score:.3g}") for p, e in zip(patches, examples)]

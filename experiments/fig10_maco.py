@@ -81,9 +81,9 @@ def _main(argv):
         values = [float(v) for v in result.final_values]
         ratios = [values[i] / float(maxima[u[0]][u[1]]) if maxima is not None and maxima[u[0]][u[1]] > 0 else None
                   for i, u in enumerate(units)]
-        renders = result.final[len(units):]
+        renders = result.images[len(units):]
         verdicts = Q.judge(judges, renders, targets) if judges else {}
-        panels = [F.Panel(result.final[i], f"{F.unit_label(u)}: {values[i]:.3g}" +
+        panels = [F.Panel(result.images[i], f"{F.unit_label(u)}: {values[i]:.3g}" +
                           ("" if ratios[i] is None else f" ({ratios[i]:.2f} x max)")) for i, u in enumerate(units)]
         names = run.model.classes
         panels += [F.Panel(renders[i], f"logit {c}" + (f" ({names[c]})" if names is not None else ""))

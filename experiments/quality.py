@@ -129,7 +129,7 @@ def measure_config(model, judges, settings: dict, *, classes, restarts: int, uni
     seconds = time.perf_counter() - start
     values = result.final_values
     n = len(targets)
-    renders = result.final[:n]
+    renders = result.images[:n]
     logit_max = maxima[OUTPUT]
     logit_ratio = torch.stack([values[i] / logit_max[c] for i, c in enumerate(targets)])
     unit_ratio = torch.stack([values[n + k] / maxima[layer][ch] for k, (layer, ch) in enumerate(units)]) \

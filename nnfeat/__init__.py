@@ -5,7 +5,7 @@ Quick start::
     import nnfeat
     model = nnfeat.load_model("cifar10-resnet20")
     result = nnfeat.render(model, nnfeat.objectives.channel("layer3", 5), steps=256)
-    result.final            # (1, 3, 32, 32) RGB in [0, 1]
+    result.images            # (1, 3, 32, 32) RGB in [0, 1]
 """
 
 from nnfeat import objectives

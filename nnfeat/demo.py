@@ -31,7 +31,7 @@ def run_demo(out: Path, *, steps: int = 256, atlas: bool = True, progress: bool 
 
     result = render(model, logit(list(range(10))), size=32, steps=steps, seed=0, progress=progress)
     logit_items = []
-    for c, (image, value) in enumerate(zip(result.final, result.final_values.tolist())):
+    for c, (image, value) in enumerate(zip(result.images, result.final_values.tolist())):
         save_image(out / "logits" / f"logit-{c}.png", image)
         logit_items.append({"src": f"logits/logit-{c}.png", "caption": f"digit {c} (logit {value:.1f})"})
 

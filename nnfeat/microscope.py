@@ -74,7 +74,7 @@ def microscope(model: Model, layer: str, channels: str | list[int] | None, *, ou
         kwargs = dict(render_kwargs)
         kwargs["seed"] = int(render_kwargs.get("seed", 0)) * 100003 + chunk[0]
         result = render(model, channel_objective(layer, chunk), batch=len(chunk), progress=False, **kwargs)
-        for c, image, value in zip(chunk, result.final, result.final_values.tolist()):
+        for c, image, value in zip(chunk, result.images, result.final_values.tolist()):
             save_image(out / f"channel-{c}.png", image)
             manifest["channels"][str(c)] = {"value": value, "image": f"channel-{c}.png"}
         write_json(manifest_path, manifest)

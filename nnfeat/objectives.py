@@ -30,6 +30,7 @@ import torch.nn.functional as F
 
 from nnfeat.errors import NnfeatError
 from nnfeat.layouts import IMAGE, OUTPUT, at_position, channel_count, channels_first
+from nnfeat.units import check_position, format_units
 
 Acts = dict[str, torch.Tensor]
 ScoreFn = Callable[[Acts], torch.Tensor]
@@ -181,15 +182,12 @@ class Objective:
 
 
 def _check_position(layer: str, shape: tuple[int, ...], position: tuple[int | None, int | None]) -> None:
+    """``(y, x)`` of a neuron (None: the centre) checked with the unit grammar's rule for this layout."""
     y, x = position
     if len(shape) == 3:
-        h, w = shape[1], shape[2]
-        if y is not None and not 0 <= y < h:
-            raise NnfeatError(f"y={y} out of range for layer '{layer}' of size {h}x{w}: valid y is 0..{h - 1}")
-        if x is not None and not 0 <= x < w:
-            raise NnfeatError(f"x={x} out of range for layer '{layer}' of size {h}x{w}: valid x is 0..{w - 1}")
-    elif len(shape) == 2 and x is not None and not 0 <= x < shape[0]:
-        raise NnfeatError(f"token x={x} out of range for layer '{layer}' with {shape[0]} tokens: valid is 0..{shape[0] - 1}")
+        check_position(layer, shape, (y, x))
+    elif len(shape) == 2:
+        check_position(layer, shape, (x,))
 
 
 def _merge_batch(a: int | None, b: int | None) -> int | None:
@@ -272,8 +270,15 @@ def neuron(layer: str, channel: int | Sequence[int], x: int | None = None, y: in
     def fn(acts: Acts) -> torch.Tensor:
         return _select_channels(at_position(acts[layer], x, y), channels)
 
-    pos = "" if x is None and y is None else f", x={x}, y={y}"
-    return Objective(_batch_mask(fn, batch), [layer], f"neuron({layer}:{_chan_desc(channels)}{pos})",
+    if x is None and y is None:
+        desc = f"neuron({_q(layer)}, {_chan_arg(channels)})"
+    elif y is None:
+        desc = format_units(layer, channels, (x,))
+    elif x is not None:
+        desc = format_units(layer, channels, (y, x))
+    else:
+        desc = f"neuron({_q(layer)}, {_chan_arg(channels)}, y={y})"
+    return Objective(_batch_mask(fn, batch), [layer], _batch_desc(desc, batch),
                      [UnitRef(layer, channels, (y, x))], _units_batch(channels))
 
 
@@ -284,8 +289,8 @@ def channel(layer: str, channel: int | Sequence[int], batch: int | None = None) 
     def fn(acts: Acts) -> torch.Tensor:
         return _select_channels(channels_first(acts[layer]), channels).mean(-1)
 
-    return Objective(_batch_mask(fn, batch), [layer], f"{layer}:{_chan_desc(channels)}",
-                     [UnitRef(layer, channels)], _units_batch(channels))
+    desc = format_units(layer, channels) if batch is None else f"channel({_q(layer)}, {_chan_arg(channels)}, batch={batch})"
+    return Objective(_batch_mask(fn, batch), [layer], desc, [UnitRef(layer, channels)], _units_batch(channels))
 
 
 def deepdream(layer: str, batch: int | None = None) -> Objective:
@@ -294,7 +299,7 @@ def deepdream(layer: str, batch: int | None = None) -> Objective:
     def fn(acts: Acts) -> torch.Tensor:
         return acts[layer].flatten(1).pow(2).mean(1)
 
-    return Objective(_batch_mask(fn, batch), [layer], f"deepdream({layer})", [UnitRef(layer)])
+    return Objective(_batch_mask(fn, batch), [layer], _batch_desc(f"deepdream({_q(layer)})", batch), [UnitRef(layer)])
 
 
 layer_objective = deepdream
@@ -312,7 +317,7 @@ def direction(layer: str, vectors: torch.Tensor | Sequence[float], batch: int | 
         v = vec.to(view.device, view.dtype)
         return (view * v.unsqueeze(-1)).sum(1).mean(-1)
 
-    return Objective(_batch_mask(fn, batch), [layer], f"direction({layer})",
+    return Objective(_batch_mask(fn, batch), [layer], f"direction({_q(layer)}, <{vec.shape[-1]}-vector>)",
                      [UnitRef(layer, vector_length=vec.shape[-1])], vec.shape[0] if vec.dim() == 2 else None)
 
 
@@ -333,7 +338,8 @@ def direction_neuron_cossim(layer: str, vectors: torch.Tensor | Sequence[float],
         cos = (dot / (1e-4 + h.norm(dim=-1))).clamp_min(0.1)
         return dot * cos.pow(cossim_pow)
 
-    return Objective(_batch_mask(fn, batch), [layer], f"direction_neuron_cossim({layer}, p={_fmt(cossim_pow)})",
+    return Objective(_batch_mask(fn, batch), [layer],
+                     f"direction_neuron_cossim({_q(layer)}, <{vec.shape[-1]}-vector>, cossim_pow={_fmt(cossim_pow)})",
                      [UnitRef(layer, position=(y, x), vector_length=vec.shape[-1])],
                      vec.shape[0] if vec.dim() == 2 else None)
 
@@ -341,7 +347,7 @@ def direction_neuron_cossim(layer: str, vectors: torch.Tensor | Sequence[float],
 def logit(cls: int | Sequence[int], batch: int | None = None) -> Objective:
     """The network output (logit) of class ``cls`` (or one class per batch item)."""
     obj = channel(OUTPUT, cls, batch)
-    obj.description = f"logit({_chan_desc(_as_channels(cls))})"
+    obj.description = _batch_desc(f"logit({_chan_arg(_as_channels(cls))})", batch)
     return obj
 
 
@@ -352,7 +358,7 @@ def softmax(cls: int | Sequence[int], batch: int | None = None) -> Objective:
     def fn(acts: Acts) -> torch.Tensor:
         return _select_channels(torch.softmax(acts[OUTPUT].flatten(1), dim=1), classes)
 
-    return Objective(_batch_mask(fn, batch), [OUTPUT], f"softmax({_chan_desc(classes)})",
+    return Objective(_batch_mask(fn, batch), [OUTPUT], _batch_desc(f"softmax({_chan_arg(classes)})", batch),
                      [UnitRef(OUTPUT, classes)], _units_batch(classes))
 
 
@@ -373,7 +379,7 @@ def diversity(layer: str) -> Objective:
         off_diagonal = sim.sum(1) - sim.diagonal()
         return -off_diagonal / (b - 1)
 
-    return Objective(fn, [layer], f"diversity({layer})", [UnitRef(layer)])
+    return Objective(fn, [layer], f"diversity({_q(layer)})", [UnitRef(layer)])
 
 
 def alignment(layer: str, decay_ratio: float = 2.0, max_distance: int = 4) -> Objective:
@@ -390,7 +396,7 @@ def alignment(layer: str, decay_ratio: float = 2.0, max_distance: int = 4) -> Ob
             total = total + (act[d:] - act[:-d]).pow(2).mean(1).sum() / decay_ratio**d
         return (-total / b).expand(b)
 
-    return Objective(fn, [layer], f"alignment({layer})", [UnitRef(layer)])
+    return Objective(fn, [layer], f"alignment({_q(layer)})", [UnitRef(layer)])
 
 
 def l1(constant: float = 0.5, layer: str = IMAGE) -> Objective:
@@ -399,7 +405,8 @@ def l1(constant: float = 0.5, layer: str = IMAGE) -> Objective:
     def fn(acts: Acts) -> torch.Tensor:
         return (acts[layer] - constant).abs().flatten(1).mean(1)
 
-    return Objective(fn, [layer], f"l1({layer})" if layer != IMAGE else "l1()", [UnitRef(layer)])
+    return Objective(fn, [layer], f"l1({_fmt(constant)}, {_q(layer)})" if layer != IMAGE else (
+        "l1()" if constant == 0.5 else f"l1({_fmt(constant)})"), [UnitRef(layer)])
 
 
 def total_variation(layer: str = IMAGE) -> Objective:
@@ -411,7 +418,8 @@ def total_variation(layer: str = IMAGE) -> Objective:
         dx = (img[..., :, 1:] - img[..., :, :-1]).abs().flatten(1).mean(1)
         return dx + dy
 
-    return Objective(fn, [layer], "total_variation()", [UnitRef(layer)])
+    return Objective(fn, [layer], "total_variation()" if layer == IMAGE else f"total_variation({_q(layer)})",
+                     [UnitRef(layer)])
 
 
 def blur(layer: str = IMAGE, sigma: float = 1.0) -> Objective:
@@ -425,7 +433,8 @@ def blur(layer: str = IMAGE, sigma: float = 1.0) -> Objective:
         blurred = kornia.filters.gaussian_blur2d(img.detach(), (kernel, kernel), (sigma, sigma))
         return 0.5 * (img - blurred).pow(2).flatten(1).mean(1)
 
-    return Objective(fn, [layer], "blur()", [UnitRef(layer)])
+    return Objective(fn, [layer], "blur()" if (layer, sigma) == (IMAGE, 1.0) else f"blur({_q(layer)}, {_fmt(sigma)})",
+                     [UnitRef(layer)])
 
 
 def _as_vectors(vectors) -> torch.Tensor:
@@ -435,12 +444,22 @@ def _as_vectors(vectors) -> torch.Tensor:
     return vec
 
 
-def _chan_desc(channels: tuple[int, ...]) -> str:
-    if len(channels) == 1:
-        return str(channels[0])
-    if channels == tuple(range(channels[0], channels[-1] + 1)):
-        return f"[{channels[0]}..{channels[-1]}]"
-    return "[" + ",".join(map(str, channels)) + "]"
+def _chan_arg(channels: tuple[int, ...]) -> str:
+    """Channels as an expression argument: ``5`` or ``[0, 1, 2]``."""
+    return str(channels[0]) if len(channels) == 1 else "[" + ", ".join(map(str, channels)) + "]"
+
+
+def _q(layer: str) -> str:
+    return f'"{layer}"'
+
+
+def _batch_desc(desc: str, batch: int | None) -> str:
+    """``desc`` with a ``batch=i`` argument added before its closing parenthesis (descriptions stay expressions)."""
+    if batch is None:
+        return desc
+    if desc.endswith(")"):
+        return f"{desc[:-1]}, batch={batch})"
+    return f"[{batch}] {desc}"
 
 
 #: The constructors the expression grammar may call, by name.

@@ -12,7 +12,8 @@ import contextlib
 import copy
 import time
 from dataclasses import dataclass, field
-from typing import Callable, Iterable, Sequence
+from pathlib import Path
+from typing import Callable, ClassVar, Iterable, Sequence
 
 import torch
 from torch import nn
@@ -26,36 +27,73 @@ from nnfeat.models.fold import folded_copy
 from nnfeat.objectives import Objective
 from nnfeat.param import DEFAULT_LR, ImageParam, image_param, random_backgrounds
 from nnfeat.relu import RedirectedReLU
+from nnfeat.results import Result, cli_command
+from nnfeat.sheets import labelled_sheet
 from nnfeat.transforms import make_transforms
 
 
-@dataclass
-class RenderResult:
-    """What :func:`render` returns.
+@dataclass(repr=False)
+class RenderResult(Result):
+    """What :func:`render` returns (the :class:`~nnfeat.results.Result` protocol).
 
     Attributes:
-        images: ``{step: Tensor (B, 3, H, W)}`` in [0, 1] on the CPU, one entry per threshold.
+        images: (B, 3, H, W) in [0, 1] on the CPU: the images at the last threshold.
+        history: ``{step: Tensor (B, 3, H, W)}``, one entry per threshold (the last one is ``images``).
         values: (steps, B) the objective of each batch item at each step (on the transformed image).
         final_values: (B,) the objective of the final images, evaluated without transforms.
         elapsed: seconds spent in the loop.
-        settings: the settings used (for ``render.json``).
+        settings: the settings used (model, objective, size, steps, seed, device, precision, ...).
+        command: the equivalent ``nnfeat render`` command, or None where the objective has no text form.
     """
 
-    images: dict[int, torch.Tensor]
+    history: dict[int, torch.Tensor]
     values: torch.Tensor
     final_values: torch.Tensor
     elapsed: float
     settings: dict = field(default_factory=dict)
+    command: str | None = None
+    kind: ClassVar[str] = "render"
 
     @property
-    def final(self) -> torch.Tensor:
-        """(B, 3, H, W) the images at the last threshold."""
-        return self.images[max(self.images)]
+    def images(self) -> torch.Tensor:
+        return self.history[max(self.history)]
+
+    def title(self) -> str:
+        return f"{self.settings.get('model', 'model')}  {self.settings.get('objective', '')}"
+
+    def captions(self) -> list[str]:
+        units = self.settings.get("item_units")
+        names = units if units and len(units) == len(self.final_values) else [f"item {i}" for i in range(len(self.final_values))]
+        return [f"{name}\n{value:.3g}" for name, value in zip(names, self.final_values.tolist())]
+
+    def record(self) -> dict:
+        return {"model": self.settings.get("model"), "objective": self.settings.get("objective"),
+                "seed": self.settings.get("seed"), "device": self.settings.get("device"),
+                "precision": self.settings.get("precision"), "settings": self.settings,
+                "final_values": self.final_values.tolist(), "values_last_step": self.values[-1].tolist()}
+
+    def write_files(self, out: Path) -> list[str]:
+        from nnfeat.io import save_image
+
+        files = []
+        for i, image in enumerate(self.images):
+            files.append(save_image(out / f"render-{i}.png", image).name)
+        last = max(self.history)
+        for step, images in sorted(self.history.items()):
+            if step != last:
+                files.append(save_image(out / f"render-step{step}.png",
+                                        labelled_sheet(images, self.captions_at(step), title=f"step {step}")).name)
+        return files
+
+    def captions_at(self, step: int) -> list[str]:
+        """Captions for the images at threshold ``step`` (unit names; values are the final ones' only)."""
+        units = self.settings.get("item_units") or []
+        return [units[i] if i < len(units) else f"item {i}" for i in range(len(self.history[step]))]
 
 
 def render(
     model: nn.Module | Model,
-    objective: Objective,
+    objective: Objective | str,
     *,
     size: int | tuple[int, int] | None = None,
     batch: int | None = None,
@@ -80,7 +118,9 @@ def render(
 
     Args:
         model: an nnfeat :class:`Model` (from ``load_model``) or a bare module (RGB, no normalization).
-        objective: what to maximize; its batch size (units per item), if any, sets ``batch``.
+        objective: what to maximize: an :class:`Objective`, or an expression (``"layer3:0..3"``,
+            ``"output:3 - 0.5*diversity('layer2')"``; see :mod:`nnfeat.expr` and :mod:`nnfeat.units`). Its
+            batch size (units per item), if any, sets ``batch``.
         size: image size (int or (H, W)); default: the model's native input size.
         batch: number of images; default: the objective's unit count, else the highest ``batch=i`` it uses + 1,
             else 1.
@@ -111,8 +151,12 @@ def render(
         :class:`RenderResult`.
     """
     model = as_model(model)
+    if isinstance(objective, str):
+        from nnfeat.expr import parse_objective
+
+        objective = parse_objective(objective, model)
     if not isinstance(objective, Objective):
-        raise NnfeatError(f"objective must be an nnfeat Objective; got {type(objective).__name__}")
+        raise NnfeatError(f"objective must be an nnfeat Objective or an expression; got {type(objective).__name__}")
     if steps < 1:
         raise NnfeatError(f"steps must be at least 1; got {steps}")
     dev = resolve_device(device, model)
@@ -134,12 +178,14 @@ def render(
         raise NnfeatError(f"thresholds must lie in 1..{steps}; got {thresholds}")
 
     generator = torch.Generator(device=dev).manual_seed(int(seed))
+    param_kind = param if isinstance(param, str) else ("fft" if param is None else None)
     if param is None or isinstance(param, str):
         param = image_param(param or "fft", size, batch, decorrelate=decorrelate, magnitude=spectrum,
                             generator=generator)
     param = param.to(dev)
     transform = make_transforms(transforms, size[0], input_size).to(dev)
     params = [p for p in param.parameters() if p.requires_grad]
+    lr_given = lr is not None
     lr = float(getattr(param, "default_lr", DEFAULT_LR) if lr is None else lr)
     opt = optimizer(params) if optimizer is not None else torch.optim.Adam(params, lr=lr)
 
@@ -202,14 +248,60 @@ def render(
         "transforms": transforms if isinstance(transforms, str) or transforms is None else type(transforms).__name__,
         "thresholds": thresholds, "redirected_relu_steps": redirected_relu_steps,
         "precision": "bf16" if use_autocast else "fp32",
+        "model": model.name, "weights": getattr(model, "weights", None), "objective": objective.description,
+        "item_units": item_units(objective, batch),
     }
+    command = _render_command(model, objective, settings, param_kind, lr_given, autocast, spectrum is not None)
     return RenderResult(
-        images={k: v.cpu() for k, v in kept.items()},
+        history={k: v.cpu() for k, v in kept.items()},
         values=values.cpu(),
         final_values=final_values.cpu(),
         elapsed=elapsed,
         settings=settings,
+        command=command,
     )
+
+
+def item_units(objective: Objective, batch: int) -> list[str] | None:
+    """What each batch item renders, as unit text, when the objective is one unit list (``layer3:0..3``)."""
+    from nnfeat.units import format_units
+
+    units = [u for u in objective.units if u.layer != IMAGE]
+    if len(units) != 1 or not units[0].channels or len(units[0].channels) not in (1, batch):
+        return None
+    unit = units[0]
+    channels = unit.channels * batch if len(unit.channels) == 1 else unit.channels
+    position = None if unit.position is None or unit.position == (None, None) else unit.position
+    if position is not None and position[0] is None:
+        position = (position[1],)
+    if position is not None and None in position:
+        position = None
+    return [format_units(unit.layer, [c], position) for c in channels]
+
+
+def _render_command(model: Model, objective: Objective, settings: dict, param_kind: str | None, lr_given: bool,
+                    autocast: bool | None, has_spectrum: bool) -> str | None:
+    """The ``nnfeat render`` command that repeats this render, or None where some input has no text form
+    (a hand-built objective, parameterization, transform module or spectrum tensor)."""
+    from nnfeat.expr import parse_objective
+
+    try:
+        if parse_objective(objective.description).description != objective.description:
+            return None
+    except NnfeatError:
+        return None
+    if param_kind is None or has_spectrum or not isinstance(settings["transforms"], str):
+        return None
+    precision = {None: None, False: "fp32", True: "bf16"}[autocast]
+    return cli_command("render", model.name, objective.description, batch=settings["batch"],
+                       size=settings["size"][0] if settings["size"][0] == settings["size"][1] else None,
+                       steps=settings["steps"], seed=settings["seed"],
+                       param=None if param_kind == "fft" else param_kind,
+                       no_decorrelate=not settings["decorrelate"],
+                       transforms=None if settings["transforms"] == "auto" else settings["transforms"],
+                       lr=settings["lr"] if lr_given else None, precision=precision,
+                       thresholds=",".join(map(str, settings["thresholds"])) if len(settings["thresholds"]) > 1 else None,
+                       weights="random" if settings.get("weights") == "random" else None)
 
 
 def _first_forward(capture: ActivationCapture, seen: torch.Tensor) -> tuple[dict[str, torch.Tensor], bool]:

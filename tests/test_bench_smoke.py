@@ -152,7 +152,7 @@ def test_automatic_channels_last_falls_back_for_nets_that_reject_it():
     assert default_channels_last(torch.device("cpu"), model)
     auto = render(model, O.logit(1), steps=4, progress=False)
     plain = render(model, O.logit(1), steps=4, progress=False, channels_last=False)
-    assert torch.equal(auto.final, plain.final) and torch.equal(auto.values, plain.values)
+    assert torch.equal(auto.images, plain.images) and torch.equal(auto.values, plain.values)
 
 
 def test_channels_last_renders_match_contiguous_ones_and_leave_the_model_alone():

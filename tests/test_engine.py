@@ -34,10 +34,10 @@ def test_same_seed_same_image_different_seed_different(resnet20):
     a = render(resnet20, O.channel("layer2", 3), seed=7, **kwargs)
     b = render(resnet20, O.channel("layer2", 3), seed=7, **kwargs)
     c = render(resnet20, O.channel("layer2", 3), seed=8, **kwargs)
-    assert torch.equal(a.final, b.final)
+    assert torch.equal(a.images, b.images)
     assert torch.equal(a.values, b.values)
-    assert not torch.equal(a.final, c.final)
-    assert not torch.equal(a.final[0], a.final[1]), "batch items must start from independent draws"
+    assert not torch.equal(a.images, c.images)
+    assert not torch.equal(a.images[0], a.images[1]), "batch items must start from independent draws"
 
 
 def test_render_never_runs_modules_past_the_deepest_target(resnet20):

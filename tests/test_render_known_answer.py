@@ -31,7 +31,7 @@ def test_colour_filter_recovers_its_colour(weights, target, autocast):
     model = colour_model(weights)
     result = render(model, O.channel("0", 0), size=32, steps=128, lr=0.1, progress=False, autocast=autocast)
     assert result.settings["precision"] == ("bf16" if autocast else "fp32")
-    mean = result.final[0].mean(dim=(1, 2))
+    mean = result.images[0].mean(dim=(1, 2))
     high = [mean[i] for i in range(3) if target[i] == 1]
     low = [mean[i] for i in range(3) if target[i] == 0]
     assert min(high) - max(low) > 0.3, f"mean colour {mean.tolist()} should lean to {target}"
@@ -97,15 +97,15 @@ def test_oriented_filter_recovers_orientation_and_frequency(angle, autocast):
     model = oriented_model(angle)
     result = render(model, O.channel("1", 0), size=48, steps=128, lr=0.08, transforms="none", progress=False,
                     autocast=autocast)
-    got = best_angle(result.final[0])
+    got = best_angle(result.images[0])
     assert got == angle, f"rendered stripes respond best at {got:.0f} degrees, filter prefers {angle}"
-    assert 4.5 <= dominant_period(result.final[0]) <= 8.0
+    assert 4.5 <= dominant_period(result.images[0]) <= 8.0
 
 
 def test_orientation_survives_the_default_transforms():
     model = oriented_model(90.0)
     result = render(model, O.channel("1", 0), size=48, steps=128, lr=0.08, progress=False)
-    assert best_angle(result.final[0]) in (75.0, 90.0, 105.0)
+    assert best_angle(result.images[0]) in (75.0, 90.0, 105.0)
 
 
 def test_one_unit_per_batch_item():
@@ -115,7 +115,7 @@ def test_one_unit_per_batch_item():
         conv.weight.copy_(torch.tensor([[1.0, -1.0, -1.0], [-1.0, -1.0, 1.0]]).view(2, 3, 1, 1))
     model = Model(nn.Sequential(conv), input_size=32)
     result = render(model, O.channel("0", [0, 1]), size=32, steps=128, lr=0.1, progress=False)
-    red, blue = result.final.mean(dim=(2, 3))
+    red, blue = result.images.mean(dim=(2, 3))
     assert red[0] - max(red[1], red[2]) > 0.3
     assert blue[2] - max(blue[0], blue[1]) > 0.3
 
@@ -129,12 +129,12 @@ def test_batch_item_objectives_set_the_batch_and_leave_other_items_alone():
     model = Model(nn.Sequential(conv), input_size=32)
     objective = O.channel("0", 0, batch=0) + O.channel("0", 1, batch=2)
     result = render(model, objective, size=32, steps=96, lr=0.1, progress=False)
-    assert result.final.shape[0] == 3
-    red, _, blue = result.final.mean(dim=(2, 3)).T  # (3,) per colour over the items
+    assert result.images.shape[0] == 3
+    red, _, blue = result.images.mean(dim=(2, 3)).T  # (3,) per colour over the items
     assert red[0] - blue[0] > 0.3 and blue[2] - red[2] > 0.3
     assert (result.values[:, 1] == 0).all()
-    initial = render(model, objective, size=32, steps=1, lr=0.0, progress=False).final
-    assert torch.allclose(result.final[1], initial[1])
+    initial = render(model, objective, size=32, steps=1, lr=0.0, progress=False).images
+    assert torch.allclose(result.images[1], initial[1])
 
 
 def test_cppn_gets_its_own_learning_rate_and_finds_the_colour():
@@ -142,7 +142,7 @@ def test_cppn_gets_its_own_learning_rate_and_finds_the_colour():
     model = colour_model((1.0, -1.0, -1.0))
     result = render(model, O.channel("0", 0), size=32, steps=128, param="cppn", progress=False)
     assert result.settings["lr"] == 0.005
-    mean = result.final[0].mean(dim=(1, 2))
+    mean = result.images[0].mean(dim=(1, 2))
     assert mean[0] - max(mean[1], mean[2]) > 0.3, mean.tolist()
     assert render(model, O.channel("0", 0), size=32, steps=1, progress=False).settings["lr"] == 0.05
 
@@ -153,7 +153,7 @@ def test_per_item_renders_different_objectives_in_one_batch():
     objective = O.per_item([O.channel("0", 0), -O.channel("0", 0)])
     assert objective.batch_size == 2
     result = render(model, objective, size=32, steps=96, lr=0.1, progress=False)
-    red, green, blue = result.final.mean(dim=(2, 3)).T
+    red, green, blue = result.images.mean(dim=(2, 3)).T
     assert red[0] - max(green[0], blue[0]) > 0.3
     assert min(green[1], blue[1]) - red[1] > 0.3
     with pytest.raises(NnfeatError, match="at least one"):

@@ -109,7 +109,7 @@ def render_icons(model: Model, layer: str, vectors: np.ndarray, rows: np.ndarray
             objective = icon_objective(layer, directions[cells], cossim_pow, spatial_weight)
             result = render(model, objective, size=icon_size, batch=len(names), steps=steps, transforms=transforms,
                             seed=stage_seed(seed, "icons", b), autocast=autocast, progress=False)
-            icons = result.final
+            icons = result.images
             cos = centre_cosine(model, layer, icons, raw[cells])
             for name, icon in zip(names, icons):
                 save_image(directory / name, icon)

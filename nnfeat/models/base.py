@@ -15,6 +15,7 @@ from torch import nn
 from nnfeat.errors import NnfeatError
 from nnfeat.hooks import ActivationCapture, check_layer, find_module
 from nnfeat.layouts import LUMA, OUTPUT, channel_count
+from nnfeat.units import Units, parse_units
 
 
 class Model(nn.Module):
@@ -90,6 +91,14 @@ class Model(nn.Module):
     def check_layer(self, name: str) -> None:
         """Raise a one-line :class:`NnfeatError` unless ``name`` is a layer of this model."""
         check_layer(self, name)
+
+    def units(self, units: str | Units, size: tuple[int, int] | None = None) -> tuple[Units, list[int]]:
+        """Units text (``"layer3:0..15"``, see :mod:`nnfeat.units`) checked against this model at input ``size``
+        (default native) -> (the parsed units, their channel list). One-line errors name the valid ranges."""
+        parsed = parse_units(units) if isinstance(units, str) else units
+        self.check_layer(parsed.layer)
+        shape = self.layer_shapes([parsed.layer], size)[parsed.layer]
+        return parsed, parsed.channel_list(tuple(shape[1:]))
 
     @torch.no_grad()
     def layer_shapes(self, layers: Sequence[str], size: tuple[int, int] | None = None) -> dict[str, torch.Size]:

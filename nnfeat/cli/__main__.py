@@ -1,0 +1,7 @@
+"""``python -m nnfeat.cli``."""
+
+import sys
+
+from nnfeat.cli import main
+
+sys.exit(main())

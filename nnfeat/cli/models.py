@@ -1,0 +1,36 @@
+"""``nnfeat models`` (the zoo) and ``nnfeat layers MODEL`` (a model's layer names and shapes)."""
+
+from __future__ import annotations
+
+from nnfeat.cli.common import add_model, add_shared, load_model
+
+
+def register(sub) -> None:
+    p = sub.add_parser("models", help="the model zoo: names, input size and colour, classes, weights, licence")
+    p.set_defaults(func=cmd_models)
+
+    p = sub.add_parser("layers", help="list a model's layer names, output shapes and channel counts")
+    add_model(p)
+    p.add_argument("--size", type=int, default=None, help="input size (default: the model's native size)")
+    add_shared(p, out=None, weights="random", seed=False, precision=False)
+    p.set_defaults(func=cmd_layers)
+
+
+def cmd_models(args) -> int:
+    from nnfeat.models.zoo import known_models
+
+    for name in known_models():
+        print(name)
+    return 0
+
+
+def cmd_layers(args) -> int:
+    model = load_model(args)
+    size = (args.size, args.size) if args.size else None
+    rows = model.describe_layers(size)
+    width = max(len(r[0]) for r in rows)
+    print(f"{'layer':<{width}}  {'output shape':<18} channels")
+    for name, shape, channels in rows:
+        shape_text = "not called" if shape is None else "x".join(map(str, shape))
+        print(f"{name:<{width}}  {shape_text:<18} {'' if channels is None else channels}")
+    return 0

@@ -1,0 +1,156 @@
+"""The one result protocol: what every public operation returns.
+
+A :class:`Result` has
+
+* ``.images``: a (B, 3, H, W) tensor in [0, 1] (the pictures the operation made);
+* ``.save(out)``: writes its images and one JSON record (``<kind>.json``: settings, seed, device, the
+  equivalent CLI command, nnfeat / torch / Python versions, elapsed time, the files written) into the
+  folder ``out``, atomically file by file, and returns the JSON's path;
+* ``_repr_png_`` / ``_repr_html_``: a notebook cell that ends with a result shows its captioned sheet.
+
+The CLI does nothing but call the operation and ``.save`` the result.
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+import io
+import os
+import platform
+import shlex
+from pathlib import Path
+from typing import Any, ClassVar, Sequence
+
+import numpy as np
+import torch
+from PIL import Image
+
+from nnfeat.errors import NnfeatError
+from nnfeat.io import write_json
+from nnfeat.sheets import labelled_sheet
+
+
+def versions() -> dict[str, str]:
+    """nnfeat, torch and Python versions, for JSON records."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        nnfeat_version = version("nnfeat")
+    except PackageNotFoundError:  # running from a source tree that is not installed
+        nnfeat_version = "unknown"
+    return {"nnfeat": nnfeat_version, "torch": torch.__version__, "python": platform.python_version()}
+
+
+def cli_command(command: str, *positional: Any, **options: Any) -> str:
+    """``nnfeat COMMAND POS... --opt value ...`` quoted for a POSIX shell; options set to None or False are
+    left out, True ones are plain flags, ``snake_case`` names become ``--kebab-case``."""
+    words = ["nnfeat", command, *(str(p) for p in positional)]
+    for name, value in options.items():
+        if value is None or value is False:
+            continue
+        flag = "--" + name.rstrip("_").replace("_", "-")
+        words.append(flag) if value is True else words.extend([flag, str(value)])
+    return shlex.join(words)
+
+
+def check_out_dir(out: str | os.PathLike) -> Path:
+    """``out`` as a folder path; a one-line error when it exists as a file (checked before any work)."""
+    out = Path(out)
+    if out.exists() and not out.is_dir():
+        raise NnfeatError(f"output folder '{out}' is a file: choose another --out")
+    for parent in out.parents:
+        if parent.exists():
+            if not parent.is_dir():
+                raise NnfeatError(f"output folder '{out}' is inside '{parent}', which is a file: choose another --out")
+            if not os.access(parent, os.W_OK):
+                raise NnfeatError(f"output folder '{out}' cannot be created: '{parent}' is not writable")
+            break
+    return out
+
+
+def png_bytes(array: np.ndarray) -> bytes:
+    """(H, W, 3) uint8 -> PNG file bytes."""
+    buffer = io.BytesIO()
+    Image.fromarray(array).save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+class Result:
+    """Base class of every result (see the module docstring). Subclasses define :attr:`kind`,
+    :attr:`images`, :meth:`captions`, :meth:`title`, :meth:`record` and :meth:`write_files`, and set
+    ``command`` (the equivalent CLI command, or None) and ``elapsed`` (seconds)."""
+
+    kind: ClassVar[str] = "result"
+    #: tiles per row of the sheet (None: about square)
+    sheet_columns: ClassVar[int | None] = None
+
+    command: str | None = None
+    elapsed: float = 0.0
+
+    # -- what a subclass provides ----------------------------------------------------------------
+    @property
+    def images(self) -> torch.Tensor:
+        """(B, 3, H, W) in [0, 1]."""
+        raise NotImplementedError
+
+    def captions(self) -> list[str]:
+        """One caption per image of the sheet."""
+        return ["" for _ in range(len(self.images))]
+
+    def title(self) -> str:
+        return self.kind
+
+    def record(self) -> dict:
+        """The JSON-able part of the record that is specific to this kind (settings, values, ...)."""
+        return {}
+
+    def write_files(self, out: Path) -> list[str]:
+        """Write this kind's own files into ``out`` (beside the sheet and the JSON); return their relative paths."""
+        return []
+
+    # -- the protocol -----------------------------------------------------------------------------
+    def sheet_images(self) -> torch.Tensor:
+        """The images shown on the sheet (default: :attr:`images`)."""
+        return self.images
+
+    def sheet(self) -> np.ndarray:
+        """The captioned, upscaled contact sheet, (H, W, 3) uint8."""
+        return labelled_sheet(self.sheet_images(), self.captions(), ncol=self.sheet_columns, title=self.title())
+
+    def full_record(self, files: Sequence[str] = ()) -> dict:
+        """The whole JSON record: kind, this kind's :meth:`record`, command, versions, elapsed time, files."""
+        return {"kind": self.kind, **self.record(), "command": self.command, "versions": versions(),
+                "elapsed_seconds": round(float(self.elapsed), 3), "files": list(files)}
+
+    def save(self, out: str | os.PathLike) -> Path:
+        """Write the sheet ``<kind>.png``, this kind's files and the record ``<kind>.json`` into ``out``.
+
+        Returns the path of the JSON record.
+        """
+        from nnfeat.io import save_image
+
+        out = check_out_dir(out)
+        out.mkdir(parents=True, exist_ok=True)
+        files = self.write_files(out)
+        sheet_name = f"{self.kind}.png"
+        save_image(out / sheet_name, self.sheet())
+        return write_json(out / f"{self.kind}.json", self.full_record([sheet_name, *files]))
+
+    def _repr_png_(self) -> bytes:
+        return png_bytes(self.sheet())
+
+    def _repr_html_(self) -> str:
+        data = base64.b64encode(self._repr_png_()).decode("ascii")
+        caption = html.escape(self.title())
+        command = f"<br><code>{html.escape(self.command)}</code>" if self.command else ""
+        return (f"<figure style='margin:0'><img src='data:image/png;base64,{data}' alt='{caption}' "
+                f"style='image-rendering:pixelated;max-width:100%'><figcaption style='font-size:12px'>{caption}"
+                f"{command}</figcaption></figure>")
+
+    def __repr__(self) -> str:
+        shape = "x".join(map(str, self.images.shape)) if len(self.images) else "0"
+        return f"<{type(self).__name__} {self.title()!r}: images {shape}>"
+
+
+__all__ = ["Result", "versions", "cli_command", "check_out_dir", "png_bytes"]
