@@ -1,6 +1,6 @@
 """How good are the renders? Activation ratio and transferability, per parameterization and transform preset.
 
-Measures (REFERENCE §5):
+Measures:
 
 * **Activation ratio.** For a set of units (channels), the channel activation (spatial mean, the
   ``channel`` objective) of the rendered image, evaluated without transforms, divided by the unit's

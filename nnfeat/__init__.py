@@ -4,26 +4,30 @@ Quick start::
 
     import nnfeat
     model = nnfeat.load_model("cifar10-resnet20")
-    result = nnfeat.render(model, nnfeat.objectives.channel("layer3", 5), steps=256)
-    result.images            # (1, 3, 32, 32) RGB in [0, 1]
+    result = nnfeat.render(model, "layer3:0..3", steps=256)   # one unit per image (see nnfeat.units)
+    result.images           # (4, 3, 32, 32) RGB in [0, 1]
+    result.save("out/layer3")  # render.png (captioned sheet), render-<i>.png, render.json
+    result                  # in a notebook: the captioned sheet
+
+Every operation (``render``, ``microscope``, ``examples``, ``build_atlas``) returns a result with ``.images``,
+``.save(dir)`` and a notebook picture (:mod:`nnfeat.results`).
 """
 
 from nnfeat import objectives
+from nnfeat.atlas import AtlasResult, AtlasSettings, build_atlas
+from nnfeat.data import ImageSet, load_images
+from nnfeat.device import resolve_device
 from nnfeat.errors import NnfeatError
+from nnfeat.dataset_examples import ExamplesResult, examples
 from nnfeat.expr import parse_objective
+from nnfeat.microscopy import MicroscopeResult, microscope
 from nnfeat.models.base import Model
+from nnfeat.models.zoo import load_model
 from nnfeat.rendering import RenderResult, evaluate, render
+from nnfeat.units import Units, parse_units
 
 __version__ = "0.1.0"
 
-
-def load_model(name: str, *, weights: str = "pretrained", device=None) -> Model:
-    """Load a model by name: ``cifar10-resnet20``, ``digits-cnn``, ``inceptionv1``, ``torchvision:NAME``,
-    ``FILE.py:FACTORY``. See :func:`nnfeat.models.zoo.load_model`."""
-    from nnfeat.models.zoo import load_model as _load
-
-    return _load(name, weights=weights, device=device)
-
-
-__all__ = ["Model", "NnfeatError", "RenderResult", "evaluate", "load_model", "objectives", "parse_objective", "render",
-           "__version__"]
+__all__ = ["AtlasResult", "AtlasSettings", "ExamplesResult", "ImageSet", "MicroscopeResult", "Model", "NnfeatError",
+           "RenderResult", "Units", "build_atlas", "evaluate", "examples", "load_images", "load_model", "microscope",
+           "objectives", "parse_objective", "parse_units", "render", "resolve_device", "__version__"]

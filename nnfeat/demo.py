@@ -22,7 +22,7 @@ ATLAS_LAYER = "conv3"
 
 def run_demo(out: Path, *, steps: int = 256, atlas: bool = True, progress: bool = True) -> Path:
     """Run the demo into ``out``; returns the path of ``index.html``."""
-    from nnfeat.microscope import microscope
+    from nnfeat.microscopy import microscope
 
     out.mkdir(parents=True, exist_ok=True)
     started = time.perf_counter()
@@ -35,35 +35,37 @@ def run_demo(out: Path, *, steps: int = 256, atlas: bool = True, progress: bool 
         save_image(out / "logits" / f"logit-{c}.png", image)
         logit_items.append({"src": f"logits/logit-{c}.png", "caption": f"digit {c} (logit {value:.1f})"})
 
-    manifest = microscope(model, DEMO_LAYER, None, out=out / DEMO_LAYER, batch=32, size=32, steps=steps, seed=0,
-                          progress=progress)
-    channel_items = [{"src": f"{DEMO_LAYER}/{entry['image']}", "caption": f"{DEMO_LAYER}:{c} ({entry['value']:.2f})"}
-                     for c, entry in sorted(manifest["channels"].items(), key=lambda kv: int(kv[0]))]
+    layer_view = microscope(model, DEMO_LAYER, out=out / DEMO_LAYER, batch=32, size=32, steps=steps, seed=0,
+                            progress=progress)
+    layer_view.save(out / DEMO_LAYER)
+    channel_items = [{"src": f"{DEMO_LAYER}/channel-{c}.png", "caption": f"{layer_view.unit_name(c)} ({v:.2f})"}
+                     for c, v in zip(layer_view.channels, layer_view.values.tolist())]
 
     sections = [
         {"title": "Class logits", "note": "Fourier + decorrelated parameterization, size-aware transforms, "
                                           f"{steps} steps; one image per class, rendered as one batch.",
          "items": logit_items},
         {"title": f"Channels of {DEMO_LAYER}",
-         "note": "One render per channel (nnfeat microscope), after BatchNorm and before the ReLU.",
+         "note": "One render per channel (nnfeat microscope), after BatchNorm and before the ReLU; "
+                 f"<a href='{DEMO_LAYER}/index.html'>the layer's page</a>.",
          "items": channel_items},
     ]
     if atlas:
-        sections.append(_demo_atlas(model, out, progress))
+        sections.append(_demo_atlas(model, out, steps, progress))
     index = write_gallery(out / "index.html", "nnfeat demo: digits-cnn", sections)
     write_json(out / "demo.json", {"elapsed_seconds": round(time.perf_counter() - started, 1), "steps": steps})
     print(f"wrote {index} ({time.perf_counter() - started:.0f} s)")
     return index
 
 
-def _demo_atlas(model, out: Path, progress: bool) -> dict:
+def _demo_atlas(model, out: Path, steps: int, progress: bool) -> dict:
     from nnfeat.atlas.pipeline import AtlasSettings, build_atlas
     from nnfeat.data import load_images
 
     atlas_dir = out / "atlas"
-    settings = AtlasSettings(n=1797 * 4, per_image=4, grid=12, min_count=3, icon_size=32, steps=256, batch=64, seed=0,
+    settings = AtlasSettings(n=1797 * 4, per_image=4, grid=12, min_count=3, icon_size=32, steps=steps, batch=64, seed=0,
                              layout="umap")
-    build_atlas(model, ATLAS_LAYER, load_images("digits"), atlas_dir, settings, progress=progress)
+    build_atlas(model, ATLAS_LAYER, load_images("digits"), atlas_dir, settings, progress=progress).save(atlas_dir)
     return {"title": f"Activation atlas of {ATLAS_LAYER} on the digits",
             "note": "UMAP layout of 4 positions per image, 12x12 grid; open <a href='atlas/atlas.html'>the interactive "
                     "viewer</a>.",

@@ -27,8 +27,6 @@ from nnfeat.errors import NnfeatError
 OUTPUT = "output"
 #: Pseudo-layer: the parameterized image (B, 3, H, W) in [0, 1] before the transforms.
 IMAGE = "image"
-#: Rec. 601 luma weights (R, G, B): how RGB becomes grey for one-channel models and grey renders.
-LUMA = (0.299, 0.587, 0.114)
 
 _REF = re.compile(r"^(?P<base>[^#\[\]]+?)(?:#(?P<call>\d+))?(?:\[(?P<element>\d+)\])?$")
 
@@ -120,17 +118,5 @@ def at_position(act: torch.Tensor, x: int | None, y: int | None) -> torch.Tensor
     return act
 
 
-def luma(images: torch.Tensor) -> torch.Tensor:
-    """(B, 3, H, W) RGB -> (B, 1, H, W) Rec. 601 luma."""
-    weights = images.new_tensor(LUMA).view(1, 3, 1, 1)
-    return (images * weights).sum(1, keepdim=True)
-
-
-def to_grey(images: torch.Tensor) -> torch.Tensor:
-    """(B, 3, H, W) RGB -> (B, 3, H, W) with every channel the luma (a grey picture in RGB)."""
-    return luma(images).expand(-1, 3, -1, -1).contiguous()
-
-
-__all__ = ["OUTPUT", "IMAGE", "LUMA", "LayerRef", "parse_layer_ref", "base_name", "size2",
-           "check_activation", "channel_count", "position_count", "channels_first", "positions_view", "at_position",
-           "luma", "to_grey"]
+__all__ = ["OUTPUT", "IMAGE", "LayerRef", "parse_layer_ref", "base_name", "size2",
+           "check_activation", "channel_count", "position_count", "channels_first", "positions_view", "at_position"]

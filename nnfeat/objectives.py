@@ -29,6 +29,7 @@ import torch
 import torch.nn.functional as F
 
 from nnfeat.errors import NnfeatError
+from nnfeat.imageops import gaussian_blur
 from nnfeat.layouts import IMAGE, OUTPUT, at_position, channel_count, channels_first
 from nnfeat.units import check_position, format_units
 
@@ -326,7 +327,7 @@ def direction_neuron_cossim(layer: str, vectors: torch.Tensor | Sequence[float],
     """Activation Atlas icon objective at one position (centre by default): ``dot * max(cos, 0.1) ** p``.
 
     With ``h`` (B,C) the activation at the position and ``v`` (C,) or (B,C) the direction:
-    ``dot = mean_c(h * v)``, ``cos = dot / (1e-4 + |h|)`` (REFERENCE §4.6). Whitening, if any, is applied to
+    ``dot = mean_c(h * v)``, ``cos = dot / (1e-4 + |h|)`` (Carter et al., "Activation Atlas", Distill 2019). Whitening, if any, is applied to
     ``v`` by the caller.
     """
     vec = _as_vectors(vectors)
@@ -424,13 +425,9 @@ def total_variation(layer: str = IMAGE) -> Objective:
 
 def blur(layer: str = IMAGE, sigma: float = 1.0) -> Objective:
     """Penalty ``0.5 * mean((x - stop_grad(blur(x)))**2)``: its gradient pulls the image toward its own blur."""
-    import kornia
-
-    kernel = 2 * int(round(2 * sigma)) + 1
-
     def fn(acts: Acts) -> torch.Tensor:
         img = acts[layer]
-        blurred = kornia.filters.gaussian_blur2d(img.detach(), (kernel, kernel), (sigma, sigma))
+        blurred = gaussian_blur(img.detach(), sigma)
         return 0.5 * (img - blurred).pow(2).flatten(1).mean(1)
 
     return Objective(fn, [layer], "blur()" if (layer, sigma) == (IMAGE, 1.0) else f"blur({_q(layer)}, {_fmt(sigma)})",

@@ -21,11 +21,13 @@ from torch import nn
 from nnfeat.device import default_channels_last, precision_used, resolve_device
 from nnfeat.errors import NnfeatError
 from nnfeat.hooks import ActivationCapture
-from nnfeat.layouts import IMAGE, size2, to_grey
+from nnfeat.imageops import to_grey
+from nnfeat.layouts import IMAGE, size2
 from nnfeat.models.base import Model, as_model
 from nnfeat.models.fold import folded_copy
 from nnfeat.objectives import Objective
 from nnfeat.param import DEFAULT_LR, ImageParam, image_param, random_backgrounds
+from nnfeat.progress import progress_bar
 from nnfeat.relu import RedirectedReLU
 from nnfeat.results import Result, cli_command
 from nnfeat.sheets import labelled_sheet
@@ -201,7 +203,7 @@ def render(
 
     values = torch.zeros(steps, batch, device=dev)
     kept: dict[int, torch.Tensor] = {}
-    bar = _progress_bar(steps, objective, progress)
+    bar = progress_bar(steps, f"render {objective.description[:40]}", enabled=progress, unit="step")
     start = time.perf_counter()
     with ActivationCapture(run_model, objective.model_layers) as capture:
         for step in range(steps):
@@ -228,8 +230,7 @@ def render(
             if step + 1 in thresholds:
                 with torch.no_grad():
                     kept[step + 1] = to_grey(param()) if grey else param().detach().clone()
-            if bar is not None:
-                bar.update(1)
+            bar.update(1)
         with torch.no_grad():
             final = kept[thresholds[-1]]
             seen = _resize(final, input_size)
@@ -238,9 +239,9 @@ def render(
                 acts[IMAGE] = final
             final_values = objective(acts).float()
     elapsed = time.perf_counter() - start
-    if bar is not None:
+    if progress:
         bar.set_postfix_str(f"mean objective {final_values.mean().item():.3g}")
-        bar.close()
+    bar.close()
     settings = {
         "size": list(size), "model_input_size": list(input_size), "batch": batch, "steps": steps, "lr": lr,
         "seed": seed, "device": str(dev), "param": type(param.raw).__name__ if hasattr(param, "raw") else type(param).__name__,
@@ -333,15 +334,6 @@ def _resize(images: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
     if tuple(images.shape[-2:]) == tuple(size):
         return images
     return torch.nn.functional.interpolate(images, size=size, mode="bilinear", align_corners=False)
-
-
-def _progress_bar(steps: int, objective: Objective, enabled: bool):
-    if not enabled:
-        return None
-    from tqdm.auto import tqdm
-
-    label = objective.description
-    return tqdm(total=steps, desc=f"render {label[:40]}", unit="step", leave=False)
 
 
 @torch.no_grad()

@@ -30,6 +30,7 @@ import torch
 
 from nnfeat.errors import NnfeatError
 from nnfeat.layouts import size2
+from nnfeat.progress import progress_bar
 
 SPACES = ("param", "pixel")
 #: Bump when the computation changes, so old cache entries are not reused.
@@ -146,17 +147,11 @@ def dataset_spectrum(source, size, *, space: str = "param", limit: int | None = 
         except NnfeatError:
             pass  # a damaged cache entry is recomputed below
     total = torch.zeros(3, h, w // 2 + 1, dtype=torch.float64)
-    bar = None
-    if progress:
-        from tqdm.auto import tqdm
-
-        bar = tqdm(total=len(images), desc="spectrum", unit="img", leave=False)
+    bar = progress_bar(len(images), "spectrum", enabled=progress, unit="img")
     for batch in images.iter_batches(batch_size, (h, w)):
         total += image_magnitudes(batch, space).double().sum(0)
-        if bar is not None:
-            bar.update(len(batch))
-    if bar is not None:
-        bar.close()
+        bar.update(len(batch))
+    bar.close()
     magnitude = (total / len(images)).float()
     if path is not None:
         save_spectrum(path, magnitude, {"source": images.name, "count": len(images), "size": [h, w], "space": space})

@@ -27,6 +27,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from nnfeat.errors import NnfeatError
+from nnfeat.imageops import gaussian_blur
 
 # ---------------------------------------------------------------------------------------------------
 # Functional core
@@ -209,17 +210,14 @@ def _scale_xy(sx: torch.Tensor, sy: torch.Tensor) -> torch.Tensor:
 
 
 class GaussianBlur(nn.Module):
-    """Blur every item with a Gaussian of ``sigma`` px (kornia.filters.gaussian_blur2d)."""
+    """Module form of :func:`nnfeat.imageops.gaussian_blur`: (B, C, H, W) -> (B, C, H, W)."""
 
     def __init__(self, sigma: float = 0.5) -> None:
         super().__init__()
         self.sigma = float(sigma)
-        self.kernel = 2 * max(1, int(math.ceil(2 * sigma))) + 1
 
     def forward(self, images: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
-        import kornia
-
-        return kornia.filters.gaussian_blur2d(images, (self.kernel, self.kernel), (self.sigma, self.sigma))
+        return gaussian_blur(images, self.sigma)
 
 
 class ColorJitter(nn.Module):

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import argparse
 import importlib.util
 import json
 
@@ -305,21 +304,23 @@ def test_bad_settings_are_one_line_errors(model, digits, tmp_path):
 
 
 def test_atlas_command(tmp_path):
-    from nnfeat.atlas.commands import register
+    from nnfeat.cli import build_parser
 
-    parser = argparse.ArgumentParser()
-    register(parser.add_subparsers(dest="command"))
+    parser = build_parser()
     out = tmp_path / "cli"
     args = parser.parse_args(["atlas", "digits-cnn", "relu3", "--images", "digits", "--n", "300", "--per-image", "2",
                               "--layout", "pca", "--grid", "3", "--min-count", "2", "--no-whiten", "--icon-size", "32",
                               "--steps", "2", "--batch", "8", "--seed", "1", "--spatial-weight", "0.5", "--device", "cpu",
                               "--out", str(out)])
     assert args.whiten is False
+    args.command_line = "nnfeat atlas ..."
     assert args.func(args) == 0
     record = json.loads((out / "cells.json").read_text())
     assert record["settings"]["whiten"] is False and record["settings"]["seed"] == 1 and record["grid"] == 3
     assert record["settings"]["spatial_weight"] == 0.5
     assert (out / "atlas.png").is_file()
+    record = json.loads((out / "atlas.json").read_text())
+    assert record["kind"] == "atlas" and record["settings"]["seed"] == 1 and "atlas.html" in record["files"]
 
 
 class _NoJvpSquare(torch.autograd.Function):

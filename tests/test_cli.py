@@ -45,7 +45,12 @@ def assert_one_line_error(proc, *fragments):
      ["uses batch item 3", "use batch 4 or more"]),
     (["render", "cifar10-resnet20", "layer3:1", "--precision", "fp16"], ["--precision", "fp32", "bf16"]),
     (["render", "cifar10-resnet20", "layer3:1", "--device", "cuda"], ["no CUDA GPU", "--device cpu"]),
-    (["microscope", "cifar10-resnet20", "layer3", "--channels", "60:70"], ["channel 64", "0..63"]),
+    (["microscope", "cifar10-resnet20", "layer3:60..70"], ["channel 64", "0..63"]),
+    (["render", "cifar10-resnet20", "layer3:0-3"], ["A..B", "layer3:0..3"]),
+    (["render", "cifar10-resnet20", "layer3:1", "--out", "README.md"], ["'README.md' is a file"]),
+    (["microscope", "cifar10-resnet20", "layer3:1", "--images", "no/such/dir"], ["'no/such/dir' not found"]),
+    (["render", "cifar10-resnet20", "layer3:1", "--objective-file", "objectives/cifar.py:cat_vs_dog"],
+     ["not both"]),
     (["render", "cifar10-resnet20", "--objective-file", "objectives/nope.py:x"], ["not found"]),
     (["render", "cifar10-resnet20", "--objective-file", "objectives/cifar.py:nope"], ["'nope' not found", "cat_vs_dog"]),
 ])
@@ -98,18 +103,18 @@ def test_objective_file_recipe(tmp_path):
                   "--quiet", "--out", str(tmp_path))
     assert proc.returncode == 0, proc.stderr
     meta = json.loads((tmp_path / "render.json").read_text())
-    assert meta["objective_parsed"].startswith("logit(3)")
+    assert meta["objective"].startswith("logit(3)")
     assert meta["final_values"][0] > 0
 
 
 @needs_shared
 def test_microscope_renders_each_channel_and_resumes(tmp_path):
-    args = ["microscope", "cifar10-resnet20", "layer3", "--channels", "0:6", "--batch", "4", "--steps", "6", "--quiet",
+    args = ["microscope", "cifar10-resnet20", "layer3:0..5", "--batch", "4", "--steps", "6", "--quiet",
             "--out", str(tmp_path)]
     assert nnfeat(*args).returncode == 0
     manifest = json.loads((tmp_path / "microscope.json").read_text())
     assert sorted(map(int, manifest["channels"])) == list(range(6))
-    assert (tmp_path / "contact.png").exists()
+    assert (tmp_path / "microscope.png").exists() and (tmp_path / "index.html").exists()
     before = {c: (tmp_path / f"channel-{c}.png").read_bytes() for c in range(6)}
     (tmp_path / "channel-5.png").unlink()  # as if the run had stopped while writing the last batch
     mtime = (tmp_path / "channel-0.png").stat().st_mtime_ns

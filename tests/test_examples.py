@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import argparse
 import json
 
 import numpy as np
@@ -11,7 +10,7 @@ import torch
 
 from nnfeat.data import load_images
 from nnfeat.errors import NnfeatError
-from nnfeat.examples import example_patches, parse_unit, receptive_field, top_examples
+from nnfeat.dataset_examples import example_patches, receptive_field, top_examples
 from nnfeat.hooks import ActivationCapture
 from nnfeat.models.base import Model
 
@@ -104,23 +103,11 @@ def test_channel_errors(model, digits):
         top_examples(model, "relu3", [0], digits, score="median")
 
 
-def test_parse_unit():
-    assert parse_unit("layer3:5") == ("layer3", [5])
-    assert parse_unit("layer3.0.conv1:0,4,7") == ("layer3.0.conv1", [0, 4, 7])
-    assert parse_unit("relu#1:2-4") == ("relu#1", [2, 3, 4])
-    for bad in ("layer3", "layer3:", "layer3:a"):
-        with pytest.raises(NnfeatError):
-            parse_unit(bad)
-
-
 def test_examples_command_writes_files(tmp_path, model):
-    from nnfeat.atlas.commands import register
+    from nnfeat import cli
 
-    parser = argparse.ArgumentParser()
-    register(parser.add_subparsers(dest="command"))
-    args = parser.parse_args(["examples", "digits-cnn", "relu3:3,9", "--images", "digits", "--k", "4",
-                              "--limit", "300", "--device", "cpu", "--out", str(tmp_path)])
-    assert args.func(args) == 0
+    assert cli.main(["examples", "digits-cnn", "relu3:3,9", "--images", "digits", "--k", "4", "--limit", "300",
+                     "--device", "cpu", "--quiet", "--out", str(tmp_path)]) == 0
     for channel in (3, 9):
         for name in ("top", "bottom", "top-patches", "bottom-patches"):
             assert (tmp_path / f"ch{channel:04d}-{name}.png").is_file()

@@ -507,3 +507,83 @@ def test_scale_by_density_shrinks_sparse_cells_only(browser, pages):
     assert browser.execute_script("return document.getElementById('density-canvas').hidden;")
     assert np.abs(_screenshot_array(browser)[corner[1], corner[0]].astype(int) - colours[sparse]).max() <= 3
     assert _severe_console_messages(browser) == []
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# the microscope page (nnfeat.views.write_microscope_page): relative image links, opened from disk
+
+MICROSCOPE_UNITS = [("layer3:5", 1.25, 3), ("layer3:7", -0.5, 2), ("layer3:12", float("nan"), 0)]
+
+
+def _microscope_folder(folder: Path) -> Path:
+    """Writes channel PNGs (32x32), top-example PNGs (16x16) and a sheet into ``folder``; returns the page path."""
+    from nnfeat.views import write_microscope_page
+
+    generator = torch.Generator().manual_seed(11)
+    units = []
+    for name, value, k in MICROSCOPE_UNITS:
+        channel = name.split(":")[1]
+        render = torch.randint(0, 256, (32, 32, 3), generator=generator, dtype=torch.uint8).numpy()
+        Image.fromarray(render).save(folder / f"channel-{channel}.png")
+        examples = []
+        for j in range(k):
+            examples.append(f"examples/channel-{channel}-top{j + 1}.png")
+            (folder / "examples").mkdir(exist_ok=True)
+            picture = torch.randint(0, 256, (16, 16, 3), generator=generator, dtype=torch.uint8).numpy()
+            Image.fromarray(picture).save(folder / examples[-1])
+        units.append({"name": name, "image": f"channel-{channel}.png", "value": value, "examples": examples})
+    Image.fromarray(np.full((40, 120, 3), 200, np.uint8)).save(folder / "microscope.png")
+    return write_microscope_page(folder / "index.html", title="digits-cnn layer3 <3 units>", sheet="microscope.png",
+                                 units=units)
+
+
+def test_microscope_page_links_relative_images_only(tmp_path):
+    from nnfeat.views import write_microscope_page
+
+    document = _microscope_folder(tmp_path).read_text()
+    sources = re.findall(r'\bsrc="([^"]*)"', document)
+    assert len(sources) == 3 + 3 + 2
+    assert all(not re.match(r"^[a-z]+:|^/", src) for src in sources)
+    assert all((tmp_path / src).is_file() for src in sources)
+    assert not re.search(r"https?://|//cdn|@import|url\(", document)
+    assert "digits-cnn layer3 &lt;3 units&gt;" in document and "<3 units>" not in document
+    assert 'href="microscope.png"' in document
+    for bad, message in (({"name": "x:0"}, "has no 'image' key"),
+                         ({"name": "x:0", "image": "/abs/c.png", "value": 1}, "relative to the page"),
+                         ({"name": "x:0", "image": "https://cdn.example/c.png", "value": 1}, "relative to the page")):
+        with pytest.raises(NnfeatError, match=re.escape(message)):
+            write_microscope_page(tmp_path / "bad.html", title="t", sheet="s.png", units=[bad])
+    assert not (tmp_path / "bad.html").exists()
+
+
+@pytest.mark.browser
+def test_microscope_page_shows_every_unit_and_image(browser, tmp_path):
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    page = _microscope_folder(tmp_path)
+    browser.get_log("browser")  # drop what earlier pages logged
+    browser.get(file_url(page))
+    WebDriverWait(browser, 10).until(
+        lambda d: d.execute_script("return [...document.images].every(i => i.complete);")
+    )
+    images = browser.execute_script(
+        "return [...document.images].map(i => ({src: i.getAttribute('src'), natural: i.naturalWidth,"
+        " width: i.getBoundingClientRect().width, rendering: getComputedStyle(i).imageRendering,"
+        " unit: i.closest('article.unit').dataset.unit, render: i.classList.contains('render')}));"
+    )
+    assert len(images) == 3 + 3 + 2
+    assert all(image["natural"] > 0 for image in images), images
+    assert all(image["rendering"] == "pixelated" for image in images)
+    renders = [image for image in images if image["render"]]
+    assert [image["unit"] for image in renders] == [name for name, _, _ in MICROSCOPE_UNITS]
+    assert all(image["natural"] == 32 and image["width"] >= 128 for image in renders)  # upscaled, readable
+    assert all(image["width"] >= 64 for image in images if not image["render"])
+    text = browser.execute_script("return document.body.innerText;")
+    for name, _, _ in MICROSCOPE_UNITS:
+        assert name in text
+    values = browser.execute_script(
+        "return [...document.querySelectorAll('article.unit .value .num')].map(n => n.textContent);"
+    )
+    assert values == ["1.25", "-0.5", "\u2014"]
+    assert browser.title == "digits-cnn layer3 <3 units>"
+    assert _severe_console_messages(browser) == []

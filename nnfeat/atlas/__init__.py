@@ -1,19 +1,16 @@
-"""Activation atlases (Carter et al., Distill 2019), following REFERENCE §4, stage by stage.
+"""Activation atlases (Carter et al., Distill 2019), following the paper's method, stage by stage.
 
 Modules: :mod:`~nnfeat.atlas.collect` (sample activations + attributions, streamed to disk),
 :mod:`~nnfeat.atlas.layout` (whitening, UMAP/t-SNE/PCA, normalization), :mod:`~nnfeat.atlas.grid`
 (binning, cell summaries), :mod:`~nnfeat.atlas.icons` (resumable batched icon rendering),
-:mod:`~nnfeat.atlas.stitch` (mosaic), :mod:`~nnfeat.atlas.pipeline` (the cached pipeline) and
-:mod:`~nnfeat.atlas.commands` (the ``atlas`` and ``examples`` CLI commands).
+:mod:`~nnfeat.atlas.stitch` (mosaic), :mod:`~nnfeat.atlas.cells` (the cell schema that ``cells.json`` and
+the viewer share) and :mod:`~nnfeat.atlas.pipeline` (the cached pipeline and :class:`AtlasResult`). The
+``nnfeat atlas`` command is :mod:`nnfeat.cli.atlas`.
 
 ``cells.json`` is ``{header..., "cells": [...]}``. The header holds ``model``, ``layer``, ``layer_shape``,
 ``source``, ``grid``, ``icon_size``, ``samples``, ``classes`` (logit names), ``label_classes`` (dataset
-label names), ``class`` (class atlas target or null), ``mean_cosine``, ``settings`` and ``mosaic``.
-Each cell entry holds ``row``, ``col``, ``count``, ``icon`` (path relative to the output folder),
-``position`` (mean normalized layout (x, y)), ``cosine`` (rendered icon's centre activation vs. cell
-vector), ``members`` (dataset indices of the member images closest to the cell vector), and when known
-``top_class`` {index, name, attribution}, ``labels`` {label name: count} and ``majority_label``
-{index, name, share}.
+label names), ``class`` (class atlas target or null), ``mean_cosine``, ``settings``, ``mosaic``, ``device``
+and ``precision``; the cells follow :data:`nnfeat.atlas.cells.CELL_FIELDS`.
 """
 
 from nnfeat.atlas.pipeline import AtlasResult, AtlasSettings, build_atlas

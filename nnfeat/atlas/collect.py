@@ -2,7 +2,7 @@
 
 For each image, ``per_image`` distinct random spatial positions of the layer are sampled; each sample
 keeps the activation vector there (C,) and, when the model outputs logits (B, K), the attribution of
-every class at that position, ``sum_c act[c] * d logit_k / d act[c]`` (REFERENCE §4.1).
+every class at that position, ``sum_c act[c] * d logit_k / d act[c]`` (Carter et al. 2019).
 
 Results go to memory-mapped ``.npy`` files in ``directory`` as they are computed, so a million samples
 never have to fit in memory, and an interrupted collection resumes at the batch it reached:
@@ -32,6 +32,7 @@ from nnfeat.hooks import ActivationCapture
 from nnfeat.io import read_json, write_json
 from nnfeat.layouts import OUTPUT, positions_view
 from nnfeat.models.base import Model
+from nnfeat.progress import progress_bar
 
 META_FILE = "collect.json"
 
@@ -148,7 +149,7 @@ def collect(model: Model, layer: str, images: ImageSet, directory: Path, *, n: i
     attr = open_mm(directory / "attr.npy", mode=mode, dtype=np.float32, shape=(total, logits)) if logits else None
     write_json(meta_path, {**meta, "batches_done": start_batch})
 
-    bar = _bar(batches, start_batch, f"collect {layer}", progress)
+    bar = progress_bar(batches, f"collect {layer}", enabled=progress, unit="batch", initial=start_batch)
     layers = [layer, OUTPUT] if logits else [layer]
     with ActivationCapture(model, layers) as capture:
         for b in range(start_batch, batches):
@@ -166,10 +167,8 @@ def collect(model: Model, layer: str, images: ImageSet, directory: Path, *, n: i
                 if mm is not None:
                     mm.flush()
             write_json(meta_path, {**meta, "batches_done": b + 1})
-            if bar is not None:
-                bar.update(1)
-    if bar is not None:
-        bar.close()
+            bar.update(1)
+    bar.close()
     del acts, samples, attr
     write_json(meta_path, {**meta, "batches_done": batches, "complete": True})
     return load_collected(directory)
@@ -179,7 +178,7 @@ def _sample_batch(capture: ActivationCapture, batch: torch.Tensor, layer: str, p
                   logits: int | None, mode: str = "backward") -> tuple[torch.Tensor, torch.Tensor | None]:
     """Activations (B, S, C) at the picked positions (B, S), and attributions (B, S, K) when ``logits``.
 
-    The attribution of class k at a position is ``act . d logit_k / d act`` there (REFERENCE §4.2), i.e.
+    The attribution of class k at a position is ``act . d logit_k / d act`` there (Carter et al. 2019), i.e.
     the directional derivative of the logits along the activation restricted to that position.
     ``mode`` (see :func:`attribution_mode`): ``"forward"``, one forward-mode pass of the whole network per
     picked position for all K classes at once, or ``"backward"``, one backward pass per class of the part
@@ -265,14 +264,6 @@ def _attributions_backward(capture: ActivationCapture, batch: torch.Tensor, laye
 def _gather(view: torch.Tensor, pick: torch.Tensor) -> torch.Tensor:
     """(B, P, C) and (B, S) position indices -> (B, S, C)."""
     return view.gather(1, pick.unsqueeze(-1).expand(-1, -1, view.shape[-1]))
-
-
-def _bar(total: int, done: int, desc: str, enabled: bool):
-    if not enabled:
-        return None
-    from tqdm.auto import tqdm
-
-    return tqdm(total=total, initial=done, desc=desc, unit="batch", leave=False)
 
 
 __all__ = ["collect", "load_collected", "Collected", "stage_seed", "generator", "model_logit_count"]

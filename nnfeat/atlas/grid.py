@@ -1,7 +1,7 @@
 """Atlas stage 4 (second half) and 5: bin the normalized layout into a G×G grid and summarize each cell.
 
 A cell is kept when it holds at least ``min_count`` samples. Its vector is the plain mean of the raw
-activations of its samples (REFERENCE §4.5), its class is the top class of the mean attribution. All sums
+activations of its samples (Carter et al. 2019), its class is the top class of the mean attribution. All sums
 run over chunks of the (memory-mapped) activations with ``index_add_``, so no copy of them is needed.
 """
 

@@ -1,7 +1,7 @@
 """Atlas stage 6-7: render one icon per kept cell, in batches that survive interruption.
 
 Each icon maximizes ``direction_neuron_cossim(layer, v')`` at the centre position of the layer, with
-``v' = v·S`` the whitened cell vector (or ``v`` without whitening), REFERENCE §4.6. An optional
+``v' = v·S`` the whitened cell vector (or ``v`` without whitening), Carter et al. 2019. An optional
 ``spatial_weight`` w adds ``w * mean over positions of (h · v') / C``, which asks every position, not
 only the centre, to show the direction (0.5 by default; 0 gives the paper's objective; measured in
 ``experiments/atlas_cifar.py``). Cells are rendered in
@@ -31,6 +31,7 @@ from nnfeat.atlas.collect import stage_seed
 from nnfeat.hooks import ActivationCapture
 from nnfeat.io import read_json, save_image, write_json
 from nnfeat.models.base import Model
+from nnfeat.progress import progress_bar
 from nnfeat.layouts import at_position
 from nnfeat.objectives import direction, direction_neuron_cossim
 
@@ -96,7 +97,7 @@ def render_icons(model: Model, layer: str, vectors: np.ndarray, rows: np.ndarray
     batch_key = f"{key}/{vectors_digest(vectors)}/{batch}"
     cosines = np.zeros(count, dtype=np.float32)
     rendered = 0
-    bar = _bar(batches, f"icons {layer}", progress)
+    bar = progress_bar(batches, f"icons {layer}", enabled=progress, unit="batch")
     for b in range(batches):
         cells = slice(b * batch, min((b + 1) * batch, count))
         record_path = directory / f"batch-{b:05d}.json"
@@ -117,22 +118,13 @@ def render_icons(model: Model, layer: str, vectors: np.ndarray, rows: np.ndarray
             rendered += 1
             write_json(record_path, {"key": batch_key, "icons": names, "cosines": [float(c) for c in cos],
                                      "objective": result.final_values.tolist(), "seconds": result.elapsed})
-        if bar is not None:
-            bar.update(1)
+        bar.update(1)
+        if progress:
             bar.set_postfix_str(f"mean cosine {cosines[:cells.stop].mean():.3f}")
         if on_batch is not None:
             on_batch(b, batches)
-    if bar is not None:
-        bar.close()
+    bar.close()
     return cosines, rendered
-
-
-def _bar(total: int, desc: str, enabled: bool):
-    if not enabled:
-        return None
-    from tqdm.auto import tqdm
-
-    return tqdm(total=total, desc=desc, unit="batch", leave=False)
 
 
 __all__ = ["render_icons", "icon_objective", "centre_cosine", "icon_name", "vectors_digest"]

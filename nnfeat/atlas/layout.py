@@ -1,11 +1,11 @@
 """Atlas stages 2-3 and the first half of 4: whitening matrix, 2-D layout, layout normalization.
 
-* :func:`whitening` computes ``S = inv(AᵀA / N)`` (uncentred, REFERENCE §4.2) chunk by chunk, so the
+* :func:`whitening` computes ``S = inv(AᵀA / N)`` (uncentred, as in Carter et al. 2019) chunk by chunk, so the
   activations can stay memory-mapped. Near-singular directions (dead channels) are clamped, see below.
 * :func:`layout_2d` embeds the activation vectors in 2-D with UMAP (cosine metric), t-SNE (cosine
   metric) or PCA (of the L2-normalized vectors, to match the cosine geometry).
 * :func:`normalize_layout` clips each axis to its 1st..99th percentile widened by 10 % on each side and
-  scales it to [0, 1] (REFERENCE §4.4).
+  scales it to [0, 1] (Carter et al. 2019).
 """
 
 from __future__ import annotations
@@ -97,7 +97,7 @@ def layout_2d(acts: np.ndarray, method: str = "umap", *, seed: int = 0, n_neighb
 
 def normalize_layout(positions: np.ndarray, low: float = 1.0, high: float = 99.0, widen: float = 0.1) -> np.ndarray:
     """(N, 2) layout -> (N, 2) in [0, 1]: per axis clip to the [low, high] percentiles widened by ``widen``
-    of their range on each side, then scale to [0, 1] (REFERENCE §4.4)."""
+    of their range on each side, then scale to [0, 1] (Carter et al. 2019)."""
     positions = np.asarray(positions, dtype=np.float64)
     lo, hi = np.percentile(positions, [low, high], axis=0)
     span = hi - lo

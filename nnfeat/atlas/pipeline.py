@@ -1,4 +1,4 @@
-"""The activation-atlas pipeline: every stage of REFERENCE §4, each cached in the output folder.
+"""The activation-atlas pipeline: every stage of Carter et al., "Activation Atlas" (Distill 2019), each cached in the output folder.
 
 ``build_atlas(model, layer, images, out, settings)`` runs
 
@@ -14,7 +14,7 @@ stage whose key matches and recomputes it, and everything after it, otherwise; s
 keeps the collection and the layout, and an interrupted run resumes where it stopped.
 
 A class atlas (``settings.class_``) keeps only the samples whose attribution favours the class: its top
-attribution is the class, or it is among the class's ``class_top`` largest attributions (REFERENCE §4.9).
+attribution is the class, or it is among the class's ``class_top`` largest attributions (Carter et al. 2019, class atlases).
 """
 
 from __future__ import annotations
@@ -24,9 +24,10 @@ import json
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Callable
+from typing import Callable, ClassVar
 
 import numpy as np
+import torch
 
 from nnfeat.atlas.collect import Collected, collect, model_logit_count
 from nnfeat.atlas.grid import Grid, make_grid
@@ -38,11 +39,13 @@ from nnfeat.errors import NnfeatError
 from nnfeat.io import atomic_path, read_json, write_json
 from nnfeat.models.base import Model
 from nnfeat.device import autocast_for, precision_used
+from nnfeat.results import Result, check_out_dir, cli_command
+from nnfeat.sheets import labelled_sheet
 
 #: Cells list their mean attribution per class only up to this many classes (keeps cells.json small).
 MAX_ATTRIBUTION_CLASSES = 100
 
-#: Defaults of a class atlas where the user gave none (REFERENCE §4.9: 8x8 to 10x10 cells, min count ~4).
+#: Defaults of a class atlas where the user gave none (the paper's class atlases: 8x8 to 10x10 cells, min count ~4).
 CLASS_GRID = 10
 CLASS_MIN_COUNT = 4
 
@@ -95,16 +98,17 @@ class AtlasSettings:
         autocast_for(self.precision)  # a one-line error for an unknown value
 
 
-@dataclass
-class AtlasResult:
-    """What :func:`build_atlas` returns.
+@dataclass(repr=False)
+class AtlasResult(Result):
+    """What :func:`build_atlas` returns (the :class:`~nnfeat.results.Result` protocol).
 
     Attributes:
-        out: the output folder.
-        mosaic: ``atlas.png``; cells_json: ``cells.json``; html: ``atlas.html`` or None.
+        out: the output folder (every stage is cached there).
+        mosaic: ``atlas.png``; cells_json: ``cells.json``; html: ``atlas.html``.
         header: the top-level entries of ``cells.json``; cells: its per-cell entries.
         timings: seconds per stage (``cached`` stages report the time to load them).
         cached: the stages that were reused from an earlier run.
+        images: (M, 3, s, s) the icons of the kept cells, in ``cells`` order.
     """
 
     out: Path
@@ -115,10 +119,59 @@ class AtlasResult:
     cells: list[dict]
     timings: dict[str, float] = field(default_factory=dict)
     cached: list[str] = field(default_factory=list)
+    elapsed: float = 0.0
+    command: str | None = None
+    kind: ClassVar[str] = "atlas"
 
     @property
     def mean_cosine(self) -> float:
         return float(np.mean([c["cosine"] for c in self.cells])) if self.cells else float("nan")
+
+    @property
+    def images(self) -> torch.Tensor:
+        return torch.stack([_read_png(self.out / cell["icon"]) for cell in self.cells]) if self.cells else \
+            torch.zeros(0, 3, self.header["icon_size"], self.header["icon_size"])
+
+    def title(self) -> str:
+        target = "" if self.header.get("class") is None else f"  class {self.header['class']['name']}"
+        return (f"{self.header['model']}  {self.header['layer']}{target}  atlas: {len(self.cells)} cells, "
+                f"mean cosine {self.mean_cosine:.3f}")
+
+    def sheet_images(self) -> torch.Tensor:
+        return _read_png(self.mosaic).unsqueeze(0)
+
+    def captions(self) -> list[str]:
+        return [f"{self.header['grid']}x{self.header['grid']} grid, {self.header['samples']} samples"]
+
+    def sheet(self) -> np.ndarray:
+        return labelled_sheet(self.sheet_images(), self.captions(), title=self.title(), min_tile=480)
+
+    def record(self) -> dict:
+        return {"model": self.header["model"], "layer": self.header["layer"], "seed": self.header["settings"]["seed"],
+                "device": self.header.get("device"), "precision": self.header.get("precision"),
+                "settings": self.header["settings"], "cells": len(self.cells), "mean_cosine": self.mean_cosine,
+                "timings": self.timings, "cached": self.cached}
+
+    def save(self, out: str | Path) -> Path:
+        """Write ``atlas.png`` (the mosaic), ``cells.json``, ``atlas.html``, ``icons/`` and the record ``atlas.json``
+        into ``out`` (copies when ``out`` is not the folder the atlas was built in)."""
+        import shutil
+
+        out = check_out_dir(out)
+        files = ["atlas.png", "cells.json", *(["atlas.html"] if self.html else []), "icons/"]
+        if out.resolve() != self.out.resolve():
+            out.mkdir(parents=True, exist_ok=True)
+            for name in files[:-1]:
+                shutil.copyfile(self.out / name, out / name)
+            shutil.copytree(self.out / "icons", out / "icons", dirs_exist_ok=True,
+                            ignore=shutil.ignore_patterns("*.json", ".*"))
+        return write_json(out / "atlas.json", self.full_record(files))
+
+
+def _read_png(path: Path) -> torch.Tensor:
+    from PIL import Image
+
+    return torch.from_numpy(np.array(Image.open(path).convert("RGB"))).permute(2, 0, 1).float() / 255
 
 
 def _key(*parts) -> str:
@@ -196,6 +249,7 @@ def build_atlas(model: Model, layer: str, images: ImageSet, out: str | Path, set
     Returns:
         :class:`AtlasResult`.
     """
+    started = time.perf_counter()
     settings.check()
     model.check_layer(layer)
     s = settings.resolved(model)
@@ -309,7 +363,7 @@ def build_atlas(model: Model, layer: str, images: ImageSet, out: str | Path, set
         "label_classes": images.classes if images.labels is not None else None,
         "class": None if class_index is None else {"index": class_index, "name": _name(class_names, class_index)},
         "mean_cosine": float(cosines.mean()), "settings": settings_dict,
-        "mosaic": "atlas.png",
+        "mosaic": "atlas.png", "device": str(model.device), "precision": precision,
     }
     cells_json = write_json(out / "cells.json", {**header, "cells": cells})
     title = f"{model.name} {layer}" + ("" if class_index is None else f" — class {_name(class_names, class_index)}")
@@ -317,8 +371,16 @@ def build_atlas(model: Model, layer: str, images: ImageSet, out: str | Path, set
                        title, images, model.input_size)
     _finish("stitch", start, False, timings, cached, say, f"wrote {mosaic}")
     write_json(out / "timings.json", {"timings": timings, "cached": cached})
+    command = cli_command("atlas", model.name, layer, images=images.name, n=s.n, per_image=s.per_image,
+                          layout=s.layout, grid=s.grid, min_count=s.min_count,
+                          icon_size=s.icon_size, steps=s.steps, batch=s.batch, seed=s.seed, class_=s.class_,
+                          cossim_pow=s.cossim_pow, spatial_weight=s.spatial_weight, transforms=s.transforms,
+                          precision=s.precision if s.precision != "auto" else None,
+                          weights="random" if getattr(model, "weights", None) == "random" else None, out=out)
+    if not s.whiten:
+        command += " --no-whiten"
     return AtlasResult(out=out, mosaic=mosaic, cells_json=cells_json, html=html, header=header, cells=cells,
-                       timings=timings, cached=cached)
+                       timings=timings, cached=cached, elapsed=time.perf_counter() - started, command=command)
 
 
 def _name(names: list[str] | None, index: int) -> str:
@@ -326,40 +388,37 @@ def _name(names: list[str] | None, index: int) -> str:
 
 
 def cell_entries(grid: Grid, cosines: np.ndarray, class_names: list[str] | None, images: ImageSet) -> list[dict]:
-    """One ``cells.json`` entry per kept cell (see the module docstring of :mod:`nnfeat.atlas`)."""
+    """One ``cells.json`` entry per kept cell; the fields are :data:`nnfeat.atlas.cells.CELL_FIELDS`."""
+    from nnfeat.atlas.cells import cell_entry
+
     entries = []
     for i in range(len(grid)):
-        entry = {
-            "row": int(grid.rows[i]), "col": int(grid.cols[i]), "count": int(grid.counts[i]),
-            "icon": f"icons/{icon_name(int(grid.rows[i]), int(grid.cols[i]))}",
-            "position": [round(float(v), 5) for v in grid.positions[i]],
-            "cosine": round(float(cosines[i]), 5),
-            "members": [int(m) for m in grid.members[i] if m >= 0],
-        }
+        row, col = int(grid.rows[i]), int(grid.cols[i])
+        top_class = attribution = labels = majority = None
         if grid.attr is not None:
             top = int(np.argmax(grid.attr[i]))
-            entry["top_class"] = {"index": top, "name": _name(class_names, top)}
+            top_class = (top, _name(class_names, top))
             if grid.attr.shape[1] <= MAX_ATTRIBUTION_CLASSES:
-                entry["attribution"] = [round(float(v), 5) for v in grid.attr[i]]
+                attribution = grid.attr[i]
         if grid.label_counts is not None:
             hist = grid.label_counts[i]
             order = np.argsort(-hist, kind="stable")
-            entry["labels"] = {images.label_name(int(k)): int(hist[k]) for k in order if hist[k] > 0}
+            labels = {images.label_name(int(k)): int(hist[k]) for k in order if hist[k] > 0}
             if hist.sum() > 0:
                 top = int(order[0])
-                entry["majority_label"] = {"index": top, "name": images.label_name(top),
-                                           "share": round(float(hist[top] / hist.sum()), 5)}
-        entries.append(entry)
+                majority = (top, images.label_name(top), hist[top] / hist.sum())
+        entries.append(cell_entry(
+            row, col, count=grid.counts[i], icon=f"icons/{icon_name(row, col)}", position=grid.positions[i],
+            cosine=cosines[i], members=[m for m in grid.members[i] if m >= 0], top_class=top_class,
+            attribution=attribution, labels=labels, majority_label=majority))
     return entries
 
 
 def _write_html(out: Path, mosaic: Path, cells: list[dict], classes: list[str] | None, grid: int,
-                title: str, images: ImageSet, size: tuple[int, int]) -> Path | None:
-    """``atlas.html`` with the member images embedded, when the viewer module is installed."""
-    try:
-        from nnfeat.views.atlas_viewer import write_atlas_html
-    except ImportError:
-        return None
+                title: str, images: ImageSet, size: tuple[int, int]) -> Path:
+    """``atlas.html``: the interactive viewer (:mod:`nnfeat.views.atlas_viewer`), member images embedded."""
+    from nnfeat.views.atlas_viewer import write_atlas_html  # the views sit downstream of the atlas: import late
+
     members = sorted({m for cell in cells for m in cell["members"]})
     pictures = images.read(members, None if images.array is not None else size) if members else []
     thumbnails = dict(zip(members, pictures))

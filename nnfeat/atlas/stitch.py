@@ -1,4 +1,4 @@
-"""Atlas stage 8: place the icons on a white canvas at their grid cells (REFERENCE §4.8)."""
+"""Atlas stage 8: place the icons on a white canvas at their grid cells (Carter et al. 2019)."""
 
 from __future__ import annotations
 

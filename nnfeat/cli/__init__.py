@@ -30,7 +30,7 @@ def build_parser() -> OneLineParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
-    args = build_parser().parse_args(argv)
+    args = build_parser().parse_args(render.leading_minus(argv))
     args.command_line = command_line(argv)
     try:
         return int(args.func(args) or 0)

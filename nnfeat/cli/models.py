@@ -7,6 +7,7 @@ from nnfeat.cli.common import add_model, add_shared, load_model
 
 def register(sub) -> None:
     p = sub.add_parser("models", help="the model zoo: names, input size and colour, classes, weights, licence")
+    p.add_argument("--json", action="store_true", help="print the model cards as one JSON list instead of a table")
     p.set_defaults(func=cmd_models)
 
     p = sub.add_parser("layers", help="list a model's layer names, output shapes and channel counts")
@@ -16,11 +17,24 @@ def register(sub) -> None:
     p.set_defaults(func=cmd_layers)
 
 
-def cmd_models(args) -> int:
-    from nnfeat.models.zoo import known_models
+MODELS_COLUMNS = ("name", "input", "classes", "licence", "weights")
 
-    for name in known_models():
-        print(name)
+
+def cmd_models(args) -> int:
+    """One line per registry card, from the cards alone (nothing is built, loaded, hashed or downloaded)."""
+    import json
+
+    from nnfeat.models.registry import cards
+
+    if getattr(args, "json", False):
+        print(json.dumps([card.as_dict() for card in cards()], indent=2))
+        return 0
+    rows = [MODELS_COLUMNS] + [
+        (card.name, card.input_text(), card.classes_text(), card.licence, card.weights_status()) for card in cards()
+    ]
+    widths = [max(len(row[i]) for row in rows) for i in range(len(MODELS_COLUMNS) - 1)]
+    for row in rows:
+        print("  ".join([*(text.ljust(width) for text, width in zip(row, widths)), row[-1]]))
     return 0
 
 

@@ -7,15 +7,19 @@ of the pipeline can ignore normalization.
 
 from __future__ import annotations
 
-from typing import Sequence
+from typing import TYPE_CHECKING, Sequence
 
 import torch
 from torch import nn
 
 from nnfeat.errors import NnfeatError
 from nnfeat.hooks import ActivationCapture, check_layer, find_module
-from nnfeat.layouts import LUMA, OUTPUT, channel_count
+from nnfeat.imageops import LUMA
+from nnfeat.layouts import OUTPUT, channel_count
 from nnfeat.units import Units, parse_units
+
+if TYPE_CHECKING:
+    from nnfeat.models.registry import ModelCard
 
 
 class Model(nn.Module):
@@ -28,6 +32,9 @@ class Model(nn.Module):
         input_size: the native (H, W) input size, or an int for square inputs.
         in_channels: 3 for RGB networks, 1 for grey ones (RGB is converted with Rec. 601 luma).
         classes: optional class names, index-aligned with the logits.
+        weights: which weights the network holds: ``"pretrained"``, ``"random"`` (the zoo's seeded
+            initialisation), or ``None`` when nnfeat does not know (a user's own network).
+        card: the :class:`~nnfeat.models.registry.ModelCard` the model was built from, or ``None``.
     """
 
     def __init__(
@@ -40,6 +47,8 @@ class Model(nn.Module):
         input_size: int | tuple[int, int] = 224,
         in_channels: int = 3,
         classes: Sequence[str] | None = None,
+        weights: str | None = None,
+        card: "ModelCard | None" = None,
     ) -> None:
         super().__init__()
         self.net = net.eval()
@@ -48,6 +57,8 @@ class Model(nn.Module):
         self.in_channels = int(in_channels)
         self.input_size = (input_size, input_size) if isinstance(input_size, int) else tuple(input_size)
         self.classes = list(classes) if classes is not None else None
+        self.weights = weights
+        self.card = card
         mean = [0.0] * self.in_channels if mean is None else list(mean)
         std = [1.0] * self.in_channels if std is None else list(std)
         if len(mean) != self.in_channels or len(std) != self.in_channels:

@@ -36,6 +36,10 @@ from nnfeat.models.weights import weights_dir
 CACHE_FILE = "digits-cnn-v1.pt"
 CLASSES = tuple(str(d) for d in range(10))
 IMAGE_SIZE = 32
+#: Mean and standard deviation of the training images (``digits_dataset("train")``, as float32 ``.item()``):
+#: the net's input normalization, for trained and random weights alike.
+DATA_MEAN = 0.3051074147224426
+DATA_STD = 0.32222411036491394
 HELD_OUT = 297
 SEED = 0
 EPOCHS = 12
@@ -192,9 +196,10 @@ def _save_atomic(checkpoint: dict, path: Path) -> None:
         torch.save(checkpoint, tmp)
 
 
-def load_checkpoint(*, train_if_missing: bool = True) -> dict:
-    """The cached checkpoint, training (and caching) it first if there is none or it is unreadable."""
-    path = cache_path()
+def load_checkpoint(path: Path | None = None, *, train_if_missing: bool = True) -> dict:
+    """The checkpoint cached at ``path`` (default :func:`cache_path`), training (and caching) it first if there
+    is none or it is unreadable."""
+    path = cache_path() if path is None else Path(path)
     if path.is_file():
         try:
             checkpoint = torch.load(path, map_location="cpu", weights_only=True)
@@ -212,23 +217,12 @@ def load_checkpoint(*, train_if_missing: bool = True) -> dict:
     return checkpoint
 
 
-def load(weights: str = "pretrained") -> Model:
-    """The ``digits-cnn`` :class:`Model`: grey input, 32 px, classes "0".."9".
+def build_random() -> DigitsCNN:
+    """An untrained :class:`DigitsCNN`, He-normal from ``SEED`` (the registry's builder for ``digits-cnn``)."""
+    return init_weights(DigitsCNN(), torch.Generator().manual_seed(SEED))
 
-    ``weights="pretrained"`` uses the cached training result (training it if needed, a few seconds);
-    ``weights="random"`` gives an untrained net (normalized like the trained one).
-    """
-    net = DigitsCNN()
-    if weights == "pretrained":
-        checkpoint = load_checkpoint()
-        net.load_state_dict(checkpoint["state_dict"])
-        mean, std = checkpoint["mean"], checkpoint["std"]
-    elif weights == "random":
-        init_weights(net, torch.Generator().manual_seed(SEED))
-        train_x, _ = digits_dataset("train", rgb=False)
-        mean, std = train_x.mean().item(), train_x.std().item()
-    else:
-        raise NnfeatError(f"unknown weights '{weights}' for digits-cnn; expected pretrained or random")
-    return Model(
-        net, name="digits-cnn", mean=[mean], std=[std], input_size=IMAGE_SIZE, in_channels=1, classes=CLASSES
-    )
+
+def load_trained(net: DigitsCNN, path: Path) -> DigitsCNN:
+    """Put the trained weights cached at ``path`` into ``net``, training them first on first use."""
+    net.load_state_dict(load_checkpoint(path)["state_dict"])
+    return net

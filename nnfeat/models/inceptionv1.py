@@ -409,7 +409,8 @@ def load(weights: str = "pretrained", *, lrn: str = "lucid", seed: int = 0, prog
 
     Args:
         weights: ``"pretrained"`` (fetch ``inception5h.pth``, see :mod:`nnfeat.models.weights`),
-            ``"random"`` (He-normal init from ``seed``), or the path of an ``inception5h.pth`` file.
+            ``"random"`` (He-normal init from ``seed``), or the path of an ``inception5h.pth`` file (recorded
+            as given in the model's ``weights``).
         lrn: ``"lucid"`` (the TensorFlow graph's LRN, default) or ``"lucent"`` (lucent's port).
         seed: seed of the random initialisation (only matters for ``"random"``).
         progress: show a download progress bar.
@@ -424,4 +425,5 @@ def load(weights: str = "pretrained", *, lrn: str = "lucid", seed: int = 0, prog
                 f"unknown weights '{weights}' for inceptionv1; use 'pretrained', 'random' or a path to {WEIGHTS_FILE}"
             )
         load_weights(net, weights)
-    return Model(net, name="inceptionv1", mean=INPUT_MEAN, std=INPUT_STD, input_size=INPUT_SIZE, in_channels=3, classes=None)
+    label = weights if weights in ("pretrained", "random") else "pretrained"
+    return Model(net, name="inceptionv1", mean=INPUT_MEAN, std=INPUT_STD, input_size=INPUT_SIZE, weights=label)

@@ -76,13 +76,17 @@ def fetch_weights(filename: str, url: str, *, sha256_prefix: str | None = None, 
     if Path(filename).name != filename or not filename:
         raise NnfeatError(f"weights file name must be a bare file name, got '{filename}'")
     prefix = (sha256_prefix or hash_prefix_from_name(filename) or "").lower() or None
-    for directory in search_dirs():
-        candidate = directory / filename
-        if candidate.is_file():
-            fix = f"delete it and fetch it again from {url}"
-            _check_hash(f"weights file {candidate}", sha256_of(candidate), prefix, fix)
-            return candidate
+    candidate = find_local(filename)
+    if candidate is not None:
+        fix = f"delete it and fetch it again from {url}"
+        _check_hash(f"weights file {candidate}", sha256_of(candidate), prefix, fix)
+        return candidate
     return _download(filename, url, prefix, progress)
+
+
+def find_local(filename: str) -> Path | None:
+    """The first ``directory / filename`` of :func:`search_dirs` that is a file, or ``None`` (no hashing)."""
+    return next((d / filename for d in search_dirs() if (d / filename).is_file()), None)
 
 
 def _download(filename: str, url: str, prefix: str | None, progress: bool) -> Path:

@@ -1,22 +1,31 @@
 """``load_model(name)``: every network nnfeat knows by name, wrapped as a :class:`~nnfeat.models.base.Model`.
 
-Names:
+The names, and every fact about them, are the cards of :mod:`nnfeat.models.registry` (``nnfeat models``
+lists them):
 
 * ``cifar10-resnet20`` / ``-32`` / ``-44`` / ``-56``: CIFAR-10 ResNets (32 px), weights via :func:`fetch_weights`.
 * ``digits-cnn``: a small grey-digit CNN trained by nnfeat itself (offline, a few seconds, then cached).
 * ``inceptionv1``: GoogLeNet as in Lucid (see :mod:`nnfeat.models.inceptionv1`).
 * ``torchvision:NAME``: any torchvision classification model (``torchvision:resnet18``).
+* ``timm:NAME``: any timm model (``timm:vit_tiny_patch16_224``; needs ``pip install timm``).
 * ``FILE.py:FACTORY``: ``FACTORY()`` from a Python file, returning an ``nn.Module`` or a ``Model``.
 
 ``weights="random"`` gives randomly initialised weights, drawn from a fixed seed so the same name
-always gives the same net; the global torch RNG is left untouched.
+always gives the same net; the global torch RNG is left untouched. The returned model records them in
+``model.weights`` (``"pretrained"`` / ``"random"``; ``None`` for a ``FILE.py`` model) and its card in
+``model.card``.
+
+``device="auto"`` (the default) is the first CUDA GPU, else MPS, else the CPU
+(:func:`nnfeat.device.resolve_device`); ``device=None`` leaves the model where it was built.
 """
 
 from __future__ import annotations
 
+import dataclasses
+import functools
 import hashlib
-import importlib
 import importlib.util
+import logging
 import sys
 import urllib.error
 from pathlib import Path
@@ -25,69 +34,36 @@ from typing import Callable
 import torch
 from torch import nn
 
+from nnfeat.device import resolve_device
 from nnfeat.errors import NnfeatError, nearest
 from nnfeat.models.base import Model
+from nnfeat.models.registry import PUBLISHED, TRAINED, ModelCard, find_card, known_models
+from nnfeat.models.weights import fetch_weights, hash_prefix_from_name, weights_dir
 
-CIFAR_DEPTHS = (20, 32, 44, 56)
-TORCHVISION_PREFIX = "torchvision:"
 WEIGHT_CHOICES = ("pretrained", "random")
 RANDOM_SEED = 0
 
 
-def known_models() -> list[str]:
-    """Every model name :func:`load_model` accepts (patterns written as ``torchvision:NAME``, ``FILE.py:FACTORY``)."""
-    return [
-        *(f"cifar10-resnet{d}" for d in CIFAR_DEPTHS),
-        "digits-cnn",
-        "inceptionv1",
-        f"{TORCHVISION_PREFIX}NAME",
-        "FILE.py:FACTORY",
-    ]
-
-
-def load_model(name: str, *, weights: str = "pretrained", device: str | torch.device | None = None) -> Model:
-    """The model called ``name`` (see the module docstring), in eval mode, optionally moved to ``device``.
+def load_model(name: str, *, weights: str = "pretrained", device: str | torch.device | None = "auto") -> Model:
+    """The model called ``name`` (see the module docstring), in eval mode, on ``device``.
 
     Raises a one-line :class:`NnfeatError` for an unknown name, unknown weights, weights that cannot be
-    found or downloaded, or an unavailable device.
+    found or downloaded, or an unavailable device (checked before anything is built).
     """
     if weights not in WEIGHT_CHOICES:
         raise NnfeatError(f"unknown weights '{weights}'; expected one of {', '.join(WEIGHT_CHOICES)}")
-    loader = _loader_for(name)
-    model = loader(weights)
-    return _to_device(model, device)
+    card, arg = find_card(name)
+    target = None if device is None else resolve_device(device)
+    model = _LOADERS[card.family](card, arg, weights)
+    return model if target is None else _to_device(model, target)
 
 
-def _loader_for(name: str) -> Callable[[str], Model]:
-    builtin: dict[str, Callable[[str], Model]] = {f"cifar10-resnet{d}": _cifar_loader(d) for d in CIFAR_DEPTHS}
-    builtin["digits-cnn"] = _load_digits
-    builtin["inceptionv1"] = _load_inceptionv1
-    if name in builtin:
-        return builtin[name]
-    if name.startswith(TORCHVISION_PREFIX):
-        return lambda weights: _load_torchvision(name[len(TORCHVISION_PREFIX) :], weights)
-    file_part, sep, factory = name.rpartition(":")
-    if sep and file_part.endswith(".py"):
-        return lambda weights: _load_file_factory(file_part, factory)
-    if name.endswith(".py"):
-        raise NnfeatError(f"model file '{name}' needs a factory: write it as {name}:FACTORY")
-    close = nearest(name, builtin)
-    hint = f" (did you mean {close[0]}?)" if close else ""
-    raise NnfeatError(f"unknown model '{name}'{hint}; known: {', '.join(known_models())}")
-
-
-def _to_device(model: Model, device: str | torch.device | None) -> Model:
-    if device is None:
-        return model
-    try:
-        target = torch.device(device)
-    except (RuntimeError, TypeError):
-        raise NnfeatError(f"unknown device '{device}'; expected e.g. cpu, cuda, cuda:1 or mps") from None
+def _to_device(model: Model, target: torch.device) -> Model:
     try:
         return model.to(target)
     except (RuntimeError, AssertionError) as err:
         reason = " ".join(str(err).split())[:120]
-        raise NnfeatError(f"device '{device}' is not usable here ({reason}); try --device cpu") from None
+        raise NnfeatError(f"device '{target}' is not usable here ({reason}); try --device cpu") from None
 
 
 def _random_init(build: Callable[[], nn.Module]) -> nn.Module:
@@ -98,36 +74,21 @@ def _random_init(build: Callable[[], nn.Module]) -> nn.Module:
 
 
 # ---------------------------------------------------------------------------------------------------
-def _cifar_loader(depth: int) -> Callable[[str], Model]:
-    def load(weights: str) -> Model:
-        from nnfeat.models import cifar_resnet as cr
-        from nnfeat.models.weights import fetch_weights
-
-        net = _random_init(lambda: cr.CifarResNet(depth))
-        if weights == "pretrained":
-            filename = cr.WEIGHT_FILES[depth]
-            path = fetch_weights(filename, cr.WEIGHTS_URL.format(file=filename))
-            cr.load_checkpoint(net, path)
-        return Model(
-            net,
-            name=f"cifar10-resnet{depth}",
-            mean=cr.CIFAR10_MEAN,
-            std=cr.CIFAR10_STD,
-            input_size=32,
-            classes=cr.CIFAR10_CLASSES,
-        )
-
-    return load
+def _load_card(card: ModelCard, _arg: None, weights: str) -> Model:
+    """A zoo card: ``card.builder()`` from the fixed seed, then (pretrained) its weights file loaded into it."""
+    net = _random_init(card.builder)
+    if weights == "pretrained" and card.load_weights is not None:
+        card.load_weights(net, _weights_file(card))
+    return card.model(net, weights)
 
 
-def _load_digits(weights: str) -> Model:
-    from nnfeat.models import digits
-
-    return digits.load(weights=weights)
-
-
-def _load_inceptionv1(weights: str) -> Model:
-    return importlib.import_module("nnfeat.models.inceptionv1").load(weights=weights)
+def _weights_file(card: ModelCard) -> Path:
+    """The local file with ``card``'s pretrained weights: fetched if published, else where nnfeat trains them."""
+    if card.weights_source == PUBLISHED:
+        return fetch_weights(card.weights_file, card.weights_url, sha256_prefix=card.sha256_prefix)
+    if card.weights_source == TRAINED:
+        return weights_dir() / card.weights_file
+    raise NnfeatError(f"{card.name} has no pretrained weights; use --weights random")  # pragma: no cover
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -137,14 +98,14 @@ def _load_inceptionv1(weights: str) -> Model:
 _TRANSFORM_INPUT_NETS = ("googlenet", "inception_v3")
 
 
-def _load_torchvision(arch: str, weights: str) -> Model:
+def _load_torchvision(card: ModelCard, arch: str, weights: str) -> Model:
     import torchvision
-    from torchvision.models import get_model, get_model_weights, list_models
+    from torchvision.models import get_model_weights, list_models
 
     available = list_models(module=torchvision.models)
     if arch not in available:
         close = nearest(arch, available)
-        hint = f"; nearest: {', '.join(TORCHVISION_PREFIX + c for c in close)}" if close else ""
+        hint = f"; nearest: {', '.join(card.prefix + c for c in close)}" if close else ""
         raise NnfeatError(
             f"unknown torchvision model '{arch}'{hint} (any of torchvision.models.list_models() works)"
         )
@@ -157,28 +118,25 @@ def _load_torchvision(arch: str, weights: str) -> Model:
         if weights == "pretrained":
             kwargs = {"transform_input": False}
             mean, std = (0.5, 0.5, 0.5), (0.5, 0.5, 0.5)
-    if weights == "pretrained":
-        net = _torchvision_pretrained(arch, default, kwargs)
-    else:
-        net = _random_init(lambda: get_model(arch, weights=None, **kwargs))
+    build = functools.partial(card.builder, arch, **kwargs)
+    net = _torchvision_pretrained(arch, default, build) if weights == "pretrained" else _random_init(build)
     crop = transform.crop_size
     size = int(crop[0]) if isinstance(crop, (list, tuple)) else int(crop)
-    return Model(
-        net,
-        name=f"{TORCHVISION_PREFIX}{arch}",
-        mean=mean,
-        std=std,
-        input_size=size,
-        classes=default.meta.get("categories"),
+    classes = default.meta.get("categories")
+    file = Path(default.url).name
+    made = dataclasses.replace(
+        card, name=f"{card.prefix}{arch}", summary=f"torchvision.models.{arch}", builder=build, mean=mean, std=std,
+        input_size=(size, size), classes=tuple(classes) if classes else None,
+        num_classes=len(classes) if classes else None, weights_file=file, weights_url=default.url,
+        sha256_prefix=hash_prefix_from_name(file), pattern=False,
     )
+    return made.model(net, weights)
 
 
-def _torchvision_pretrained(arch: str, weights_enum, kwargs: dict) -> nn.Module:
-    """``get_model(arch, weights=DEFAULT)``; a failed download becomes a one-line error naming the cache file."""
-    from torchvision.models import get_model
-
+def _torchvision_pretrained(arch: str, weights_enum, build: Callable[..., nn.Module]) -> nn.Module:
+    """``build(weights=DEFAULT)``; a failed download becomes a one-line error naming the cache file."""
     try:
-        return get_model(arch, weights=weights_enum, **kwargs)
+        return _random_init(lambda: build(weights=weights_enum))
     except (urllib.error.URLError, ConnectionError, TimeoutError, OSError) as err:
         cache = Path(torch.hub.get_dir()) / "checkpoints" / Path(weights_enum.url).name
         reason = " ".join(str(getattr(err, "reason", err)).split())[:120]
@@ -189,8 +147,78 @@ def _torchvision_pretrained(arch: str, weights_enum, kwargs: dict) -> nn.Module:
 
 
 # ---------------------------------------------------------------------------------------------------
-def _load_file_factory(file: str, factory: str) -> Model:
-    """Import ``file`` as a fresh module and call ``factory()``; wrap an ``nn.Module`` with default settings."""
+def _load_timm(card: ModelCard, arch: str, weights: str) -> Model:
+    """``timm.create_model(arch)``: random from the fixed seed, or timm's own pretrained download. Input
+    contract from the net's ``pretrained_cfg``; ImageNet-1k class names when it has 1000 classes."""
+    try:
+        import timm
+    except ImportError:
+        raise NnfeatError(
+            f"{card.prefix}{arch} needs timm, which is not installed: pip install timm (or pip install nnfeat[timm])"
+        ) from None
+    if not timm.is_model(arch):
+        close = nearest(arch, timm.list_models())
+        hint = f"; nearest: {', '.join(card.prefix + c for c in close)}" if close else ""
+        raise NnfeatError(f"unknown timm model '{arch}'{hint} (any of timm.list_models() works)")
+    if weights == "pretrained":
+        net = _timm_pretrained(card, arch)
+    else:
+        net = _timm_call(card, arch, lambda: _random_init(lambda: card.builder(arch, pretrained=False)))
+    cfg = dict(getattr(net, "pretrained_cfg", None) or {})
+    channels, height, width = cfg.get("input_size", (3, 224, 224))
+    num_classes = getattr(net, "num_classes", None) or cfg.get("num_classes")
+    hub = cfg.get("hf_hub_id")
+    made = dataclasses.replace(
+        card, name=f"{card.prefix}{arch}", summary=f"timm.create_model('{arch}')",
+        builder=functools.partial(card.builder, arch, pretrained=False),
+        mean=tuple(cfg.get("mean", (0.0,) * channels)), std=tuple(cfg.get("std", (1.0,) * channels)),
+        input_size=(int(height), int(width)), in_channels=int(channels),
+        classes=_imagenet_classes() if num_classes == 1000 else None, num_classes=num_classes,
+        weights_url=f"https://huggingface.co/{hub}" if hub else cfg.get("url") or None,
+        licence=cfg.get("license") or card.licence, pattern=False,
+    )
+    return made.model(net, weights)
+
+
+def _timm_pretrained(card: ModelCard, arch: str) -> nn.Module:
+    """``timm.create_model(arch, pretrained=True)`` (timm's own download; the global RNG untouched). Without a connection the Hugging Face
+    hub retries for a while; its retry warnings are held back so a failure ends as one line."""
+    hub_log = logging.getLogger("huggingface_hub")
+    level = hub_log.level
+    hub_log.setLevel(logging.ERROR)
+    try:
+        return _random_init(lambda: card.builder(arch, pretrained=True))
+    except Exception as err:  # noqa: BLE001 - hub, torch hub and file errors of many kinds: the download failed
+        reason = _one_line(err).split(". ")[0][:160]  # the hub's messages run on for several sentences
+        raise NnfeatError(
+            f"cannot get timm's pretrained weights for '{card.prefix}{arch}' ({reason}); "
+            "connect to the Hugging Face hub once, or use --weights random"
+        ) from None
+    finally:
+        hub_log.setLevel(level)
+
+
+def _timm_call(card: ModelCard, arch: str, build: Callable[[], nn.Module]) -> nn.Module:
+    """``build()``; timm's refusal (a bad pretrained tag, say) becomes one line."""
+    try:
+        return build()
+    except (RuntimeError, ValueError, KeyError, TypeError) as err:
+        raise NnfeatError(f"timm cannot build '{arch}': {_one_line(err)} (see timm.list_models())") from None
+
+
+@functools.lru_cache(maxsize=1)
+def _imagenet_classes() -> tuple[str, ...]:
+    """The ImageNet-1k class names, as torchvision lists them."""
+    from torchvision.models import ResNet18_Weights
+
+    return tuple(ResNet18_Weights.IMAGENET1K_V1.meta["categories"])
+
+
+# ---------------------------------------------------------------------------------------------------
+def _load_file_factory(_card: ModelCard, name: str, _weights: str) -> Model:
+    """Import ``FILE`` of ``name`` (``FILE.py:FACTORY``) as a fresh module and call ``FACTORY()``; wrap an
+    ``nn.Module`` with default settings (its ``weights`` and ``card`` unknown: ``None``)."""
+    file, _, factory = name.rpartition(":")
     path = Path(file).expanduser()
     if not path.is_file():
         raise NnfeatError(f"model file '{file}' not found; expected FILE.py:FACTORY with FILE an existing Python file")
@@ -230,3 +258,14 @@ def _load_file_factory(file: str, factory: str) -> Model:
 def _one_line(err: BaseException) -> str:
     text = " ".join(str(err).split())
     return f"{type(err).__name__}: {text[:200]}" if text else type(err).__name__
+
+
+#: How each kind of card is loaded: ``loader(card, the name's part for the family, weights) -> Model``.
+_LOADERS: dict[str | None, Callable[[ModelCard, str | None, str], Model]] = {
+    None: _load_card,
+    "torchvision": _load_torchvision,
+    "timm": _load_timm,
+    "file": _load_file_factory,
+}
+
+__all__ = ["WEIGHT_CHOICES", "known_models", "load_model"]

@@ -1,4 +1,7 @@
-"""A small static HTML gallery page: sections of captioned images, all files relative to the page."""
+"""A small static HTML gallery page: sections of captioned images, all files relative to the page.
+
+The page body is ``templates/gallery.html``, its style ``templates/gallery.css`` (see :mod:`nnfeat.views.templating`).
+"""
 
 from __future__ import annotations
 
@@ -7,25 +10,17 @@ from pathlib import Path
 from typing import Sequence
 
 from nnfeat.io import write_text
+from nnfeat.views.templating import CSP_RELATIVE, fill_page
 
-_STYLE = """
-body{font-family:system-ui,sans-serif;margin:2em;max-width:1200px;color:#222}
-h1{font-size:1.5em}h2{font-size:1.15em;margin-top:2em;border-bottom:1px solid #ddd}
-.grid{display:flex;flex-wrap:wrap;gap:10px}
-figure{margin:0;text-align:center;font-size:12px;color:#555}
-figure img{width:96px;height:96px;image-rendering:pixelated;border:1px solid #ccc;display:block}
-figure.wide img{width:auto;height:auto;max-width:100%}
-p.note{color:#555;font-size:14px}
-"""
+__all__ = ["write_gallery"]
 
 
 def write_gallery(path: Path, title: str, sections: Sequence[dict]) -> Path:
     """Write ``path`` (HTML). Each section: ``{"title", "note"?, "items": [{"src", "caption"}], "wide"?: bool}``.
 
-    ``src`` paths are relative to the page's folder. Returns ``path``.
+    ``src`` paths are relative to the page's folder; ``note`` is HTML, inserted as given. Returns ``path``.
     """
-    parts = [f"<!doctype html><html><head><meta charset='utf-8'><title>{html.escape(title)}</title>",
-             f"<style>{_STYLE}</style></head><body><h1>{html.escape(title)}</h1>"]
+    parts = []
     for section in sections:
         parts.append(f"<h2>{html.escape(section['title'])}</h2>")
         if section.get("note"):
@@ -36,5 +31,5 @@ def write_gallery(path: Path, title: str, sections: Sequence[dict]) -> Path:
             parts.append(f"<figure{cls}><img src='{html.escape(str(item['src']))}' alt=''>"
                          f"<figcaption>{html.escape(str(item.get('caption', '')))}</figcaption></figure>")
         parts.append("</div>")
-    parts.append("</body></html>\n")
-    return write_text(path, "\n".join(parts))
+    page = fill_page("gallery.html", title=title, css="gallery.css", csp=CSP_RELATIVE, sections="\n".join(parts))
+    return write_text(path, page)

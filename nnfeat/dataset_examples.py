@@ -13,8 +13,10 @@ by the layer's stride and kept inside the image.
 
 from __future__ import annotations
 
+import time
 from dataclasses import asdict, dataclass
-from typing import Sequence
+from pathlib import Path
+from typing import ClassVar, Sequence
 
 import torch
 
@@ -23,6 +25,9 @@ from nnfeat.errors import NnfeatError
 from nnfeat.hooks import ActivationCapture
 from nnfeat.layouts import channel_count, positions_view
 from nnfeat.models.base import Model
+from nnfeat.progress import progress_bar
+from nnfeat.results import Result, cli_command
+from nnfeat.units import Units, format_units
 
 SCORES = ("mean", "max")
 
@@ -154,11 +159,7 @@ def top_examples(model: Model, layer: str, channels: Sequence[int] | int, source
     top = [torch.full((0, len(channels)), 0.0), torch.zeros((0, len(channels)), dtype=torch.long),
            torch.zeros((0, len(channels)), dtype=torch.long)]
     bottom = [t.clone() for t in top]
-    bar = None
-    if progress:
-        from tqdm.auto import tqdm
-
-        bar = tqdm(total=len(images), desc=f"examples {layer}", unit="img", leave=False)
+    bar = progress_bar(len(images), f"examples {layer}", enabled=progress, unit="img")
     start = 0
     with ActivationCapture(model, [layer]) as capture:
         for batch in images.iter_batches(batch_size, model.input_size, device=model.device):
@@ -169,10 +170,8 @@ def top_examples(model: Model, layer: str, channels: Sequence[int] | int, source
             top = _merge(top, values.cpu(), index.cpu(), strongest.cpu(), k, largest=True)
             bottom = _merge(bottom, values.cpu(), index.cpu(), weakest.cpu(), k, largest=False)
             start += len(batch)
-            if bar is not None:
-                bar.update(len(batch))
-    if bar is not None:
-        bar.close()
+            bar.update(len(batch))
+    bar.close()
 
     def examples(best, column: int) -> list[Example]:
         out = []
@@ -214,23 +213,137 @@ def example_patches(source: ImageSet, examples: Sequence[Example], size: tuple[i
     return torch.stack(patches)
 
 
-def parse_unit(spec: str) -> tuple[str, list[int]]:
-    """``"layer3:5"`` / ``"layer3:0,4,7"`` / ``"layer3:0-3"`` -> (layer, channels)."""
-    layer, sep, chans = spec.rpartition(":")
-    if not sep or not layer or not chans:
-        raise NnfeatError(f"bad unit '{spec}': expected LAYER:CH, e.g. layer3:5, layer3:0,4,7 or layer3:0-3")
-    channels: list[int] = []
-    for part in chans.split(","):
-        lo, dash, hi = part.partition("-")
-        try:
-            if dash:
-                channels.extend(range(int(lo), int(hi) + 1))
-            else:
-                channels.append(int(part))
-        except ValueError:
-            raise NnfeatError(f"bad channel '{part}' in '{spec}': channels are integers, e.g. 5, 0,4,7 or 0-3") from None
-    return layer, channels
+@dataclass(repr=False)
+class ExamplesResult(Result):
+    """What :func:`examples` returns.
+
+    Attributes:
+        model: the model's name; layer, units: the layer and the units text.
+        found: ``{channel: ChannelExamples}`` (top and bottom examples with scores, positions, patch boxes).
+        top, bottom: ``{channel: Tensor (k, 3, H, W)}`` the example images at the model's input size.
+        field: the layer's receptive field; ``field_covers_input`` is True when every unit sees the whole
+            input (then the patches are the images themselves, and none are written).
+        k_requested: the ``k`` asked for (``k`` used is ``min(k_requested, len(source))``).
+    """
+
+    model: str
+    layer: str
+    units: str
+    found: dict[int, ChannelExamples]
+    top: dict[int, torch.Tensor]
+    bottom: dict[int, torch.Tensor]
+    patches: dict[str, torch.Tensor]
+    field: ReceptiveField
+    source: str
+    classes: list[str] | None
+    score: str
+    k_requested: int
+    elapsed: float = 0.0
+    command: str | None = None
+    kind: ClassVar[str] = "examples"
+
+    @property
+    def k(self) -> int:
+        return next(iter(self.top.values())).shape[0] if self.top else 0
+
+    @property
+    def field_covers_input(self) -> bool:
+        top, left, height, width = self.field.box
+        return (height, width) == tuple(self.field.input_size)
+
+    @property
+    def images(self) -> torch.Tensor:
+        """(channels * k, 3, H, W): each channel's top examples, channel by channel."""
+        return torch.cat(list(self.top.values()))
+
+    @property
+    def sheet_columns(self) -> int | None:  # type: ignore[override]
+        return self.k
+
+    def sheet_images(self) -> torch.Tensor:
+        return torch.cat([t for c in self.top for t in (self.top[c], self.bottom[c])])
+
+    def captions(self) -> list[str]:
+        out = []
+        for c, found in self.found.items():
+            for which in ("top", "bottom"):
+                for i, example in enumerate(getattr(found, which)):
+                    label = f" {self._label(example.label)}" if example.label is not None else ""
+                    out.append(f"{format_units(self.layer, [c])} {which} {i + 1}\n{example.score:.3g}{label}")
+        return out
+
+    def title(self) -> str:
+        return f"{self.model}  {self.units}  dataset examples ({self.source})"
+
+    def _label(self, label: int) -> str:
+        return self.classes[label] if self.classes is not None and 0 <= label < len(self.classes) else str(label)
+
+    @property
+    def field_note(self) -> str:
+        top, left, height, width = self.field.box
+        if self.field_covers_input:
+            return (f"the receptive field of '{self.layer}' covers the whole {height}x{width} input: "
+                    "its patches are the images themselves")
+        return f"the receptive field of '{self.layer}' is {height}x{width} px of the {self.field.input_size[0]}x" \
+               f"{self.field.input_size[1]} input"
+
+    def record(self) -> dict:
+        return {"model": self.model, "layer": self.layer, "units": self.units, "source": self.source,
+                "k": self.k, "k_requested": self.k_requested, "score": self.score, "classes": self.classes,
+                "receptive_field": {"box": list(self.field.box), "input_size": list(self.field.input_size),
+                                    "covers_input": self.field_covers_input, "note": self.field_note},
+                "channels": [r.to_dict() for r in self.found.values()]}
+
+    def write_files(self, out: Path) -> list[str]:
+        from nnfeat.io import save_image
+        from nnfeat.sheets import labelled_sheet
+
+        files = []
+        captions = iter(self.captions())
+        for c in self.found:
+            for which in ("top", "bottom"):
+                pictures = getattr(self, which)[c]
+                names = [next(captions) for _ in range(len(pictures))]
+                path = save_image(out / f"ch{c:04d}-{which}.png", labelled_sheet(pictures, names, ncol=len(pictures)))
+                files.append(path.name)
+                if not self.field_covers_input:
+                    patches = self.patches[f"{c}-{which}"]
+                    path = save_image(out / f"ch{c:04d}-{which}-patches.png",
+                                      labelled_sheet(patches, names, ncol=len(patches)))
+                    files.append(path.name)
+        return files
 
 
-__all__ = ["Example", "ChannelExamples", "ReceptiveField", "receptive_field", "top_examples", "example_images",
-           "example_patches", "parse_unit", "SCORES"]
+def examples(model: Model, units: str | Units, images: ImageSet | str, *, k: int = 9, score: str = "mean",
+             batch_size: int = 128, progress: bool = True) -> ExamplesResult:
+    """Top and bottom dataset examples of ``units`` (``"layer3:5"``, ``"layer3:0..3"``; see :mod:`nnfeat.units`).
+
+    Args:
+        model: the model; images are fed at its input size, on its device.
+        units: units text (a position, if given, is ignored: examples rank whole maps).
+        images: an :class:`~nnfeat.data.ImageSet` or anything :func:`nnfeat.data.load_images` accepts.
+        k: examples per channel and direction (fewer when the source is smaller; the record says so).
+        score: ``mean`` (spatial mean) or ``max``.
+    Returns:
+        :class:`ExamplesResult`.
+    """
+    started = time.perf_counter()
+    parsed, channels = model.units(units)
+    image_set = images if isinstance(images, ImageSet) else load_images(images, size=model.input_size)
+    found = top_examples(model, parsed.layer, channels, image_set, k, score=score, batch_size=batch_size,
+                         progress=progress)
+    top = {c: example_images(image_set, r.top, model.input_size) for c, r in found.items()}
+    bottom = {c: example_images(image_set, r.bottom, model.input_size) for c, r in found.items()}
+    patches = {f"{c}-{which}": example_patches(image_set, getattr(r, which), model.input_size)
+               for c, r in found.items() for which in ("top", "bottom")}
+    command = cli_command("examples", model.name, str(parsed), images=image_set.name, k=k,
+                          score=None if score == "mean" else score,
+                          weights="random" if getattr(model, "weights", None) == "random" else None)
+    return ExamplesResult(model=model.name, layer=parsed.layer, units=str(parsed), found=found, top=top,
+                          bottom=bottom, patches=patches, field=receptive_field(model, parsed.layer),
+                          source=image_set.name, classes=image_set.classes, score=score, k_requested=k,
+                          elapsed=time.perf_counter() - started, command=command)
+
+
+__all__ = ["Example", "ChannelExamples", "ReceptiveField", "ExamplesResult", "examples", "receptive_field",
+           "top_examples", "example_images", "example_patches", "SCORES"]

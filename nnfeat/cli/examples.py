@@ -1,0 +1,49 @@
+"""``nnfeat examples``: the dataset images that excite (and inhibit) units most."""
+
+from __future__ import annotations
+
+import sys
+
+from nnfeat.cli.atlas import safe_name
+from nnfeat.cli.common import UNITS_HELP, add_model, add_shared, finish, load_model, positive
+
+
+def register(sub) -> None:
+    p = sub.add_parser(
+        "examples", help="top and bottom dataset examples of units",
+        description="Find the images of --images that excite each unit most (and least), and the receptive-field "
+                    "patch around its strongest position.")
+    add_model(p)
+    p.add_argument("units", metavar="UNITS", help=UNITS_HELP)
+    p.add_argument("--images", required=True, metavar="SRC",
+                   help="image source: folder, .npz, 'digits' or a torchvision dataset name")
+    p.add_argument("--k", type=int, default=9, help="examples per unit and direction (default 9)")
+    p.add_argument("--score", choices=("mean", "max"), default="mean",
+                   help="rank images by the unit's spatial mean (default) or max")
+    p.add_argument("--batch", type=int, default=128, help="images per forward pass (default 128)")
+    p.add_argument("--limit", type=int, default=None, help="use only the first N images of the source")
+    add_shared(p, out=None, seed=False, precision=False)
+    p.add_argument("--out", default=None, help="output folder (default out/examples-MODEL-LAYER)")
+    p.set_defaults(func=cmd_examples)
+
+
+def cmd_examples(args) -> int:
+    from nnfeat.data import load_images
+    from nnfeat.dataset_examples import examples
+    from nnfeat.results import check_out_dir
+    from nnfeat.units import parse_units
+
+    units = parse_units(args.units)
+    positive("k", args.k)
+    positive("batch", args.batch)
+    positive("limit", args.limit)
+    out = check_out_dir(args.out or f"out/examples-{safe_name(args.model)}-{safe_name(units.layer)}")
+    model = load_model(args)
+    model.units(units)
+    images = load_images(args.images, limit=args.limit, size=model.input_size)
+    result = examples(model, units, images, k=args.k, score=args.score, batch_size=args.batch,
+                      progress=not args.quiet and sys.stderr.isatty())
+    if result.k < args.k:
+        print(f"note: the source has {len(images)} images, so each unit gets {result.k} examples, not {args.k}")
+    print(f"note: {result.field_note}")
+    return finish(result, args, out)

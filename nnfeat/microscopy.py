@@ -1,0 +1,249 @@
+"""Whole-layer renders: one image per unit, many units per batch, resumable.
+
+``microscope(model, "layer3:0..63", out=DIR)`` renders every unit of the units text (see :mod:`nnfeat.units`;
+``"layer3"`` is every channel), ``batch`` units per render call, each batch seeded from (seed, its first
+channel), so the images do not depend on how the work was split or resumed. With ``out``, each finished
+batch is written at once (``channel-<c>.png`` plus the resume record ``microscope-cache.json``) and a re-run
+with the same settings renders only the missing batches. With ``images``, each unit also gets its top
+dataset examples.
+
+The returned :class:`MicroscopeResult` ``.save(out)`` writes ``microscope.png`` (the captioned sheet: each
+unit's render, then its top examples), ``index.html`` (a page with every unit) and ``microscope.json``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import ClassVar
+
+import numpy as np
+import torch
+from PIL import Image
+
+from nnfeat.device import precision_used
+from nnfeat.errors import NnfeatError
+from nnfeat.expr import units_objective
+from nnfeat.io import read_json, save_image, write_json
+from nnfeat.models.base import Model
+from nnfeat.progress import progress_bar
+from nnfeat.rendering import render
+from nnfeat.results import Result, check_out_dir, cli_command
+from nnfeat.units import Units, format_units
+
+CACHE_FILE = "microscope-cache.json"
+
+
+def _json_value(value):
+    """A settings value as JSON: tensors (a maco spectrum) become a short content digest."""
+    if torch.is_tensor(value):
+        data = value.detach().cpu().contiguous().float().numpy().tobytes()
+        return {"tensor": list(value.shape), "sha256": hashlib.sha256(data).hexdigest()[:16]}
+    return value
+
+
+@dataclass(repr=False)
+class MicroscopeResult(Result):
+    """What :func:`microscope` returns.
+
+    Attributes:
+        model: the model's name; layer: the layer; units: the units text.
+        channels: the rendered channels, in order.
+        renders: (N, 3, H, W) one render per channel, in [0, 1].
+        values: (N,) each render's final objective value.
+        examples: (N, k, 3, H, W) each channel's top dataset examples at the render size, or None.
+        settings: the render settings (JSON-able), seed, device and precision included.
+        out: the working folder the renders were cached in, or None.
+    """
+
+    model: str
+    layer: str
+    units: str
+    channels: list[int]
+    renders: torch.Tensor
+    values: torch.Tensor
+    examples: torch.Tensor | None
+    settings: dict
+    elapsed: float = 0.0
+    command: str | None = None
+    out: Path | None = None
+    position: tuple[int, ...] | None = None
+    kind: ClassVar[str] = "microscope"
+
+    @property
+    def images(self) -> torch.Tensor:
+        return self.renders
+
+    @property
+    def sheet_columns(self) -> int | None:  # type: ignore[override]
+        return 1 + self.examples.shape[1] if self.examples is not None else None
+
+    def unit_name(self, channel: int) -> str:
+        return format_units(self.layer, [channel], self.position)
+
+    def title(self) -> str:
+        return f"{self.model}  {self.units}  ({len(self.channels)} units)"
+
+    def sheet_images(self) -> torch.Tensor:
+        if self.examples is None:
+            return self.renders
+        return torch.cat([self.renders.unsqueeze(1), self.examples], 1).flatten(0, 1)
+
+    def captions(self) -> list[str]:
+        names = [f"{self.unit_name(c)}\n{v:.3g}" for c, v in zip(self.channels, self.values.tolist())]
+        if self.examples is None:
+            return names
+        k = self.examples.shape[1]
+        return [text for name in names for text in (name, *(f"top {i + 1}\n" for i in range(k)))]
+
+    def record(self) -> dict:
+        return {"model": self.model, "layer": self.layer, "units": self.units, "seed": self.settings.get("seed"),
+                "device": self.settings.get("device"), "precision": self.settings.get("precision"),
+                "settings": self.settings,
+                "channels": {str(c): {"value": v, "image": f"channel-{c}.png", "unit": self.unit_name(c)}
+                             for c, v in zip(self.channels, self.values.tolist())},
+                "page": "index.html"}
+
+    def write_files(self, out: Path) -> list[str]:
+        from nnfeat.views.microscope_page import write_microscope_page
+
+        same = self.out is not None and Path(self.out).resolve() == out.resolve()
+        files, units = [], []
+        for i, (c, value) in enumerate(zip(self.channels, self.values.tolist())):
+            name = f"channel-{c}.png"
+            if not (same and (out / name).is_file()):  # the working folder already holds the cached render
+                save_image(out / name, self.renders[i])
+            examples = []
+            if self.examples is not None:
+                for j, picture in enumerate(self.examples[i]):
+                    examples.append(f"examples/channel-{c}-top{j + 1}.png")
+                    save_image(out / examples[-1], picture)
+            files.append(name)
+            files.extend(examples)
+            units.append({"name": self.unit_name(c), "image": name, "value": value, "examples": examples})
+        write_microscope_page(out / "index.html", title=self.title(), sheet=f"{self.kind}.png", units=units)
+        return [*files, "index.html"]
+
+
+def microscope(model: Model, units: str | Units, *, out: str | Path | None = None, batch: int = 16,
+               images=None, examples_k: int = 4, progress: bool = True, **render_kwargs) -> MicroscopeResult:
+    """Render every unit of ``units`` (``"layer3"``, ``"layer3:0..15"``, ...; see :mod:`nnfeat.units`).
+
+    Args:
+        model: the model (its device is used).
+        units: units text or :class:`~nnfeat.units.Units`; a position (``@Y,X``) renders neurons.
+        out: working folder: renders are cached there batch by batch and a re-run resumes (None: in memory).
+        batch: units rendered together.
+        images: an image source (see :func:`nnfeat.data.load_images`): add each unit's top ``examples_k``
+            dataset examples.
+        progress: a progress bar over the batches.
+        render_kwargs: passed to :func:`nnfeat.render` (size, steps, seed, param, transforms, autocast, ...).
+    Returns:
+        :class:`MicroscopeResult`; ``.save(out)`` writes the sheet, the page and the record.
+    """
+    started = time.perf_counter()
+    if batch < 1:
+        raise NnfeatError(f"--batch must be at least 1; got {batch}")
+    if examples_k < 1:
+        raise NnfeatError(f"examples_k must be at least 1; got {examples_k}")
+    size = render_kwargs.get("size") or model.input_size[0]
+    render_kwargs["size"] = size
+    parsed, channel_list = model.units(units, (size, size))
+    image_set = _images(model, images)
+    if out is not None:
+        out = check_out_dir(out)
+    dev = model.device
+    settings = {"model": model.name, "layer": parsed.layer, "units": str(parsed), "batch": batch,
+                **{k: _json_value(v) for k, v in render_kwargs.items() if k != "progress"}}
+    settings.setdefault("seed", 0)
+    settings["device"] = str(dev)
+    settings["precision"] = precision_used(dev, render_kwargs.get("autocast"), model)
+
+    done, values = _cached(out, settings)
+    # Chunks are fixed by the channel list, so a resumed run renders exactly the batches an uninterrupted one would.
+    chunks = [channel_list[i:i + batch] for i in range(0, len(channel_list), batch)]
+    todo = [chunk for chunk in chunks if not set(chunk) <= done]
+    rendered: dict[int, torch.Tensor] = {}
+    bar = progress_bar(len(chunks), f"microscope {parsed.layer}", enabled=progress and bool(todo), unit="batch",
+                       initial=len(chunks) - len(todo), leave=True)
+    for chunk in todo:
+        kwargs = dict(render_kwargs)
+        kwargs["seed"] = int(render_kwargs.get("seed", 0)) * 100003 + chunk[0]
+        objective = units_objective(Units(parsed.layer, tuple(chunk), parsed.position))
+        result = render(model, objective, batch=len(chunk), progress=False, **kwargs)
+        for c, image, value in zip(chunk, result.images, result.final_values.tolist()):
+            rendered[c], values[c] = image, value
+            if out is not None:
+                save_image(out / f"channel-{c}.png", image)
+        if out is not None:
+            write_json(out / CACHE_FILE, {"settings": settings, "values": {str(c): v for c, v in values.items()}})
+        bar.update(1)
+    bar.close()
+    renders = torch.stack([rendered[c] if c in rendered else _read_png(out / f"channel-{c}.png") for c in channel_list])
+    examples = None
+    if image_set is not None:
+        examples = _top_example_images(model, parsed.layer, channel_list, image_set, examples_k, renders.shape[-2:])
+    return MicroscopeResult(
+        model=model.name, layer=parsed.layer, units=str(parsed), channels=channel_list, renders=renders,
+        values=torch.tensor([values[c] for c in channel_list]), examples=examples, settings=settings,
+        elapsed=time.perf_counter() - started, out=out, position=parsed.position,
+        command=_command(model, parsed, batch, render_kwargs, images, examples_k))
+
+
+def _images(model: Model, images):
+    if images is None:
+        return None
+    from nnfeat.data import ImageSet, load_images
+
+    return images if isinstance(images, ImageSet) else load_images(images, size=model.input_size)
+
+
+def _cached(out: Path | None, settings: dict) -> tuple[set[int], dict[int, float]]:
+    """Channels already rendered into ``out`` with the same settings, and their values."""
+    if out is None or not (out / CACHE_FILE).is_file():
+        return set(), {}
+    try:
+        previous = read_json(out / CACHE_FILE)
+    except (ValueError, OSError):
+        return set(), {}
+    if previous.get("settings") != settings:
+        return set(), {}
+    values = {int(c): float(v) for c, v in previous.get("values", {}).items() if (out / f"channel-{c}.png").is_file()}
+    return set(values), values
+
+
+def _read_png(path: Path) -> torch.Tensor:
+    return torch.from_numpy(np.array(Image.open(path).convert("RGB"))).permute(2, 0, 1).float() / 255
+
+
+def _top_example_images(model: Model, layer: str, channels: list[int], image_set, k: int, size) -> torch.Tensor:
+    """(N, k, 3, H, W): each channel's top-``k`` dataset images at the render size (white where the set is smaller)."""
+    import torch.nn.functional as F
+
+    from nnfeat.dataset_examples import example_images, top_examples
+
+    found = top_examples(model, layer, channels, image_set, k=k)
+    rows = []
+    for c in channels:
+        pictures = F.interpolate(example_images(image_set, found[c].top, model.input_size), size=tuple(size),
+                                 mode="bilinear", align_corners=False)
+        rows.append(torch.cat([pictures, torch.ones(k - len(pictures), 3, *size)]))
+    return torch.stack(rows)
+
+
+def _command(model: Model, units: Units, batch: int, render_kwargs: dict, images, examples_k: int) -> str | None:
+    if any(torch.is_tensor(v) or isinstance(v, torch.nn.Module) for v in render_kwargs.values()):
+        return None
+    if images is not None and not isinstance(images, (str, Path)):
+        return None
+    autocast = render_kwargs.get("autocast")
+    return cli_command("microscope", model.name, str(units), batch=batch, size=render_kwargs.get("size"),
+                       steps=render_kwargs.get("steps"), seed=render_kwargs.get("seed"), images=images,
+                       param=render_kwargs.get("param"), lr=render_kwargs.get("lr"),
+                       precision={None: None, False: "fp32", True: "bf16"}.get(autocast),
+                       weights="random" if getattr(model, "weights", None) == "random" else None)
+
+
+__all__ = ["MicroscopeResult", "microscope", "CACHE_FILE"]
