@@ -238,6 +238,7 @@ class ExamplesResult(Result):
     classes: list[str] | None
     score: str
     k_requested: int
+    device: str = "cpu"
     elapsed: float = 0.0
     command: str | None = None
     kind: ClassVar[str] = "examples"
@@ -289,6 +290,7 @@ class ExamplesResult(Result):
 
     def record(self) -> dict:
         return {"model": self.model, "layer": self.layer, "units": self.units, "source": self.source,
+                "device": self.device,
                 "k": self.k, "k_requested": self.k_requested, "score": self.score, "classes": self.classes,
                 "receptive_field": {"box": list(self.field.box), "input_size": list(self.field.input_size),
                                     "covers_input": self.field_covers_input, "note": self.field_note},
@@ -342,6 +344,7 @@ def examples(model: Model, units: str | Units, images: ImageSet | str, *, k: int
     return ExamplesResult(model=model.name, layer=parsed.layer, units=str(parsed), found=found, top=top,
                           bottom=bottom, patches=patches, field=receptive_field(model, parsed.layer),
                           source=image_set.name, classes=image_set.classes, score=score, k_requested=k,
+                          device=str(model.device),
                           elapsed=time.perf_counter() - started, command=command)
 
 

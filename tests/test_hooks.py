@@ -191,3 +191,43 @@ def test_describe_layers_lists_shared_relu_calls(resnet18):
     names = [name for name, _, _ in resnet18.describe_layers(size=(64, 64))]
     assert "layer1.0.relu#0" in names and "layer1.0.relu#1" in names
     assert "layer1.0.conv1" in names and "layer1.0.relu" not in names
+
+
+class _AttendToPatch(torch.nn.Module):
+    """Tokens from 2x2 patches of a 8x8 image; one attention layer whose query/key weights make every token
+    attend to the brightest patch (keys ~ patch brightness, one shared query)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.attn = torch.nn.MultiheadAttention(embed_dim=4, num_heads=1, batch_first=True)
+        with torch.no_grad():
+            self.attn.in_proj_weight.zero_()
+            self.attn.in_proj_bias.zero_()
+            self.attn.in_proj_bias[:4] = 1.0  # every query is (1, 1, 1, 1)
+            self.attn.in_proj_weight[4:8] = 20.0 * torch.eye(4)  # key = 20 x token: bright tokens win
+            self.attn.in_proj_weight[8:] = torch.eye(4)
+
+    def forward(self, x):
+        tokens = torch.nn.functional.unfold(x[:, :1], 2, stride=2).transpose(1, 2)  # (B, 16, 4)
+        out, _ = self.attn(tokens, tokens, tokens)
+        return out.mean(1)
+
+
+def test_a_tuple_element_of_an_attention_module_is_a_layer():
+    model = Model(_AttendToPatch(), input_size=8)
+    image = torch.zeros(1, 3, 8, 8)
+    image[:, :, 4:6, 2:4] = 1.0  # patch (row 2, col 1) -> token 2 * 4 + 1 = 9
+    with ActivationCapture(model, ["attn", "attn[1]"]) as capture:
+        acts = capture(image)
+    assert acts["attn"].shape == (1, 16, 4)  # element 0 (the output), as a plain name gives
+    weights = acts["attn[1]"]
+    assert weights.shape == (1, 16, 16)
+    assert (weights.argmax(-1) == 9).all(), "every query attends to the bright patch"
+    assert torch.allclose(weights.sum(-1), torch.ones(1, 16))
+
+
+def test_a_missing_tuple_element_is_a_one_line_error():
+    model = Model(_AttendToPatch(), input_size=8)
+    with pytest.raises(NnfeatError, match=r"element 2, but 'attn' returns \[0\] Tensor, \[1\] Tensor"):
+        with ActivationCapture(model, ["attn[2]"]) as capture:
+            capture(torch.rand(1, 3, 8, 8))

@@ -8,6 +8,7 @@ Every command turns a user mistake into one line on stderr and exit status 2 (no
 
 from __future__ import annotations
 
+import os
 import sys
 from typing import Sequence
 
@@ -37,6 +38,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except NnfeatError as err:
         print(f"nnfeat: error: {err}", file=sys.stderr)
         return 2
+    except BrokenPipeError:  # `nnfeat models | head`: the reader left; say nothing more
+        sys.stderr = open(os.devnull, "w")
+        return 0
     except KeyboardInterrupt:
         print("nnfeat: interrupted; run the same command again to resume where it stopped", file=sys.stderr)
         return 130

@@ -22,6 +22,7 @@ import urllib.request
 from pathlib import Path
 
 from nnfeat.errors import NnfeatError
+from nnfeat.progress import progress_bar
 
 _HUB_HASH = re.compile(r"-([0-9a-fA-F]{8,64})$")
 _CHUNK = 1 << 20
@@ -103,16 +104,14 @@ def _download(filename: str, url: str, prefix: str | None, progress: bool) -> Pa
     try:
         with os.fdopen(fd, "wb") as out, urllib.request.urlopen(url, timeout=30) as response:
             total = int(response.headers.get("Content-Length") or 0) or None
-            bar = _progress_bar(total, filename) if progress else None
+            bar = progress_bar(total, filename, enabled=progress, unit="B", unit_scale=True, unit_divisor=1024)
             try:
                 for chunk in iter(lambda: response.read(_CHUNK), b""):
                     out.write(chunk)
                     digest.update(chunk)
-                    if bar is not None:
-                        bar.update(len(chunk))
+                    bar.update(len(chunk))
             finally:
-                if bar is not None:
-                    bar.close()
+                bar.close()
         _check_hash(f"weights file {filename} downloaded from {url}", digest.hexdigest(), prefix, "check the URL")
         os.replace(tmp, target)
     except (urllib.error.URLError, OSError, ValueError) as err:
@@ -130,11 +129,3 @@ def _download(filename: str, url: str, prefix: str | None, progress: bool) -> Pa
             os.unlink(tmp)
     return target
 
-
-def _progress_bar(total: int | None, filename: str):
-    """A tqdm byte counter on stderr, or ``None`` if tqdm is unavailable."""
-    try:
-        from tqdm import tqdm
-    except ImportError:  # pragma: no cover - tqdm is a dependency
-        return None
-    return tqdm(total=total, unit="B", unit_scale=True, unit_divisor=1024, desc=filename, leave=False)
