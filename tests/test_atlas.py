@@ -393,3 +393,22 @@ def test_attribution_mode_picks_the_cheaper_pass_from_flop_counts(model):
     assert attribution_mode(model, "conv1", (32, 32), 1, 10) == "forward"
     googlenet = load_model("torchvision:googlenet", weights="random")
     assert attribution_mode(googlenet, "inception4c", (128, 128), 1, 1000) == "forward"
+
+
+def test_collect_uses_the_attribution_mode_it_chose(tmp_path, monkeypatch):
+    """A 1000-class network: the FLOP count picks forward mode, and collect must then really run forward mode
+    (a name clash once sent every batch down the 1000-backward-pass path)."""
+    from nnfeat.atlas import collect as C
+    from nnfeat.models import load_model
+
+    net = load_model("torchvision:resnet18", weights="random")
+    images = load_images("digits", limit=4, size=64)
+    assert C.attribution_mode(net, "layer3", (64, 64), 1, 1000) == "forward"
+
+    def no_backward(*args, **kwargs):
+        raise AssertionError("collect ran one backward pass per class although it chose forward mode")
+
+    monkeypatch.setattr(C, "_attributions_backward", no_backward)
+    data = C.collect(net, "layer3", images, tmp_path, n=4, per_image=1, progress=False)
+    assert data.attr.shape == (4, 1000) and np.isfinite(np.asarray(data.attr)).all()
+    assert json.loads((tmp_path / "collect.json").read_text())["attribution"] == "forward"

@@ -47,8 +47,8 @@ def test_every_command_works_on_every_model_family(tmp_path, model, weights, lay
     nnfeat("render", model, f"{layer}:0..1", "--steps", "2", "--size", "64" if "timm" not in model else "224", *w, *q,
            "--out", tmp_path / "render")
     records["render"] = json.loads((tmp_path / "render" / "render.json").read_text())
-    nnfeat("microscope", model, f"{layer}:0..2", "--batch", "2", "--steps", "2", "--images", "digits", "--k", "2",
-           *w, *q, "--out", tmp_path / "micro")
+    nnfeat("microscope", model, f"{layer}:0..2", "--batch", "2", "--steps", "2", "--images", "digits", "--limit", "24",
+           "--k", "2", *w, *q, "--out", tmp_path / "micro")
     records["microscope"] = json.loads((tmp_path / "micro" / "microscope.json").read_text())
     nnfeat("examples", model, f"{layer}:3", "--images", "digits", "--limit", "24", "--k", "3", *w, *q,
            "--out", tmp_path / "examples")

@@ -140,13 +140,13 @@ def collect(model: Model, layer: str, images: ImageSet, directory: Path, *, n: i
     if resume and old["complete"]:
         return load_collected(directory)
     start_batch = old["batches_done"] if resume else 0
-    mode = "r+" if resume else "w+"
+    file_mode = "r+" if resume else "w+"  # not ``mode``: that is the attribution mode the batches use
     if not resume and meta_path.exists():
         meta_path.unlink()
     open_mm = np.lib.format.open_memmap
-    acts = open_mm(directory / "acts.npy", mode=mode, dtype=np.float32, shape=(total, channels))
-    samples = open_mm(directory / "samples.npy", mode=mode, dtype=np.int64, shape=(total, 2))
-    attr = open_mm(directory / "attr.npy", mode=mode, dtype=np.float32, shape=(total, logits)) if logits else None
+    acts = open_mm(directory / "acts.npy", mode=file_mode, dtype=np.float32, shape=(total, channels))
+    samples = open_mm(directory / "samples.npy", mode=file_mode, dtype=np.int64, shape=(total, 2))
+    attr = open_mm(directory / "attr.npy", mode=file_mode, dtype=np.float32, shape=(total, logits)) if logits else None
     write_json(meta_path, {**meta, "batches_done": start_batch})
 
     bar = progress_bar(batches, f"collect {layer}", enabled=progress, unit="batch", initial=start_batch)

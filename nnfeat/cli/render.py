@@ -73,6 +73,7 @@ def register(sub) -> None:
     p.add_argument("--batch", type=int, default=16, help="units rendered together (default 16)")
     p.add_argument("--images", default=None, help="image source: also show each unit's top dataset examples")
     p.add_argument("--k", type=int, default=4, help="dataset examples per unit with --images (default 4)")
+    p.add_argument("--limit", type=int, default=None, help="use only the first N images of --images")
     add_render_options(p)
     add_shared(p, out="out/microscope")
     p.set_defaults(func=cmd_microscope)
@@ -179,6 +180,7 @@ def cmd_microscope(args) -> int:
 
     positive("batch", args.batch)
     positive("k", args.k)
+    positive("limit", args.limit)
     out = check_out_dir(args.out)
     kwargs = render_kwargs(args)
     model = load_model(args)
@@ -187,7 +189,8 @@ def cmd_microscope(args) -> int:
     if args.images:
         from nnfeat.data import load_images
 
-        images = load_images(args.images, size=model.input_size)  # a bad source fails now, not after the renders
+        # a bad source fails now, not after the renders
+        images = load_images(args.images, limit=args.limit, size=model.input_size)
     result = microscope(model, args.units, out=out, batch=args.batch, images=images, examples_k=args.k,
                         progress=not args.quiet, **kwargs)
     return finish(result, args)
