@@ -143,6 +143,18 @@ class ImageSet:
             classes=self.classes, size=self.size,
         )
 
+    def sample(self, n: int | None, seed: int = 0) -> "ImageSet":
+        """``n`` images drawn without replacement from ``(seed)`` (in source order), or all when ``n`` is None or
+        the source has exactly ``n``; a one-line error when ``n`` is larger than the source."""
+        if n is None or n == len(self):
+            return self
+        if n < 1:
+            raise NnfeatError(f"--n must be at least 1; got {n}")
+        if n > len(self):
+            raise NnfeatError(f"--n {n} is more than the {len(self)} images of '{self.name}': use --n {len(self)} or less")
+        generator = torch.Generator().manual_seed(int(seed))
+        return self.subset(np.sort(torch.randperm(len(self), generator=generator)[:n].numpy()))
+
     def label_name(self, label: int) -> str:
         """The class name of ``label`` when known, else the number as text."""
         if self.classes is not None and 0 <= label < len(self.classes):

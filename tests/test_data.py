@@ -217,3 +217,17 @@ def test_cifar_npz_from_shared():
     images = load_images(path, limit=20)
     assert images.images.shape == (20, 32, 32, 3)
     assert len(images.classes) == 10 and images.classes[3] == "cat"
+
+
+def test_sample_is_seeded_in_source_order_and_checks_n():
+    from nnfeat.data import load_images
+
+    digits = load_images("digits")
+    a, b = digits.sample(50, seed=3), digits.sample(50, seed=3)
+    assert len(a) == 50 and np.array_equal(a.labels, b.labels) and np.array_equal(a.images, b.images)
+    assert not np.array_equal(a.images, digits.sample(50, seed=4).images)
+    assert digits.sample(None) is digits and digits.sample(len(digits)) is digits
+    with pytest.raises(NnfeatError, match=rf"--n 5000 is more than the {len(digits)} images of 'digits'"):
+        digits.sample(5000)
+    with pytest.raises(NnfeatError, match="at least 1"):
+        digits.sample(0)

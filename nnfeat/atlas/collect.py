@@ -238,7 +238,7 @@ def _attributions_forward(capture: ActivationCapture, batch: torch.Tensor, layer
     from torch.autograd import forward_ad
 
     columns = []
-    with forward_ad.dual_level():
+    with forward_ad.dual_level(), _math_attention():
         for s in range(pick.shape[1]):
             tangent = torch.zeros_like(act)
             index = pick[:, s:s + 1].unsqueeze(-1).expand(-1, 1, picked.shape[-1])
@@ -246,6 +246,18 @@ def _attributions_forward(capture: ActivationCapture, batch: torch.Tensor, layer
             out = capture(batch, tangents={layer: tangent})[OUTPUT]
             columns.append(forward_ad.unpack_dual(out).tangent.flatten(1).float())
     return torch.stack(columns, 1)
+
+
+def _math_attention():
+    """Scaled-dot-product attention by its plain-math kernel (the same function; the fused CPU/GPU kernels
+    have no forward-mode rule), so ViTs get forward-mode attributions too. A no-op where torch lacks it."""
+    import contextlib
+
+    try:
+        from torch.nn.attention import SDPBackend, sdpa_kernel
+    except ImportError:  # torch < 2.3
+        return contextlib.nullcontext()
+    return sdpa_kernel([SDPBackend.MATH])
 
 
 def _attributions_backward(capture: ActivationCapture, batch: torch.Tensor, layer: str, pick: torch.Tensor,

@@ -49,6 +49,25 @@ def add_shared(p: argparse.ArgumentParser, *, out: str | None, weights: str = "p
     p.add_argument("--quiet", action="store_true", help="no progress bars")
 
 
+def add_images(p: argparse.ArgumentParser, *, required: bool = True) -> None:
+    """``--images SRC`` and ``--n N`` (how many images; a seeded sample, from ``--seed``, when fewer than the source)."""
+    p.add_argument("--images", required=required, default=None, metavar="SRC",
+                   help="image source: a folder (sub-folders are labels), an .npz, 'digits' or a torchvision dataset "
+                        "name" + ("" if required else " (optional)"))
+    p.add_argument("--n", type=int, default=None, metavar="N",
+                   help="how many images to use (default: all; fewer than the source: a sample drawn from --seed)")
+
+
+def load_images_from_args(args, model):
+    """The ``--images``/``--n`` image set at ``model``'s input size (None without ``--images``); one-line errors
+    for a missing source or an ``--n`` out of range, before any work."""
+    if getattr(args, "images", None) is None:
+        return None
+    from nnfeat.data import load_images
+
+    return load_images(args.images, size=model.input_size).sample(args.n, getattr(args, "seed", 0))
+
+
 def load_model(args):
     """The model named by ``args.model`` on ``args.device`` (checked first: a one-line error, no loading)."""
     from nnfeat.device import resolve_device
@@ -77,5 +96,6 @@ def finish(result, args, out=None) -> int:
     return 0
 
 
-__all__ = ["OneLineParser", "MODEL_HELP", "UNITS_HELP", "add_model", "add_shared", "load_model", "command_line",
+__all__ = ["OneLineParser", "MODEL_HELP", "UNITS_HELP", "add_model", "add_shared", "add_images",
+           "load_images_from_args", "load_model", "command_line",
            "positive", "finish"]

@@ -1,0 +1,7 @@
+"""``nnfeat filters`` (being built)."""
+
+from __future__ import annotations
+
+
+def register(sub) -> None:
+    """Adds nothing yet."""
