@@ -132,7 +132,8 @@ def render(
             its H, W must equal ``size``.
         transforms: ``"auto"`` (size-aware), ``"standard"`` (Lucid's), ``"none"``, or a module
             ``(images, generator) -> images``.
-        model_input_size: the size the transforms resize to before the model; default ``size``.
+        model_input_size: the size the transforms resize to before the model; default ``size``, or the model's
+            native size when the network takes no other (:meth:`Model.accepts_size`).
         steps: optimization length.
         lr: Adam learning rate; default: the parameterization's ``default_lr`` (0.05; CPPN 0.005).
         optimizer: ``params -> torch.optim.Optimizer``; default Adam(lr).
@@ -164,7 +165,8 @@ def render(
     dev = resolve_device(device, model)
     model = model.to(dev)
     size = size2(size or model.input_size)
-    input_size = size2(model_input_size or size)
+    # a network that takes only its native size (a ViT's fixed patch grid) sees the render resized to it
+    input_size = size2(model_input_size or (size if model.accepts_size(size) else model.input_size))
 
     # Validate layers and units before any work: one-line errors with nearest names and valid ranges.
     for layer in objective.model_layers:
@@ -345,7 +347,7 @@ def evaluate(model: nn.Module | Model, objective: Objective, images: torch.Tenso
     model = model.to(dev)
     images = images.to(dev)
     with ActivationCapture(model, objective.model_layers) as capture:
-        acts = capture(images) if objective.model_layers else {}
+        acts = capture(model.fit(images)) if objective.model_layers else {}
     if IMAGE in objective.layers:
         acts[IMAGE] = images
     return objective(acts).float().cpu()

@@ -50,7 +50,7 @@ def vectors_digest(vectors: np.ndarray) -> str:
 def centre_cosine(model: Model, layer: str, images: torch.Tensor, vectors: torch.Tensor) -> torch.Tensor:
     """Cosine between the ``layer`` activation of ``images`` (B,3,H,W) at the centre position and ``vectors`` (B,C)."""
     with ActivationCapture(model, [layer]) as capture:
-        h = at_position(capture(images.to(model.device))[layer], None, None).float()
+        h = at_position(capture(model.fit(images.to(model.device)))[layer], None, None).float()
     return F.cosine_similarity(h, vectors.to(h.device).float(), dim=1, eps=1e-8).cpu()
 
 

@@ -111,6 +111,29 @@ class Model(nn.Module):
         shape = self.layer_shapes([parsed.layer], size)[parsed.layer]
         return parsed, parsed.channel_list(tuple(shape[1:]))
 
+    def accepts_size(self, size: tuple[int, int]) -> bool:
+        """Whether the network runs on inputs of ``size`` (H, W); ViTs with a fixed patch grid take only their
+        native size. Probed once per size with one image."""
+        size = tuple(size)
+        if size == tuple(self.input_size):
+            return True
+        accepted = self.__dict__.setdefault("_accepts_size", {})
+        if size not in accepted:
+            try:
+                self.layer_shapes([OUTPUT], size)
+                accepted[size] = True
+            except (AssertionError, RuntimeError, ValueError):
+                accepted[size] = False
+        return accepted[size]
+
+    def fit(self, images: torch.Tensor) -> torch.Tensor:
+        """(B, 3, H, W) images as this network can take them: unchanged, or resized (bilinear) to the native
+        size when the network takes no other (:meth:`accepts_size`)."""
+        if self.accepts_size(tuple(images.shape[-2:])):
+            return images
+        return torch.nn.functional.interpolate(images, size=tuple(self.input_size), mode="bilinear",
+                                               align_corners=False)
+
     @torch.no_grad()
     def layer_shapes(self, layers: Sequence[str], size: tuple[int, int] | None = None) -> dict[str, torch.Size]:
         """Output shape of each requested layer for a batch of one image of ``size`` (default native).
