@@ -44,7 +44,7 @@ def test_shorthand_inside_strings_is_left_alone():
     ('__import__("os")', "unknown function '__import__'"),
     ("layer3:5.real", "attribute access is not allowed"),
     ("open('x')", "unknown function 'open'"),
-    ("layer3", "unknown name 'layer3'"),
+    ("layer3 + 1", "unknown name 'layer3'"),
     ("layer3:5 ** 2", "operator Pow is not allowed"),
     ('neuron("layer3", 5, q=1)', "bad arguments for neuron()"),
     ("[x for x in y]", "ListComp is not allowed"),
