@@ -211,7 +211,7 @@ def overlay(images: torch.Tensor, maps: torch.Tensor, vmin: torch.Tensor | float
         maps = maps.unsqueeze(1)
     maps = upsample(maps, images.shape[-2:])
     colours = colorize(maps, vmin, vmax, colormap)
-    out = images.float().unsqueeze(1).mul(1 - alpha).add_(colours.mul_(alpha))
+    out = colours.mul_(alpha).add_(images.float().unsqueeze(1), alpha=1 - alpha)
     return out[:, 0] if single else out
 
 

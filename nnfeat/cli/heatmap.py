@@ -1,7 +1,49 @@
-"""``nnfeat heatmap`` (being built)."""
+"""``nnfeat heatmap``: where in each image a layer's channels respond (activation heatmaps over the images)."""
 
 from __future__ import annotations
 
+from nnfeat.cli.common import UNITS_HELP, add_images, add_model, add_shared, finish, load_images_from_args, \
+    load_model, positive
+
+DEFAULT_N = 8
+
 
 def register(sub) -> None:
-    """Adds nothing yet."""
+    p = sub.add_parser(
+        "heatmap", help="activation heatmaps of a layer's channels over images",
+        description="Overlay the maps of a conv or token layer on --images: the --top strongest channels "
+                    "(by mean activation), the units given, or their sum / norm; one colour scale per figure.")
+    add_model(p)
+    p.add_argument("layer", metavar="LAYER", help=UNITS_HELP)
+    add_images(p)
+    for action in p._actions:
+        if action.dest == "n":
+            action.default = DEFAULT_N
+            action.help = f"how many images (default {DEFAULT_N}; a sample drawn from --seed)"
+    p.add_argument("--reduce", choices=("channels", "sum", "norm"), default="channels",
+                   help="one map per channel (default), or their sum or L2 norm")
+    p.add_argument("--top", type=int, default=8, help="with a plain LAYER: the K strongest channels (default 8)")
+    p.add_argument("--scale", choices=("figure", "per-map"), default="figure",
+                   help="one colour scale for the whole figure (default) or one per map")
+    p.add_argument("--batch", type=int, default=64, help="images per forward pass (default 64)")
+    add_shared(p, out="out/heatmap", precision=False)
+    p.set_defaults(func=cmd_heatmap)
+
+
+def cmd_heatmap(args) -> int:
+    from nnfeat.analysis.heatmap import check_spatial
+    from nnfeat.results import check_out_dir
+    from nnfeat.units import parse_units
+    from nnfeat.views.heatmap_page import heatmap
+
+    units = parse_units(args.layer)
+    positive("top", args.top)
+    positive("n", args.n)
+    positive("batch", args.batch)
+    out = check_out_dir(args.out)
+    model = load_model(args)
+    model.units(units)
+    check_spatial(model, units.layer)
+    images = load_images_from_args(args, model)
+    result = heatmap(model, units, images, reduce=args.reduce, top=args.top, scale=args.scale, batch_size=args.batch)
+    return finish(result, args, out)

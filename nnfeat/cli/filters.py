@@ -1,7 +1,0 @@
-"""``nnfeat filters`` (being built)."""
-
-from __future__ import annotations
-
-
-def register(sub) -> None:
-    """Adds nothing yet."""
