@@ -127,7 +127,8 @@ def _check_channels(model: Model, layer: str, channels: Sequence[int] | int) -> 
 
 @torch.no_grad()
 def top_examples(model: Model, layer: str, channels: Sequence[int] | int, source: ImageSet | str, k: int = 9, *,
-                 score: str = "mean", batch_size: int = 128, progress: bool = False) -> dict[int, ChannelExamples]:
+                 score: str = "mean", batch_size: int = 128, progress: bool = False,
+                 field: ReceptiveField | None = None) -> dict[int, ChannelExamples]:
     """The ``k`` highest- and lowest-scoring images of ``source`` for each channel of ``layer``.
 
     Args:
@@ -139,6 +140,7 @@ def top_examples(model: Model, layer: str, channels: Sequence[int] | int, source
         score: ``mean`` (spatial mean, like the channel objective) or ``max`` (spatial max).
         batch_size: images per forward pass.
         progress: show a tqdm bar.
+        field: the layer's receptive field when the caller has measured it already (else measured here).
     Returns:
         ``{channel: ChannelExamples}`` in the order of ``channels``.
     """
@@ -150,7 +152,7 @@ def top_examples(model: Model, layer: str, channels: Sequence[int] | int, source
     images = source if isinstance(source, ImageSet) else load_images(source, size=model.input_size)
     channels = _check_channels(model, layer, channels)
     k = min(k, len(images))
-    field = receptive_field(model, layer)
+    field = field or receptive_field(model, layer)
     layer_shape = model.layer_shapes([layer])[layer]
     map_width = layer_shape[3] if len(layer_shape) == 4 else None
     wanted = torch.tensor(channels, device=model.device)
@@ -332,8 +334,9 @@ def examples(model: Model, units: str | Units, images: ImageSet | str, *, k: int
     started = time.perf_counter()
     parsed, channels = model.units(units)
     image_set = images if isinstance(images, ImageSet) else load_images(images, size=model.input_size)
+    field = receptive_field(model, parsed.layer)
     found = top_examples(model, parsed.layer, channels, image_set, k, score=score, batch_size=batch_size,
-                         progress=progress)
+                         progress=progress, field=field)
     top = {c: example_images(image_set, r.top, model.input_size) for c, r in found.items()}
     bottom = {c: example_images(image_set, r.bottom, model.input_size) for c, r in found.items()}
     patches = {f"{c}-{which}": example_patches(image_set, getattr(r, which), model.input_size)
@@ -342,7 +345,7 @@ def examples(model: Model, units: str | Units, images: ImageSet | str, *, k: int
                           score=None if score == "mean" else score,
                           weights="random" if getattr(model, "weights", None) == "random" else None)
     return ExamplesResult(model=model.name, layer=parsed.layer, units=str(parsed), found=found, top=top,
-                          bottom=bottom, patches=patches, field=receptive_field(model, parsed.layer),
+                          bottom=bottom, patches=patches, field=field,
                           source=image_set.name, classes=image_set.classes, score=score, k_requested=k,
                           device=str(model.device),
                           elapsed=time.perf_counter() - started, command=command)
