@@ -44,7 +44,7 @@ from nnfeat.device import PRECISIONS  # noqa: E402
 def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--out", default=str(ROOT / "out" / "atlas-cifar"))
-    parser.add_argument("--n", type=int, default=50_000)
+    parser.add_argument("--samples", type=int, default=50_000)
     parser.add_argument("--per-image", type=int, default=5)
     parser.add_argument("--grid", type=int, default=20)
     parser.add_argument("--min-count", type=int, default=5)
@@ -91,7 +91,7 @@ def main() -> int:
     start = time.perf_counter()
     model = load("cifar10-resnet20", device)
     images = load_images(data_path, size=model.input_size)
-    settings = AtlasSettings(n=args.n, per_image=args.per_image, layout=args.layout, grid=args.grid,
+    settings = AtlasSettings(samples=args.samples, per_image=args.per_image, layout=args.layout, grid=args.grid,
                              min_count=args.min_count, whiten=args.whiten, icon_size=args.icon_size, steps=args.steps,
                              batch=args.batch, seed=args.seed, cossim_pow=args.cossim_pow, transforms=args.transforms,
                              spatial_weight=args.spatial_weight, precision=args.precision)

@@ -29,7 +29,7 @@ def _atlas_api():
     try:
         from nnfeat.atlas import AtlasSettings, build_atlas
 
-        AtlasSettings(n=10, layout="pca", grid=2, min_count=1, steps=1, batch=1, icon_size=8, class_=0)
+        AtlasSettings(samples=10, layout="pca", grid=2, min_count=1, steps=1, batch=1, icon_size=8, class_=0)
     except (ImportError, AttributeError, TypeError) as err:
         print(f"[{NAME}] skipped: nnfeat.atlas is not usable here ({type(err).__name__}: {err})")
         return None
@@ -55,7 +55,7 @@ def _main(argv):
         per_class = AtlasSettings(class_=cls, **common)
     directory = run.figures_dir / NAME
     log = (lambda line: run.log(line)) if not run.quick else None
-    run.log(f"activation atlas of {layer} ({whole.n} samples, {whole.layout}, grid {whole.grid})")
+    run.log(f"activation atlas of {layer} ({whole.samples} samples, {whole.layout}, grid {whole.grid})")
     atlas = build_atlas(run.model, layer, images, directory / "atlas", whole, progress=not run.quick, log=log)
     run.log(f"class atlas of class {cls}")
     class_atlas = build_atlas(run.model, layer, images, directory / f"class-{cls}", per_class,

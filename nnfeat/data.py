@@ -69,6 +69,10 @@ class ImageSet:
     labels: np.ndarray | None = None
     classes: list[str] | None = None
     size: Size | None = None
+    #: (n, seed) when this set is a seeded sample of a larger source (:meth:`sample`), else None
+    drawn: tuple[int, int] | None = None
+    #: (N,) int64 indices of these images in the source they were taken from (:meth:`subset`), or None: 0..N-1
+    origin: np.ndarray | None = None
     _first_size: Size | None = field(default=None, repr=False)
 
     def __len__(self) -> int:
@@ -141,6 +145,7 @@ class ImageSet:
             files=[self.files[i] for i in indices] if self.files is not None else None,
             labels=self.labels[indices] if self.labels is not None else None,
             classes=self.classes, size=self.size,
+            origin=self.source_indices[indices],
         )
 
     def sample(self, n: int | None, seed: int = 0) -> "ImageSet":
@@ -153,7 +158,20 @@ class ImageSet:
         if n > len(self):
             raise NnfeatError(f"--n {n} is more than the {len(self)} images of '{self.name}': use --n {len(self)} or less")
         generator = torch.Generator().manual_seed(int(seed))
-        return self.subset(np.sort(torch.randperm(len(self), generator=generator)[:n].numpy()))
+        sample = self.subset(np.sort(torch.randperm(len(self), generator=generator)[:n].numpy()))
+        sample.drawn = (int(n), int(seed))
+        return sample
+
+    def command_options(self) -> dict:
+        """How a recorded command names this set: ``images`` (the source) and ``n`` / ``seed`` when it is a
+        seeded sample (``seed`` left out when 0, the default)."""
+        n, seed = self.drawn if self.drawn is not None else (None, 0)
+        return {"images": self.name, "n": n, "seed": seed or None}
+
+    @property
+    def source_indices(self) -> np.ndarray:
+        """(N,) int64: each image's index in the original source (0..N-1 unless this set is a subset)."""
+        return self.origin if self.origin is not None else np.arange(len(self), dtype=np.int64)
 
     def label_name(self, label: int) -> str:
         """The class name of ``label`` when known, else the number as text."""

@@ -1,12 +1,13 @@
 """Dataset examples: the images of a source that excite (and inhibit) a channel most.
 
-``top_examples(model, layer, channels, source, k)`` scores every image for every requested channel in
-one streaming pass (memory: k scores per channel, never all of them), and returns, per channel, the k
-highest-scoring images (``top``) and the k lowest (``bottom``), each with the position of its strongest
-(weakest) activation and the box of the input patch that position sees.
+``top_examples(model, layer, channels, source, k)`` reads every image's score for every channel from the
+shared collection stage (:func:`nnfeat.collect.pooled`: one pass over the source, memory-mapped on disk,
+cached and resumable when a ``cache`` folder is given), and returns, per channel, the k highest-scoring images
+(``top``) and the k lowest (``bottom``), each with the position of its strongest (weakest) activation, found by
+a second pass over just those images, and the box of the input patch that position sees.
 
 The score of an image is the channel's spatial mean (like the ``channel`` objective) or its spatial max
-(``score="max"``). The patch box is the layer's receptive field, measured once per layer from the
+(``score="max"``); for token layers, over the patch tokens (class and register tokens left out). The patch box is the layer's receptive field, measured once per layer from the
 gradient of the centre unit (the region of the input with non-zero gradient), moved to each position
 by the layer's stride and kept inside the image.
 """
@@ -18,6 +19,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import ClassVar, Sequence
 
+import numpy as np
 import torch
 
 from nnfeat.data import ImageSet, load_images
@@ -25,7 +27,6 @@ from nnfeat.errors import NnfeatError
 from nnfeat.hooks import ActivationCapture
 from nnfeat.layouts import channel_count, positions_view
 from nnfeat.models.base import Model
-from nnfeat.progress import progress_bar
 from nnfeat.results import Result, cli_command
 from nnfeat.units import Units, format_units
 
@@ -128,7 +129,7 @@ def _check_channels(model: Model, layer: str, channels: Sequence[int] | int) -> 
 @torch.no_grad()
 def top_examples(model: Model, layer: str, channels: Sequence[int] | int, source: ImageSet | str, k: int = 9, *,
                  score: str = "mean", batch_size: int = 128, progress: bool = False,
-                 field: ReceptiveField | None = None) -> dict[int, ChannelExamples]:
+                 field: ReceptiveField | None = None, cache: str | Path | None = None) -> dict[int, ChannelExamples]:
     """The ``k`` highest- and lowest-scoring images of ``source`` for each channel of ``layer``.
 
     Args:
@@ -141,9 +142,15 @@ def top_examples(model: Model, layer: str, channels: Sequence[int] | int, source
         batch_size: images per forward pass.
         progress: show a tqdm bar.
         field: the layer's receptive field when the caller has measured it already (else measured here).
+        cache: a folder for the collection stage (reused by a later call, and by projections with the same
+            pooling); None: a temporary folder.
     Returns:
-        ``{channel: ChannelExamples}`` in the order of ``channels``.
+        ``{channel: ChannelExamples}`` in the order of ``channels``; ties go to the lower image index.
     """
+    import tempfile
+
+    from nnfeat.collect import pool_positions, pooled
+
     if score not in SCORES:
         raise NnfeatError(f"unknown score '{score}': use {' or '.join(SCORES)}")
     if k < 1:
@@ -153,51 +160,46 @@ def top_examples(model: Model, layer: str, channels: Sequence[int] | int, source
     channels = _check_channels(model, layer, channels)
     k = min(k, len(images))
     field = field or receptive_field(model, layer)
-    layer_shape = model.layer_shapes([layer])[layer]
-    map_width = layer_shape[3] if len(layer_shape) == 4 else None
+    layer_shape = tuple(model.layer_shapes([layer])[layer][1:])
+    map_width = layer_shape[2] if len(layer_shape) == 3 else None
+    first, _ = pool_positions(model, layer_shape, tuple(model.input_size))
+
+    temp = tempfile.TemporaryDirectory(prefix="nnfeat-examples-") if cache is None else None
+    try:
+        data, _ = pooled(model, layer, images, Path(temp.name if temp else cache), pool=score,
+                         batch_size=batch_size, progress=progress)
+        scores = torch.from_numpy(np.array(data.acts[:, channels], dtype=np.float32))  # (N, Cs)
+    finally:
+        if temp is not None:
+            temp.cleanup()
+    top = scores.argsort(dim=0, descending=True, stable=True)[:k]  # (k, Cs) image indices; ties: lower index first
+    bottom = scores.argsort(dim=0, stable=True)[:k]
+
+    # the strongest (weakest) position in each chosen image, from one more pass over just those images
+    chosen = torch.unique(torch.cat([top.flatten(), bottom.flatten()]))
     wanted = torch.tensor(channels, device=model.device)
-
-    # running (k, Cs) best values, image indices and flat positions, for top (max) and bottom (min)
-    top = [torch.full((0, len(channels)), 0.0), torch.zeros((0, len(channels)), dtype=torch.long),
-           torch.zeros((0, len(channels)), dtype=torch.long)]
-    bottom = [t.clone() for t in top]
-    bar = progress_bar(len(images), f"examples {layer}", enabled=progress, unit="img")
-    start = 0
+    strongest, weakest = [], []
     with ActivationCapture(model, [layer]) as capture:
-        for batch in images.iter_batches(batch_size, model.input_size, device=model.device):
-            view = positions_view(capture(batch)[layer]).float()[:, :, wanted]  # (B, P, Cs)
-            values = view.mean(1) if score == "mean" else view.amax(1)
-            strongest, weakest = view.argmax(1), view.argmin(1)  # (B, Cs) flat positions
-            index = torch.arange(start, start + len(batch), device=view.device)[:, None].expand_as(values)
-            top = _merge(top, values.cpu(), index.cpu(), strongest.cpu(), k, largest=True)
-            bottom = _merge(bottom, values.cpu(), index.cpu(), weakest.cpu(), k, largest=False)
-            start += len(batch)
-            bar.update(len(batch))
-    bar.close()
+        for part in chosen.split(batch_size):
+            view = positions_view(capture(images.tensors(part.numpy(), model.input_size, model.device))[layer])
+            view = view.float()[:, first:, :][:, :, wanted]  # (B, P, Cs)
+            strongest.append(view.argmax(1).cpu() + first)
+            weakest.append(view.argmin(1).cpu() + first)
+    row = torch.full((len(scores),), -1, dtype=torch.long)
+    row[chosen] = torch.arange(len(chosen))
+    strongest, weakest = torch.cat(strongest), torch.cat(weakest)  # (len(chosen), Cs) flat positions
 
-    def examples(best, column: int) -> list[Example]:
+    def examples(order: torch.Tensor, positions: torch.Tensor, column: int) -> list[Example]:
         out = []
-        for value, image, flat in zip(best[0][:, column].tolist(), best[1][:, column].tolist(),
-                                      best[2][:, column].tolist()):
+        for image in order[:, column].tolist():
+            flat = int(positions[row[image], column])
             y, x = divmod(flat, map_width) if map_width else (0, flat)
             label = int(images.labels[image]) if images.labels is not None else None
-            out.append(Example(int(image), float(value), (int(y), int(x)), field.box_at(y, x), label))
+            out.append(Example(int(image), float(scores[image, column]), (int(y), int(x)), field.box_at(y, x), label))
         return out
 
-    return {c: ChannelExamples(layer, c, examples(top, i), examples(bottom, i)) for i, c in enumerate(channels)}
-
-
-def _merge(best: list[torch.Tensor], values: torch.Tensor, index: torch.Tensor, position: torch.Tensor, k: int,
-           largest: bool) -> list[torch.Tensor]:
-    """Keep the k best rows per column of (running best + new batch); ties go to the lower image index."""
-    values = torch.cat([best[0], values])
-    index = torch.cat([best[1], index])
-    position = torch.cat([best[2], position])
-    # sort by image index first, then stably by value, so equal values keep the lower index first
-    by_index = index.argsort(dim=0, stable=True)
-    values, index, position = (t.gather(0, by_index) for t in (values, index, position))
-    order = values.argsort(dim=0, descending=largest, stable=True)[:k]
-    return [values.gather(0, order), index.gather(0, order), position.gather(0, order)]
+    return {c: ChannelExamples(layer, c, examples(top, strongest, i), examples(bottom, weakest, i))
+            for i, c in enumerate(channels)}
 
 
 def example_images(source: ImageSet, examples: Sequence[Example], size: tuple[int, int] | int) -> torch.Tensor:
@@ -319,7 +321,7 @@ class ExamplesResult(Result):
 
 
 def examples(model: Model, units: str | Units, images: ImageSet | str, *, k: int = 9, score: str = "mean",
-             batch_size: int = 128, progress: bool = True) -> ExamplesResult:
+             batch_size: int = 128, progress: bool = True, cache: str | Path | None = None) -> ExamplesResult:
     """Top and bottom dataset examples of ``units`` (``"layer3:5"``, ``"layer3:0..3"``; see :mod:`nnfeat.units`).
 
     Args:
@@ -328,6 +330,7 @@ def examples(model: Model, units: str | Units, images: ImageSet | str, *, k: int
         images: an :class:`~nnfeat.data.ImageSet` or anything :func:`nnfeat.data.load_images` accepts.
         k: examples per channel and direction (fewer when the source is smaller; the record says so).
         score: ``mean`` (spatial mean) or ``max``.
+        cache: a folder for the collection stage (see :func:`top_examples`); None: a temporary one.
     Returns:
         :class:`ExamplesResult`.
     """
@@ -336,12 +339,12 @@ def examples(model: Model, units: str | Units, images: ImageSet | str, *, k: int
     image_set = images if isinstance(images, ImageSet) else load_images(images, size=model.input_size)
     field = receptive_field(model, parsed.layer)
     found = top_examples(model, parsed.layer, channels, image_set, k, score=score, batch_size=batch_size,
-                         progress=progress, field=field)
+                         progress=progress, field=field, cache=cache)
     top = {c: example_images(image_set, r.top, model.input_size) for c, r in found.items()}
     bottom = {c: example_images(image_set, r.bottom, model.input_size) for c, r in found.items()}
     patches = {f"{c}-{which}": example_patches(image_set, getattr(r, which), model.input_size)
                for c, r in found.items() for which in ("top", "bottom")}
-    command = cli_command("examples", model.name, str(parsed), images=image_set.name, k=k,
+    command = cli_command("examples", model.name, str(parsed), **image_set.command_options(), k=k,
                           score=None if score == "mean" else score,
                           weights="random" if getattr(model, "weights", None) == "random" else None)
     return ExamplesResult(model=model.name, layer=parsed.layer, units=str(parsed), found=found, top=top,

@@ -63,7 +63,7 @@ def _demo_atlas(model, out: Path, steps: int, progress: bool) -> dict:
     from nnfeat.data import load_images
 
     atlas_dir = out / "atlas"
-    settings = AtlasSettings(n=1797 * 4, per_image=4, grid=12, min_count=3, icon_size=32, steps=steps, batch=64, seed=0,
+    settings = AtlasSettings(samples=1797 * 4, per_image=4, grid=12, min_count=3, icon_size=32, steps=steps, batch=64, seed=0,
                              layout="umap")
     build_atlas(model, ATLAS_LAYER, load_images("digits"), atlas_dir, settings, progress=progress).save(atlas_dir)
     return {"title": f"Activation atlas of {ATLAS_LAYER} on the digits",

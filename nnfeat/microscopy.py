@@ -184,7 +184,8 @@ def microscope(model: Model, units: str | Units, *, out: str | Path | None = Non
     renders = torch.stack([rendered[c] if c in rendered else _read_png(out / f"channel-{c}.png") for c in channel_list])
     examples = None
     if image_set is not None:
-        examples = _top_example_images(model, parsed.layer, channel_list, image_set, examples_k, renders.shape[-2:])
+        examples = _top_example_images(model, parsed.layer, channel_list, image_set, examples_k, renders.shape[-2:],
+                                      cache=Path(out) / "cache" if out is not None else None)
     return MicroscopeResult(
         model=model.name, layer=parsed.layer, units=str(parsed), channels=channel_list, renders=renders,
         values=torch.tensor([values[c] for c in channel_list]), examples=examples, settings=settings,
@@ -218,13 +219,14 @@ def _read_png(path: Path) -> torch.Tensor:
     return torch.from_numpy(np.array(Image.open(path).convert("RGB"))).permute(2, 0, 1).float() / 255
 
 
-def _top_example_images(model: Model, layer: str, channels: list[int], image_set, k: int, size) -> torch.Tensor:
+def _top_example_images(model: Model, layer: str, channels: list[int], image_set, k: int, size,
+                        cache: Path | None = None) -> torch.Tensor:
     """(N, k, 3, H, W): each channel's top-``k`` dataset images at the render size (white where the set is smaller)."""
     import torch.nn.functional as F
 
     from nnfeat.dataset_examples import example_images, top_examples
 
-    found = top_examples(model, layer, channels, image_set, k=k)
+    found = top_examples(model, layer, channels, image_set, k=k, cache=cache)
     rows = []
     for c in channels:
         pictures = F.interpolate(example_images(image_set, found[c].top, model.input_size), size=tuple(size),
@@ -236,11 +238,16 @@ def _top_example_images(model: Model, layer: str, channels: list[int], image_set
 def _command(model: Model, units: Units, batch: int, render_kwargs: dict, images, examples_k: int) -> str | None:
     if any(torch.is_tensor(v) or isinstance(v, torch.nn.Module) for v in render_kwargs.values()):
         return None
-    if images is not None and not isinstance(images, (str, Path)):
+    from nnfeat.data import ImageSet
+
+    n = None
+    if isinstance(images, ImageSet):
+        images, n = images.name, (images.drawn or (None,))[0]
+    elif images is not None and not isinstance(images, (str, Path)):
         return None
     autocast = render_kwargs.get("autocast")
     return cli_command("microscope", model.name, str(units), batch=batch, size=render_kwargs.get("size"),
-                       steps=render_kwargs.get("steps"), seed=render_kwargs.get("seed"), images=images,
+                       steps=render_kwargs.get("steps"), seed=render_kwargs.get("seed"), images=images, n=n,
                        param=render_kwargs.get("param"), lr=render_kwargs.get("lr"),
                        precision={None: None, False: "fp32", True: "bf16"}.get(autocast),
                        weights="random" if getattr(model, "weights", None) == "random" else None)

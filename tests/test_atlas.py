@@ -11,7 +11,7 @@ import torch
 from PIL import Image
 
 from nnfeat.atlas import AtlasSettings, build_atlas
-from nnfeat.atlas.collect import collect
+from nnfeat.collect import collect
 from nnfeat.atlas.grid import cell_of, make_grid
 from nnfeat.atlas.icons import centre_cosine, icon_objective
 from nnfeat.atlas.layout import layout_2d, normalize_layout, pca_2d, whitening
@@ -22,7 +22,7 @@ from nnfeat.hooks import ActivationCapture
 from nnfeat.layouts import positions_view
 
 # small, fast settings: 32 px icons (the model's size), few steps
-FAST = dict(n=400, per_image=2, layout="pca", grid=4, min_count=3, steps=4, batch=4, icon_size=32)
+FAST = dict(samples=400, per_image=2, layout="pca", grid=4, min_count=3, steps=4, batch=4, icon_size=32)
 
 
 @pytest.fixture(scope="module")
@@ -248,7 +248,7 @@ def test_rerun_is_cached_and_grid_change_keeps_layout(model, digits, tmp_path):
 
 
 def test_interrupted_icon_stage_resumes_to_the_same_atlas(model, digits, tmp_path):
-    settings = AtlasSettings(**{**FAST, "n": 300, "grid": 3, "batch": 3})
+    settings = AtlasSettings(**{**FAST, "samples": 300, "grid": 3, "batch": 3})
     whole = build_atlas(model, "relu3", digits, tmp_path / "whole", settings, progress=False)
     batches = -(-len(whole.cells) // 3)
     assert batches >= 2
@@ -274,7 +274,7 @@ def test_interrupted_icon_stage_resumes_to_the_same_atlas(model, digits, tmp_pat
 
 
 def test_class_atlas_keeps_samples_favouring_the_class(model, digits, tmp_path):
-    settings = AtlasSettings(n=len(digits), layout="pca", class_="3", steps=2, batch=16, icon_size=32)
+    settings = AtlasSettings(samples=len(digits), layout="pca", class_="3", steps=2, batch=16, icon_size=32)
     result = build_atlas(model, "avgpool", digits, tmp_path, settings, progress=False)
     assert result.header["class"] == {"index": 3, "name": "3"}
     assert result.header["grid"] == 10 and result.header["settings"]["min_count"] == 4
@@ -289,7 +289,7 @@ def test_class_atlas_keeps_samples_favouring_the_class(model, digits, tmp_path):
 
 def test_class_atlas_needs_a_known_class(model, digits, tmp_path):
     with pytest.raises(NnfeatError, match="unknown class 'seven'"):
-        build_atlas(model, "avgpool", digits, tmp_path, AtlasSettings(n=200, layout="pca", class_="seven"),
+        build_atlas(model, "avgpool", digits, tmp_path, AtlasSettings(samples=200, layout="pca", class_="seven"),
                     progress=False)
     assert not (tmp_path / "collect").exists()  # checked before any work
 
@@ -308,7 +308,7 @@ def test_atlas_command(tmp_path):
 
     parser = build_parser()
     out = tmp_path / "cli"
-    args = parser.parse_args(["atlas", "digits-cnn", "relu3", "--images", "digits", "--n", "300", "--per-image", "2",
+    args = parser.parse_args(["atlas", "digits-cnn", "relu3", "--images", "digits", "--samples", "300", "--per-image", "2",
                               "--layout", "pca", "--grid", "3", "--min-count", "2", "--no-whiten", "--icon-size", "32",
                               "--steps", "2", "--batch", "8", "--seed", "1", "--spatial-weight", "0.5", "--device", "cpu",
                               "--out", str(out)])
@@ -351,7 +351,7 @@ def test_attribution_by_forward_mode_equals_one_backward_per_class(model, case):
     """The one-pass-per-position JVP attribution equals act . d logit_k / d act by K backward passes, through
     BatchNorm, pooling, in-place ReLUs and residual adds; a network with an op that has no forward-mode rule
     falls back to the backward passes and gives the same numbers."""
-    from nnfeat.atlas import collect as C
+    from nnfeat import collect as C
     from nnfeat.models.zoo import load_model
 
     torch.manual_seed(0)
@@ -392,7 +392,7 @@ def test_attribution_by_forward_mode_equals_one_backward_per_class(model, case):
 def test_attribution_mode_picks_the_cheaper_pass_from_flop_counts(model):
     """Few classes and only a linear head after the layer: K backward passes are cheaper; a shallow layer with one
     position per image, or 1000 classes: one forward-mode pass is."""
-    from nnfeat.atlas.collect import attribution_mode
+    from nnfeat.collect import attribution_mode
     from nnfeat.models.zoo import load_model
 
     assert attribution_mode(model, "conv3", (32, 32), 4, 10) == "backward"
@@ -404,7 +404,7 @@ def test_attribution_mode_picks_the_cheaper_pass_from_flop_counts(model):
 def test_collect_uses_the_attribution_mode_it_chose(tmp_path, monkeypatch):
     """A 1000-class network: the FLOP count picks forward mode, and collect must then really run forward mode
     (a name clash once sent every batch down the 1000-backward-pass path)."""
-    from nnfeat.atlas import collect as C
+    from nnfeat import collect as C
     from nnfeat.models import load_model
 
     net = load_model("torchvision:resnet18", weights="random")

@@ -106,7 +106,7 @@ def test_channel_errors(model, digits):
 def test_examples_command_writes_files(tmp_path, model):
     from nnfeat import cli
 
-    assert cli.main(["examples", "digits-cnn", "relu3:3,9", "--images", "digits", "--k", "4", "--limit", "300",
+    assert cli.main(["examples", "digits-cnn", "relu3:3,9", "--images", "digits", "--k", "4", "--n", "300",
                      "--device", "cpu", "--quiet", "--out", str(tmp_path)]) == 0
     for channel in (3, 9):
         for name in ("top", "bottom", "top-patches", "bottom-patches"):

@@ -47,33 +47,41 @@ def test_every_command_works_on_every_model_family(tmp_path, model, weights, lay
     nnfeat("render", model, f"{layer}:0..1", "--steps", "2", "--size", "64" if "timm" not in model else "224", *w, *q,
            "--out", tmp_path / "render")
     records["render"] = json.loads((tmp_path / "render" / "render.json").read_text())
-    nnfeat("microscope", model, f"{layer}:0..2", "--batch", "2", "--steps", "2", "--images", "digits", "--limit", "24",
+    nnfeat("microscope", model, f"{layer}:0..2", "--batch", "2", "--steps", "2", "--images", "digits", "--n", "24",
            "--k", "2", *w, *q, "--out", tmp_path / "micro")
     records["microscope"] = json.loads((tmp_path / "micro" / "microscope.json").read_text())
-    nnfeat("examples", model, f"{layer}:3", "--images", "digits", "--limit", "24", "--k", "3", *w, *q,
+    nnfeat("examples", model, f"{layer}:3", "--images", "digits", "--n", "24", "--k", "3", *w, *q,
            "--out", tmp_path / "examples")
     records["examples"] = json.loads((tmp_path / "examples" / "examples.json").read_text())
-    nnfeat("atlas", model, layer, "--images", "digits", "--limit", "40", "--n", "40", "--grid", "2", "--min-count", "1",
+    nnfeat("atlas", model, layer, "--images", "digits", "--n", "40", "--samples", "40", "--grid", "2", "--min-count", "1",
            "--layout", "pca", "--steps", "2", "--icon-size", "32", *w, *q, "--out", tmp_path / "atlas")
     records["atlas"] = json.loads((tmp_path / "atlas" / "atlas.json").read_text())
     assert (tmp_path / "atlas" / "atlas.html").is_file()
-    nnfeat("spectrum", "--images", "digits", "--limit", "8", "--model", model, "--quiet")
+    nnfeat("spectrum", "--images", "digits", "--n", "8", "--model", model, "--quiet")
+    nnfeat("heatmap", model, layer, "--images", "digits", "--n", "3", "--top", "2", *w, *q, "--out", tmp_path / "heatmap")
+    records["heatmap"] = json.loads((tmp_path / "heatmap" / "heatmap.json").read_text())
+    nnfeat("filters", model, "--max-filters", "4", *w, *q, "--out", tmp_path / "filters")
+    records["filters"] = json.loads((tmp_path / "filters" / "filters.json").read_text())
+    nnfeat("project", model, layer, "--images", "digits", "--n", "30", "--method", "pca", "--k", "3", *w, *q,
+           "--out", tmp_path / "project")
+    records["projection"] = json.loads((tmp_path / "project" / "projection.json").read_text())
+    folders = {"render": "render", "microscope": "micro", "examples": "examples", "atlas": "atlas",
+               "heatmap": "heatmap", "filters": "filters", "projection": "project"}
     for kind, record in records.items():
         assert record["kind"] == kind
         assert record["device"] == "cpu", f"{kind}: the auto device on this machine is the CPU"
-        assert record["command"].startswith(f"nnfeat {kind} {model}")
+        assert record["command"].startswith(f"nnfeat {'project' if kind == 'projection' else kind} {model}")
         assert set(record["versions"]) == {"nnfeat", "torch", "python"}
         assert record["elapsed_seconds"] >= 0
         for name in record["files"]:
-            assert (tmp_path / {"render": "render", "microscope": "micro", "examples": "examples",
-                                "atlas": "atlas"}[kind] / name).exists(), name
+            assert (tmp_path / folders[kind] / name).exists(), name
 
 
 def test_one_unit_string_means_the_same_units_in_every_command(tmp_path):
     units = "bn2:1..3"
     nnfeat("render", "digits-cnn", units, "--steps", "1", "--quiet", "--out", tmp_path / "r")
     nnfeat("microscope", "digits-cnn", units, "--steps", "1", "--quiet", "--out", tmp_path / "m")
-    nnfeat("examples", "digits-cnn", units, "--images", "digits", "--limit", "20", "--k", "2", "--quiet",
+    nnfeat("examples", "digits-cnn", units, "--images", "digits", "--n", "20", "--k", "2", "--quiet",
            "--out", tmp_path / "e")
     render = json.loads((tmp_path / "r" / "render.json").read_text())
     micro = json.loads((tmp_path / "m" / "microscope.json").read_text())

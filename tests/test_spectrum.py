@@ -145,7 +145,7 @@ def test_spectrum_command_through_the_cli(tmp_path, capsys):
     from nnfeat import cli
 
     path, _ = _npz(tmp_path / "set.npz", n=4, h=8, w=8)
-    assert cli.main(["spectrum", "--images", str(path), "--size", "6", "--limit", "3", "--quiet"]) == 0
+    assert cli.main(["spectrum", "--images", str(path), "--size", "6", "--n", "3", "--quiet"]) == 0
     assert "spectrum of 3 images at 6x6 (param space)" in capsys.readouterr().out
     assert cli.main(["spectrum", "--images", str(tmp_path / "none.npz")]) == 2
     assert capsys.readouterr().err.count("\n") == 1

@@ -1,6 +1,7 @@
 """Activation atlases (Carter et al., Distill 2019), following the paper's method, stage by stage.
 
-Modules: :mod:`~nnfeat.atlas.collect` (sample activations + attributions, streamed to disk),
+Stage 1 is the shared activation collection, :mod:`nnfeat.collect` (activations + attributions streamed to
+disk, also read by projections); the atlas modules are
 :mod:`~nnfeat.atlas.layout` (whitening, UMAP/t-SNE/PCA, normalization), :mod:`~nnfeat.atlas.grid`
 (binning, cell summaries), :mod:`~nnfeat.atlas.icons` (resumable batched icon rendering),
 :mod:`~nnfeat.atlas.stitch` (mosaic), :mod:`~nnfeat.atlas.cells` (the cell schema that ``cells.json`` and

@@ -27,7 +27,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from nnfeat.atlas.collect import stage_seed
+from nnfeat.seeds import stage_seed
 from nnfeat.hooks import ActivationCapture
 from nnfeat.io import read_json, save_image, write_json
 from nnfeat.models.base import Model

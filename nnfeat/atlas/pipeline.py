@@ -29,7 +29,7 @@ from typing import Callable, ClassVar
 import numpy as np
 import torch
 
-from nnfeat.atlas.collect import Collected, collect, model_logit_count
+from nnfeat.collect import Collected, collect, model_logit_count
 from nnfeat.atlas.grid import Grid, make_grid
 from nnfeat.atlas.icons import icon_name, render_icons
 from nnfeat.atlas.layout import LAYOUTS, layout_2d, normalize_layout, whitening
@@ -55,7 +55,7 @@ class AtlasSettings:
     """Everything that shapes an atlas. ``None`` for ``grid``/``min_count``/``icon_size`` means the default
     for the atlas kind: 20 / 5 (full atlas) or 10 / 4 (class atlas), icon size min(80, model input size)."""
 
-    n: int = 100_000
+    samples: int = 100_000
     per_image: int = 1
     layout: str = "umap"
     grid: int | None = None
@@ -89,7 +89,7 @@ class AtlasSettings:
         """One-line errors for impossible values."""
         if self.layout not in LAYOUTS:
             raise NnfeatError(f"unknown layout '{self.layout}': use one of {', '.join(LAYOUTS)}")
-        for name in ("n", "per_image", "grid", "icon_size", "steps", "batch", "class_top", "collect_batch"):
+        for name in ("samples", "per_image", "grid", "icon_size", "steps", "batch", "class_top", "collect_batch"):
             value = getattr(self, name)
             if value is not None and value < 1:
                 raise NnfeatError(f"--{name.replace('_', '-')} must be at least 1, got {value}")
@@ -269,11 +269,11 @@ def build_atlas(model: Model, layer: str, images: ImageSet, out: str | Path, set
 
     # 1. collect ---------------------------------------------------------------------------------
     start = time.perf_counter()
-    collect_key = _key("collect", model.name, layer, images.name, len(images), s.n, s.per_image, s.seed,
+    collect_key = _key("collect", model.name, layer, images.name, len(images), s.samples, s.per_image, s.seed,
                        s.collect_batch)
     was_complete = _stage_key_matches(out / "collect" / "collect.json", collect_key) and \
         read_json(out / "collect" / "collect.json").get("complete", False)
-    data: Collected = collect(model, layer, images, out / "collect", n=s.n, per_image=s.per_image, seed=s.seed,
+    data: Collected = collect(model, layer, images, out / "collect", n=s.samples, per_image=s.per_image, seed=s.seed,
                               batch_size=s.collect_batch, key=collect_key, progress=progress)
     _finish("collect", start, was_complete, timings, cached, say, f"{len(data)} samples of {layer} {data.layer_shape}")
     if class_names is None and data.attr is not None:
@@ -295,7 +295,7 @@ def build_atlas(model: Model, layer: str, images: ImageSet, out: str | Path, set
     if class_index is not None:
         rows = class_selection(data.attr, class_index, s.class_top)
         if len(rows) < 3:
-            raise NnfeatError(f"only {len(rows)} samples favour class {class_index}: raise --n")
+            raise NnfeatError(f"only {len(rows)} samples favour class {class_index}: raise --samples")
         acts = np.asarray(data.acts[rows])
         attr = np.asarray(data.attr[rows])
         image_index = np.asarray(data.samples[rows, 0])
@@ -332,7 +332,7 @@ def build_atlas(model: Model, layer: str, images: ImageSet, out: str | Path, set
         _save_npz(grid_path, {**grid.arrays(), "normalized": normalized})
         write_json(grid_meta, {"key": grid_key, "cells": len(grid)})
     if len(grid) == 0:
-        raise NnfeatError(f"no grid cell holds {s.min_count} samples: lower --min-count or --grid, or raise --n")
+        raise NnfeatError(f"no grid cell holds {s.min_count} samples: lower --min-count or --grid, or raise --samples")
     _finish("grid", start, reuse, timings, cached, say, f"{len(grid)} of {s.grid}x{s.grid} cells kept")
 
     # 5. icons -----------------------------------------------------------------------------------
@@ -371,7 +371,9 @@ def build_atlas(model: Model, layer: str, images: ImageSet, out: str | Path, set
                        title, images, model.input_size)
     _finish("stitch", start, False, timings, cached, say, f"wrote {mosaic}")
     write_json(out / "timings.json", {"timings": timings, "cached": cached})
-    command = cli_command("atlas", model.name, layer, images=images.name, n=s.n, per_image=s.per_image,
+    command = cli_command("atlas", model.name, layer, images=images.name, n=(images.drawn or (None,))[0],
+                          samples=s.samples,
+                          per_image=s.per_image,
                           layout=s.layout, grid=s.grid, min_count=s.min_count,
                           icon_size=s.icon_size, steps=s.steps, batch=s.batch, seed=s.seed, class_=s.class_,
                           cossim_pow=s.cossim_pow, spatial_weight=s.spatial_weight, transforms=s.transforms,

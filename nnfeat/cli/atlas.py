@@ -6,7 +6,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from nnfeat.cli.common import add_model, add_shared, finish, load_model, positive
+from nnfeat.cli.common import add_images, add_model, add_shared, finish, load_images_from_args, load_model, positive
 from nnfeat.errors import NnfeatError
 
 
@@ -19,9 +19,8 @@ def register(sub) -> None:
                     "run stopped.")
     add_model(p)
     p.add_argument("layer", metavar="LAYER", help="a layer (units without channels: the whole layer, e.g. layer3)")
-    p.add_argument("--images", required=True, metavar="SRC",
-                   help="image source: folder, .npz, 'digits' or a torchvision dataset name (cifar10[:train])")
-    p.add_argument("--n", type=int, default=100_000, help="activation samples to collect (default 100000, "
+    add_images(p)
+    p.add_argument("--samples", type=int, default=100_000, help="activation samples to collect (default 100000, "
                    "capped by images x --per-image)")
     p.add_argument("--per-image", type=int, default=1, help="spatial positions sampled per image (default 1)")
     p.add_argument("--layout", choices=("umap", "tsne", "pca"), default="umap", help="2-D layout (default umap)")
@@ -43,7 +42,6 @@ def register(sub) -> None:
                         "(default 0.5: more recognisable icons; 0 is the paper's objective)")
     p.add_argument("--transforms", default="auto", choices=("auto", "standard", "none"),
                    help="render transforms (default auto)")
-    p.add_argument("--limit", type=int, default=None, help="use only the first N images of the source")
     add_shared(p, out=None)
     p.add_argument("--out", default=None, help="output folder (default out/atlas-MODEL-LAYER[-CLASS])")
     p.set_defaults(func=cmd_atlas)
@@ -57,7 +55,6 @@ def safe_name(text: str) -> str:
 def cmd_atlas(args) -> int:
     """``nnfeat atlas``: build or resume an atlas; prints one line per stage and the output paths."""
     from nnfeat.atlas.pipeline import AtlasSettings, build_atlas
-    from nnfeat.data import load_images
     from nnfeat.results import check_out_dir
     from nnfeat.units import parse_units
 
@@ -66,16 +63,16 @@ def cmd_atlas(args) -> int:
         raise NnfeatError(f"an atlas is of a whole layer: give '{units.layer}', not '{args.layer}'")
     suffix = f"-{safe_name(str(args.class_))}" if args.class_ is not None else ""
     out = check_out_dir(args.out or f"out/atlas-{safe_name(args.model)}-{safe_name(units.layer)}{suffix}")
-    settings = AtlasSettings(n=args.n, per_image=args.per_image, layout=args.layout, grid=args.grid,
+    settings = AtlasSettings(samples=args.samples, per_image=args.per_image, layout=args.layout, grid=args.grid,
                              min_count=args.min_count, whiten=args.whiten, icon_size=args.icon_size, steps=args.steps,
                              batch=args.batch, seed=args.seed, class_=args.class_, cossim_pow=args.cossim_pow,
                              transforms=args.transforms, spatial_weight=args.spatial_weight,
                              precision=args.precision)
     settings.check()
-    positive("limit", args.limit)
+    positive("n", args.n)
     model = load_model(args)
     model.check_layer(units.layer)
-    images = load_images(args.images, limit=args.limit, size=model.input_size)
+    images = load_images_from_args(args, model)
     try:
         result = build_atlas(model, units.layer, images, out, settings, progress=not args.quiet and sys.stderr.isatty(),
                              log=lambda line: print(line, flush=True))

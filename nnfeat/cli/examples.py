@@ -5,7 +5,8 @@ from __future__ import annotations
 import sys
 
 from nnfeat.cli.atlas import safe_name
-from nnfeat.cli.common import UNITS_HELP, add_model, add_shared, finish, load_model, positive
+from nnfeat.cli.common import UNITS_HELP, add_images, add_model, add_shared, finish, load_images_from_args, \
+    load_model, positive
 
 
 def register(sub) -> None:
@@ -15,20 +16,17 @@ def register(sub) -> None:
                     "patch around its strongest position.")
     add_model(p)
     p.add_argument("units", metavar="UNITS", help=UNITS_HELP)
-    p.add_argument("--images", required=True, metavar="SRC",
-                   help="image source: folder, .npz, 'digits' or a torchvision dataset name")
+    add_images(p)
     p.add_argument("--k", type=int, default=9, help="examples per unit and direction (default 9)")
     p.add_argument("--score", choices=("mean", "max"), default="mean",
                    help="rank images by the unit's spatial mean (default) or max")
     p.add_argument("--batch", type=int, default=128, help="images per forward pass (default 128)")
-    p.add_argument("--limit", type=int, default=None, help="use only the first N images of the source")
-    add_shared(p, out=None, seed=False, precision=False)
+    add_shared(p, out=None, precision=False)
     p.add_argument("--out", default=None, help="output folder (default out/examples-MODEL-LAYER)")
     p.set_defaults(func=cmd_examples)
 
 
 def cmd_examples(args) -> int:
-    from nnfeat.data import load_images
     from nnfeat.dataset_examples import examples
     from nnfeat.results import check_out_dir
     from nnfeat.units import parse_units
@@ -36,13 +34,13 @@ def cmd_examples(args) -> int:
     units = parse_units(args.units)
     positive("k", args.k)
     positive("batch", args.batch)
-    positive("limit", args.limit)
+    positive("n", args.n)
     out = check_out_dir(args.out or f"out/examples-{safe_name(args.model)}-{safe_name(units.layer)}")
     model = load_model(args)
     model.units(units)
-    images = load_images(args.images, limit=args.limit, size=model.input_size)
+    images = load_images_from_args(args, model)
     result = examples(model, units, images, k=args.k, score=args.score, batch_size=args.batch,
-                      progress=not args.quiet and sys.stderr.isatty())
+                      progress=not args.quiet and sys.stderr.isatty(), cache=out / "cache")
     if result.k < args.k:
         print(f"note: the source has {len(images)} images, so each unit gets {result.k} examples, not {args.k}")
     print(f"note: {result.field_note}")

@@ -17,9 +17,9 @@ def register(sub) -> None:
     p.add_argument("layer", metavar="LAYER", help=UNITS_HELP)
     add_images(p)
     for action in p._actions:
-        if action.dest == "n":
-            action.default = DEFAULT_N
-            action.help = f"how many images (default {DEFAULT_N}; a sample drawn from --seed)"
+        if action.dest == "n":  # default None: "at most 8", so a smaller source is not an --n error
+            action.help = (f"how many images (default: {DEFAULT_N}, or all of a smaller source; fewer than the "
+                           "source: a sample drawn from --seed)")
     p.add_argument("--reduce", choices=("channels", "sum", "norm"), default="channels",
                    help="one map per channel (default), or their sum or L2 norm")
     p.add_argument("--top", type=int, default=8, help="with a plain LAYER: the K strongest channels (default 8)")
@@ -45,5 +45,7 @@ def cmd_heatmap(args) -> int:
     model.units(units)
     check_spatial(model, units.layer)
     images = load_images_from_args(args, model)
+    if args.n is None and len(images) > DEFAULT_N:
+        images = images.sample(DEFAULT_N, args.seed)
     result = heatmap(model, units, images, reduce=args.reduce, top=args.top, scale=args.scale, batch_size=args.batch)
     return finish(result, args, out)

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import argparse
 
-from nnfeat.cli.common import UNITS_HELP, add_model, add_shared, finish, load_model, positive
+from nnfeat.cli.common import UNITS_HELP, add_images, add_model, add_shared, finish, load_images_from_args, \
+    load_model, positive
 from nnfeat.errors import NnfeatError
 
 STEPS = 256
@@ -71,9 +72,8 @@ def register(sub) -> None:
     add_model(p)
     p.add_argument("units", metavar="UNITS", help=UNITS_HELP)
     p.add_argument("--batch", type=int, default=16, help="units rendered together (default 16)")
-    p.add_argument("--images", default=None, help="image source: also show each unit's top dataset examples")
+    add_images(p, required=False)
     p.add_argument("--k", type=int, default=4, help="dataset examples per unit with --images (default 4)")
-    p.add_argument("--limit", type=int, default=None, help="use only the first N images of --images")
     add_render_options(p)
     add_shared(p, out="out/microscope")
     p.set_defaults(func=cmd_microscope)
@@ -180,17 +180,12 @@ def cmd_microscope(args) -> int:
 
     positive("batch", args.batch)
     positive("k", args.k)
-    positive("limit", args.limit)
+    positive("n", args.n)
     out = check_out_dir(args.out)
     kwargs = render_kwargs(args)
     model = load_model(args)
     model.units(args.units, (kwargs["size"] or model.input_size[0],) * 2)  # bad units: one line before any work
-    images = None
-    if args.images:
-        from nnfeat.data import load_images
-
-        # a bad source fails now, not after the renders
-        images = load_images(args.images, limit=args.limit, size=model.input_size)
+    images = load_images_from_args(args, model)  # a bad source fails now, not after the renders
     result = microscope(model, args.units, out=out, batch=args.batch, images=images, examples_k=args.k,
                         progress=not args.quiet, **kwargs)
     return finish(result, args)

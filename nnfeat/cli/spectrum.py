@@ -2,19 +2,20 @@
 
 from __future__ import annotations
 
+from nnfeat.cli.common import add_images, positive
 from nnfeat.errors import NnfeatError
 from nnfeat.spectrum import SPACES
 
 
 def register(sub) -> None:
     p = sub.add_parser("spectrum", help="compute (and cache) a dataset's mean Fourier magnitude for --param maco")
-    p.add_argument("--images", required=True, help="image source: folder, .npz, 'digits' or a dataset name")
+    add_images(p)
     size = p.add_mutually_exclusive_group()
     size.add_argument("--size", type=int, default=None, help="render size in px (default: the images' own size)")
     size.add_argument("--model", default=None, help="use this model's input size (e.g. cifar10-resnet20)")
     p.add_argument("--space", default="param", choices=SPACES,
                    help="param (default: for the default maco parameterization) or pixel")
-    p.add_argument("--limit", type=int, default=None, help="use only the first N images")
+    p.add_argument("--seed", type=int, default=0, help="seed of the --n sample (default 0)")
     p.add_argument("--out", default=None, help="also write the spectrum to this .pt file")
     p.add_argument("--png", default=None, help="also write a log-magnitude picture of it")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
@@ -33,7 +34,8 @@ def cmd_spectrum(args) -> int:
 
     if args.size is not None and args.size < 2:
         raise NnfeatError(f"--size must be at least 2, got {args.size}")
-    images = load_images(args.images, limit=args.limit)
+    positive("n", args.n)
+    images = load_images(args.images).sample(args.n, args.seed)
     size = (args.size, args.size) if args.size else (_model_size(args.model) if args.model else images.native_size)
     magnitude = dataset_spectrum(images, size, space=args.space, progress=not args.quiet)
     cached = spectrum_cache_path(images, size, args.space)

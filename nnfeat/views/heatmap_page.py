@@ -162,12 +162,13 @@ def heatmap(model, units: str | Units, images: ImageSet | torch.Tensor, *, reduc
     check_spatial(model, parsed.layer)
     if isinstance(images, ImageSet):
         batches = list(images.iter_batches(batch_size, model.input_size, device=model.device))
-        source, indices = images.name, list(range(len(images)))
+        source, indices, options = images.name, images.source_indices.tolist(), images.command_options()
         labels = [images.label_name(int(l)) for l in images.labels] if images.labels is not None else [None] * len(images)
     else:
         images = images.to(model.device)
         batches = list(images.split(batch_size))
         source, indices, labels = "tensor", list(range(len(images))), [None] * len(images)
+        options = {"images": source, "n": len(images)}
     inputs = torch.cat(batches)
     maps = torch.cat([layer_maps(model, parsed.layer, b) for b in batches])
     if parsed.channels is None and reduce == "channels":
@@ -179,7 +180,7 @@ def heatmap(model, units: str | Units, images: ImageSet | torch.Tensor, *, reduc
     cs = color_scale(maps, scale)
     overlays = overlay(inputs, maps, cs.vmin, cs.vmax, cs.colormap, alpha)
     units_text = str(parsed)
-    command = cli_command("heatmap", model.name, units_text, images=source, n=len(indices),
+    command = cli_command("heatmap", model.name, units_text, **options,
                           reduce=None if reduce == "channels" else reduce, top=None if top == 8 else top,
                           scale=None if scale == "figure" else scale,
                           weights="random" if getattr(model, "weights", None) == "random" else None)

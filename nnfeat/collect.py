@@ -1,15 +1,21 @@
-"""Atlas stage 1: sample activations (and class attributions) from a dataset, streamed to disk.
+"""The activation-collection stage: a layer's activations over a dataset, streamed to disk, cached and resumable.
 
-For each image, ``per_image`` distinct random spatial positions of the layer are sampled; each sample
-keeps the activation vector there (C,) and, when the model outputs logits (B, K), the attribution of
-every class at that position, ``sum_c act[c] * d logit_k / d act[c]`` (Carter et al. 2019).
+The atlas (Carter et al., "Activation Atlas", Distill 2019), projections and the TensorBoard Projector export all
+read it. Two ways to turn an image's activation map into rows:
 
-Results go to memory-mapped ``.npy`` files in ``directory`` as they are computed, so a million samples
-never have to fit in memory, and an interrupted collection resumes at the batch it reached:
+* ``pool=None`` (the atlas): ``per_image`` distinct random spatial positions per image; each row keeps the
+  activation vector there (C,) and, when the model outputs logits (B, K), the attribution of every class at that
+  position, ``sum_c act[c] * d logit_k / d act[c]`` (Carter et al. 2019);
+* ``pool="mean" | "max" | "center"`` (projections): one row per image, the map's spatial mean, spatial max or the
+  vector at the centre position (token layers: the mean / max over the patch tokens; ``center`` is the class
+  token when the model has one, see :func:`pool_positions`).
+
+Results go to memory-mapped ``.npy`` files in ``directory`` as they are computed, so a million rows never have to
+fit in memory, and an interrupted collection resumes at the batch it reached:
 
 * ``acts.npy``    (N, C) float32 activation vectors
-* ``attr.npy``    (N, K) float32 class attributions (only when the model has logits)
-* ``samples.npy`` (N, 2) int64: dataset image index, flat position index in the layer's map
+* ``attr.npy``    (N, K) float32 class attributions (only when asked and the model has logits)
+* ``samples.npy`` (N, 2) int64: dataset image index, flat position index in the layer's map (-1: pooled)
 * ``collect.json`` settings key, layer shape, number of batches done, ``complete`` flag
 
 Randomness is drawn from a generator seeded by (seed, batch index), so a resumed collection equals an
@@ -18,8 +24,9 @@ uninterrupted one.
 
 from __future__ import annotations
 
+import hashlib
+import json
 import math
-import zlib
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -33,20 +40,9 @@ from nnfeat.io import read_json, write_json
 from nnfeat.layouts import OUTPUT, positions_view
 from nnfeat.models.base import Model
 from nnfeat.progress import progress_bar
+from nnfeat.seeds import generator, stage_seed
 
 META_FILE = "collect.json"
-
-
-def stage_seed(seed: int, stage: str, index: int = 0) -> int:
-    """A well-mixed 63-bit seed for (seed, stage, index): independent of any running RNG."""
-    words = [int(seed) & 0xFFFFFFFF, zlib.crc32(stage.encode()), int(index) & 0xFFFFFFFF]
-    high, low = (int(w) for w in np.random.SeedSequence(words).generate_state(2))
-    return ((high << 32) | low) & 0x7FFFFFFFFFFFFFFF
-
-
-def generator(seed: int, stage: str, index: int = 0) -> torch.Generator:
-    """A CPU torch.Generator seeded from (seed, stage, index)."""
-    return torch.Generator().manual_seed(stage_seed(seed, stage, index))
 
 
 @dataclass
@@ -99,14 +95,20 @@ def model_logit_count(model: Model) -> int | None:
     return int(shape[1]) if len(shape) == 2 else None
 
 
-def collect(model: Model, layer: str, images: ImageSet, directory: Path, *, n: int, per_image: int = 1,
-            seed: int = 0, batch_size: int = 128, attribution: bool = True, key: str = "",
-            progress: bool = True) -> Collected:
-    """Sample ``n`` activations of ``layer`` (``per_image`` positions per image) into ``directory``.
+POOLS = ("mean", "max", "center")
 
-    Images are a random subset (seeded) of ``ceil(n / per_image)`` images, all of them if there are
-    fewer; so the collection holds ``images_used * per_image`` samples. A complete collection with the
-    same ``key`` is reused; a partial one resumes at the batch it reached.
+
+def collect(model: Model, layer: str, images: ImageSet, directory: Path, *, n: int | None = None,
+            per_image: int = 1, pool: str | None = None, seed: int = 0, batch_size: int = 128,
+            attribution: bool = True, key: str = "", progress: bool = True) -> Collected:
+    """Collect ``n`` rows of ``layer`` activations over ``images`` into ``directory``.
+
+    ``pool=None``: ``per_image`` random positions per image from a random subset (seeded) of
+    ``ceil(n / per_image)`` images (all of them if there are fewer), so the collection holds
+    ``images_used * per_image`` rows, with class attributions when ``attribution``. ``pool`` in
+    :data:`POOLS`: one pooled row per image, for ``n`` images (default all) drawn from ``seed`` and kept in
+    source order, never with attributions. A complete collection with the same ``key`` and settings is reused;
+    a partial one resumes at the batch it reached.
 
     Returns:
         :class:`Collected` (memory-mapped).
@@ -119,20 +121,27 @@ def collect(model: Model, layer: str, images: ImageSet, directory: Path, *, n: i
     layer_shape = tuple(model.layer_shapes([layer], size)[layer][1:])
     probe = positions_view(torch.zeros((1, *layer_shape)))
     positions, channels = probe.shape[1], probe.shape[2]
+    if pool is not None and pool not in POOLS:
+        raise NnfeatError(f"unknown pooling '{pool}': use {', '.join(POOLS)}")
     if per_image < 1:
         raise NnfeatError(f"--per-image must be at least 1, got {per_image}")
-    per_image = min(per_image, positions)
-    if n < 1:
+    per_image = 1 if pool is not None else min(per_image, positions)
+    n = len(images) if n is None and pool is not None else n
+    if n is None or n < 1:
         raise NnfeatError(f"--n must be at least 1, got {n}")
-    logits = model_logit_count(model) if attribution else None
+    logits = model_logit_count(model) if attribution and pool is None else None
     mode = attribution_mode(model, layer, size, per_image, logits) if logits else None
 
     image_count = min(len(images), math.ceil(n / per_image))
     order = torch.randperm(len(images), generator=generator(seed, "images"))[:image_count].numpy()
+    if pool is not None:
+        order = np.sort(order)  # pooled rows follow the source order
+    first, center = pool_positions(model, layer_shape, size) if pool is not None else (0, 0)
     total = image_count * per_image
     batches = math.ceil(image_count / batch_size)
 
-    meta = {"key": key, "layer": layer, "layer_shape": list(layer_shape), "samples": total, "per_image": per_image,
+    meta = {"key": key, "layer": layer, "layer_shape": list(layer_shape), "pool": pool, "seed": seed,
+            "source": images.name, "source_size": len(images), "samples": total, "per_image": per_image,
             "images": image_count, "batch_size": batch_size, "has_attribution": logits is not None,
             "classes": logits, "attribution": mode, "batches_done": 0, "complete": False}
     old = read_json(meta_path) if meta_path.is_file() else None
@@ -155,8 +164,12 @@ def collect(model: Model, layer: str, images: ImageSet, directory: Path, *, n: i
         for b in range(start_batch, batches):
             idx = order[b * batch_size:(b + 1) * batch_size]
             batch = images.tensors(idx, size, device)
-            pick = torch.rand(len(idx), positions, generator=generator(seed, "positions", b)).argsort(1)[:, :per_image]
-            vec, att = _sample_batch(capture, batch, layer, pick.to(device), logits, mode)
+            if pool is None:
+                pick = torch.rand(len(idx), positions, generator=generator(seed, "positions", b)).argsort(1)[:, :per_image]
+                vec, att = _sample_batch(capture, batch, layer, pick.to(device), logits, mode)
+            else:
+                vec, att = _pool_batch(capture, batch, layer, pool, first, center), None
+                pick = torch.full((len(idx), 1), center if pool == "center" else -1, dtype=torch.long)
             rows = slice(b * batch_size * per_image, b * batch_size * per_image + len(idx) * per_image)
             acts[rows] = vec.reshape(-1, channels).cpu().numpy()
             samples[rows, 0] = np.repeat(idx, per_image)
@@ -172,6 +185,65 @@ def collect(model: Model, layer: str, images: ImageSet, directory: Path, *, n: i
     del acts, samples, attr
     write_json(meta_path, {**meta, "batches_done": batches, "complete": True})
     return load_collected(directory)
+
+
+def images_key(images: ImageSet) -> str:
+    """A short digest of what an image set is: its name, count, labels and three of its images (cheap)."""
+    n = len(images)
+    probe = images.read([0, n // 2, n - 1])
+    labels = np.ascontiguousarray(images.labels if images.labels is not None else []).tobytes()
+    words = f"{images.name}|{n}|{images.size}".encode() + hashlib.sha256(probe.tobytes() + labels).digest()
+    return hashlib.sha256(words).hexdigest()[:16]
+
+
+def pooled(model: Model, layer: str, images: ImageSet, root: Path, *, pool: str = "mean", batch_size: int = 128,
+           progress: bool = True) -> tuple[Collected, bool]:
+    """One pooled row per image of ``layer`` over ``images``, cached in ``root/collect-<layer>-<pool>/``
+    (the folder every command uses, so projections and dataset examples share it).
+
+    Returns:
+        (:class:`Collected` with rows in image order, whether it came complete from the cache).
+    """
+    folder = Path(root) / ("collect-" + "".join(c if c.isalnum() or c in "-_." else "_" for c in layer) + f"-{pool}")
+    weights = getattr(model, "weights", None)
+    key = hashlib.sha256(json.dumps(["pooled", model.name, weights, layer, pool, images_key(images), batch_size])
+                         .encode()).hexdigest()[:16]
+    meta = folder / META_FILE
+    was = meta.is_file() and read_json(meta).get("key") == key and read_json(meta).get("complete", False)
+    data = collect(model, layer, images, folder, pool=pool, batch_size=batch_size, attribution=False, key=key,
+                   progress=progress)
+    if not np.array_equal(np.asarray(data.samples[:, 0]), np.arange(len(images))):
+        raise NnfeatError(f"the cached collection in '{folder}' does not match the images: delete the folder")
+    return data, bool(was)
+
+
+def pool_positions(model: Model, layer_shape, size) -> tuple[int, int]:
+    """(first pooled position, ``center`` position) of a layer: for a (C, h, w) map (0, the middle); for tokens
+    (N, C) the patch tokens start after the class / register tokens
+    (:func:`nnfeat.analysis.tokens.token_grid` finds them) and ``center`` is the class token when there is one,
+    else the middle patch; a vector (C,) is its one position (0, 0)."""
+    if len(layer_shape) == 3:
+        _, h, w = layer_shape
+        return 0, (h // 2) * w + w // 2
+    if len(layer_shape) == 1:
+        return 0, 0
+    from nnfeat.analysis.tokens import token_grid
+
+    prefix, gh, gw = token_grid(model, layer_shape[0], size)
+    return prefix, 0 if prefix else prefix + (gh // 2) * gw + gw // 2
+
+
+@torch.no_grad()
+def _pool_batch(capture: ActivationCapture, batch: torch.Tensor, layer: str, pool: str,
+                first: int, center: int) -> torch.Tensor:
+    """(B, 3, H, W) -> (B, 1, C): the layer's map pooled over its positions ``first:`` (``mean``/``max``) or
+    the vector at ``center``."""
+    view = positions_view(capture(batch)[layer]).float()  # (B, P, C)
+    if pool == "center":
+        return view[:, center:center + 1]
+    if pool == "mean":
+        return view[:, first:].mean(1, keepdim=True)
+    return view[:, first:].amax(1, keepdim=True)
 
 
 def _sample_batch(capture: ActivationCapture, batch: torch.Tensor, layer: str, pick: torch.Tensor,
@@ -278,4 +350,5 @@ def _gather(view: torch.Tensor, pick: torch.Tensor) -> torch.Tensor:
     return view.gather(1, pick.unsqueeze(-1).expand(-1, -1, view.shape[-1]))
 
 
-__all__ = ["collect", "load_collected", "Collected", "stage_seed", "generator", "model_logit_count"]
+__all__ = ["POOLS", "collect", "pooled", "images_key", "load_collected", "Collected", "model_logit_count",
+           "pool_positions"]

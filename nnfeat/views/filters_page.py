@@ -1,0 +1,407 @@
+"""The filters operation and its result: :func:`filters` -> :class:`FiltersResult` (kind ``filters``).
+
+The sheet shows one tile per filter of a conv layer, zero at exactly mid-grey on a symmetric scale (see
+:mod:`nnfeat.analysis.filters`): RGB tiles for a first convolution that reads the RGB image, and for deeper
+layers each filter's grey per-input-channel tiles as one mosaic. A strip under the sheet states the scale's
+numbers (max |w|). With renders or dataset examples, each filter is one row of the sheet: filter tile |
+its unit's render | its top dataset examples (the patch around the strongest activation).
+
+Files: ``filters.png`` (the sheet), ``filter-NNNN.png`` (each shown filter's input channels as captioned grey
+tiles; one mosaic picture for filters with more than 64 input channels), ``render-NNNN.png`` with renders, and
+``filters.json``.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import ClassVar, Sequence
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from PIL import Image, ImageDraw
+
+from nnfeat.analysis.filters import (channel_mosaic, channel_tiles, conv_layers, conv_weight, filter_bounds,
+                                     filter_stats, filter_tiles, find_conv, input_channel_offsets, SCALES)
+from nnfeat.data import ImageSet
+from nnfeat.errors import NnfeatError
+from nnfeat.results import Result, cli_command
+from nnfeat.sheets import _font, labelled_sheet
+from nnfeat.units import Units, format_units, parse_units
+
+#: filters shown by default for a plain LAYER (all of them up to this many)
+MAX_FILTERS = 64
+#: render steps by default with ``with_renders``
+STEPS = 128
+#: filters with more input channels than this get one mosaic picture instead of captioned tiles
+CAPTIONED_CHANNELS = 64
+#: renders and examples are shown at most this many pixels on a side in the sheet
+ROW_TILE = 128
+
+
+def _fmt(x: float) -> str:
+    return f"{x:.3g}"
+
+
+@dataclass(repr=False)
+class FiltersResult(Result):
+    """What :func:`filters` returns.
+
+    Attributes:
+        weight: (F, I, kh, kw) the shown filters' raw weights (float32, CPU); I = in_channels / groups.
+        tiles: (F, 3, h, w) in [0, 1]: RGB tiles (``rgb``) or per-input-channel mosaics.
+        channel_tiles: (F, I, kh, kw) grey in [0, 1], every input channel of every shown filter.
+        bounds: (F,) the scale's max |w| for each shown filter (all equal with ``scale="layer"``).
+        indices: the shown filters' output channels; ``total``: the layer's filter count.
+        renders: (F, 3, H, W) the units' renders or None; ``render_values`` (F,) their objective values.
+        examples: (F, k, 3, S, S) the top dataset examples' patches or None; ``example_records`` per filter.
+    """
+
+    model: str
+    layer: str
+    module: str
+    shape: tuple[int, int, int, int]
+    conv: dict
+    rgb: bool
+    scale: str
+    weight: torch.Tensor
+    tiles: torch.Tensor
+    channel_tiles: torch.Tensor
+    bounds: torch.Tensor
+    indices: list[int]
+    offsets: list[int]
+    total: int
+    capped: bool
+    bias: torch.Tensor | None = None
+    renders: torch.Tensor | None = None
+    render_values: torch.Tensor | None = None
+    render_settings: dict | None = None
+    examples: torch.Tensor | None = None
+    example_records: list[list[dict]] | None = None
+    source: str | None = None
+    device: str = "cpu"
+    elapsed: float = 0.0
+    command: str | None = None
+    kind: ClassVar[str] = "filters"
+
+    # -- pictures ----------------------------------------------------------------------------------
+    @property
+    def images(self) -> torch.Tensor:
+        return self.tiles
+
+    @property
+    def has_rows(self) -> bool:
+        return self.renders is not None or self.examples is not None
+
+    @property
+    def sheet_columns(self) -> int | None:  # type: ignore[override]
+        if not self.has_rows:
+            return None
+        return 1 + (self.renders is not None) + (self.examples.shape[1] if self.examples is not None else 0)
+
+    def row_size(self) -> int:
+        """The side of every tile of a row sheet (renders and examples at most :data:`ROW_TILE`; a filter
+        mosaic larger than that sets it)."""
+        sides = [int(self.tiles.shape[-1]), int(self.tiles.shape[-2])]
+        if self.renders is not None:
+            sides.append(min(ROW_TILE, max(self.renders.shape[-2:])))
+        if self.examples is not None:
+            sides.append(min(ROW_TILE, max(self.examples.shape[-2:])))
+        return max(sides)
+
+    def sheet_images(self) -> torch.Tensor:
+        if not self.has_rows:
+            return self.tiles
+        size = self.row_size()
+        columns = [_fit(self.tiles, size).unsqueeze(1)]
+        if self.renders is not None:
+            columns.append(_fit(self.renders, size).unsqueeze(1))
+        if self.examples is not None:
+            f, k = self.examples.shape[:2]
+            columns.append(_fit(self.examples.flatten(0, 1), size).view(f, k, 3, size, size))
+        return torch.cat(columns, 1).flatten(0, 1)
+
+    def filter_caption(self, i: int) -> str:
+        what = f"max|w| {_fmt(float(self.weight[i].abs().max()))}"
+        if self.offsets[i] or self.conv["groups"] > 1:
+            what += f"  in {self.offsets[i]}..{self.offsets[i] + self.shape[1] - 1}"
+        return f"filter {self.indices[i]}\n{what}"
+
+    def captions(self) -> list[str]:
+        if not self.has_rows:
+            return [self.filter_caption(i) for i in range(len(self.indices))]
+        out = []
+        for i in range(len(self.indices)):
+            out.append(self.filter_caption(i))
+            if self.renders is not None:
+                out.append(f"render\n{_fmt(float(self.render_values[i]))}")
+            for j, ex in enumerate(self.example_records[i] if self.examples is not None else []):
+                label = f" {ex['label_name']}" if ex.get("label_name") is not None else ""
+                out.append(f"top {j + 1}\n{_fmt(ex['score'])}{label}")
+        return out
+
+    def title(self) -> str:
+        o, i, kh, kw = self.shape
+        shown = f", showing {len(self.indices)} of {self.total}" if len(self.indices) < self.total else ""
+        return f"{self.model}  {self.layer}  filters {o}x{i}x{kh}x{kw}{shown}"
+
+    def scale_note(self) -> str:
+        zero = "0 = mid-grey"
+        if self.scale == "layer":
+            m = _fmt(float(self.bounds[0])) if len(self.bounds) else "0"
+            text = f"one symmetric scale for the layer: max |w| = {m} ({zero})"
+        else:
+            text = f"per-filter symmetric scale: each caption gives its filter's max |w| ({zero})"
+        if self.rgb:
+            text += "; RGB tiles: input channels 0, 1, 2 as red, green, blue"
+        else:
+            text += "; each filter: its input channels as grey tiles, row by row"
+        if self.capped:
+            text += f"; first {len(self.indices)} of {self.total} filters (--max-filters)"
+        return text
+
+    def scale_strip(self, width: int) -> np.ndarray:
+        """A strip: the grey ramp from -m (black) through 0 (mid-grey) to +m (white), with its numbers, and the
+        scale's note wrapped to the width."""
+        font = _font()
+        width = max(width, 320)
+        probe = ImageDraw.Draw(Image.new("RGB", (1, 1)))
+        lines = _wrap(self.scale_note(), font, width - 8, probe)
+        bar = Image.new("RGB", (width, 22 + 15 * len(lines) + 4), (255, 255, 255))
+        draw = ImageDraw.Draw(bar)
+        x0, x1 = 60, bar.width - 60
+        ramp = (np.linspace(0, 1, x1 - x0) * 255).round().astype(np.uint8)
+        bar.paste(Image.fromarray(np.repeat(np.repeat(ramp[None, :, None], 12, 0), 3, 2)), (x0, 4))
+        if self.scale == "layer" and len(self.bounds):
+            lo, hi = f"-{_fmt(float(self.bounds[0]))}", f"+{_fmt(float(self.bounds[0]))}"
+        else:
+            lo, hi = "-max|w|", "+max|w|"
+        draw.text((4, 4), lo, fill=(40, 40, 40), font=font)
+        draw.text((x1 + 4, 4), hi, fill=(40, 40, 40), font=font)
+        draw.text(((x0 + x1) // 2 - 3, 4), "0", fill=(255, 255, 255), font=font)
+        for i, line in enumerate(lines):
+            draw.text((4, 22 + 15 * i), line, fill=(40, 40, 40), font=font)
+        return np.asarray(bar)
+
+    def sheet(self) -> np.ndarray:
+        grid = labelled_sheet(self.sheet_images(), self.captions(), ncol=self.sheet_columns, title=self.title())
+        bar = self.scale_strip(grid.shape[1])
+        if bar.shape[1] > grid.shape[1]:
+            grid = np.pad(grid, ((0, 0), (0, bar.shape[1] - grid.shape[1]), (0, 0)), constant_values=255)
+        return np.concatenate([grid, bar], 0)
+
+    # -- record and files ------------------------------------------------------------------------
+    def record(self) -> dict:
+        stats = filter_stats(self.weight)
+        per_filter = []
+        for i, o in enumerate(self.indices):
+            entry = {"filter": o, "max_abs": float(stats["max_abs"][i]), "norm": float(stats["norm"][i]),
+                     "scale_max_abs": float(self.bounds[i]),
+                     "input_channels": [self.offsets[i], self.offsets[i] + self.shape[1] - 1],
+                     "bias": None if self.bias is None else float(self.bias[i]),
+                     "files": [f"filter-{o:04d}.png"]}
+            if self.renders is not None:
+                entry["render_value"] = float(self.render_values[i])
+                entry["files"].append(f"render-{o:04d}.png")
+            if self.examples is not None:
+                entry["examples"] = self.example_records[i]
+            per_filter.append(entry)
+        layer_max = float(self.bounds.max()) if self.scale == "layer" and len(self.bounds) else None
+        return {"model": self.model, "layer": self.layer, "module": self.module, "shape": list(self.shape),
+                "conv": self.conv, "display": "rgb" if self.rgb else "per-input-channel grey",
+                "scale": {"mode": self.scale, "rule": "value = w / (2 * max|w|) + 0.5 (0 -> 0.5 mid-grey)",
+                          "max_abs": layer_max},
+                "total_filters": self.total, "shown": self.indices, "capped": self.capped,
+                "note": self.scale_note(), "renders": self.render_settings, "source": self.source,
+                "device": self.device, "filters": per_filter}
+
+    def write_files(self, out: Path) -> list[str]:
+        from nnfeat.io import save_image
+
+        files = []
+        names = ("R", "G", "B") if self.rgb else None
+        for i, o in enumerate(self.indices):
+            title = f"{self.layer} filter {o}: max|w| {_fmt(float(self.weight[i].abs().max()))}, " \
+                    f"scale \u00b1{_fmt(float(self.bounds[i]))}"
+            channels = self.channel_tiles[i]
+            if len(channels) <= CAPTIONED_CHANNELS:
+                caps = list(names) if names else [f"in {self.offsets[i] + c}" for c in range(len(channels))]
+                picture = labelled_sheet(channels.unsqueeze(1), caps, title=title)
+            else:
+                mosaic = channel_mosaic(channels.unsqueeze(0))
+                picture = labelled_sheet(mosaic, [f"in {self.offsets[i]}..{self.offsets[i] + len(channels) - 1}, "
+                                                  f"row by row"], title=title, min_tile=512)
+            files.append(save_image(out / f"filter-{o:04d}.png", picture).name)
+            if self.renders is not None:
+                files.append(save_image(out / f"render-{o:04d}.png", self.renders[i]).name)
+        return files
+
+
+def _wrap(text: str, font, width: int, draw: ImageDraw.ImageDraw) -> list[str]:
+    """``text`` broken at spaces into lines no wider than ``width`` px (a longer word gets its own line)."""
+    lines: list[str] = []
+    for word in text.split(" "):
+        if lines and draw.textlength(lines[-1] + " " + word, font=font) <= width:
+            lines[-1] += " " + word
+        else:
+            lines.append(word)
+    return lines
+
+
+def _fit(images: torch.Tensor, size: int) -> torch.Tensor:
+    """(B, 3, h, w) -> (B, 3, size, size): enlarged by a whole factor (nearest) or shrunk (antialiased) to fit,
+    centred on white."""
+    images = images.float().cpu()
+    h, w = images.shape[-2:]
+    side = max(h, w)
+    if side <= size:
+        factor = size // side
+        images = images.repeat_interleave(factor, -2).repeat_interleave(factor, -1)
+    else:
+        shape = (max(1, round(h * size / side)), max(1, round(w * size / side)))
+        images = F.interpolate(images, size=shape, mode="bilinear", antialias=True, align_corners=False).clamp(0, 1)
+    h, w = images.shape[-2:]
+    top, left = (size - h) // 2, (size - w) // 2
+    return F.pad(images, (left, size - w - left, top, size - h - top), value=1.0)
+
+
+def _select(model, layer: str | Units | None, units: Sequence[int] | None, max_filters: int):
+    """(conv name, module, shown filter indices, capped, plain) for ``layer`` (units text; None: the first
+    conv); ``plain``: no filters were picked (every filter, capped at ``max_filters``)."""
+    if max_filters < 1:
+        raise NnfeatError(f"--max-filters must be at least 1; got {max_filters}")
+    parsed = None
+    if layer is not None:
+        parsed = parse_units(layer, what="layer") if isinstance(layer, str) else layer
+        if parsed.position is not None:
+            raise NnfeatError(f"filters take no position: drop '@{','.join(map(str, parsed.position))}' "
+                              f"(use {parsed.layer}:0..7 to pick filters)")
+    name, conv = find_conv(model, parsed.layer if parsed is not None else None)
+    chosen = units if units is not None else (parsed.channels if parsed is not None else None)
+    if chosen is not None:
+        indices = Units(name, tuple(int(c) for c in chosen)).channel_list((conv.out_channels,))
+        if not indices:
+            raise NnfeatError(f"no filter selected: use {name}:0..7 or {name}:3")
+        return name, conv, indices, False, False
+    indices = list(range(conv.out_channels))
+    return name, conv, indices[:max_filters], len(indices) > max_filters, True
+
+
+def check_filters(model, layer: str | Units | None = None, *, units: Sequence[int] | None = None,
+                  scale: str = "layer", max_filters: int = MAX_FILTERS) -> tuple[str, list[int]]:
+    """The conv layer and filters :func:`filters` would show (one-line errors for anything wrong; no work)."""
+    if scale not in SCALES:
+        raise NnfeatError(f"unknown scale '{scale}': use {' or '.join(SCALES)}")
+    name, _, indices, _, _ = _select(model, layer, units, max_filters)
+    return name, indices
+
+
+def _example_crops(images: ImageSet, found, size: tuple[int, int], min_side: int) -> tuple[torch.Tensor, list]:
+    """Per filter, its top examples' patches around the receptive field of the strongest position, grown to
+    at least ``min_side`` px (kept inside the image): (F, k, 3, s, s) and the JSON records."""
+    from nnfeat.dataset_examples import example_images
+
+    crops, records = [], []
+    for result in found.values():
+        pictures = example_images(images, result.top, size)
+        row, rec = [], []
+        for picture, example in zip(pictures, result.top):
+            top, left, h, w = example.box
+            side = min(max(h, w, min_side), size[0], size[1])
+            cy, cx = top + h // 2, left + w // 2
+            y0 = min(max(cy - side // 2, 0), size[0] - side)
+            x0 = min(max(cx - side // 2, 0), size[1] - side)
+            row.append(picture[:, y0:y0 + side, x0:x0 + side])
+            rec.append({"index": example.index, "score": example.score, "position": list(example.position),
+                        "box": [y0, x0, side, side], "label": example.label,
+                        "label_name": images.label_name(example.label) if example.label is not None else None})
+        crops.append(torch.stack(row))
+        records.append(rec)
+    return torch.stack(crops), records
+
+
+def filters(model, layer: str | Units | None = None, *, units: Sequence[int] | None = None, scale: str = "layer",
+            max_filters: int = MAX_FILTERS, with_renders: bool = False, images: ImageSet | str | None = None,
+            steps: int = STEPS, k: int = 4, seed: int = 0, progress: bool = False,
+            batch_size: int = 128) -> FiltersResult:
+    """The filters of a conv layer as signed tiles (zero exactly mid-grey), optionally beside each unit's
+    render and top dataset examples.
+
+    Args:
+        model: an nnfeat ``Model``.
+        layer: the conv layer, as units text: ``"conv1"`` (every filter, at most ``max_filters``),
+            ``"conv1:0..7"`` (those filters); None: the model's first ``nn.Conv2d``.
+        units: filter indices (overrides the selector of ``layer``).
+        scale: ``layer`` (one max |w| for the layer) or ``filter`` (each filter its own).
+        max_filters: the cap for a plain layer (the first ones are shown; the sheet says so).
+        with_renders: render each shown filter's unit (channel objective; one batch, one unit per item).
+        images: a source for top dataset examples (:class:`ImageSet` or anything ``load_images`` takes).
+        steps, seed: the renders' settings; ``k``: examples per filter; ``batch_size``: images per pass.
+    Returns:
+        :class:`FiltersResult`.
+    """
+    started = time.perf_counter()
+    if scale not in SCALES:
+        raise NnfeatError(f"unknown scale '{scale}': use {' or '.join(SCALES)}")
+    name, conv, indices, capped, plain = _select(model, layer, units, max_filters)
+    if with_renders and steps < 1:
+        raise NnfeatError(f"--steps must be at least 1; got {steps}")
+    if images is not None and k < 1:
+        raise NnfeatError(f"--k must be at least 1; got {k}")
+    full = conv_weight(conv)  # (O, I, kh, kw)
+    bounds_all = filter_bounds(full, scale)
+    pick = torch.as_tensor(indices, dtype=torch.long)
+    weight, bounds = full[pick], bounds_all[pick]
+    rgb = weight.shape[1] == 3 and name == conv_layers(model)[0] and getattr(model, "in_channels", 3) == 3
+    grey = channel_tiles(full, scale)[pick]
+    tiles = filter_tiles(full, scale)[pick] if rgb else channel_mosaic(grey)
+    offsets = input_channel_offsets(conv)[pick].tolist()
+    bias = conv.bias.detach().float().cpu()[pick] if conv.bias is not None else None
+    objective = format_units(name, indices)
+
+    renders = values = settings = None
+    if with_renders:
+        from nnfeat.objectives import channel
+        from nnfeat.rendering import render
+
+        # the objective object, not its text: a layer named like "0" (an nn.Sequential) is no expression
+        rendered = render(model, channel(name, indices), steps=steps, seed=seed, progress=progress)
+        renders, values = rendered.images, rendered.final_values
+        settings = {"objective": objective, "steps": steps, "seed": seed, "size": rendered.settings["size"],
+                    "precision": rendered.settings["precision"]}
+
+    crops = records = None
+    source = None
+    if images is not None:
+        from nnfeat.data import load_images
+        from nnfeat.dataset_examples import top_examples
+
+        image_set = images if isinstance(images, ImageSet) else load_images(images, size=model.input_size)
+        found = top_examples(model, name, indices, image_set, k, score="max", batch_size=batch_size,
+                             progress=progress)
+        size = tuple(model.input_size)
+        crops, records = _example_crops(image_set, found, size, max(1, min(size) // 4))
+        source = image_set.name
+
+    conv_info = {"in_channels": conv.in_channels, "out_channels": conv.out_channels, "groups": conv.groups,
+                 "kernel_size": list(conv.kernel_size), "stride": list(conv.stride),
+                 "padding": conv.padding if isinstance(conv.padding, str) else list(conv.padding),
+                 "dilation": list(conv.dilation), "bias": conv.bias is not None}
+    command = cli_command("filters", model.name, name if plain else objective,
+                          scale=None if scale == "layer" else scale, with_renders=with_renders,
+                          steps=steps if with_renders and steps != STEPS else None,
+                          images=source, k=k if source and k != 4 else None,
+                          max_filters=max_filters if capped and max_filters != MAX_FILTERS else None,
+                          weights="random" if getattr(model, "weights", None) == "random" else None)
+    return FiltersResult(model=getattr(model, "name", type(model).__name__), layer=name,
+                         module=type(conv).__name__, shape=tuple(full.shape), conv=conv_info, rgb=rgb, scale=scale,
+                         weight=weight, tiles=tiles, channel_tiles=grey, bounds=bounds, indices=indices,
+                         offsets=offsets, total=conv.out_channels, capped=capped, bias=bias, renders=renders,
+                         render_values=values, render_settings=settings, examples=crops, example_records=records,
+                         source=source, device=str(getattr(model, "device", "cpu")),
+                         elapsed=time.perf_counter() - started, command=command)
+
+
+__all__ = ["FiltersResult", "filters", "check_filters", "MAX_FILTERS", "STEPS"]

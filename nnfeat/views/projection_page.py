@@ -1,0 +1,321 @@
+"""The projection operation and its result: :func:`project` -> :class:`ProjectionResult` (kind ``projection``).
+
+For each layer: the images' pooled activations (the shared, cached collection stage :mod:`nnfeat.collect`),
+laid out in 2-D (:mod:`nnfeat.analysis.projection`), drawn as a PNG scatter coloured by label (optionally with
+image thumbnails on a coarse grid), and scored: trustworthiness of the layout and k-NN label accuracy in the
+2-D map, beside the same k-NN accuracy in the layer's own space and the chance level. Files:
+
+* ``projection.png`` -- the panels side by side, scores in their captions; ``projection-<layer>.png`` each;
+* ``projection.html`` + ``projection-sprite.png`` -- the interactive scatter (:mod:`nnfeat.views.scatter_page`);
+* ``projection.npz`` -- ``xy_<i>`` (N, 2) per layer, ``indices`` (N,), ``labels`` (N,) when known;
+* ``projection.json`` -- settings, scores, timings, which stages came from the cache;
+* with ``tensorboard=DIR``: a TensorBoard Projector folder (:mod:`nnfeat.views.projector`).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import ClassVar, Sequence
+
+import numpy as np
+import torch
+from PIL import Image, ImageDraw
+
+from nnfeat.analysis.projection import (METHODS, chance_accuracy, explained_variance, knn_accuracy, project_2d,
+                                        top_channels, trustworthiness)
+from nnfeat.collect import POOLS, images_key, pooled
+from nnfeat.data import ImageSet
+from nnfeat.errors import NnfeatError
+from nnfeat.io import atomic_path, read_json, write_json
+from nnfeat.results import Result, cli_command
+from nnfeat.sheets import _font
+
+#: A categorical palette (RGB); labels beyond its length cycle through it.
+PALETTE = [(31, 119, 180), (255, 127, 14), (44, 160, 44), (214, 39, 40), (148, 103, 189), (140, 86, 75),
+           (227, 119, 194), (127, 127, 127), (188, 189, 34), (23, 190, 207), (174, 199, 232), (255, 187, 120),
+           (152, 223, 138), (255, 152, 150), (197, 176, 213), (196, 156, 148), (247, 182, 210), (199, 199, 199),
+           (219, 219, 141), (158, 218, 229)]
+PLOT_SIZE = 480
+THUMB_GRID = 14
+
+
+def _digest(*parts) -> str:
+    return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def _safe(name: str) -> str:
+    return "".join(c if c.isalnum() or c in "-_." else "_" for c in name)
+
+
+def parse_layers(text: str | Sequence[str]) -> list[str]:
+    """``"layer1,layer3"`` (or a list) -> layer names; a one-line error for channel selectors or repeats."""
+    names = [t.strip() for t in text.split(",")] if isinstance(text, str) else [str(t) for t in text]
+    if not names or any(not n for n in names):
+        raise NnfeatError(f"layers '{text}': give LAYER or LAYER,LAYER2,... (no empty names)")
+    for name in names:
+        if ":" in name or "@" in name:
+            raise NnfeatError(f"'{name}': a projection lays out whole layers; write LAYER or LAYER,LAYER2 "
+                              "without :channels or @positions")
+    if len(set(names)) < len(names):
+        raise NnfeatError(f"layers '{text}' name a layer twice")
+    return names
+
+
+@dataclass(repr=False)
+class ProjectionResult(Result):
+    """What :func:`project` returns. ``xy[layer]`` (N, 2) positions, ``vectors[layer]`` (N, C) pooled activations,
+    ``indices`` (N,) image indices in ``source``, ``labels`` (N,) int labels or None, ``scores[layer]`` the
+    quality numbers, ``thumbs`` (N, 3, t, t) thumbnails in [0, 1] or None."""
+
+    model: str
+    layers: list[str]
+    method: str
+    pool: str
+    source: str
+    xy: dict[str, np.ndarray]
+    vectors: dict[str, np.ndarray]
+    indices: np.ndarray
+    labels: np.ndarray | None
+    label_names: list[str]
+    scores: dict[str, dict]
+    k: int
+    seed: int
+    thumbs: torch.Tensor | None = None
+    thumbnails_on_plot: bool = False
+    timings: dict = field(default_factory=dict)
+    cached: dict = field(default_factory=dict)
+    device: str = "cpu"
+    elapsed: float = 0.0
+    command: str | None = None
+    tensorboard: str | None = None
+    kind: ClassVar[str] = "projection"
+
+    @property
+    def sheet_columns(self) -> int:  # type: ignore[override]
+        return len(self.layers)
+
+    @property
+    def images(self) -> torch.Tensor:
+        plots = [torch.from_numpy(self.plot(layer).copy()).permute(2, 0, 1).float() / 255 for layer in self.layers]
+        return torch.stack(plots)
+
+    def caption(self, layer: str) -> str:
+        s = self.scores[layer]
+        line = f"{layer}: trust {s['trustworthiness']:.3f}"
+        if s.get("knn_accuracy_2d") is not None:
+            line += f"\nkNN {s['knn_accuracy_2d']:.3f} (layer {s['knn_accuracy_layer']:.3f}, chance {s['chance']:.3f})"
+        return line
+
+    def captions(self) -> list[str]:
+        return [self.caption(layer) for layer in self.layers]
+
+    def title(self) -> str:
+        return f"{self.model}  {self.method} of {self.pool}-pooled {','.join(self.layers)}  ({len(self.indices)} images of {self.source})"
+
+    def plot(self, layer: str) -> np.ndarray:
+        """(H, W, 3) uint8: the layer's scatter, points coloured by label, a legend below."""
+        from nnfeat.atlas.layout import normalize_layout
+
+        xy = normalize_layout(self.xy[layer])
+        size, margin = PLOT_SIZE, 8
+        legend_rows = 0 if self.labels is None else -(-len(self.label_names) // 4)
+        canvas = Image.new("RGB", (size, size + 16 * legend_rows + (4 if legend_rows else 0)), (255, 255, 255))
+        draw = ImageDraw.Draw(canvas)
+        px = np.round(margin + xy * (size - 2 * margin)).astype(int)
+        px[:, 1] = size - 1 - px[:, 1]  # y up
+        order = np.random.default_rng(self.seed).permutation(len(px))  # no label always on top
+        radius = 3 if len(px) <= 2000 else 2 if len(px) <= 20000 else 1
+        colours = [PALETTE[int(l) % len(PALETTE)] for l in self.labels] if self.labels is not None else None
+        for i in order:
+            x, y = px[i]
+            draw.ellipse((x - radius, y - radius, x + radius, y + radius),
+                         fill=colours[i] if colours else (60, 60, 60))
+        if self.thumbnails_on_plot and self.thumbs is not None:
+            self._paste_thumbnails(canvas, xy, size, margin)
+        font = _font()
+        for j, name in enumerate(self.label_names if self.labels is not None else []):
+            x0, y0 = 8 + (j % 4) * (size // 4), size + 2 + (j // 4) * 16
+            draw.rectangle((x0, y0 + 2, x0 + 10, y0 + 12), fill=PALETTE[j % len(PALETTE)])
+            draw.text((x0 + 14, y0), str(name)[:14], fill=(40, 40, 40), font=font)
+        return np.asarray(canvas)
+
+    def _paste_thumbnails(self, canvas: Image.Image, xy: np.ndarray, size: int, margin: int) -> None:
+        """On a THUMB_GRID x THUMB_GRID grid, each cell's point nearest its centre shows its image there."""
+        cell = (size - 2 * margin) / THUMB_GRID
+        thumb = max(8, int(cell) - 2)
+        grid = np.minimum((xy * THUMB_GRID).astype(int), THUMB_GRID - 1)
+        centre = (grid + 0.5) / THUMB_GRID
+        dist = np.square(xy - centre).sum(1)
+        best: dict[tuple[int, int], int] = {}
+        for i in np.argsort(dist, kind="stable"):
+            best.setdefault((int(grid[i, 0]), int(grid[i, 1])), int(i))
+        draw = ImageDraw.Draw(canvas)
+        for (gx, gy), i in sorted(best.items()):
+            image = (self.thumbs[i].permute(1, 2, 0).numpy() * 255).round().astype(np.uint8)
+            tile = Image.fromarray(image).resize((thumb - 4, thumb - 4), Image.NEAREST)
+            x0 = int(margin + gx * cell + 1)
+            y0 = int(size - margin - (gy + 1) * cell + 1)
+            frame = PALETTE[int(self.labels[i]) % len(PALETTE)] if self.labels is not None else (60, 60, 60)
+            draw.rectangle((x0, y0, x0 + thumb - 1, y0 + thumb - 1), fill=frame)  # the image's label colour
+            canvas.paste(tile, (x0 + 2, y0 + 2))
+
+    def record(self) -> dict:
+        return {"model": self.model, "layers": self.layers, "method": self.method, "pool": self.pool,
+                "source": self.source, "images": len(self.indices), "k": self.k, "seed": self.seed,
+                "device": self.device, "scores": self.scores, "timings_seconds": self.timings,
+                "cached": self.cached, "tensorboard": self.tensorboard,
+                "labels": self.label_names if self.labels is not None else None}
+
+    def write_files(self, out: Path) -> list[str]:
+        from nnfeat.io import save_image
+        from nnfeat.views.scatter_page import ScatterPanel, write_scatter_page
+
+        files = []
+        for i, layer in enumerate(self.layers):
+            files.append(save_image(out / f"projection-{_safe(layer)}.png", self.plot(layer)).name)
+        arrays = {f"xy_{i}": self.xy[layer] for i, layer in enumerate(self.layers)}
+        arrays["indices"] = np.asarray(self.indices)
+        if self.labels is not None:
+            arrays["labels"] = np.asarray(self.labels)
+        with atomic_path(out / "projection.npz") as tmp:
+            with open(tmp, "wb") as fh:
+                np.savez(fh, layers=np.array(self.layers), **arrays)
+        files.append("projection.npz")
+        names = [self.label_names[int(l)] for l in self.labels] if self.labels is not None else None
+        panels = []
+        for layer in self.layers:
+            index, values = top_channels(self.vectors[layer], 3)
+            tops = [list(zip(map(int, r), map(float, v))) for r, v in zip(index, values)]
+            s = self.scores[layer]
+            scores = {"trustworthiness": s["trustworthiness"], "k": self.k}
+            if s.get("knn_accuracy_2d") is not None:
+                scores.update(knn_accuracy=s["knn_accuracy_2d"], chance=s["chance"])
+            panels.append(ScatterPanel(name=f"{layer} · {self.method} · {self.pool} pool", xy=self.xy[layer],
+                                       labels=names, indices=[int(i) for i in self.indices], top_channels=tops,
+                                       scores=scores))
+        notes = [f"trustworthiness at k={self.k} (1 = every 2-D neighbour is a neighbour in the layer); "
+                 f"kNN: leave-one-out {self.k}-NN label accuracy in the 2-D map"]
+        files.extend(write_scatter_page(out / "projection.html", panels, title=self.title(), thumbnails=self.thumbs,
+                                        notes=notes))
+        return files
+
+
+def _thumbnails(images: ImageSet, size: int, batch: int = 512) -> torch.Tensor:
+    """(N, 3, size, size) thumbnails in [0, 1] of every image, in order."""
+    return torch.cat(list(images.iter_batches(batch, (size, size))))
+
+
+def _cached_layout(cache: Path, name: str, key: str, compute) -> tuple[np.ndarray, bool]:
+    path, meta = cache / f"{name}.npy", cache / f"{name}.json"
+    if path.is_file() and meta.is_file() and read_json(meta).get("key") == key:
+        return np.load(path), True
+    value = compute()
+    with atomic_path(path) as tmp:
+        with open(tmp, "wb") as fh:
+            np.save(fh, value)
+    write_json(meta, {"key": key})
+    return value, False
+
+
+def project(model, layers: str | Sequence[str], images: ImageSet, *, method: str = "umap", pool: str = "mean",
+            k: int = 10, seed: int = 0, batch_size: int = 128, cache: str | Path | None = None,
+            thumbnails: bool = False, thumb_size: int = 32, tensorboard: str | Path | None = None,
+            progress: bool = True) -> ProjectionResult:
+    """Lay out ``images``' pooled activations of each of ``layers`` in 2-D by ``method`` and score the layouts.
+
+    Args:
+        layers: ``"layer3"``, ``"layer1,layer3"`` or a list of names.
+        method: ``pca``, ``tsne`` or ``umap``; pool: ``mean``, ``max`` or ``center`` (token layers: see
+            :mod:`nnfeat.collect`).
+        k: neighbours for trustworthiness and k-NN accuracy.
+        cache: a folder for the collection and layout stages (a second call with another ``method`` reuses the
+            activations); None: a temporary folder.
+        thumbnails: paste image thumbnails on the PNG scatter (the HTML page always shows them on hover).
+        tensorboard: also write a TensorBoard Projector folder there.
+    """
+    started = time.perf_counter()
+    names = parse_layers(layers)
+    if method not in METHODS:
+        raise NnfeatError(f"unknown method '{method}': use {', '.join(METHODS)}")
+    if pool not in POOLS:
+        raise NnfeatError(f"unknown pooling '{pool}': use {', '.join(POOLS)}")
+    for name in names:
+        model.units(name)  # one-line error for an unknown layer, before any work
+    n = len(images)
+    if n < 3:
+        raise NnfeatError(f"only {n} images: a projection needs at least 3 (raise --n)")
+    if not 1 <= k < n / 2:
+        raise NnfeatError(f"--k {k} is out of range for {n} images: use 1 <= k < {max(1, (n + 1) // 2)}")
+    if tensorboard is not None:
+        from nnfeat.views.projector import sprite_layout
+
+        sprite_layout(n, thumb_size)  # a sprite that cannot fit is an error before any work
+    temp = tempfile.TemporaryDirectory(prefix="nnfeat-project-") if cache is None else None
+    root = Path(temp.name if temp else cache)
+    weights = getattr(model, "weights", None)
+    xy, vectors, scores, timings, cached = {}, {}, {}, {}, {}
+    labels = np.asarray(images.labels) if images.labels is not None else None
+    label_names = [images.label_name(i) for i in range(int(labels.max()) + 1)] if labels is not None else []
+    chance = chance_accuracy(labels) if labels is not None else None
+    try:
+        for name in names:
+            t0 = time.perf_counter()
+            data, was = pooled(model, name, images, root, pool=pool, batch_size=batch_size, progress=progress)
+            acts = np.array(data.acts)  # (N, C) in memory: one row per image
+            vectors[name] = acts
+            t1 = time.perf_counter()
+            layout_key = _digest(model.name, weights, name, pool, images_key(images), method, seed)
+            positions, was_layout = _cached_layout(root, f"layout-{_safe(name)}-{pool}-{method}", layout_key,
+                                                   lambda: project_2d(acts, method, seed=seed))
+            xy[name] = positions
+            t2 = time.perf_counter()
+            entry = {"method": method, "pool": pool, "channels": int(acts.shape[1]), "k": k,
+                     "trustworthiness": trustworthiness(acts, positions, k)}
+            if labels is not None:
+                entry.update(knn_accuracy_2d=knn_accuracy(positions, labels, k),
+                             knn_accuracy_layer=knn_accuracy(acts, labels, k), chance=chance)
+            if method == "pca":
+                entry["explained_variance"] = explained_variance(acts)
+            scores[name] = entry
+            t3 = time.perf_counter()
+            timings[name] = {"collect": round(t1 - t0, 3), "layout": round(t2 - t1, 3), "scores": round(t3 - t2, 3)}
+            cached[name] = {"collect": bool(was), "layout": bool(was_layout)}
+    finally:
+        if temp is not None:
+            temp.cleanup()
+    thumbs = _thumbnails(images, thumb_size)
+    command = cli_command("project", model.name, ",".join(names), images=images.name, n=n, method=method,
+                          pool=None if pool == "mean" else pool, k=None if k == 10 else k,
+                          seed=None if seed == 0 else seed, thumbnails=thumbnails,
+                          weights="random" if weights == "random" else None)
+    result = ProjectionResult(model=model.name, layers=names, method=method, pool=pool, source=images.name, xy=xy,
+                              vectors=vectors, indices=images.source_indices, labels=labels, label_names=label_names,
+                              scores=scores, k=k, seed=seed, thumbs=thumbs, thumbnails_on_plot=thumbnails,
+                              timings=timings, cached=cached, device=str(model.device), command=command)
+    if tensorboard is not None:
+        result.tensorboard = str(write_tensorboard(result, tensorboard, thumb_size))
+    result.elapsed = time.perf_counter() - started
+    return result
+
+
+def write_tensorboard(result: ProjectionResult, directory: str | Path, thumb_size: int = 32) -> Path:
+    """Write ``result``'s pooled activations as a TensorBoard Projector folder: one embedding per layer, the
+    label and image index as metadata, the thumbnails as the sprite. Returns the folder."""
+    from nnfeat.views.projector import Embedding, write_projector
+
+    directory = Path(directory)
+    metadata = {"index": [str(i) for i in result.indices]}
+    if result.labels is not None:
+        metadata = {"label": [result.label_names[int(l)] for l in result.labels], **metadata}
+    embeddings = [Embedding(name=f"{layer} ({result.pool} pool)", vectors=result.vectors[layer], metadata=metadata,
+                            thumbnails=result.thumbs) for layer in result.layers]
+    write_projector(directory, embeddings, thumb_size=thumb_size)
+    return directory
+
+
+__all__ = ["ProjectionResult", "project", "parse_layers", "write_tensorboard", "PALETTE"]
