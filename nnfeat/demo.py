@@ -2,7 +2,9 @@
 
 Trains (or reuses) the digits CNN, renders its 10 class logits and the channels of ``bn2`` (the second
 block after BatchNorm, before its ReLU: the units the next layer sees, like Lucid's ``*_pre_relu``
-layers), builds a digits activation atlas of ``conv3``, and writes ``OUT/index.html`` showing all of it.
+layers), shows the layer views (activation heatmaps of ``bn2``, the first layer's filters, a UMAP projection
+of ``relu1`` beside ``relu3`` over the digits), builds a digits activation atlas of ``conv3``, and writes
+``OUT/index.html`` showing all of it.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ from nnfeat.views.gallery import write_gallery
 
 DEMO_LAYER = "bn2"  # conv2 itself has no bias; a few of its channels cannot exceed 0 on grey input
 ATLAS_LAYER = "conv3"
+PROJECTION_LAYERS = "relu1,relu3"  # a shallow and a deep block: classes separate with depth
 
 
 def run_demo(out: Path, *, steps: int = 256, atlas: bool = True, progress: bool = True) -> Path:
@@ -50,12 +53,43 @@ def run_demo(out: Path, *, steps: int = 256, atlas: bool = True, progress: bool 
                  f"<a href='{DEMO_LAYER}/index.html'>the layer's page</a>.",
          "items": channel_items},
     ]
+    sections.extend(_layer_views(model, out, progress))
     if atlas:
         sections.append(_demo_atlas(model, out, steps, progress))
     index = write_gallery(out / "index.html", "nnfeat demo: digits-cnn", sections)
     write_json(out / "demo.json", {"elapsed_seconds": round(time.perf_counter() - started, 1), "steps": steps})
     print(f"wrote {index} ({time.perf_counter() - started:.0f} s)")
     return index
+
+
+def _layer_views(model, out: Path, progress: bool) -> list[dict]:
+    """Heatmaps, first-layer filters and projections (the layer views) on the digits."""
+    from nnfeat.data import load_images
+    from nnfeat.views.filters_page import filters
+    from nnfeat.views.heatmap_page import heatmap
+    from nnfeat.views.projection_page import project
+
+    digits = load_images("digits", size=model.input_size)
+    maps = heatmap(model, DEMO_LAYER, digits.sample(6, 0), top=6)
+    maps.save(out / "heatmap")
+    weights = filters(model)
+    weights.save(out / "filters")
+    layout = project(model, PROJECTION_LAYERS, digits, method="umap", cache=out / "project" / "cache",
+                     progress=progress)
+    layout.save(out / "project")
+    scores = "; ".join(layout.caption(name).replace("\n", ", ") for name in layout.layers)
+    return [
+        {"title": f"Activation heatmaps of {DEMO_LAYER}",
+         "note": "The 6 strongest channels on 6 digits, one colour scale for the figure (nnfeat heatmap).",
+         "items": [{"src": "heatmap/heatmap.png", "caption": "heatmap.png"}], "wide": True},
+        {"title": f"Filters of {weights.layer}",
+         "note": "The first convolution's weights, zero at mid-grey, one symmetric scale (nnfeat filters).",
+         "items": [{"src": "filters/filters.png", "caption": "filters.png"}], "wide": True},
+        {"title": f"UMAP projections of {PROJECTION_LAYERS.replace(',', ' and ')}",
+         "note": f"Mean-pooled activations of all {len(digits)} digits (nnfeat project): {scores}. "
+                 "Open <a href='project/projection.html'>the interactive scatter</a> (hover a point for its image).",
+         "items": [{"src": "project/projection.png", "caption": "projection.png"}], "wide": True},
+    ]
 
 
 def _demo_atlas(model, out: Path, steps: int, progress: bool) -> dict:

@@ -167,3 +167,33 @@ def test_channels_last_renders_match_contiguous_ones_and_leave_the_model_alone()
         torch.testing.assert_close(results[cl].values, results[False].values, rtol=1e-4, atol=1e-5)
     assert net[0].weight is weight and weight.is_contiguous()  # channels_last=True works on a cached copy
     assert not default_channels_last(torch.device("cpu"), Model(nn.Sequential(nn.Flatten(), nn.Linear(3, 2))))
+
+
+def _load_experiment(name: str):
+    spec = importlib.util.spec_from_file_location(name, REPO / "experiments" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_quick_heatmap_benchmark_counts_one_forward_per_batch(tmp_path):
+    threads = torch.get_num_threads()
+    out = tmp_path / "h.json"
+    assert _load_experiment("bench_heatmap").main(["--quick", "--weights", "random", "--data", "digits",
+                                                   "--batch", "16", "--out", str(out)]) == 0
+    report = json.loads(out.read_text())
+    assert report["forward_calls_in_heatmap"] == report["batches"] == 4
+    assert report["ratio_heatmap_vs_bare"] > 0
+    assert torch.get_num_threads() == threads
+
+
+def test_quick_projection_benchmark_reuses_the_cached_activations(tmp_path):
+    threads = torch.get_num_threads()
+    out = tmp_path / "p.json"
+    assert _load_experiment("bench_project").main(["--quick", "--weights", "random", "--data", "digits", "--model",
+                                                   "digits-cnn", "--layers", "relu1,bn2", "--out", str(out)]) == 0
+    report = json.loads(out.read_text())
+    assert [c["method"] for c in report["calls"]] == ["pca", "umap"]
+    assert report["calls"][0]["cached"]["collect"] is False and report["calls"][1]["cached"]["collect"] is True
+    assert set(report["depth"]["scores"]) == {"relu1", "bn2"}
+    assert torch.get_num_threads() == threads

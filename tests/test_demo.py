@@ -17,3 +17,7 @@ def test_demo_writes_a_gallery_whose_images_all_exist(tmp_path):
     channels = json.loads((out / "bn2" / "microscope.json").read_text())["channels"]
     assert sorted(map(int, channels)) == list(range(32))
     assert (out / "atlas" / "atlas.png").is_file() and (out / "atlas" / "atlas.html").is_file()
+    for view in ("heatmap/heatmap.png", "filters/filters.png", "project/projection.png", "project/projection.html"):
+        assert (out / view).is_file(), view
+    scores = json.loads((out / "project" / "projection.json").read_text())["scores"]
+    assert scores["relu3"]["knn_accuracy_2d"] > scores["relu3"]["chance"]

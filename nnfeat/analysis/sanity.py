@@ -1,0 +1,252 @@
+"""How far to trust a saliency map: deletion / insertion AUC and the model-randomization test.
+
+* :func:`deletion_insertion` -- the causal metrics of RISE (Petsiuk et al. 2018). Pixels are ranked by the
+  map, most salient first. *Deletion* replaces them, ``steps`` equal fractions at a time, by a baseline
+  (default black, i.e. 0 in [0, 1] image space) and tracks the softmax probability of the target class;
+  *insertion* starts from a blurred copy of the image (Gaussian, sigma = min(H, W) / 8 px by default) and
+  puts the original pixels back in the same order. Each AUC is the trapezoid area under probability vs
+  fraction of pixels (0..1): a good map has a low deletion and a high insertion AUC. All steps of all images
+  run as batched passes. :func:`random_maps` gives the seeded uniform-noise map to compare with.
+* :func:`randomization_test` -- the cascading model-parameter randomization test of Adebayo et al. 2018
+  ("Sanity checks for saliency maps"): on a deep copy of the model, re-initialize the layers that have
+  parameters one more at a time from the logits down (k = 1 .. all; each layer's own ``reset_parameters``,
+  seeded) and compute the Spearman rank correlation between |original map| and |map of the randomized
+  model|, per image. A method whose median correlation after full randomization is >= ``threshold`` (0.3)
+  *fails*: its maps do not depend on what the model learned.
+
+Pixels with equal map values (a ReLU'd CAM's zeros) are ordered at random (seeded) for deletion / insertion
+and get their average rank for Spearman.
+"""
+
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass, field
+from typing import Callable, Sequence
+
+import torch
+from torch import nn
+
+from nnfeat.errors import NnfeatError
+from nnfeat.hooks import layer_root
+
+#: median Spearman after full randomization at or above which a method fails the randomization test
+THRESHOLD = 0.3
+DELETION_BASELINES = ("black", "blur")
+
+
+# -- deletion / insertion ---------------------------------------------------------------------------------
+def pixel_order(maps: torch.Tensor, seed: int = 0) -> torch.Tensor:
+    """(B, H, W) maps -> (B, H*W) rank of each pixel (0 = most salient); ties broken at random (seeded)."""
+    b = maps.shape[0]
+    flat = maps.reshape(b, -1).float()
+    g = torch.Generator().manual_seed(int(seed))
+    shuffle = torch.argsort(torch.rand(flat.shape, generator=g), 1).to(flat.device)
+    order = shuffle.gather(1, torch.sort(flat.gather(1, shuffle), dim=1, descending=True, stable=True).indices)
+    ranks = torch.empty_like(order)
+    ranks.scatter_(1, order, torch.arange(flat.shape[1], device=flat.device).expand_as(order).contiguous())
+    return ranks
+
+
+def random_maps(shape: Sequence[int], seed: int = 0, device=None) -> torch.Tensor:
+    """A seeded uniform-noise saliency map of ``shape`` (B, H, W): the chance level of deletion / insertion."""
+    g = torch.Generator().manual_seed(int(seed))
+    return torch.rand(tuple(shape), generator=g).to(device or "cpu")
+
+
+@dataclass
+class CausalScores:
+    """Deletion / insertion for B maps: ``deletion``, ``insertion`` (B,) AUCs; ``*_curve`` (B, steps + 1)
+    probabilities at pixel fractions ``fractions`` (steps + 1,); the settings they were made with."""
+
+    deletion: torch.Tensor
+    insertion: torch.Tensor
+    deletion_curve: torch.Tensor
+    insertion_curve: torch.Tensor
+    fractions: torch.Tensor
+    baseline: str
+    insertion_sigma: float
+    rank_by: str
+
+    def summary(self) -> dict:
+        return {"deletion_auc": float(self.deletion.mean()), "insertion_auc": float(self.insertion.mean()),
+                "deletion_baseline": self.baseline, "insertion_start": f"blur sigma {self.insertion_sigma:g} px",
+                "rank_by": self.rank_by, "steps": len(self.fractions) - 1}
+
+
+@torch.no_grad()
+def _curves(model, start: torch.Tensor, end: torch.Tensor, ranks: torch.Tensor, targets: torch.Tensor,
+            steps: int, batch_size: int) -> torch.Tensor:
+    """Probability of ``targets`` as the pixels of rank < k_s switch from ``start`` to ``end`` (k_s = s/steps of
+    the pixels, s = 0..steps); all (image, step) pairs batched. -> (B, steps + 1)."""
+    from nnfeat.analysis.saliency import _chunks, _logits
+
+    b, _, h, w = start.shape
+    n_pix = h * w
+    counts = torch.round(torch.linspace(0, n_pix, steps + 1, device=start.device)).long()  # (S,)
+    total = b * (steps + 1)
+    probs = torch.empty(total, device=start.device)
+    for s in _chunks(total, batch_size):
+        idx = torch.arange(s.start, s.stop, device=start.device)
+        i, k = idx // (steps + 1), idx % (steps + 1)
+        mask = (ranks[i] < counts[k, None]).view(-1, 1, h, w).to(start.dtype)
+        batch = start[i] * (1 - mask) + end[i] * mask
+        probs[s] = torch.softmax(_logits(model, batch).float(), 1).gather(1, targets[i, None])[:, 0]
+    return probs.view(b, steps + 1)
+
+
+def deletion_insertion(model, images: torch.Tensor, maps: torch.Tensor, targets: torch.Tensor, *, steps: int = 32,
+                       baseline: str = "black", insertion_sigma: float | None = None, rank_by: str = "value",
+                       seed: int = 0, batch_size: int = 256) -> CausalScores:
+    """RISE deletion and insertion (see the module docstring) of (B, H, W) ``maps`` for (B, 3, H, W) ``images``
+    and (B,) ``targets``. ``rank_by``: ``value`` (most positive first) or ``abs`` (largest |map| first)."""
+    from nnfeat.analysis.saliency import baseline_images
+
+    if steps < 1:
+        raise NnfeatError(f"deletion/insertion needs steps >= 1; got {steps}")
+    if baseline not in DELETION_BASELINES:
+        raise NnfeatError(f"unknown deletion baseline '{baseline}': use {', '.join(DELETION_BASELINES)}")
+    if rank_by not in ("value", "abs"):
+        raise NnfeatError(f"rank_by must be 'value' or 'abs'; got '{rank_by}'")
+    if tuple(maps.shape) != (images.shape[0], *images.shape[-2:]):
+        raise NnfeatError(f"maps must be (B, H, W) = {(images.shape[0], *images.shape[-2:])}; got {tuple(maps.shape)}")
+    images = images.detach().float()
+    maps = maps.to(images.device).float()
+    ranks = pixel_order(maps.abs() if rank_by == "abs" else maps, seed)
+    sigma = float(insertion_sigma or min(images.shape[-2:]) / 8)
+    removed = baseline_images(images, baseline, sigma=sigma)
+    blurred = baseline_images(images, "blur", sigma=sigma)
+    targets = targets.to(images.device).long()
+    dele = _curves(model, images, removed, ranks, targets, steps, batch_size)
+    ins = _curves(model, blurred, images, ranks, targets, steps, batch_size)
+    dx = 1.0 / steps
+    return CausalScores(torch.trapezoid(dele, dx=dx, dim=1).cpu(), torch.trapezoid(ins, dx=dx, dim=1).cpu(),
+                        dele.cpu(), ins.cpu(), torch.linspace(0, 1, steps + 1), baseline, sigma, rank_by)
+
+
+# -- Spearman ---------------------------------------------------------------------------------------------
+def average_ranks(x: torch.Tensor) -> torch.Tensor:
+    """(B, N) -> (B, N) float64 ranks 1..N per row, ties given their average rank."""
+    x = x.double()
+    s = torch.sort(x, 1).values
+    lo = torch.searchsorted(s, x, right=False)
+    hi = torch.searchsorted(s, x, right=True)
+    return (lo + hi + 1).double() / 2
+
+
+def spearman(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """Row-wise Spearman rank correlation of (B, ...) tensors -> (B,) (NaN where a row is constant)."""
+    ra = average_ranks(a.reshape(a.shape[0], -1))
+    rb = average_ranks(b.reshape(b.shape[0], -1).to(a.device))
+    ra = ra - ra.mean(1, keepdim=True)
+    rb = rb - rb.mean(1, keepdim=True)
+    denom = ra.square().sum(1).sqrt() * rb.square().sum(1).sqrt()
+    return torch.where(denom > 0, (ra * rb).sum(1) / denom.clamp_min(1e-300), torch.full_like(denom, float("nan")))
+
+
+# -- model randomization ----------------------------------------------------------------------------------
+def parameter_layers(model: nn.Module, size: Sequence[int]) -> list[str]:
+    """Names of the modules that hold parameters themselves, from the logits down (reverse forward order,
+    found from one forward pass of a grey image of ``size``; modules never called come last, reversed)."""
+    root = layer_root(model)
+    owners = [n for n, m in root.named_modules() if n and any(True for _ in m.parameters(recurse=False))]
+    if not owners:
+        raise NnfeatError("the model has no layer with parameters: nothing to randomize")
+    order: list[str] = []
+    handles = []
+    modules = dict(root.named_modules())
+    try:
+        for name in owners:
+            handles.append(modules[name].register_forward_hook(
+                lambda _m, _i, _o, name=name: order.append(name) if name not in order else None))
+        device = next((t.device for t in list(model.parameters()) + list(model.buffers())), torch.device("cpu"))
+        with torch.no_grad():
+            model(torch.full((1, 3, *size), 0.5, device=device))
+    finally:
+        for handle in handles:
+            handle.remove()
+    order += [n for n in owners if n not in order]
+    return order[::-1]
+
+
+@torch.no_grad()
+def reinitialize(module: nn.Module, seed: int) -> None:
+    """Re-initialize ``module``'s own parameters (and running stats) with its ``reset_parameters`` under a seeded
+    RNG; modules without one get N(0, 0.02) weights (seeded)."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(int(seed))
+        if hasattr(module, "reset_parameters"):
+            module.reset_parameters()
+        else:
+            for p in module.parameters(recurse=False):
+                p.normal_(0.0, 0.02, generator=torch.Generator(p.device.type).manual_seed(int(seed)))
+
+
+@dataclass
+class RandomizationResult:
+    """The cascading randomization test of one method. ``layers``: re-initialized layers, top first;
+    ``correlations`` (K, B) Spearman of |map| after re-initializing the top ``depths[i]`` layers; ``medians`` (K,)
+    (NaN-ignoring); ``final_median``; ``passes`` (final median < threshold); ``constant`` (K,) how many
+    randomized maps were constant (their correlation is undefined and left out)."""
+
+    method: str
+    layers: list[str]
+    depths: list[int]
+    correlations: torch.Tensor
+    medians: torch.Tensor
+    final_median: float
+    threshold: float
+    passes: bool
+    constant: list[int] = field(default_factory=list)
+
+    def summary(self) -> dict:
+        return {"method": self.method, "layers_top_down": self.layers, "depths": self.depths,
+                "median_spearman": [None if m != m else round(float(m), 4) for m in self.medians.tolist()],
+                "final_median_spearman": None if self.final_median != self.final_median else round(self.final_median, 4),
+                "threshold": self.threshold, "passes": self.passes,
+                "verdict": "passes" if self.passes else "FAILS", "constant_maps": self.constant}
+
+
+def randomization_test(model, images: torch.Tensor, method: str, targets: torch.Tensor | None = None, *,
+                       layer: str | None = None, ks: Sequence[int] | None = None, seed: int = 0,
+                       threshold: float = THRESHOLD, maps: torch.Tensor | None = None,
+                       saliency: Callable | None = None, **options) -> RandomizationResult:
+    """Adebayo et al. 2018's cascading randomization for ``method`` on (B, 3, H, W) ``images`` (see the module
+    docstring). ``targets`` default the original model's predictions and stay fixed. ``ks``: which cascade
+    depths to evaluate (1-based, default every one; the last is always all layers). ``maps``: the original
+    (B, H, W) maps, if already computed. The model itself is never changed (a deep copy is randomized)."""
+    from nnfeat.analysis.saliency import resolve_targets, saliency_maps
+
+    saliency = saliency or saliency_maps
+    size = tuple(images.shape[-2:])
+    targets = resolve_targets(model, images, targets)
+    if maps is None:
+        maps = saliency(model, images, targets, method, layer=layer, **options)
+    layers = parameter_layers(model, size)
+    n = len(layers)
+    wanted = sorted({int(k) for k in (ks or range(1, n + 1))} | {n})
+    if wanted[0] < 1:
+        raise NnfeatError(f"cascade depths must be 1..{n}; got {wanted[0]}")
+    wanted = [k for k in wanted if k <= n]
+    randomized = copy.deepcopy(model)
+    modules = dict(layer_root(randomized).named_modules())
+    rows, constant = [], []
+    done = 0
+    for k in wanted:
+        for j in range(done, k):
+            reinitialize(modules[layers[j]], seed * 1000 + j)
+        done = k
+        new = saliency(randomized, images, targets, method, layer=layer, **options)
+        rho = spearman(maps.abs(), new.abs())
+        rows.append(rho.float().cpu())
+        constant.append(int(rho.isnan().sum()))
+    corr = torch.stack(rows)
+    medians = corr.nanmedian(1).values
+    final = float(medians[-1])
+    return RandomizationResult(method, layers, wanted, corr, medians, final, threshold,
+                               bool(final == final and final < threshold), constant)
+
+
+__all__ = ["THRESHOLD", "DELETION_BASELINES", "pixel_order", "random_maps", "CausalScores", "deletion_insertion",
+           "average_ranks", "spearman", "parameter_layers", "reinitialize", "RandomizationResult",
+           "randomization_test"]

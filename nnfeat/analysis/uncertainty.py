@@ -1,0 +1,391 @@
+"""Predictive uncertainty: how unsure a classifier is, and whether its confidence can be trusted (tensors in,
+tensors out).
+
+Sampling (each gives member probabilities ``(M, B, K)``: M members / samples, B images, K classes):
+
+* :func:`ensemble_probs` -- one softmax per model of a deep ensemble (Lakshminarayanan et al. 2017, "Simple and
+  scalable predictive uncertainty estimation using deep ensembles");
+* :func:`mc_dropout_probs` -- T stochastic passes with the dropout modules in train mode and everything else
+  (BatchNorm!) in eval mode (Gal & Ghahramani 2016, "Dropout as a Bayesian approximation"); seeded;
+* :func:`tta_probs` -- T test-time augmentations through nnfeat's affine resampler (:mod:`nnfeat.transforms`):
+  sample 0 is the image itself, the others a random horizontal flip (not for glyph classes such as digits:
+  :func:`flip_safe`), shift (±size/16 px) and zoom (0.9-1.1), filled outside with the image's border colour,
+  drawn from the seed (Ayhan & Berens 2018, "Test-time data augmentation for estimation of heteroscedastic
+  aleatoric uncertainty").
+
+Per image (:func:`summarize`): the mean probabilities p̄ (B, K) with their spread (std over members), the
+predictive entropy H[p̄], the expected entropy mean_m H[p_m] and the mutual information H[p̄] - mean_m H[p_m]
+(the epistemic part; Depeweg et al. 2018), all in nats.
+
+Over a labelled set: accuracy, the expected calibration error over 15 equal-width confidence bins
+(:func:`calibration`; Guo et al. 2017, "On calibration of modern neural networks") and the AUROC of a score for
+telling misclassified from correct images (:func:`auroc`, rank-based with tied ranks averaged; Hendrycks & Gimpel
+2017).
+
+No Python loop runs over images.
+"""
+
+from __future__ import annotations
+
+import math
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Iterator, Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from nnfeat.errors import NnfeatError
+from nnfeat.seeds import generator, stage_seed
+from nnfeat.transforms import affine_resample
+
+METHODS = ("ensemble", "mc-dropout", "tta")
+ECE_BINS = 15
+DEFAULT_SAMPLES = {"mc-dropout": 20, "tta": 8}
+TTA_ZOOM = (0.9, 1.1)
+TTA_SHIFT = 1 / 16  # of the image size, each way
+
+
+# -- per-image quantities -----------------------------------------------------------------------------
+def entropy(probs: torch.Tensor, dim: int = -1) -> torch.Tensor:
+    """Shannon entropy in nats along ``dim`` (0 log 0 = 0): (..., K) -> (...)."""
+    p = probs.double()
+    return -torch.where(p > 0, p * p.clamp_min(1e-300).log(), torch.zeros_like(p)).sum(dim).to(probs.dtype)
+
+
+@dataclass(frozen=True)
+class Summary:
+    """Per-image uncertainty of member probabilities (M, B, K).
+
+    ``mean``/``std`` (B, K): p̄ and its std over the members (0 for one member); ``entropy``, ``expected_entropy``,
+    ``mutual_information`` (B,) in nats; ``prediction`` (B,) argmax of p̄; ``confidence`` (B,) max of p̄;
+    ``members`` the number M."""
+
+    mean: torch.Tensor
+    std: torch.Tensor
+    entropy: torch.Tensor
+    expected_entropy: torch.Tensor
+    mutual_information: torch.Tensor
+    prediction: torch.Tensor
+    confidence: torch.Tensor
+    members: int
+
+
+def summarize(member_probs: torch.Tensor) -> Summary:
+    """(M, B, K) member probabilities -> :class:`Summary` (mutual information clamped at 0 against rounding)."""
+    if member_probs.dim() != 3:
+        raise NnfeatError(f"member probabilities must be (M, B, K); got shape {tuple(member_probs.shape)}")
+    p = member_probs.double()
+    mean = p.mean(0)
+    std = p.std(0, unbiased=False)
+    h = entropy(mean)
+    expected = entropy(p).mean(0)
+    mi = (h - expected).clamp_min(0.0)
+    mi = torch.where(mi < 1e-12, torch.zeros_like(mi), mi)  # identical members: exactly 0, not rounding noise
+    confidence, prediction = mean.max(1)
+    f = member_probs.dtype if member_probs.is_floating_point() else torch.float32
+    return Summary(mean.to(f), std.to(f), h.to(f), expected.to(f), mi.to(f), prediction, confidence.to(f),
+                   int(member_probs.shape[0]))
+
+
+# -- set-level quantities -----------------------------------------------------------------------------
+def rankdata(x: torch.Tensor) -> torch.Tensor:
+    """Ranks 1..n along the last dim of (..., n), ties given their average rank (as scipy's ``rankdata``)."""
+    shape = x.shape
+    flat = x.reshape(-1, shape[-1]).double()
+    rows, n = flat.shape
+    values, order = flat.sort(dim=-1, stable=True)
+    new_group = torch.ones_like(values, dtype=torch.bool)
+    new_group[:, 1:] = values[:, 1:] != values[:, :-1]
+    group = new_group.long().cumsum(-1) - 1 + (torch.arange(rows, device=x.device) * n)[:, None]  # unique ids
+    position = torch.arange(1, n + 1, device=x.device, dtype=torch.float64).expand(rows, n)
+    total = torch.zeros(rows * n, dtype=torch.float64, device=x.device).index_add_(0, group.flatten(), position.flatten())
+    count = torch.zeros(rows * n, dtype=torch.float64, device=x.device).index_add_(
+        0, group.flatten(), torch.ones(rows * n, dtype=torch.float64, device=x.device))
+    sorted_ranks = (total / count.clamp_min(1))[group]
+    ranks = torch.empty_like(sorted_ranks).scatter_(-1, order, sorted_ranks)
+    return ranks.reshape(shape)
+
+
+def auroc(scores: torch.Tensor, positives: torch.Tensor) -> float:
+    """Area under the ROC curve of ``scores`` (N,) for ``positives`` (N,) bool: the probability that a random
+    positive scores above a random negative, ties counting 1/2 (Mann-Whitney U / (n+ n-)). NaN when either class
+    is empty."""
+    positives = positives.bool().flatten()
+    n_pos, n = int(positives.sum()), positives.numel()
+    n_neg = n - n_pos
+    if n_pos == 0 or n_neg == 0:
+        return float("nan")
+    ranks = rankdata(scores.flatten())
+    u = float(ranks[positives].sum()) - n_pos * (n_pos + 1) / 2
+    return u / (n_pos * n_neg)
+
+
+@dataclass(frozen=True)
+class Calibration:
+    """Reliability of confidences over equal-width bins (lower edge open, upper closed; bin 0 also takes 0).
+
+    ``edges`` (bins+1,); ``counts`` (bins,) int; ``accuracy`` and ``confidence`` (bins,) means per bin (NaN for an
+    empty bin); ``ece`` = Σ_b (n_b / N) |acc_b - conf_b|; ``mce`` the largest gap of a non-empty bin."""
+
+    edges: torch.Tensor
+    counts: torch.Tensor
+    accuracy: torch.Tensor
+    confidence: torch.Tensor
+    ece: float
+    mce: float
+
+
+def calibration(confidence: torch.Tensor, correct: torch.Tensor, bins: int = ECE_BINS) -> Calibration:
+    """Reliability bins and expected calibration error of ``confidence`` (N,) in [0, 1] against ``correct`` (N,)."""
+    if confidence.numel() == 0:
+        raise NnfeatError("calibration needs at least one labelled image")
+    conf = confidence.double().flatten().clamp(0, 1)
+    hit = correct.double().flatten()
+    index = (conf * bins).ceil().long().sub(1).clamp(0, bins - 1)
+    counts = torch.bincount(index, minlength=bins)
+    conf_sum = torch.bincount(index, weights=conf, minlength=bins)
+    hit_sum = torch.bincount(index, weights=hit, minlength=bins)
+    safe = counts.clamp_min(1).double()
+    nan = torch.full((bins,), float("nan"), dtype=torch.float64)
+    acc_b = torch.where(counts > 0, hit_sum / safe, nan)
+    conf_b = torch.where(counts > 0, conf_sum / safe, nan)
+    gaps = (hit_sum - conf_sum).abs() / safe
+    ece = float(((counts.double() / conf.numel()) * gaps).sum())
+    mce = float(gaps[counts > 0].max())
+    return Calibration(torch.linspace(0, 1, bins + 1, dtype=torch.float64), counts, acc_b, conf_b, ece, mce)
+
+
+def set_metrics(probs: torch.Tensor, labels: torch.Tensor, score: torch.Tensor | None = None,
+                bins: int = ECE_BINS) -> dict:
+    """Accuracy, ECE (and the reliability bins), NLL and the error-detection AUROC of ``score`` (default: the
+    entropy of ``probs``) for probabilities (N, K) and labels (N,). Returns a JSON-able dict."""
+    labels = labels.long().flatten()
+    confidence, prediction = probs.max(1)
+    correct = prediction == labels
+    score = entropy(probs) if score is None else score
+    cal = calibration(confidence, correct, bins)
+    nll = float(-probs.double().gather(1, labels[:, None]).clamp_min(1e-12).log().mean())
+    area = auroc(score, ~correct)
+    return {"n": int(labels.numel()), "accuracy": float(correct.double().mean()), "ece": cal.ece, "mce": cal.mce,
+            "nll": nll, "error_auroc": None if math.isnan(area) else area, "errors": int((~correct).sum()),
+            "bins": {"edges": cal.edges.tolist(), "counts": cal.counts.tolist(),
+                     "accuracy": [None if math.isnan(v) else v for v in cal.accuracy.tolist()],
+                     "confidence": [None if math.isnan(v) else v for v in cal.confidence.tolist()]}}
+
+
+# -- models -------------------------------------------------------------------------------------------
+def _name(model: nn.Module) -> str:
+    return getattr(model, "name", type(model).__name__)
+
+
+def _logits(model: nn.Module, images: torch.Tensor) -> torch.Tensor:
+    out = model(images)
+    out = out[0] if isinstance(out, (tuple, list)) else out
+    if out.dim() != 2:
+        raise NnfeatError(f"model '{_name(model)}' outputs shape {tuple(out.shape)}, not (B, classes) logits: "
+                          "uncertainty needs a classifier")
+    return out.float()
+
+
+def _fit(model: nn.Module, images: torch.Tensor) -> torch.Tensor:
+    size = tuple(getattr(model, "input_size", images.shape[-2:]))
+    if tuple(images.shape[-2:]) != size:
+        images = F.interpolate(images, size=size, mode="bilinear", align_corners=False)
+    return images
+
+
+def class_count(model: nn.Module) -> int:
+    """K: the number of outputs of ``model`` (its class list, else one probe pass)."""
+    if getattr(model, "classes", None) is not None:
+        return len(model.classes)
+    size = tuple(getattr(model, "input_size", (32, 32)))
+    device = next((b.device for b in model.buffers()), torch.device("cpu"))
+    with torch.no_grad():
+        return int(_logits(model, torch.full((1, 3, *size), 0.5, device=device)).shape[1])
+
+
+def check_same_classes(models: Sequence[nn.Module]) -> list[str] | None:
+    """A one-line error unless every model has the same classes (names when known, else count); returns the
+    class names (or None)."""
+    first = models[0]
+    names, k = getattr(first, "classes", None), class_count(first)
+    for other in models[1:]:
+        other_names, other_k = getattr(other, "classes", None), class_count(other)
+        if other_k != k or (names is not None and other_names is not None and list(names) != list(other_names)):
+            what = (f"{k} classes" if names is None or other_names is None else f"classes {_short(names)}")
+            theirs = (f"{other_k}" if names is None or other_names is None else _short(other_names))
+            raise NnfeatError(f"models '{_name(first)}' and '{_name(other)}' have different classes ({what} vs "
+                              f"{theirs}): an ensemble needs models of the same classes")
+    return list(names) if names is not None else None
+
+
+def _short(names: Sequence[str], shown: int = 3) -> str:
+    return ",".join(map(str, names[:shown])) + (",…" if len(names) > shown else "") + f" ({len(names)})"
+
+
+@torch.no_grad()
+def ensemble_probs(models: Sequence[nn.Module], images: torch.Tensor, batch_size: int = 256) -> torch.Tensor:
+    """(B, 3, H, W) images in [0, 1] -> (M, B, K) softmax probabilities, one row per model (each model gets the
+    images resized to its input size)."""
+    out = []
+    for model in models:
+        device = next((b.device for b in model.buffers()), images.device)
+        out.append(torch.cat([_logits(model, _fit(model, chunk.to(device))).softmax(1).cpu()
+                              for chunk in images.split(batch_size)]))
+    return torch.stack(out)
+
+
+def dropout_modules(model: nn.Module) -> list[nn.Module]:
+    """The dropout modules of ``model`` that drop anything (``p > 0``)."""
+    return [m for m in model.modules() if isinstance(m, nn.modules.dropout._DropoutNd) and float(m.p) > 0]
+
+
+def check_dropout(model: nn.Module) -> list[nn.Module]:
+    """The dropout modules of ``model``; a one-line error naming the model when it has none."""
+    found = dropout_modules(model)
+    if not found:
+        raise NnfeatError(f"model '{_name(model)}' has no dropout modules (nn.Dropout with p > 0), so MC dropout "
+                          "cannot sample it: use --method tta, or an ensemble of two or more models")
+    return found
+
+
+@contextmanager
+def dropout_active(model: nn.Module) -> Iterator[list[nn.Module]]:
+    """Inside: the dropout modules of ``model`` in train mode, every other module (BatchNorm!) as it was (eval);
+    restored on exit, also on error. ``model.train()`` is not used (nnfeat's Model keeps itself in eval)."""
+    found = check_dropout(model)
+    before = [m.training for m in found]
+    try:
+        for m in found:
+            m.training = True
+        yield found
+    finally:
+        for m, mode in zip(found, before):
+            m.training = mode
+
+
+@torch.no_grad()
+def mc_dropout_probs(model: nn.Module, images: torch.Tensor, samples: int = 20, seed: int = 0,
+                     batch_size: int = 256) -> torch.Tensor:
+    """(B, 3, H, W) -> (T, B, K) softmax probabilities of T = ``samples`` dropout masks. Each chunk of images is
+    repeated T times and run as one batch (BatchNorm stays in eval, so items do not interact); the masks come from
+    ``(seed, chunk)`` through a forked RNG, so the global RNG is untouched."""
+    _check_samples(samples)
+    device = next((b.device for b in model.buffers()), images.device)
+    chunk = max(1, batch_size // samples)
+    out = []
+    with dropout_active(model):
+        for i, part in enumerate(images.split(chunk)):
+            part = _fit(model, part.to(device))
+            with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+                torch.manual_seed(stage_seed(seed, "mc-dropout", i))
+                logits = _logits(model, part.repeat(samples, 1, 1, 1))
+            out.append(logits.softmax(1).view(samples, len(part), -1).cpu())
+    return torch.cat(out, 1)
+
+
+def _check_samples(samples: int) -> None:
+    if samples < 2:
+        raise NnfeatError(f"--samples must be at least 2 (one sample has no spread); got {samples}")
+
+
+def flip_safe(classes: Sequence[str] | None) -> bool:
+    """Whether mirrored images keep their class: False when every class name is one letter or digit (digits,
+    MNIST, EMNIST: a mirrored glyph is no longer the glyph), True otherwise (objects, animals, scenes)."""
+    return not (classes and all(len(str(c)) == 1 and str(c).isalnum() for c in classes))
+
+
+def tta_matrices(n: int, size: Sequence[int], samples: int, seed: int = 0, flip: bool = True) -> torch.Tensor:
+    """(T, n, 3, 3) pixel-coordinate affine maps (source -> augmented) for T = ``samples`` augmentations of n
+    images of ``size`` (H, W): sample 0 the identity; the others a horizontal flip (probability 1/2, unless
+    ``flip`` is False: for classes that are not mirror-symmetric, such as digits), a zoom about the centre from
+    :data:`TTA_ZOOM` and a shift of up to ``TTA_SHIFT`` of the size each way, drawn from ``(seed, "tta", t)``
+    (the same for every batch split)."""
+    _check_samples(samples)
+    h, w = (float(s) for s in size)
+    mats = torch.eye(3).repeat(samples, n, 1, 1)
+    for t in range(1, samples):  # a loop over augmentations, each drawn for all images at once
+        g = generator(seed, "tta", t)
+        flipped = (torch.rand(n, generator=g) < 0.5) & flip
+        zoom = TTA_ZOOM[0] + (TTA_ZOOM[1] - TTA_ZOOM[0]) * torch.rand(n, generator=g)
+        shift = (torch.rand(n, 2, generator=g) * 2 - 1) * TTA_SHIFT * torch.tensor([w, h])
+        m = torch.eye(3).repeat(n, 1, 1)
+        m[:, 0, 0] = torch.where(flipped, -zoom, zoom)
+        m[:, 1, 1] = zoom
+        # about the centre: x' = c + s (x - c) + shift
+        m[:, 0, 2] = w / 2 - m[:, 0, 0] * (w / 2) + shift[:, 0]
+        m[:, 1, 2] = h / 2 - zoom * (h / 2) + shift[:, 1]
+        mats[t] = m
+    return mats
+
+
+def border_mean(images: torch.Tensor) -> torch.Tensor:
+    """(B, C, H, W) -> (B, C, 1, 1): the mean of each image's outermost ring of pixels (the fill outside a
+    shifted or zoomed-out image, so a black-background digit stays on black and a photo gets its own edge colour)."""
+    ring = torch.cat([images[..., 0, :], images[..., -1, :], images[..., 1:-1, 0], images[..., 1:-1, -1]], -1)
+    return ring.mean(-1)[..., None, None]
+
+
+def augment(images: torch.Tensor, matrices: torch.Tensor) -> torch.Tensor:
+    """(B, C, H, W) images through (B, 3, 3) maps (:func:`tta_matrices`) with nnfeat's one-``grid_sample``
+    resampler, filled outside with each image's :func:`border_mean`: (B, C, H, W). Differentiable in ``images``."""
+    fill = border_mean(images.detach())
+    return affine_resample(images, matrices.to(images.device), tuple(images.shape[-2:]), fill)
+
+
+@torch.no_grad()
+def tta_probs(model: nn.Module, images: torch.Tensor, samples: int = 8, seed: int = 0,
+              batch_size: int = 256, flip: bool = True) -> torch.Tensor:
+    """(B, 3, H, W) -> (T, B, K) softmax probabilities of T = ``samples`` augmentations (:func:`tta_matrices`;
+    row 0 is the plain image). Chunks of images are augmented T ways and run as one batch."""
+    device = next((b.device for b in model.buffers()), images.device)
+    images = _fit(model, images)
+    mats = tta_matrices(len(images), images.shape[-2:], samples, seed, flip)
+    chunk = max(1, batch_size // samples)
+    out = []
+    for start in range(0, len(images), chunk):
+        part = images[start:start + chunk].to(device)
+        m = mats[:, start:start + len(part)].flatten(0, 1)
+        batch = augment(part.repeat(samples, 1, 1, 1), m)
+        out.append(_logits(model, batch).softmax(1).view(samples, len(part), -1).cpu())
+    return torch.cat(out, 1)
+
+
+class Augmented(nn.Module):
+    """``model`` behind a fixed augmentation: forward(x (B,3,H,W)) = model(augment(x, matrices (B,3,3))), so a
+    saliency map taken through it lies in the frame of the original image."""
+
+    def __init__(self, model: nn.Module, matrices: torch.Tensor) -> None:
+        super().__init__()
+        self.model = model
+        self.register_buffer("matrices", matrices, persistent=False)
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        return self.model(augment(images, self.matrices))
+
+
+# -- how much saliency maps vary ----------------------------------------------------------------------
+def map_agreement(maps: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(S, B, H, W) saliency maps of S members / samples -> (mean pairwise Spearman rank correlation of their
+    absolute values (B,), the std over S of the maps each scaled to max |value| 1 (B, H, W)). Spearman is NaN for
+    S < 2."""
+    s, b = maps.shape[:2]
+    flat = maps.abs().flatten(2).double()  # (S, B, P)
+    ranks = rankdata(flat)
+    ranks = ranks - ranks.mean(-1, keepdim=True)
+    ranks = ranks / ranks.norm(dim=-1, keepdim=True).clamp_min(1e-12)
+    corr = torch.einsum("sbp,tbp->bst", ranks, ranks)  # (B, S, S)
+    if s < 2:
+        spearman = torch.full((b,), float("nan"), dtype=torch.float64)
+    else:
+        spearman = (corr.sum((1, 2)) - corr.diagonal(dim1=1, dim2=2).sum(1)) / (s * (s - 1))
+    scaled = maps / maps.abs().flatten(2).amax(-1).clamp_min(1e-12)[..., None, None]
+    return spearman.float(), scaled.std(0, unbiased=False).float()
+
+
+__all__ = ["METHODS", "ECE_BINS", "DEFAULT_SAMPLES", "entropy", "Summary", "summarize", "rankdata", "auroc",
+           "Calibration", "calibration", "set_metrics", "class_count", "check_same_classes", "ensemble_probs",
+           "dropout_modules", "check_dropout", "dropout_active", "mc_dropout_probs", "flip_safe", "tta_matrices", "border_mean", "augment",
+           "tta_probs", "Augmented", "map_agreement"]

@@ -1,0 +1,198 @@
+"""``digits-vit``: a small vision transformer that nnfeat trains itself, offline and deterministically.
+
+The transformer twin of :mod:`nnfeat.models.digits` (``digits-cnn``), with the same data and input contract:
+scikit-learn's digits scaled to [0, 1] and upscaled to grey 32x32, normalized with the training images' mean
+and standard deviation; the first 1,500 images train, the last 297 are held out.
+
+Network (module names are the layer names; D = 64 channels, 4 heads of 16, 3 blocks)::
+
+    patch_embed (Conv2d 1->D, 4x4, stride 4)       (B, D, 8, 8)   one token per 4x4 px patch (the data's 8x8 grid)
+    class_token + tokens, + pos_embedding          (B, 65, D)     token 0 is the class token, 1..64 the patches
+    blocks.i: ln_1, attn (nn.MultiheadAttention,   (B, 65, D)     pre-norm; ``attn`` is called with
+              need_weights=False), ln_2, mlp                      need_weights=False, as torchvision's ViT does
+    norm, then head on the class token             (B, 10)        logits for "0".."9"
+
+``class_token`` and ``patch_size`` are named as in torchvision's ``VisionTransformer``, so
+:func:`nnfeat.analysis.tokens.token_grid` finds one extra token and the 8x8 grid from the model.
+
+Training: AdamW with a one-cycle schedule, 30 epochs of batch 50, each image randomly rotated, scaled and
+shifted (:func:`nnfeat.models.digits.random_affine`); weights, order and augmentation all come from one seeded
+``torch.Generator``, on one CPU thread. The trained state dict is cached in
+``$NNFEAT_HOME/weights/digits-vit-v1.pt`` and reused.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from nnfeat.errors import NnfeatError
+from nnfeat.models.digits import BATCH_SIZE, CLASSES, IMAGE_SIZE, SEED, digits_dataset, random_affine
+from nnfeat.models.weights import weights_dir
+
+CACHE_FILE = "digits-vit-v1.pt"
+PATCH_SIZE = 4
+DIM = 64
+HEADS = 4
+DEPTH = 3
+MLP_DIM = 128
+EPOCHS = 30
+LEARNING_RATE = 3e-3
+WEIGHT_DECAY = 0.05
+
+
+class Block(nn.Module):
+    """A pre-norm transformer encoder block: (B, N, D) -> (B, N, D)."""
+
+    def __init__(self, dim: int, heads: int, mlp_dim: int) -> None:
+        super().__init__()
+        self.ln_1 = nn.LayerNorm(dim)
+        self.attn = nn.MultiheadAttention(dim, heads, batch_first=True)
+        self.ln_2 = nn.LayerNorm(dim)
+        self.mlp = nn.Sequential(nn.Linear(dim, mlp_dim), nn.GELU(), nn.Linear(mlp_dim, dim))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = self.ln_1(x)
+        x = x + self.attn(h, h, h, need_weights=False)[0]
+        return x + self.mlp(self.ln_2(x))
+
+
+class DigitsViT(nn.Module):
+    """(B, 1, 32, 32) normalized grey digits -> (B, 10) logits, through 65 tokens (class token + 8x8 patches)."""
+
+    def __init__(self, dim: int = DIM, heads: int = HEADS, depth: int = DEPTH, mlp_dim: int = MLP_DIM,
+                 patch_size: int = PATCH_SIZE, image_size: int = IMAGE_SIZE, num_classes: int = len(CLASSES)) -> None:
+        super().__init__()
+        self.patch_size = patch_size
+        self.image_size = image_size
+        grid = image_size // patch_size
+        self.patch_embed = nn.Conv2d(1, dim, 2 * patch_size, stride=patch_size, padding=patch_size // 2)
+        self.class_token = nn.Parameter(torch.zeros(1, 1, dim))
+        self.pos_embedding = nn.Parameter(torch.zeros(1, 1 + grid * grid, dim))
+        self.blocks = nn.Sequential(*(Block(dim, heads, mlp_dim) for _ in range(depth)))
+        self.norm = nn.LayerNorm(dim)
+        self.head = nn.Linear(dim, num_classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        tokens = self.patch_embed(x).flatten(2).transpose(1, 2)  # (B, 64, D), row-major over the 8x8 grid
+        cls = self.class_token.expand(len(tokens), -1, -1)
+        x = torch.cat([cls, tokens], 1) + self.pos_embedding
+        x = self.norm(self.blocks(x))
+        return self.head(x[:, 0])
+
+
+@torch.no_grad()
+def init_weights(net: DigitsViT, generator: torch.Generator) -> DigitsViT:
+    """Truncation-free normal initialisation drawn from ``generator`` (not the global RNG): linear and attention
+    projections N(0, 1/fan_in), position embedding and class token N(0, 0.02), zero biases, unit LayerNorms."""
+    for name, param in net.named_parameters():
+        if param.dim() == 1:  # biases and LayerNorm weights
+            param.fill_(1.0 if name.endswith("weight") else 0.0)
+        elif name in ("class_token", "pos_embedding"):
+            param.normal_(0.0, 0.02, generator=generator)
+        else:
+            fan_in = param[0].numel()
+            param.normal_(0.0, 1.0 / math.sqrt(fan_in), generator=generator)
+    return net
+
+
+def train_digits_vit(seed: int = SEED, epochs: int = EPOCHS) -> dict:
+    """Train :class:`DigitsViT` from scratch, deterministically for a given seed, on one CPU thread (the previous
+    thread count is restored afterwards).
+
+    Returns a checkpoint dict: ``state_dict``, ``mean``, ``std`` (floats, of the training images),
+    ``heldout_accuracy`` (float), ``seed``, ``epochs``, ``seconds``.
+    """
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        return _train(seed, epochs)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _train(seed: int, epochs: int) -> dict:
+    start = time.perf_counter()
+    generator = torch.Generator().manual_seed(seed)
+    train_x, train_y = digits_dataset("train", rgb=False)
+    test_x, test_y = digits_dataset("test", rgb=False)
+    mean, std = train_x.mean().item(), train_x.std().item()
+
+    net = init_weights(DigitsViT(), generator)
+    decay = [p for n, p in net.named_parameters() if p.dim() > 1 and n not in ("class_token", "pos_embedding")]
+    rest = [p for n, p in net.named_parameters() if not (p.dim() > 1 and n not in ("class_token", "pos_embedding"))]
+    optimizer = torch.optim.AdamW([{"params": decay, "weight_decay": WEIGHT_DECAY},
+                                   {"params": rest, "weight_decay": 0.0}], lr=LEARNING_RATE)
+    steps = epochs * math.ceil(len(train_y) / BATCH_SIZE)
+    schedule = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=LEARNING_RATE, total_steps=steps)
+    net.train()
+    for _ in range(epochs):
+        order = torch.randperm(len(train_y), generator=generator)
+        for begin in range(0, len(order), BATCH_SIZE):
+            idx = order[begin : begin + BATCH_SIZE]
+            batch = random_affine(train_x[idx], generator)
+            loss = F.cross_entropy(net((batch - mean) / std), train_y[idx])
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            schedule.step()
+    net.eval()
+    with torch.no_grad():
+        accuracy = (net((test_x - mean) / std).argmax(1) == test_y).float().mean().item()
+    return {
+        "state_dict": net.state_dict(),
+        "mean": mean,
+        "std": std,
+        "heldout_accuracy": accuracy,
+        "seed": seed,
+        "epochs": epochs,
+        "seconds": time.perf_counter() - start,
+    }
+
+
+def cache_path() -> Path:
+    """Where the trained checkpoint lives: ``$NNFEAT_HOME/weights/digits-vit-v1.pt``."""
+    return weights_dir() / CACHE_FILE
+
+
+def load_checkpoint(path: Path | None = None, *, train_if_missing: bool = True) -> dict:
+    """The checkpoint cached at ``path`` (default :func:`cache_path`), training (and caching) it first if there
+    is none or it is unreadable."""
+    from nnfeat.models.digits import _save_atomic
+
+    path = cache_path() if path is None else Path(path)
+    if path.is_file():
+        try:
+            checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+            DigitsViT().load_state_dict(checkpoint["state_dict"])
+            return checkpoint
+        except Exception:  # noqa: BLE001 - a broken cache file is simply rebuilt
+            pass
+    if not train_if_missing:
+        raise NnfeatError(f"no trained digits-vit at {path}; load it once with weights='pretrained' to train it")
+    checkpoint = train_digits_vit()
+    try:
+        _save_atomic(checkpoint, path)
+    except OSError:  # read-only home: still usable, just retrained next time
+        pass
+    return checkpoint
+
+
+def build_random() -> DigitsViT:
+    """An untrained :class:`DigitsViT`, initialised from ``SEED`` (the registry's builder for ``digits-vit``)."""
+    return init_weights(DigitsViT(), torch.Generator().manual_seed(SEED))
+
+
+def load_trained(net: DigitsViT, path: Path) -> DigitsViT:
+    """Put the trained weights cached at ``path`` into ``net``, training them first on first use."""
+    net.load_state_dict(load_checkpoint(path)["state_dict"])
+    return net
+
+
+__all__ = ["DigitsViT", "Block", "CACHE_FILE", "train_digits_vit", "load_checkpoint", "cache_path", "build_random",
+           "load_trained", "init_weights"]
