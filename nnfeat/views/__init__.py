@@ -3,6 +3,11 @@
 * :func:`write_atlas_html`: the interactive activation-atlas viewer (everything embedded in one file).
 * :func:`write_microscope_page`: every rendered unit of a layer, with its value and top dataset examples.
 * :func:`write_gallery`: sections of captioned images.
+* :func:`write_scatter_page`: an interactive 2-D scatter of images (projections), thumbnails on hover.
+* :func:`write_projector`: a TensorBoard Projector folder (tensors, metadata, sprite, config).
+
+The operations whose results these pages show live beside them: :mod:`~nnfeat.views.heatmap_page`,
+:mod:`~nnfeat.views.filters_page`, :mod:`~nnfeat.views.projection_page`.
 
 Their markup, style and scripts are package data in ``nnfeat/views/templates/`` (:mod:`nnfeat.views.templating`).
 """
@@ -10,5 +15,7 @@ Their markup, style and scripts are package data in ``nnfeat/views/templates/`` 
 from nnfeat.views.atlas_viewer import write_atlas_html
 from nnfeat.views.gallery import write_gallery
 from nnfeat.views.microscope_page import write_microscope_page
+from nnfeat.views.projector import write_projector
+from nnfeat.views.scatter_page import write_scatter_page
 
-__all__ = ["write_atlas_html", "write_gallery", "write_microscope_page"]
+__all__ = ["write_atlas_html", "write_gallery", "write_microscope_page", "write_projector", "write_scatter_page"]

@@ -1,0 +1,47 @@
+"""``nnfeat graph``: a model's architecture as a zoomable offline page (and, with ``--onnx``, an ONNX file)."""
+
+from __future__ import annotations
+
+from nnfeat.cli.common import add_model, add_shared, finish, load_model, positive
+
+
+def register(sub) -> None:
+    p = sub.add_parser(
+        "graph", help="the model's graph as a zoomable page: layer names, shapes, parameters, FLOPs; --onnx export",
+        description="Trace the model (torch.fx, else forward hooks on the module tree) and write graph.html (one "
+                    "node per layer with the name other commands take, its type, output shape, parameters and "
+                    "FLOPs; blocks collapsible; residual and concat edges), graph.json and graph.png.")
+    add_model(p)
+    p.add_argument("--size", type=int, default=None, help="input size (default: the model's native size)")
+    p.add_argument("--onnx", default=None, metavar="FILE",
+                   help="also export the model (input: RGB in [0, 1]) as ONNX to FILE, e.g. for Netron "
+                        "(needs pip install 'nnfeat[onnx]')")
+    p.add_argument("--exporter", default="dynamo", choices=("dynamo", "torchscript"),
+                   help="ONNX exporter: dynamo (torch.export; default) or torchscript")
+    add_shared(p, out="out/graph", seed=False, precision=False)
+    p.set_defaults(func=cmd_graph)
+
+
+def cmd_graph(args) -> int:
+    from pathlib import Path
+
+    from nnfeat.errors import NnfeatError
+    from nnfeat.export_onnx import export_onnx
+    from nnfeat.results import check_out_dir
+    from nnfeat.views.graph_page import graph
+
+    positive("size", args.size, 2)
+    out = check_out_dir(args.out)
+    if args.onnx is not None and Path(args.onnx).is_dir():
+        raise NnfeatError(f"--onnx {args.onnx} is a folder: give a file name such as model.onnx")
+    model = load_model(args)
+    size = (args.size, args.size) if args.size else None
+    onnx = None
+    if args.onnx is not None:
+        onnx = str(export_onnx(model, args.onnx, size=size, exporter=args.exporter))
+    result = graph(model, size=size)
+    result.onnx = onnx
+    code = finish(result, args, out)
+    if onnx:
+        print(f"wrote {onnx} (ONNX: input images (B, 3, H, W) RGB in [0, 1])")
+    return code
