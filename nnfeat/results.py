@@ -84,6 +84,9 @@ class Result:
     kind: ClassVar[str] = "result"
     #: tiles per row of the sheet (None: about square)
     sheet_columns: ClassVar[int | None] = None
+    #: keys of :meth:`record` that describe how this run went (times, what came from a cache), not the result;
+    #: left out with ``timing=False``
+    run_fields: ClassVar[tuple[str, ...]] = ()
 
     command: str | None = None
     elapsed: float = 0.0
@@ -118,15 +121,20 @@ class Result:
         """The captioned, upscaled contact sheet, (H, W, 3) uint8."""
         return labelled_sheet(self.sheet_images(), self.captions(), ncol=self.sheet_columns, title=self.title())
 
-    def full_record(self, files: Sequence[str] = ()) -> dict:
-        """The whole JSON record: kind, this kind's :meth:`record`, command, versions, elapsed time, files."""
-        return {"kind": self.kind, **self.record(), "command": self.command, "versions": versions(),
-                "elapsed_seconds": round(float(self.elapsed), 3), "files": list(files)}
+    def full_record(self, files: Sequence[str] = (), timing: bool = True) -> dict:
+        """The whole JSON record: kind, this kind's :meth:`record`, command, versions, elapsed time, files;
+        ``timing=False`` leaves out the elapsed time and the :attr:`run_fields`."""
+        own = {k: v for k, v in self.record().items() if timing or k not in self.run_fields}
+        record = {"kind": self.kind, **own, "command": self.command, "versions": versions()}
+        if timing:
+            record["elapsed_seconds"] = round(float(self.elapsed), 3)
+        return {**record, "files": list(files)}
 
-    def save(self, out: str | os.PathLike) -> Path:
+    def save(self, out: str | os.PathLike, *, timing: bool = True) -> Path:
         """Write the sheet ``<kind>.png``, this kind's files and the record ``<kind>.json`` into ``out``.
 
-        Returns the path of the JSON record.
+        ``timing=False`` leaves the elapsed time out of the record, so the same work always writes the same
+        bytes (what a resumed ``nnfeat report`` relies on). Returns the path of the JSON record.
         """
         from nnfeat.io import save_image
 
@@ -135,7 +143,7 @@ class Result:
         files = self.write_files(out)
         sheet_name = f"{self.kind}.png"
         save_image(out / sheet_name, self.sheet())
-        return write_json(out / f"{self.kind}.json", self.full_record([sheet_name, *files]))
+        return write_json(out / f"{self.kind}.json", self.full_record([sheet_name, *files], timing=timing))
 
     def _repr_png_(self) -> bytes:
         return png_bytes(self.sheet())

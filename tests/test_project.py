@@ -214,3 +214,17 @@ def test_examples_and_projections_read_one_collection(digits_cnn, digits, tmp_pa
     pooled = np.load(acts)
     best = int(np.argmax(pooled[:, 5]))
     assert found.found[5].top[0].index == best
+
+
+def test_saved_without_timing_a_cached_rerun_writes_the_same_bytes(digits_cnn, digits, tmp_path):
+    images = digits.sample(80, 2)
+    first = project(digits_cnn, "bn2", images, method="pca", k=5, cache=tmp_path / "cache", progress=False)
+    again = project(digits_cnn, "bn2", images, method="pca", k=5, cache=tmp_path / "cache", progress=False)
+    assert again.cached["bn2"] == {"collect": True, "layout": True}
+    first.save(tmp_path / "a", timing=False)
+    again.save(tmp_path / "b", timing=False)
+    names = sorted(p.name for p in (tmp_path / "a").iterdir())
+    assert names == sorted(p.name for p in (tmp_path / "b").iterdir()) and "projection.json" in names
+    for name in names:
+        assert (tmp_path / "a" / name).read_bytes() == (tmp_path / "b" / name).read_bytes(), name
+    assert "elapsed_seconds" not in json.loads((tmp_path / "a" / "projection.json").read_text())

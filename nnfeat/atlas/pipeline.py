@@ -122,6 +122,7 @@ class AtlasResult(Result):
     elapsed: float = 0.0
     command: str | None = None
     kind: ClassVar[str] = "atlas"
+    run_fields: ClassVar[tuple[str, ...]] = ("timings", "cached")
 
     @property
     def mean_cosine(self) -> float:
@@ -152,9 +153,10 @@ class AtlasResult(Result):
                 "settings": self.header["settings"], "cells": len(self.cells), "mean_cosine": self.mean_cosine,
                 "timings": self.timings, "cached": self.cached}
 
-    def save(self, out: str | Path) -> Path:
+    def save(self, out: str | Path, *, timing: bool = True) -> Path:
         """Write ``atlas.png`` (the mosaic), ``cells.json``, ``atlas.html``, ``icons/`` and the record ``atlas.json``
-        into ``out`` (copies when ``out`` is not the folder the atlas was built in)."""
+        into ``out`` (copies when ``out`` is not the folder the atlas was built in); ``timing`` as in
+        :meth:`Result.save`."""
         import shutil
 
         out = check_out_dir(out)
@@ -165,7 +167,7 @@ class AtlasResult(Result):
                 shutil.copyfile(self.out / name, out / name)
             shutil.copytree(self.out / "icons", out / "icons", dirs_exist_ok=True,
                             ignore=shutil.ignore_patterns("*.json", ".*"))
-        return write_json(out / "atlas.json", self.full_record(files))
+        return write_json(out / "atlas.json", self.full_record(files, timing=timing))
 
 
 def _read_png(path: Path) -> torch.Tensor:

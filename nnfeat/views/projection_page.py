@@ -94,6 +94,7 @@ class ProjectionResult(Result):
     command: str | None = None
     tensorboard: str | None = None
     kind: ClassVar[str] = "projection"
+    run_fields: ClassVar[tuple[str, ...]] = ("timings_seconds", "cached")
 
     @property
     def sheet_columns(self) -> int:  # type: ignore[override]
