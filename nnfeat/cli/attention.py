@@ -1,7 +1,58 @@
-"""``nnfeat attention``: (being written)."""
+"""``nnfeat attention``: where a vision transformer's class token looks -- per layer and head, attention rollout
+and gradient-weighted rollout -- over images."""
 
 from __future__ import annotations
 
+from nnfeat.cli.common import add_images, add_model, add_shared, finish, load_images_from_args, load_model, positive
+
+DEFAULT_N = 4
+
 
 def register(sub) -> None:
-    sub.add_parser("attention", help="(being written)")
+    p = sub.add_parser(
+        "attention", help="attention maps of a vision transformer: per layer and head, rollout, gradient rollout",
+        description="Overlay the class token's attention over the patch tokens on --images, per attention layer "
+                    "and head (torchvision and timm ViTs, digits-vit, any nn.MultiheadAttention model); add "
+                    "attention rollout (Abnar & Zuidema 2020) and gradient-weighted rollout for a class (Chefer "
+                    "et al. 2021). One colour scale per figure.")
+    add_model(p)
+    add_images(p)
+    for action in p._actions:
+        if action.dest == "n":  # default None: "at most 4", so a smaller source is not an --n error
+            action.help = (f"how many images (default: {DEFAULT_N}, or all of a smaller source; fewer than the "
+                           "source: a sample drawn from --seed)")
+    p.add_argument("--layer", default=None, metavar="L",
+                   help="attention layers: names (blocks.3.attn, or the block blocks.3) or indices (0, -1), "
+                        "comma-separated (default: all)")
+    p.add_argument("--head", default="all", metavar="H|mean|max|all",
+                   help="one head (a number), the mean or max over the heads, or all heads (default all)")
+    p.add_argument("--query", type=int, default=None, metavar="TOKEN",
+                   help="the query token whose attention is shown (default: the class token; 0 is the first token)")
+    p.add_argument("--rollout", action="store_true", help="add attention rollout over every layer")
+    p.add_argument("--fusion", choices=("mean", "max", "min"), default="mean",
+                   help="how rollout fuses the heads of a layer (default mean)")
+    p.add_argument("--grad-rollout", action="store_true",
+                   help="add gradient-weighted rollout for --target (needs class logits)")
+    p.add_argument("--target", default=None, metavar="C|pred",
+                   help="with --grad-rollout: the class (number or name; default pred, each image's prediction)")
+    p.add_argument("--batch", type=int, default=16, help="images per forward pass (default 16)")
+    add_shared(p, out="out/attention", precision=False)
+    p.set_defaults(func=cmd_attention)
+
+
+def cmd_attention(args) -> int:
+    from nnfeat.results import check_out_dir
+    from nnfeat.views.attention_page import attention, check_request
+
+    positive("n", args.n)
+    positive("batch", args.batch)
+    out = check_out_dir(args.out)
+    model = load_model(args)
+    check_request(model, args.layer, args.head, args.query, grad_rollout=args.grad_rollout, target=args.target,
+                  fusion=args.fusion)
+    images = load_images_from_args(args, model)
+    if args.n is None and len(images) > DEFAULT_N:
+        images = images.sample(DEFAULT_N, args.seed)
+    result = attention(model, images, layers=args.layer, head=args.head, query=args.query, rollout=args.rollout,
+                       grad_rollout=args.grad_rollout, target=args.target, fusion=args.fusion, batch_size=args.batch)
+    return finish(result, args, out)

@@ -14,8 +14,8 @@ from typing import Sequence
 from nnfeat.device import DEVICES_HELP, PRECISIONS
 from nnfeat.errors import NnfeatError
 
-MODEL_HELP = ("a model name (see `nnfeat models`): cifar10-resnet20, digits-cnn, inceptionv1, torchvision:NAME, "
-              "timm:NAME or FILE.py:FACTORY")
+MODEL_HELP = ("a model name (see `nnfeat models`): cifar10-resnet20, digits-cnn, digits-vit, inceptionv1, "
+              "torchvision:NAME, timm:NAME or FILE.py:FACTORY")
 UNITS_HELP = ("units (see the README's unit table): LAYER (every channel), LAYER:5, LAYER:0,4,7, LAYER:0..15, "
               "LAYER:5@Y,X")
 

@@ -4,9 +4,10 @@ The transformer twin of :mod:`nnfeat.models.digits` (``digits-cnn``), with the s
 scikit-learn's digits scaled to [0, 1] and upscaled to grey 32x32, normalized with the training images' mean
 and standard deviation; the first 1,500 images train, the last 297 are held out.
 
-Network (module names are the layer names; D = 64 channels, 4 heads of 16, 3 blocks)::
+Network (module names are the layer names; D = 48 channels, 4 heads of 12, 3 blocks, MLP 96)::
 
-    patch_embed (Conv2d 1->D, 4x4, stride 4)       (B, D, 8, 8)   one token per 4x4 px patch (the data's 8x8 grid)
+    patch_embed (Conv2d 1->D, 8x8, stride 4, pad 2) (B, D, 8, 8)  one token per 4x4 px patch (the data's 8x8 grid),
+                                                                  seeing the patch and a 2 px rim around it
     class_token + tokens, + pos_embedding          (B, 65, D)     token 0 is the class token, 1..64 the patches
     blocks.i: ln_1, attn (nn.MultiheadAttention,   (B, 65, D)     pre-norm; ``attn`` is called with
               need_weights=False), ln_2, mlp                      need_weights=False, as torchvision's ViT does
@@ -15,10 +16,11 @@ Network (module names are the layer names; D = 64 channels, 4 heads of 16, 3 blo
 ``class_token`` and ``patch_size`` are named as in torchvision's ``VisionTransformer``, so
 :func:`nnfeat.analysis.tokens.token_grid` finds one extra token and the 8x8 grid from the model.
 
-Training: AdamW with a one-cycle schedule, 30 epochs of batch 50, each image randomly rotated, scaled and
+Training: AdamW with a one-cycle schedule, 10 epochs of batch 50, each image randomly rotated, scaled and
 shifted (:func:`nnfeat.models.digits.random_affine`); weights, order and augmentation all come from one seeded
 ``torch.Generator``, on one CPU thread. The trained state dict is cached in
-``$NNFEAT_HOME/weights/digits-vit-v1.pt`` and reused.
+``$NNFEAT_HOME/weights/digits-vit-v1.pt`` and reused. Held-out accuracy 96.6 % (seed 0); training takes
+about 15-30 s on one CPU thread.
 """
 
 from __future__ import annotations
@@ -37,12 +39,12 @@ from nnfeat.models.weights import weights_dir
 
 CACHE_FILE = "digits-vit-v1.pt"
 PATCH_SIZE = 4
-DIM = 64
+DIM = 48
 HEADS = 4
 DEPTH = 3
-MLP_DIM = 128
-EPOCHS = 30
-LEARNING_RATE = 3e-3
+MLP_DIM = 96
+EPOCHS = 10
+LEARNING_RATE = 5e-3
 WEIGHT_DECAY = 0.05
 
 

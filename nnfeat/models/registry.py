@@ -6,7 +6,7 @@ from and under which licence, and its input contract (normalization, size, colou
 
 Two kinds of cards:
 
-* **zoo cards** name one network (``cifar10-resnet20``, ``digits-cnn``, ``inceptionv1``); every fact is on
+* **zoo cards** name one network (``cifar10-resnet20``, ``digits-cnn``, ``digits-vit``, ``inceptionv1``); every fact is on
   the card, so ``nnfeat models`` lists them without building anything;
 * **family cards** are patterns (``torchvision:NAME``, ``timm:NAME``, ``FILE.py:FACTORY``). Their facts come
   from the library when a NAME is loaded; the loaded :class:`~nnfeat.models.base.Model` then carries a
@@ -30,6 +30,7 @@ from torch import nn
 from nnfeat.errors import NnfeatError, nearest
 from nnfeat.models import cifar_resnet as cr
 from nnfeat.models import digits
+from nnfeat.models import digits_vit as dvit
 from nnfeat.models import inceptionv1 as iv
 from nnfeat.models.base import Model
 from nnfeat.models.weights import find_local, hash_prefix_from_name, weights_dir
@@ -206,6 +207,15 @@ _CARDS: tuple[ModelCard, ...] = (
         summary="a small CNN for grey 32 px handwritten digits, trained by nnfeat on scikit-learn's digits",
         builder=digits.build_random, load_weights=digits.load_trained,
         weights_source=TRAINED, weights_file=digits.CACHE_FILE, licence="Apache-2.0",
+        mean=(digits.DATA_MEAN,), std=(digits.DATA_STD,), input_size=(digits.IMAGE_SIZE,) * 2, in_channels=1,
+        classes=digits.CLASSES, num_classes=len(digits.CLASSES),
+    ),
+    ModelCard(
+        name="digits-vit",
+        summary="a small ViT (8x8 patch grid + class token, 3 blocks, 4 heads) for grey 32 px handwritten digits, "
+                "trained by nnfeat on scikit-learn's digits",
+        builder=dvit.build_random, load_weights=dvit.load_trained,
+        weights_source=TRAINED, weights_file=dvit.CACHE_FILE, licence="Apache-2.0",
         mean=(digits.DATA_MEAN,), std=(digits.DATA_STD,), input_size=(digits.IMAGE_SIZE,) * 2, in_channels=1,
         classes=digits.CLASSES, num_classes=len(digits.CLASSES),
     ),

@@ -1,0 +1,349 @@
+"""The attention operation and its result: :func:`attention` -> :class:`AttentionResult` (kind ``attention``).
+
+Per image the sheet shows a layers x heads grid: each row one attention layer (the input, then the class
+token's -- or the chosen query token's -- attention over the patches per head, or fused over the heads),
+overlaid on the image. With ``rollout`` / ``grad_rollout`` it adds the attention rollout (Abnar & Zuidema
+2020) and the gradient-weighted rollout for a class (Chefer et al. 2021) as figures of their own. Each figure
+has one colour scale (viridis-like, 0 .. its largest value), stated in a colour bar under it. The
+computation is :mod:`nnfeat.analysis.attention`.
+
+Files: ``attention.png`` (the sheet), ``attention.json`` (settings, the token layout, and per image and map
+its largest value and peak patch), ``image-<i>.png`` (one image's grid and rollouts), ``attention-maps.npz``
+(the raw maps on the patch grid: ``maps`` (B, L, K, gh, gw), ``rollout`` / ``grad_rollout`` (B, gh, gw)).
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import ClassVar, Sequence
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from PIL import Image, ImageDraw
+
+from nnfeat.analysis import attention as at
+from nnfeat.analysis.heatmap import COLORMAPS, ColorScale, color_scale, overlay
+from nnfeat.data import ImageSet
+from nnfeat.errors import NnfeatError
+from nnfeat.layouts import OUTPUT
+from nnfeat.models.base import as_model
+from nnfeat.results import Result, cli_command
+from nnfeat.sheets import _font, labelled_sheet
+
+#: the largest tile edge on the sheet (bigger inputs are shown downscaled; the maps keep their grid)
+SHEET_TILE = 112
+
+
+def _fmt(x: float) -> str:
+    return f"{x:.3g}"
+
+
+def _head_label(head: int | str, index: int) -> str:
+    return f"head {index}" if head == "all" else (f"head {head}" if isinstance(head, int) else f"{head} of heads")
+
+
+def colorbar(scale: ColorScale, width: int, label: str) -> np.ndarray:
+    """A strip under a figure: the colour table with its limits and ``label`` (what the one scale measures)."""
+    font = _font()
+    bar = Image.new("RGB", (max(width, 300), 40), (255, 255, 255))
+    draw = ImageDraw.Draw(bar)
+    table = (COLORMAPS[scale.colormap].numpy() * 255).astype(np.uint8)
+    x0, x1 = 60, bar.width - 60
+    ramp = np.repeat(table[np.linspace(0, len(table) - 1, x1 - x0).astype(int)][None], 12, 0)
+    bar.paste(Image.fromarray(ramp), (x0, 4))
+    draw.text((4, 4), _fmt(float(scale.vmin.flatten()[0])), fill=(40, 40, 40), font=font)
+    draw.text((x1 + 4, 4), _fmt(float(scale.vmax.flatten()[0])), fill=(40, 40, 40), font=font)
+    draw.text((x0, 20), label, fill=(40, 40, 40), font=font)
+    return np.asarray(bar)
+
+
+def _stack(parts: Sequence[np.ndarray]) -> np.ndarray:
+    width = max(p.shape[1] for p in parts)
+    padded = [np.pad(p, ((0, 0), (0, width - p.shape[1]), (0, 0)), constant_values=255) for p in parts]
+    return np.concatenate(padded, 0)
+
+
+def _small(images: torch.Tensor) -> torch.Tensor:
+    """(..., 3, H, W) -> tiles at most :data:`SHEET_TILE` px on the longer side (area downscaling)."""
+    h, w = images.shape[-2:]
+    if max(h, w) <= SHEET_TILE:
+        return images
+    size = (max(1, round(h * SHEET_TILE / max(h, w))), max(1, round(w * SHEET_TILE / max(h, w))))
+    flat = images.reshape(-1, *images.shape[-3:]).float()
+    return F.interpolate(flat, size=size, mode="area").reshape(*images.shape[:-2], *size)
+
+
+def _peak(maps: torch.Tensor) -> tuple[list[int], float]:
+    """(gh, gw) map -> its peak [row, col] on the patch grid and its largest value."""
+    index = int(maps.flatten().argmax())
+    return list(divmod(index, maps.shape[-1])), float(maps.max())
+
+
+@dataclass(repr=False)
+class AttentionResult(Result):
+    """What :func:`attention` returns.
+
+    ``maps`` (B, L, K, gh, gw): per image, layer and head (or fused heads) the query token's attention over the
+    patches; ``rollout`` / ``grad_rollout`` (B, gh, gw) or None; ``inputs`` (B, 3, H, W); ``overlays``
+    (B, L, K, 3, H, W) and ``rollout_overlays`` {"rollout" / "grad_rollout": (B, 3, H, W)}; ``scale`` the head
+    maps' figure scale and ``rollout_scales`` one per rollout figure."""
+
+    model: str
+    layers: list[str]
+    heads: list[int]
+    head: int | str
+    head_labels: list[str]
+    query: int | None
+    layout: at.TokenLayout
+    maps: torch.Tensor
+    inputs: torch.Tensor
+    overlays: torch.Tensor
+    scale: ColorScale
+    rollout: torch.Tensor | None
+    grad_rollout: torch.Tensor | None
+    rollout_overlays: dict
+    rollout_scales: dict
+    fusion: str
+    targets: list[int] | None
+    predictions: list[int] | None
+    class_names: list[str] | None
+    indices: list[int]
+    image_labels: list[str | None]
+    source: str
+    device: str = "cpu"
+    elapsed: float = 0.0
+    command: str | None = None
+    kind: ClassVar[str] = "attention"
+
+    # -- the Result protocol -------------------------------------------------------------------------
+    @property
+    def images(self) -> torch.Tensor:
+        parts = [self.overlays.flatten(1, 2)] + [o.unsqueeze(1) for o in self.rollout_overlays.values()]
+        return torch.cat(parts, 1).flatten(0, 1)
+
+    def title(self) -> str:
+        query = "class token" if self.query == self.layout.cls and self.query is not None else (
+            f"token {self.query}" if self.query is not None else "mean of patch tokens")
+        return (f"{self.model}  attention of the {query} over the {self.layout.grid[0]}x{self.layout.grid[1]} "
+                f"patches ({self.source})")
+
+    def _class_text(self, c: int) -> str:
+        names = self.class_names
+        return names[c] if names and 0 <= c < len(names) else str(c)
+
+    def image_caption(self, i: int) -> str:
+        """Two lines: the image (and its label), its prediction."""
+        label = self.image_labels[i]
+        pred = f"pred {self._class_text(self.predictions[i])}" if self.predictions is not None else ""
+        return f"image {self.indices[i]}" + (f" ({label})" if label is not None else "") + f"\n{pred}"
+
+    def captions(self) -> list[str]:
+        """One caption per tile of :attr:`images` (per image: its head maps, layer by layer, then its rollouts)."""
+        heads = self.maps.shape[2]
+        out = []
+        for i in range(len(self.inputs)):
+            caps = self._image_captions(i)
+            out += [c for j, c in enumerate(caps) if j % (heads + 1)]  # leave out the input tiles of the grid
+            out += [f"{self.image_caption(i)}\n{name.replace('_', ' ')}" for name in self.rollout_overlays]
+        return out
+
+    def _image_captions(self, i: int) -> list[str]:
+        caps = []
+        for l, layer in enumerate(self.layers):
+            caps.append(f"{self.image_caption(i) if l == 0 else chr(10)}\n{layer}")
+            caps.extend(f"{layer}\n{self.head_labels[k]}\nmax {_fmt(float(self.maps[i, l, k].max()))}"
+                        for k in range(self.maps.shape[2]))
+        return caps
+
+    def _grid_tiles(self, rows: slice) -> torch.Tensor:
+        """(b, L*(K+1), 3, h, w) tiles of the layers x heads grid of images ``rows``."""
+        inputs = _small(self.inputs[rows]).unsqueeze(1).unsqueeze(1).expand(-1, len(self.layers), -1, -1, -1, -1)
+        grid = torch.cat([inputs, _small(self.overlays[rows])], 2)  # (b, L, K+1, 3, h, w)
+        return grid.flatten(1, 2)
+
+    def _rollout_label(self, name: str) -> str:
+        if name == "rollout":
+            return f"rollout ({self.fusion} of heads, A/2+I/2)"
+        return "gradient rollout (Chefer)"
+
+    def _rollout_figure(self, name: str, rows: slice) -> np.ndarray:
+        over = self.rollout_overlays[name][rows]
+        n = len(over)
+        tiles = torch.stack([_small(self.inputs[rows]), _small(over)], 1).flatten(0, 1)
+        values = (self.rollout if name == "rollout" else self.grad_rollout)[rows]
+        index = range(rows.start or 0, (rows.start or 0) + n)
+        caps = []
+        for j, i in enumerate(index):
+            what = f"class {self._class_text(self.targets[i])}" if name == "grad_rollout" else f"{self.fusion} of heads"
+            caps += [self.image_caption(i), f"{name.replace('_', ' ')}\n{what}\nmax {_fmt(float(values[j].max()))}"]
+        sheet = labelled_sheet(tiles, caps, ncol=2 * min(n, 4), title=self._rollout_label(name), lines=3)
+        return _stack([sheet, colorbar(self.rollout_scales[name], sheet.shape[1], "one colour scale for this figure")])
+
+    def _figure(self, rows: slice, title: str | None) -> np.ndarray:
+        count = len(self.inputs[rows])
+        caps = [c for i in range(rows.start or 0, (rows.start or 0) + count) for c in self._image_captions(i)]
+        grid = labelled_sheet(self._grid_tiles(rows).flatten(0, 1), caps, ncol=self.maps.shape[2] + 1, title=title,
+                              lines=3)
+        parts = [grid, colorbar(self.scale, grid.shape[1], "one colour scale for every map above")]
+        parts += [self._rollout_figure(name, rows) for name in self.rollout_overlays]
+        return _stack(parts)
+
+    def sheet(self) -> np.ndarray:
+        return self._figure(slice(0, len(self.inputs)), self.title())
+
+    def record(self) -> dict:
+        per_image = []
+        for i in range(len(self.inputs)):
+            entries = []
+            for l, layer in enumerate(self.layers):
+                for k in range(self.maps.shape[2]):
+                    peak, top = _peak(self.maps[i, l, k])
+                    entries.append({"layer": layer, "head": self.head_labels[k], "max": top, "peak_patch": peak})
+            entry = {"index": self.indices[i], "label": self.image_labels[i],
+                     "prediction": None if self.predictions is None else self._class_text(self.predictions[i]),
+                     "maps": entries, "file": f"image-{i}.png"}
+            for name, values in (("rollout", self.rollout), ("grad_rollout", self.grad_rollout)):
+                if values is not None:
+                    peak, top = _peak(values[i])
+                    entry[name] = {"max": top, "peak_patch": peak}
+                    if name == "grad_rollout":
+                        entry[name]["target"] = self._class_text(self.targets[i])
+            per_image.append(entry)
+        scales = {"attention": {"vmin": float(self.scale.vmin.flatten()[0]), "vmax": float(self.scale.vmax.flatten()[0])}}
+        for name, scale in self.rollout_scales.items():
+            scales[name] = {"vmin": float(scale.vmin.flatten()[0]), "vmax": float(scale.vmax.flatten()[0])}
+        layout = self.layout
+        return {"model": self.model, "layers": self.layers, "heads_per_layer": self.heads, "head": str(self.head),
+                "query_token": self.query,
+                "tokens": {"count": layout.n_tokens, "extra": layout.extra, "class_token": layout.cls,
+                           "grid": list(layout.grid)},
+                "rollout": "rollout" in self.rollout_overlays, "grad_rollout": "grad_rollout" in self.rollout_overlays,
+                "fusion": self.fusion, "input_size": list(self.inputs.shape[-2:]),
+                "scale": {"mode": "figure", "colormap": "viridis", "figures": scales},
+                "source": self.source, "device": self.device, "images": per_image}
+
+    def write_files(self, out: Path) -> list[str]:
+        from nnfeat.io import atomic_path, save_image
+
+        files = []
+        for i in range(len(self.inputs)):
+            files.append(save_image(out / f"image-{i}.png", self._figure(slice(i, i + 1), None)).name)
+        arrays = {"maps": self.maps.numpy()}
+        for name, values in (("rollout", self.rollout), ("grad_rollout", self.grad_rollout)):
+            if values is not None:
+                arrays[name] = values.numpy()
+        with atomic_path(out / "attention-maps.npz") as tmp:
+            with open(tmp, "wb") as handle:
+                np.savez(handle, **arrays)
+        return files + ["attention-maps.npz"]
+
+
+# -- the operation ----------------------------------------------------------------------------------
+def check_request(model, layers=None, head: int | str = "all", query: int | None = None, *,
+                  grad_rollout: bool = False, target: int | str | None = None, fusion: str = "mean",
+                  size: Sequence[int] | None = None) -> tuple[list[at.AttentionLayer], int | str, at.TokenLayout]:
+    """Check an attention request before any image is read: the layers exist, the head and query token are in
+    range, ``target`` comes with gradient rollout and names a class. Returns (layers, head, token layout at
+    ``size``, default the model's input size). One-line :class:`NnfeatError` otherwise."""
+    model = as_model(model)
+    selected = at.select_layers(model, layers)
+    fewest = min(selected, key=lambda layer: layer.heads)
+    head = at.check_head(head, fewest.heads, f"attention layer '{fewest.name}'")
+    if fusion not in at.FUSIONS:
+        raise NnfeatError(f"unknown head fusion '{fusion}': use {', '.join(at.FUSIONS)}")
+    size = tuple(size or model.input_size)
+    shapes = model.layer_shapes([selected[0].name, OUTPUT], size)
+    tokens = shapes[selected[0].name]
+    if len(tokens) != 3:
+        raise NnfeatError(f"attention layer '{selected[0].name}' outputs shape {tuple(tokens)}; expected tokens "
+                          "(B, N, C)")
+    layout = at.token_layout(model, int(tokens[1]), size)
+    at.check_query(query, layout)
+    if target is not None and not grad_rollout:
+        raise NnfeatError("--target is the class of the gradient rollout: add --grad-rollout, or leave --target out")
+    if grad_rollout:
+        at.resolve_targets(target, torch.zeros(tuple(shapes[OUTPUT])), model.classes, model.name)
+    return selected, head, layout
+
+
+def attention(model, images: ImageSet | torch.Tensor, *, layers: str | Sequence[str | int] | None = None,
+              head: int | str = "all", query: int | None = None, rollout: bool = False, grad_rollout: bool = False,
+              target: int | str | None = None, fusion: str = "mean", batch_size: int = 16, alpha: float = 0.6
+              ) -> AttentionResult:
+    """Attention maps of a vision transformer on ``images`` (an :class:`ImageSet`, read at the model's input
+    size, or a (B, 3, H, W) tensor in [0, 1] at any size the model takes).
+
+    ``layers``: attention layers (default all; see :func:`nnfeat.analysis.attention.select_layers`);
+    ``head``: ``all`` (default), ``mean``, ``max`` or a head number; ``query``: the query token (default the
+    class token); ``rollout``: add attention rollout over every layer (heads fused by ``fusion``);
+    ``grad_rollout``: add gradient-weighted rollout for ``target`` (``pred`` (default), a class number or
+    name)."""
+    started = time.perf_counter()
+    model = as_model(model)
+    if isinstance(images, ImageSet):
+        batches = list(images.iter_batches(batch_size, model.input_size, device=model.device))
+        source, indices, options = images.name, images.source_indices.tolist(), images.command_options()
+        labels = [images.label_name(int(l)) for l in images.labels] if images.labels is not None else [None] * len(images)
+    else:
+        if images.dim() != 4:
+            raise NnfeatError(f"images must have shape (B, 3, H, W); got {tuple(images.shape)}")
+        images = images.to(model.device)
+        batches = list(images.split(batch_size))
+        source, indices, labels = "tensor", list(range(len(images))), [None] * len(images)
+        options = {"images": source, "n": len(images)}
+    size = tuple(batches[0].shape[-2:])
+    selected, head, layout = check_request(model, layers, head, query, grad_rollout=grad_rollout, target=target,
+                                           fusion=fusion, size=size)
+    query = at.check_query(query, layout)
+    every = at.attention_layers(model) if (rollout or grad_rollout) else selected
+    position = {layer.name: i for i, layer in enumerate(every)}
+    maps, rolls, grads, preds, targets = [], [], [], [], []
+    for batch in batches:
+        cap = at.capture_attention(model, batch, [layer.name for layer in every], target=target,
+                                   gradients=grad_rollout)
+        maps.append(torch.stack([at.head_maps(cap.weights[position[layer.name]], layout, head, query)
+                                 for layer in selected], 1).cpu())
+        if rollout:
+            rolls.append(at.relevance_map(at.attention_rollout(cap.weights, fusion), layout, query).cpu())
+        if grad_rollout:
+            grads.append(at.relevance_map(at.gradient_rollout(cap.weights, cap.grads), layout, query).cpu())
+            targets.append(cap.targets.cpu())
+        if cap.output is not None and cap.output.dim() == 2:
+            preds.append(cap.output.argmax(1).cpu())
+    inputs = torch.cat(batches).cpu()
+    maps = torch.cat(maps)  # (B, L, K, gh, gw)
+    b, n_layers, k = maps.shape[:3]
+    scale = color_scale(maps.flatten(1, 2), "figure", signed=False)
+    overlays = overlay(inputs, maps.flatten(1, 2), scale.vmin, scale.vmax, scale.colormap, alpha)
+    overlays = overlays.reshape(b, n_layers, k, *overlays.shape[-3:])
+    roll_maps = {"rollout": torch.cat(rolls) if rollout else None,
+                 "grad_rollout": torch.cat(grads) if grad_rollout else None}
+    roll_overlays, roll_scales = {}, {}
+    for name, values in roll_maps.items():
+        if values is not None:
+            cs = color_scale(values[:, None], "figure", signed=False)
+            roll_scales[name] = cs
+            roll_overlays[name] = overlay(inputs, values, cs.vmin, cs.vmax, cs.colormap, alpha)
+    heads = [layer.heads for layer in selected]
+    head_labels = [_head_label(head, j) for j in range(k)]
+    command = cli_command("attention", model.name, **options,
+                          layer=None if layers is None else ",".join(layer.name for layer in selected),
+                          head=None if head == "all" else head, query=query if query != layout.cls else None,
+                          rollout=rollout, grad_rollout=grad_rollout,
+                          target=None if target in (None, "pred") else target,
+                          fusion=None if fusion == "mean" else fusion,
+                          weights="random" if getattr(model, "weights", None) == "random" else None)
+    return AttentionResult(
+        model=model.name, layers=[layer.name for layer in selected], heads=heads, head=head, head_labels=head_labels,
+        query=query, layout=layout, maps=maps, inputs=inputs, overlays=overlays.cpu(), scale=scale,
+        rollout=roll_maps["rollout"], grad_rollout=roll_maps["grad_rollout"], rollout_overlays=roll_overlays,
+        rollout_scales=roll_scales, fusion=fusion, targets=torch.cat(targets).tolist() if grad_rollout else None,
+        predictions=torch.cat(preds).tolist() if preds else None, class_names=model.classes, indices=indices,
+        image_labels=labels, source=source, device=str(model.device), elapsed=time.perf_counter() - started,
+        command=command)
+
+
+__all__ = ["AttentionResult", "attention", "check_request", "colorbar", "SHEET_TILE"]
