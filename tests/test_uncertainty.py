@@ -162,7 +162,9 @@ def test_ece_of_miscalibrated_set_equals_hand_value():
     assert cal.ece == pytest.approx(hand, abs=1e-9)
     assert cal.mce == pytest.approx(0.3, abs=1e-9)
     assert int(cal.counts[14]) == 100  # confidence 1.0 lies in the last bin (upper edges closed)
-    assert int(cal.counts[0]) == 0 and int(calibration(torch.tensor([1 / 15]), torch.tensor([True])).counts[0]) == 1
+    assert int(cal.counts[0]) == 0
+    edge = calibration(torch.tensor([1 / 15], dtype=torch.float64), torch.tensor([True]))
+    assert int(edge.counts[0]) == 1  # a confidence on an edge belongs to the bin below it
     # through probabilities: two classes, label 0
     probs = torch.stack([conf, 1 - conf], 1)
     probs[:, 0] = torch.where(conf == 0.5, 0.5, probs[:, 0])
@@ -287,3 +289,61 @@ def test_cifar_resnet_ensemble_beats_chance(cifar_resnet20, cifar_subset):
         assert r.metrics[name]["accuracy"] > 0.5
     assert float(r.summary.mutual_information.mean()) > 0  # two different networks disagree somewhere
     assert r.maps.shape == (2, 2, 32, 32)
+
+
+DROPOUT_FILE = '''
+import torch
+from torch import nn
+from nnfeat.models.base import Model
+
+
+class Net(nn.Module):
+    def __init__(self):
+        super().__init__()
+        torch.manual_seed(0)
+        self.conv = nn.Conv2d(3, 8, 3, padding=1)
+        self.bn = nn.BatchNorm2d(8)
+        self.drop = nn.Dropout(0.5)
+        self.fc = nn.Linear(32, 4)
+
+    def forward(self, x):
+        x = nn.functional.adaptive_avg_pool2d(torch.relu(self.bn(self.conv(x))), 2).flatten(1)
+        return self.fc(self.drop(x)) * 5
+
+
+def make():
+    return Model(Net(), name="dropnet", input_size=16, classes=["a", "b", "c", "d"])
+'''
+
+
+def test_cli_mc_dropout_on_a_file_model_leaves_foreign_labels_out(tmp_path, capsys):
+    from nnfeat.cli import main
+
+    (tmp_path / "net.py").write_text(DROPOUT_FILE)
+    out = tmp_path / "u"
+    code = main(["uncertainty", f"{tmp_path / 'net.py'}:make", "--images", "digits", "--n", "12", "--method",
+                 "mc-dropout", "--samples", "4", "--top", "2", "--device", "cpu", "--quiet", "--out", str(out)])
+    assert code == 0, capsys.readouterr().err
+    record = json.loads((out / "uncertainty.json").read_text())
+    assert record["method"] == "mc-dropout" and record["samples"] == 4
+    assert record["metrics"] == {} and "are not the model's" in record["labels_note"]  # digits 0..9 vs a..d
+    assert record["mean_mutual_information"] > 0
+    assert record["saliency"]["maps"] == [f"dropout {t}" for t in range(4)]
+
+
+def test_benchmark_quick_run(tmp_path, shared_dir, capsys):
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("bench_uncertainty", ROOT / "experiments" / "bench_uncertainty.py")
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    threads = torch.get_num_threads()
+    assert bench.main(["--quick", "--n", "96", "--bootstrap", "5", "--out", str(tmp_path / "b.json")]) == 0
+    assert torch.get_num_threads() == threads
+    report = json.loads((tmp_path / "b.json").read_text())
+    names = [r["name"] for r in report["rows"]]
+    assert names == ["cifar10-resnet20", "cifar10-resnet32", "ensemble of 2"] and report["n"] == 96
+    for row in report["rows"]:
+        assert row["error_auroc"] == pytest.approx(row["error_auroc_sklearn"], abs=1e-9)
+        assert 0.1 < row["accuracy"] <= 1 and 0 <= row["ece"] <= 1
+    assert "ensemble of 2" in capsys.readouterr().out

@@ -100,9 +100,9 @@ def rankdata(x: torch.Tensor) -> torch.Tensor:
     new_group[:, 1:] = values[:, 1:] != values[:, :-1]
     group = new_group.long().cumsum(-1) - 1 + (torch.arange(rows, device=x.device) * n)[:, None]  # unique ids
     position = torch.arange(1, n + 1, device=x.device, dtype=torch.float64).expand(rows, n)
-    total = torch.zeros(rows * n, dtype=torch.float64, device=x.device).index_add_(0, group.flatten(), position.flatten())
-    count = torch.zeros(rows * n, dtype=torch.float64, device=x.device).index_add_(
-        0, group.flatten(), torch.ones(rows * n, dtype=torch.float64, device=x.device))
+    zeros = torch.zeros(rows * n, dtype=torch.float64, device=x.device)
+    total = zeros.index_add(0, group.flatten(), position.flatten())
+    count = zeros.index_add(0, group.flatten(), torch.ones_like(position).flatten())
     sorted_ranks = (total / count.clamp_min(1))[group]
     ranks = torch.empty_like(sorted_ranks).scatter_(-1, order, sorted_ranks)
     return ranks.reshape(shape)
@@ -143,24 +143,25 @@ def calibration(confidence: torch.Tensor, correct: torch.Tensor, bins: int = ECE
         raise NnfeatError("calibration needs at least one labelled image")
     conf = confidence.double().flatten().clamp(0, 1)
     hit = correct.double().flatten()
-    index = (conf * bins).ceil().long().sub(1).clamp(0, bins - 1)
+    edges = torch.linspace(0, 1, bins + 1, dtype=torch.float64, device=conf.device)
+    index = torch.searchsorted(edges[1:-1].contiguous(), conf, right=False)  # (lo, hi]: inner edges below conf
     counts = torch.bincount(index, minlength=bins)
     conf_sum = torch.bincount(index, weights=conf, minlength=bins)
     hit_sum = torch.bincount(index, weights=hit, minlength=bins)
     safe = counts.clamp_min(1).double()
-    nan = torch.full((bins,), float("nan"), dtype=torch.float64)
+    nan = torch.full((bins,), float("nan"), dtype=torch.float64, device=conf.device)
     acc_b = torch.where(counts > 0, hit_sum / safe, nan)
     conf_b = torch.where(counts > 0, conf_sum / safe, nan)
     gaps = (hit_sum - conf_sum).abs() / safe
     ece = float(((counts.double() / conf.numel()) * gaps).sum())
     mce = float(gaps[counts > 0].max())
-    return Calibration(torch.linspace(0, 1, bins + 1, dtype=torch.float64), counts, acc_b, conf_b, ece, mce)
+    return Calibration(edges.cpu(), counts.cpu(), acc_b.cpu(), conf_b.cpu(), ece, mce)
 
 
 def set_metrics(probs: torch.Tensor, labels: torch.Tensor, score: torch.Tensor | None = None,
                 bins: int = ECE_BINS) -> dict:
-    """Accuracy, ECE (and the reliability bins), NLL and the error-detection AUROC of ``score`` (default: the
-    entropy of ``probs``) for probabilities (N, K) and labels (N,). Returns a JSON-able dict."""
+    """Accuracy, ECE and MCE (and the reliability bins), NLL, mean entropy and the error-detection AUROC of
+    ``score`` (default: the entropy of ``probs``) for probabilities (N, K) and labels (N,). A JSON-able dict."""
     labels = labels.long().flatten()
     confidence, prediction = probs.max(1)
     correct = prediction == labels
@@ -169,7 +170,8 @@ def set_metrics(probs: torch.Tensor, labels: torch.Tensor, score: torch.Tensor |
     nll = float(-probs.double().gather(1, labels[:, None]).clamp_min(1e-12).log().mean())
     area = auroc(score, ~correct)
     return {"n": int(labels.numel()), "accuracy": float(correct.double().mean()), "ece": cal.ece, "mce": cal.mce,
-            "nll": nll, "error_auroc": None if math.isnan(area) else area, "errors": int((~correct).sum()),
+            "nll": nll, "mean_entropy": float(entropy(probs).mean()),
+            "error_auroc": None if math.isnan(area) else area, "errors": int((~correct).sum()),
             "bins": {"edges": cal.edges.tolist(), "counts": cal.counts.tolist(),
                      "accuracy": [None if math.isnan(v) else v for v in cal.accuracy.tolist()],
                      "confidence": [None if math.isnan(v) else v for v in cal.confidence.tolist()]}}
@@ -189,7 +191,8 @@ def _logits(model: nn.Module, images: torch.Tensor) -> torch.Tensor:
     return out.float()
 
 
-def _fit(model: nn.Module, images: torch.Tensor) -> torch.Tensor:
+def fit_images(model: nn.Module, images: torch.Tensor) -> torch.Tensor:
+    """(B, 3, H, W) resized (bilinear) to ``model.input_size`` when it differs."""
     size = tuple(getattr(model, "input_size", images.shape[-2:]))
     if tuple(images.shape[-2:]) != size:
         images = F.interpolate(images, size=size, mode="bilinear", align_corners=False)
@@ -232,7 +235,7 @@ def ensemble_probs(models: Sequence[nn.Module], images: torch.Tensor, batch_size
     out = []
     for model in models:
         device = next((b.device for b in model.buffers()), images.device)
-        out.append(torch.cat([_logits(model, _fit(model, chunk.to(device))).softmax(1).cpu()
+        out.append(torch.cat([_logits(model, fit_images(model, chunk.to(device))).softmax(1).cpu()
                               for chunk in images.split(batch_size)]))
     return torch.stack(out)
 
@@ -278,7 +281,7 @@ def mc_dropout_probs(model: nn.Module, images: torch.Tensor, samples: int = 20, 
     out = []
     with dropout_active(model):
         for i, part in enumerate(images.split(chunk)):
-            part = _fit(model, part.to(device))
+            part = fit_images(model, part.to(device))
             with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
                 torch.manual_seed(stage_seed(seed, "mc-dropout", i))
                 logits = _logits(model, part.repeat(samples, 1, 1, 1))
@@ -341,7 +344,7 @@ def tta_probs(model: nn.Module, images: torch.Tensor, samples: int = 8, seed: in
     """(B, 3, H, W) -> (T, B, K) softmax probabilities of T = ``samples`` augmentations (:func:`tta_matrices`;
     row 0 is the plain image). Chunks of images are augmented T ways and run as one batch."""
     device = next((b.device for b in model.buffers()), images.device)
-    images = _fit(model, images)
+    images = fit_images(model, images)
     mats = tta_matrices(len(images), images.shape[-2:], samples, seed, flip)
     chunk = max(1, batch_size // samples)
     out = []
@@ -386,6 +389,8 @@ def map_agreement(maps: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
 
 
 __all__ = ["METHODS", "ECE_BINS", "DEFAULT_SAMPLES", "entropy", "Summary", "summarize", "rankdata", "auroc",
-           "Calibration", "calibration", "set_metrics", "class_count", "check_same_classes", "ensemble_probs",
-           "dropout_modules", "check_dropout", "dropout_active", "mc_dropout_probs", "flip_safe", "tta_matrices", "border_mean", "augment",
+           "Calibration", "calibration", "set_metrics", "class_count", "check_same_classes", "fit_images",
+           "ensemble_probs",
+           "dropout_modules", "check_dropout", "dropout_active", "mc_dropout_probs", "flip_safe", "tta_matrices",
+           "border_mean", "augment",
            "tta_probs", "Augmented", "map_agreement"]

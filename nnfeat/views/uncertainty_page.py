@@ -9,7 +9,9 @@ confidence bins, accuracy per bin against the diagonal, ECE / accuracy / error-d
 panel) of every single model and of the combined prediction.
 
 Files: ``uncertainty.png`` (that sheet), ``reliability.png`` (the diagram alone), ``per-image.csv`` (every
-image's numbers) and ``uncertainty.json`` (settings, the numbers per model and combined, the top images).
+image's numbers), ``uncertainty.npz`` (per image: mean class probabilities and their std over members (N, K),
+entropy, expected entropy, mutual information (N,), labels (-1: none), source indices) and ``uncertainty.json``
+(settings, the numbers per model and combined, the top images).
 """
 
 from __future__ import annotations
@@ -24,10 +26,10 @@ import numpy as np
 import torch
 from PIL import Image, ImageDraw
 
-from nnfeat.analysis.heatmap import COLORMAPS, color_scale, colorize, overlay
-from nnfeat.analysis.uncertainty import (DEFAULT_SAMPLES, ECE_BINS, METHODS, Augmented, Summary, _fit,
+from nnfeat.analysis.heatmap import COLORMAPS, colorize, overlay
+from nnfeat.analysis.uncertainty import (DEFAULT_SAMPLES, ECE_BINS, METHODS, Augmented, Summary,
                                          check_dropout, check_same_classes, dropout_active, ensemble_probs,
-                                         flip_safe, map_agreement, mc_dropout_probs, set_metrics, summarize,
+                                         fit_images, flip_safe, map_agreement, mc_dropout_probs, set_metrics, summarize,
                                          tta_matrices, tta_probs)
 from nnfeat.data import ImageSet
 from nnfeat.errors import NnfeatError, nearest
@@ -62,6 +64,7 @@ class UncertaintyResult(Result):
     seed: int
     flip: bool
     source: str
+    labels_note: str | None
     classes: list[str] | None
     summary: Summary
     labels: torch.Tensor | None
@@ -92,14 +95,21 @@ class UncertaintyResult(Result):
     def sheet_columns(self) -> int:  # type: ignore[override]
         return self.shown + 3
 
+    def map_limit(self) -> float:
+        """The top of the figure's one |gradient| colour scale: the 99th percentile of every |map| value shown
+        (mean maps and the first maps), so one hot pixel does not darken the rest; larger values saturate."""
+        if not self.maps.numel():
+            return 1.0
+        absmaps = self.maps.abs()
+        shown = torch.cat([absmaps.mean(0).flatten(), absmaps[:self.shown].flatten()]).float()
+        return max(float(torch.quantile(shown[:2 ** 24], 0.99)), 1e-12)
+
     def _tiles(self) -> torch.Tensor:
         """(k, shown + 3, 3, H, W): image, mean-map overlay, the first maps' overlays, the std map."""
         absmaps = self.maps.abs()
-        mean = absmaps.mean(0)
-        scale = color_scale(torch.cat([mean[:, None], absmaps[:self.shown].transpose(0, 1)], 1), "figure", False)
-        lo, hi = scale.vmin.flatten()[0], scale.vmax.flatten()[0]
-        over_mean = overlay(self.inputs, mean, lo, hi)
-        over_each = overlay(self.inputs, absmaps[:self.shown].transpose(0, 1), lo, hi)
+        hi = self.map_limit()
+        over_mean = overlay(self.inputs, absmaps.mean(0), 0.0, hi)
+        over_each = overlay(self.inputs, absmaps[:self.shown].transpose(0, 1), 0.0, hi)
         std_hi = float(self.std_maps.max()) if self.std_maps.numel() else 1.0
         std = colorize(self.std_maps[:, None], 0.0, max(std_hi, 1e-12))[:, 0]
         return torch.cat([self.inputs[:, None], over_mean[:, None], over_each, std[:, None]], 1)
@@ -130,7 +140,7 @@ class UncertaintyResult(Result):
     def reliability_diagram(self) -> np.ndarray:
         """One panel per single model and one for the combined prediction: (H, W, 3) uint8."""
         names = [*self.singles, self.combined_name]
-        panels = [_panel(name, self.metrics.get(name)) for name in names]
+        panels = [_panel(name, self.metrics.get(name), self.labels_note) for name in names]
         return np.concatenate(panels, 1)
 
     def _colour_note(self, width: int) -> np.ndarray:
@@ -140,21 +150,22 @@ class UncertaintyResult(Result):
         table = (COLORMAPS["viridis"].numpy() * 255).astype(np.uint8)
         ramp = np.repeat(table[np.linspace(0, 255, 120).astype(int)][None], 10, 0)
         bar.paste(Image.fromarray(ramp), (4, 6))
-        hi = float(self.maps.abs().mean(0).max()) if self.maps.numel() else 0.0
         std_hi = float(self.std_maps.max()) if self.std_maps.numel() else 0.0
-        draw.text((130, 2), f"one scale for every |gradient| map: 0 .. {hi:.3g}", fill=(40, 40, 40), font=font)
+        draw.text((130, 2), f"one scale for every |gradient| map: 0 .. {self.map_limit():.3g} (99th percentile; "
+                            "above it saturates)", fill=(40, 40, 40), font=font)
         draw.text((130, 18), f"std maps (maps scaled to max 1): 0 .. {std_hi:.3g}", fill=(40, 40, 40), font=font)
         return np.asarray(bar)
 
     def sheet(self) -> np.ndarray:
-        parts = []
+        diagram = self.reliability_diagram()
+        parts = [diagram]
         if len(self.top):
-            grid = labelled_sheet(self.images, self.captions(), ncol=self.sheet_columns, title=self.title())
-            parts += [grid, self._colour_note(grid.shape[1])]
-        else:
-            parts.append(labelled_sheet(torch.ones(1, 3, 8, 8), ["no images"], title=self.title()))
-        parts.append(self.reliability_diagram())
+            grid = labelled_sheet(self.images, self.captions(), ncol=self.sheet_columns)
+            parts = [grid, self._colour_note(max(grid.shape[1], diagram.shape[1])), diagram]
         width = max(p.shape[1] for p in parts)
+        strip = Image.new("RGB", (width, 22), (255, 255, 255))  # the title over the whole width
+        ImageDraw.Draw(strip).text((4, 4), self.title(), fill=(40, 40, 40), font=_font())
+        parts.insert(0, np.asarray(strip))
         return np.concatenate([np.pad(p, ((0, 0), (0, width - p.shape[1]), (0, 0)), constant_values=255)
                                for p in parts], 0)
 
@@ -175,7 +186,7 @@ class UncertaintyResult(Result):
         return {"models": self.models, "method": self.method, "samples": self.samples, "seed": self.seed,
                 "tta_flip": self.flip if self.method == "tta" else None,
                 "source": self.source, "n": len(self.indices), "classes": self.classes, "ece_bins": ECE_BINS,
-                "combined": self.combined_name, "metrics": self.metrics,
+                "combined": self.combined_name, "metrics": self.metrics, "labels_note": self.labels_note,
                 "mean_entropy": float(s.entropy.mean()), "mean_mutual_information": float(s.mutual_information.mean()),
                 "max_entropy": math.log(s.mean.shape[1]),
                 "saliency": {"method": "gradient", "target": "combined prediction", "maps": self.map_names,
@@ -197,7 +208,15 @@ class UncertaintyResult(Result):
             np.savetxt(tmp, table, delimiter=",", fmt=["%d", "%d", "%d", "%.6f", "%.6f", "%.6f", "%.6f", "%.6f"],
                        header="index,label,prediction,confidence,confidence_std,entropy,expected_entropy,"
                               "mutual_information", comments="")
-        return files + ["per-image.csv"]
+        with atomic_path(out / "uncertainty.npz") as tmp:
+            with open(tmp, "wb") as handle:
+                np.savez_compressed(handle, mean=s.mean.numpy(), std=s.std.numpy(), entropy=s.entropy.numpy(),
+                                    expected_entropy=s.expected_entropy.numpy(),
+                                    mutual_information=s.mutual_information.numpy(), labels=labels.numpy(),
+                                    indices=np.asarray(self.indices, dtype=np.int64),
+                                    members=np.asarray(list(self.singles) if self.method == "ensemble" else []),
+                                    classes=np.asarray(self.classes if self.classes is not None else []))
+        return files + ["per-image.csv", "uncertainty.npz"]
 
 
 def _nanmean(x: torch.Tensor) -> float | None:
@@ -205,7 +224,7 @@ def _nanmean(x: torch.Tensor) -> float | None:
     return float(x.mean()) if x.numel() else None
 
 
-def _panel(name: str, m: dict | None, size: int = _PANEL) -> np.ndarray:
+def _panel(name: str, m: dict | None, note: str | None = None, size: int = _PANEL) -> np.ndarray:
     """A reliability panel: accuracy per confidence bin (bars) against the diagonal, the gap shaded, the
     numbers written on it."""
     font = _font()
@@ -215,6 +234,15 @@ def _panel(name: str, m: dict | None, size: int = _PANEL) -> np.ndarray:
     draw.text((4, 2), name, fill=(20, 20, 20), font=font)
     if m is None:
         draw.text((4, 20), "no labels: no calibration", fill=(120, 40, 40), font=font)
+        words, line, y = (note or "").split(), "", 38
+        for word in words:  # the note, wrapped to the panel
+            if draw.textlength(f"{line} {word}", font=font) > size - 8 and line:
+                draw.text((4, y), line, fill=(120, 40, 40), font=font)
+                line, y = word, y + 16
+            else:
+                line = f"{line} {word}".strip()
+        if line:
+            draw.text((4, y), line, fill=(120, 40, 40), font=font)
         return np.asarray(image)
     draw.text((4, 18), f"acc {m['accuracy']:.3f}  ECE {m['ece']:.3f}  AUROC {_fmt(m['error_auroc'])}",
               fill=(20, 20, 20), font=font)
@@ -262,25 +290,69 @@ def check_method(method: str, models: Sequence, samples: int | None) -> int:
     return samples if samples is not None else DEFAULT_SAMPLES[method]
 
 
-def _labels(images: ImageSet | torch.Tensor, labels, classes: list[str] | None, k: int) -> torch.Tensor | None:
+def _labels(images: ImageSet | torch.Tensor, labels, classes: list[str] | None,
+            k: int) -> tuple[torch.Tensor | None, str | None]:
+    """(labels (N,) as the model's class indices or None, a note on why a source's labels were left out)."""
     if isinstance(images, ImageSet):
         if images.labels is None:
-            return None
-        labels = torch.from_numpy(np.asarray(images.labels)).long()
+            return None, None
+        y = torch.from_numpy(np.asarray(images.labels)).long()
         if images.classes is not None and classes is not None and list(map(str, images.classes)) != list(classes):
             where = {str(c): i for i, c in enumerate(classes)}
             missing = [str(c) for c in images.classes if str(c) not in where]
-            if missing:
-                raise NnfeatError(f"the labels of '{images.name}' name classes the model does not have "
-                                  f"({', '.join(missing[:3])}{', …' if len(missing) > 3 else ''}): use images "
-                                  "of the model's classes or an unlabelled source")
-            labels = torch.tensor([where[str(c)] for c in images.classes])[labels]
-    elif labels is None:
-        return None
-    labels = torch.as_tensor(labels).long().flatten()
-    if labels.numel() and (int(labels.min()) < 0 or int(labels.max()) >= k):
-        raise NnfeatError(f"labels must be class indices 0..{k - 1}; got {int(labels.min())}..{int(labels.max())}")
-    return labels
+            if missing:  # e.g. a folder of cats and dogs under an ImageNet model: score nothing, say why
+                return None, (f"labels of '{images.name}' left out: classes {', '.join(missing[:3])}"
+                              f"{', …' if len(missing) > 3 else ''} are not the model's")
+            y = torch.tensor([where[str(c)] for c in images.classes])[y]
+        if y.numel() and (int(y.min()) < 0 or int(y.max()) >= k):
+            return None, f"labels of '{images.name}' left out: they are not class indices 0..{k - 1}"
+        return y, None
+    if labels is None:
+        return None, None
+    y = torch.as_tensor(labels).long().flatten()
+    if y.numel() and (int(y.min()) < 0 or int(y.max()) >= k):
+        raise NnfeatError(f"labels must be class indices 0..{k - 1}; got {int(y.min())}..{int(y.max())}")
+    return y, None
+
+
+def _device(model) -> torch.device:
+    return next((b.device for b in model.buffers()), torch.device("cpu"))
+
+
+def saliency_across(method: str, models: Sequence, names: Sequence[str], images: torch.Tensor,
+                    targets: torch.Tensor, samples: int, seed: int = 0,
+                    matrices: torch.Tensor | None = None) -> tuple[torch.Tensor, list[str]]:
+    """Gradient saliency (:func:`nnfeat.analysis.saliency.saliency_maps`) of ``targets`` (k,) on ``images``
+    (k, 3, H, W) once per ensemble member, dropout mask (``samples`` of them, seeded) or augmentation
+    (``matrices`` (T, k, 3, 3), taken through the augmentation so every map lies in the original image's frame):
+    (S, k, H, W) maps and their S names."""
+    from nnfeat.analysis.saliency import saliency_maps
+
+    first, size = models[0], tuple(images.shape[-2:])
+    maps, labels = [], []
+    if method == "ensemble":
+        for name, model in zip(names, models):
+            dev = _device(model)
+            m = saliency_maps(model, fit_images(model, images.to(dev)), targets.to(dev), method="gradient").cpu()
+            if tuple(m.shape[-2:]) != size:  # a member of another input size: its map on this image's grid
+                m = torch.nn.functional.interpolate(m[:, None], size=size, mode="bilinear", align_corners=False)[:, 0]
+            maps.append(m)
+            labels.append(name)
+    elif method == "mc-dropout":
+        dev = _device(first)
+        with dropout_active(first):
+            for t in range(samples):
+                with torch.random.fork_rng(devices=[dev] if dev.type == "cuda" else []):
+                    torch.manual_seed(stage_seed(seed, "mc-dropout-saliency", t))
+                    maps.append(saliency_maps(first, images.to(dev), targets.to(dev), method="gradient").cpu())
+                labels.append(f"dropout {t}")
+    else:
+        dev = _device(first)
+        for t in range(min(samples, len(matrices))):
+            wrapped = Augmented(first, matrices[t]).to(dev)
+            maps.append(saliency_maps(wrapped, images.to(dev), targets.to(dev), method="gradient").cpu())
+            labels.append("no augmentation" if t == 0 else f"augmentation {t}")
+    return torch.stack(maps).float(), labels
 
 
 def uncertainty(models, images: ImageSet | torch.Tensor, method: str = "ensemble", *, samples: int | None = None,
@@ -292,8 +364,6 @@ def uncertainty(models, images: ImageSet | torch.Tensor, method: str = "ensemble
     ``method``: ``ensemble`` | ``mc-dropout`` | ``tta``; ``samples``: T for mc-dropout / tta (default 20 / 8);
     ``top``: how many of the most uncertain images the sheet shows with their saliency maps; ``flip``: whether
     TTA mirrors images (None: unless the classes are glyphs such as digits, :func:`flip_safe`)."""
-    from nnfeat.analysis.saliency import saliency_maps
-
     started = time.perf_counter()
     models = list(models) if isinstance(models, (list, tuple)) else [models]
     samples_used = check_method(method, models, samples)
@@ -304,21 +374,21 @@ def uncertainty(models, images: ImageSet | torch.Tensor, method: str = "ensemble
         check_dropout(models[0])
     first = models[0]
     names = [getattr(m, "name", type(m).__name__) for m in models]
+    labels_of = [n if names.count(n) == 1 else f"{n} ({names[:i + 1].count(n)})" for i, n in enumerate(names)]
     flip = flip_safe(classes) if flip is None else bool(flip)
     k = len(classes) if classes is not None else None
     if isinstance(images, ImageSet):
-        size = tuple(first.input_size)
-        inputs = torch.cat(list(images.iter_batches(batch_size, size)))
+        inputs = torch.cat(list(images.iter_batches(batch_size, tuple(first.input_size))))
         source, indices, options = images.name, images.source_indices.tolist(), images.command_options()
     else:
-        inputs = images.detach().float().cpu()
+        inputs = fit_images(first, images.detach().float().cpu())
         source, indices, options = "tensor", list(range(len(images))), {"images": "tensor", "n": len(images)}
     if len(inputs) == 0:
         raise NnfeatError("no images to measure: give --images a source with at least one image")
 
     if method == "ensemble":
         member = ensemble_probs(models, inputs, batch_size)
-        singles = {name: member[i] for i, name in enumerate(names)}
+        singles = {name: member[i] for i, name in enumerate(labels_of)}
         combined = f"ensemble of {len(models)}"
     elif method == "mc-dropout":
         member = mc_dropout_probs(first, inputs, samples_used, seed, batch_size)
@@ -329,7 +399,7 @@ def uncertainty(models, images: ImageSet | torch.Tensor, method: str = "ensemble
         singles = {f"{names[0]} (no augmentation)": member[0]}
         combined = f"tta, {samples_used} augmentations"
     summary = summarize(member)
-    y = _labels(images, labels, classes, k or member.shape[-1])
+    y, labels_note = _labels(images, labels, classes, k or member.shape[-1])
     if y is not None and len(y) != len(inputs):
         raise NnfeatError(f"{len(y)} labels for {len(inputs)} images: give one label per image")
     metrics = {}
@@ -340,37 +410,16 @@ def uncertainty(models, images: ImageSet | torch.Tensor, method: str = "ensemble
 
     order = summary.entropy.argsort(descending=True, stable=True)[:min(top, len(inputs))]
     picked = inputs[order]
-    targets = summary.prediction[order]
-    s_maps = min(SALIENCY_MAPS, samples_used)
-    maps, map_names = [], []
     size = tuple(first.input_size)
-    device = next((b.device for b in first.buffers()), torch.device("cpu"))
     if len(order):
-        if method == "ensemble":
-            for name, model in zip(names, models):
-                dev = next((b.device for b in model.buffers()), torch.device("cpu"))
-                m = saliency_maps(model, _fit(model, picked.to(dev)), targets.to(dev), method="gradient").cpu()
-                maps.append(torch.nn.functional.interpolate(m[:, None], size=size, mode="bilinear",
-                                                            align_corners=False)[:, 0] if m.shape[-2:] != size else m)
-                map_names.append(name)
-        elif method == "mc-dropout":
-            with dropout_active(first):
-                for t in range(s_maps):
-                    with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
-                        torch.manual_seed(stage_seed(seed, "mc-dropout-saliency", t))
-                        maps.append(saliency_maps(first, picked.to(device), targets.to(device), method="gradient").cpu())
-                    map_names.append(f"dropout sample {t}")
-        else:
-            mats = tta_matrices(len(inputs), size, samples_used, seed, flip)[:s_maps, order]
-            for t in range(s_maps):
-                wrapped = Augmented(first, mats[t]).to(device)
-                maps.append(saliency_maps(wrapped, picked.to(device), targets.to(device), method="gradient").cpu())
-                map_names.append("no augmentation" if t == 0 else f"augmentation {t}")
-        maps_t = torch.stack(maps).float()
+        mats = (tta_matrices(len(inputs), size, samples_used, seed, flip)[:, order] if method == "tta" else None)
+        maps_t, map_names = saliency_across(method, models, labels_of, picked, summary.prediction[order],
+                                            min(SALIENCY_MAPS, samples_used), seed, mats)
         spearman, std_maps = map_agreement(maps_t)
     else:
-        maps_t = torch.zeros(0, 0, *size)
+        maps_t, map_names = torch.zeros(0, 0, *size), []
         spearman, std_maps = torch.zeros(0), torch.zeros(0, *size)
+    device = _device(first)
 
     options = {**options, "seed": seed or None}
     command = cli_command("uncertainty", ",".join(names), **options, method=method, samples=samples,
@@ -378,10 +427,11 @@ def uncertainty(models, images: ImageSet | torch.Tensor, method: str = "ensemble
                           flip=None if method != "tta" or flip == flip_safe(classes) else ("yes" if flip else "no"),
                           weights="random" if getattr(first, "weights", None) == "random" else None)
     return UncertaintyResult(models=names, method=method, samples=samples_used, seed=seed, flip=flip, source=source,
-                             classes=classes, summary=summary, labels=y, indices=indices, singles=singles,
-                             metrics=metrics, combined_name=combined, top=order, inputs=picked.cpu(), maps=maps_t,
+                             labels_note=labels_note, classes=classes, summary=summary, labels=y, indices=indices,
+                             singles=singles, metrics=metrics, combined_name=combined, top=order,
+                             inputs=picked.cpu(), maps=maps_t,
                              map_names=map_names, spearman=spearman, std_maps=std_maps, device=str(device),
                              elapsed=time.perf_counter() - started, command=command)
 
 
-__all__ = ["UncertaintyResult", "uncertainty", "check_method", "SALIENCY_MAPS"]
+__all__ = ["UncertaintyResult", "uncertainty", "saliency_across", "check_method", "SALIENCY_MAPS"]
