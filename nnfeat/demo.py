@@ -54,6 +54,7 @@ def run_demo(out: Path, *, steps: int = 256, atlas: bool = True, progress: bool 
          "items": channel_items},
     ]
     sections.extend(_layer_views(model, out, progress))
+    sections.extend(_decision_views(model, out, progress))
     if atlas:
         sections.append(_demo_atlas(model, out, steps, progress))
     index = write_gallery(out / "index.html", "nnfeat demo: digits-cnn", sections)
@@ -89,6 +90,38 @@ def _layer_views(model, out: Path, progress: bool) -> list[dict]:
          "note": f"Mean-pooled activations of all {len(digits)} digits (nnfeat project): {scores}. "
                  "Open <a href='project/projection.html'>the interactive scatter</a> (hover a point for its image).",
          "items": [{"src": "project/projection.png", "caption": "projection.png"}], "wide": True},
+    ]
+
+
+def _decision_views(model, out: Path, progress: bool) -> list[dict]:
+    """Why the decision: attention of the digits ViT (with rollout), and the uncertainty of an ensemble of the
+    CNN and the ViT over all digits."""
+    from nnfeat.data import load_images
+    from nnfeat.views.attention_page import attention
+    from nnfeat.views.uncertainty_page import uncertainty
+
+    vit = load_model("digits-vit")
+    print("digits-vit ready")
+    digits = load_images("digits", size=model.input_size)
+    looks = attention(vit, digits.sample(4, 0), rollout=True, grad_rollout=True)
+    looks.save(out / "attention")
+    unsure = uncertainty([model, vit], digits, method="ensemble", top=8)
+    unsure.save(out / "uncertainty")
+    record = unsure.record()
+    summary = (record.get("metrics") or {}).get(record.get("combined"), {})
+    numbers = ", ".join(f"{name} {summary[key]:.3f}" for name, key in
+                        (("accuracy", "accuracy"), ("ECE", "ece"), ("error-detection AUROC", "error_auroc"))
+                        if isinstance(summary.get(key), float))
+    return [
+        {"title": "Attention of digits-vit",
+         "note": "Where the class token looks, per layer and head, then attention rollout and gradient-weighted "
+                 "rollout for the predicted digit (nnfeat attention).",
+         "items": [{"src": "attention/attention.png", "caption": "attention.png"}], "wide": True},
+        {"title": "Uncertainty of the ensemble digits-cnn + digits-vit",
+         "note": f"All {len(digits)} digits (nnfeat uncertainty --method ensemble){': ' + numbers if numbers else ''}. "
+                 "The most uncertain digits, with each member's gradient saliency map, and the reliability diagram.",
+         "items": [{"src": "uncertainty/uncertainty.png", "caption": "uncertainty.png"},
+                   {"src": "uncertainty/reliability.png", "caption": "reliability.png"}], "wide": True},
     ]
 
 

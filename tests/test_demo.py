@@ -21,3 +21,5 @@ def test_demo_writes_a_gallery_whose_images_all_exist(tmp_path):
         assert (out / view).is_file(), view
     scores = json.loads((out / "project" / "projection.json").read_text())["scores"]
     assert scores["relu3"]["knn_accuracy_2d"] > scores["relu3"]["chance"]
+    for view in ("attention/attention.png", "uncertainty/uncertainty.png", "uncertainty/reliability.png"):
+        assert (out / view).is_file(), view
