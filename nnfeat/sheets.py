@@ -89,4 +89,51 @@ def labelled_sheet(images: torch.Tensor, captions: Sequence[str] | None = None, 
     return np.asarray(sheet)
 
 
-__all__ = ["MIN_TILE", "labelled_sheet", "upscale_factor"]
+
+
+def wrap_text(text: str, width: int, font=None) -> list[str]:
+    """``text`` broken at spaces into lines no wider than ``width`` px (a longer word gets its own line)."""
+    font = font or _font()
+    draw = ImageDraw.Draw(Image.new("RGB", (1, 1)))
+    lines: list[str] = []
+    for word in text.split(" "):
+        if lines and draw.textlength(lines[-1] + " " + word, font=font) <= width:
+            lines[-1] += " " + word
+        else:
+            lines.append(word)
+    return lines
+
+
+def colour_bar(table: torch.Tensor | np.ndarray, low: str, high: str, note: str, width: int, *,
+               middle: str | None = None, min_width: int = 300) -> np.ndarray:
+    """The strip under a figure that states its colour scale: ``table`` ((n, 3) colours in [0, 1], low to high)
+    as a ramp between the numbers ``low`` and ``high`` (``middle`` written at its centre, e.g. ``"0"``), and
+    ``note`` (what the scale measures) wrapped below it. Returns (H, max(width, min_width), 3) uint8."""
+    font = _font()
+    width = max(int(width), min_width)
+    lines = wrap_text(note, width - 8, font)
+    bar = Image.new("RGB", (width, 22 + 15 * len(lines) + 4), _BACKGROUND)
+    draw = ImageDraw.Draw(bar)
+    colours = (np.asarray(table, dtype=np.float64) * 255).round().astype(np.uint8)
+    x0, x1 = 60, width - 60
+    ramp = colours[np.linspace(0, len(colours) - 1, x1 - x0).astype(int)]
+    bar.paste(Image.fromarray(np.repeat(ramp[None], 12, 0)), (x0, 4))
+    draw.text((4, 4), low, fill=_TEXT, font=font)
+    draw.text((x1 + 4, 4), high, fill=_TEXT, font=font)
+    if middle is not None:
+        centre = colours[len(colours) // 2].astype(int)
+        ink = (255, 255, 255) if centre.mean() < 160 else _TEXT
+        draw.text(((x0 + x1) // 2 - 3, 4), middle, fill=ink, font=font)
+    for i, line in enumerate(lines):
+        draw.text((4, 22 + 15 * i), line, fill=_TEXT, font=font)
+    return np.asarray(bar)
+
+
+def stack_rows(parts: Sequence[np.ndarray]) -> np.ndarray:
+    """(H_i, W_i, 3) uint8 pictures one above the other, left-aligned, padded with white to the widest."""
+    width = max(p.shape[1] for p in parts)
+    return np.concatenate([np.pad(p, ((0, 0), (0, width - p.shape[1]), (0, 0)), constant_values=255)
+                           for p in parts], 0)
+
+
+__all__ = ["MIN_TILE", "labelled_sheet", "upscale_factor", "wrap_text", "colour_bar", "stack_rows"]

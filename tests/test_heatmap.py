@@ -268,7 +268,7 @@ def test_figure_scale_is_the_live_range_and_the_sheet_has_its_colour_bar(tmp_pat
                for i in rec["images"] for m in i["maps"])
     r.save(tmp_path / "o")
     sheet = np.asarray(Image.open(tmp_path / "o" / "heatmap.png").convert("RGB"))
-    table = (COLORMAPS["viridis"].numpy() * 255).astype(np.uint8)
+    table = (COLORMAPS["viridis"].numpy().astype(np.float64) * 255).round().astype(np.uint8)
     strip = sheet[-40 + 10, 60:sheet.shape[1] - 60]  # the colour bar's ramp, under the grid
     expected = table[np.linspace(0, len(table) - 1, len(strip)).astype(int)]
     assert np.array_equal(strip, expected)

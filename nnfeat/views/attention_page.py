@@ -22,7 +22,6 @@ from typing import ClassVar, Sequence
 import numpy as np
 import torch
 import torch.nn.functional as F
-from PIL import Image, ImageDraw
 
 from nnfeat.analysis import attention as at
 from nnfeat.analysis.heatmap import COLORMAPS, ColorScale, color_scale, overlay
@@ -31,7 +30,7 @@ from nnfeat.errors import NnfeatError
 from nnfeat.layouts import OUTPUT
 from nnfeat.models.base import as_model
 from nnfeat.results import Result, cli_command
-from nnfeat.sheets import _font, labelled_sheet
+from nnfeat.sheets import colour_bar, labelled_sheet, stack_rows
 
 #: the largest tile edge on the sheet (bigger inputs are shown downscaled; the maps keep their grid)
 SHEET_TILE = 112
@@ -47,23 +46,8 @@ def _head_label(head: int | str, index: int) -> str:
 
 def colorbar(scale: ColorScale, width: int, label: str) -> np.ndarray:
     """A strip under a figure: the colour table with its limits and ``label`` (what the one scale measures)."""
-    font = _font()
-    bar = Image.new("RGB", (max(width, 300), 40), (255, 255, 255))
-    draw = ImageDraw.Draw(bar)
-    table = (COLORMAPS[scale.colormap].numpy() * 255).astype(np.uint8)
-    x0, x1 = 60, bar.width - 60
-    ramp = np.repeat(table[np.linspace(0, len(table) - 1, x1 - x0).astype(int)][None], 12, 0)
-    bar.paste(Image.fromarray(ramp), (x0, 4))
-    draw.text((4, 4), _fmt(float(scale.vmin.flatten()[0])), fill=(40, 40, 40), font=font)
-    draw.text((x1 + 4, 4), _fmt(float(scale.vmax.flatten()[0])), fill=(40, 40, 40), font=font)
-    draw.text((x0, 20), label, fill=(40, 40, 40), font=font)
-    return np.asarray(bar)
-
-
-def _stack(parts: Sequence[np.ndarray]) -> np.ndarray:
-    width = max(p.shape[1] for p in parts)
-    padded = [np.pad(p, ((0, 0), (0, width - p.shape[1]), (0, 0)), constant_values=255) for p in parts]
-    return np.concatenate(padded, 0)
+    return colour_bar(COLORMAPS[scale.colormap], _fmt(float(scale.vmin.flatten()[0])),
+                      _fmt(float(scale.vmax.flatten()[0])), label, width)
 
 
 def _small(images: torch.Tensor) -> torch.Tensor:
@@ -180,7 +164,7 @@ class AttentionResult(Result):
             what = f"class {self._class_text(self.targets[i])}" if name == "grad_rollout" else f"{self.fusion} of heads"
             caps += [self.image_caption(i), f"{name.replace('_', ' ')}\n{what}\nmax {_fmt(float(values[j].max()))}"]
         sheet = labelled_sheet(tiles, caps, ncol=2 * min(n, 4), title=self._rollout_label(name), lines=3)
-        return _stack([sheet, colorbar(self.rollout_scales[name], sheet.shape[1], "one colour scale for this figure")])
+        return stack_rows([sheet, colorbar(self.rollout_scales[name], sheet.shape[1], "one colour scale for this figure")])
 
     def _figure(self, rows: slice, title: str | None) -> np.ndarray:
         count = len(self.inputs[rows])
@@ -189,7 +173,7 @@ class AttentionResult(Result):
                               lines=3)
         parts = [grid, colorbar(self.scale, grid.shape[1], "one colour scale for every map above")]
         parts += [self._rollout_figure(name, rows) for name in self.rollout_overlays]
-        return _stack(parts)
+        return stack_rows(parts)
 
     def sheet(self) -> np.ndarray:
         return self._figure(slice(0, len(self.inputs)), self.title())

@@ -21,14 +21,13 @@ from typing import ClassVar, Sequence
 import numpy as np
 import torch
 import torch.nn.functional as F
-from PIL import Image, ImageDraw
 
 from nnfeat.analysis.filters import (channel_mosaic, channel_tiles, conv_layers, conv_weight, filter_bounds,
                                      filter_stats, filter_tiles, find_conv, input_channel_offsets, SCALES)
 from nnfeat.data import ImageSet
 from nnfeat.errors import NnfeatError
 from nnfeat.results import Result, cli_command
-from nnfeat.sheets import _font, labelled_sheet
+from nnfeat.sheets import colour_bar, labelled_sheet, stack_rows
 from nnfeat.units import Units, format_units, parse_units
 
 #: filters shown by default for a plain LAYER (all of them up to this many)
@@ -165,32 +164,16 @@ class FiltersResult(Result):
     def scale_strip(self, width: int) -> np.ndarray:
         """A strip: the grey ramp from -m (black) through 0 (mid-grey) to +m (white), with its numbers, and the
         scale's note wrapped to the width."""
-        font = _font()
-        width = max(width, 320)
-        probe = ImageDraw.Draw(Image.new("RGB", (1, 1)))
-        lines = _wrap(self.scale_note(), font, width - 8, probe)
-        bar = Image.new("RGB", (width, 22 + 15 * len(lines) + 4), (255, 255, 255))
-        draw = ImageDraw.Draw(bar)
-        x0, x1 = 60, bar.width - 60
-        ramp = (np.linspace(0, 1, x1 - x0) * 255).round().astype(np.uint8)
-        bar.paste(Image.fromarray(np.repeat(np.repeat(ramp[None, :, None], 12, 0), 3, 2)), (x0, 4))
         if self.scale == "layer" and len(self.bounds):
             lo, hi = f"-{_fmt(float(self.bounds[0]))}", f"+{_fmt(float(self.bounds[0]))}"
         else:
             lo, hi = "-max|w|", "+max|w|"
-        draw.text((4, 4), lo, fill=(40, 40, 40), font=font)
-        draw.text((x1 + 4, 4), hi, fill=(40, 40, 40), font=font)
-        draw.text(((x0 + x1) // 2 - 3, 4), "0", fill=(255, 255, 255), font=font)
-        for i, line in enumerate(lines):
-            draw.text((4, 22 + 15 * i), line, fill=(40, 40, 40), font=font)
-        return np.asarray(bar)
+        grey = torch.linspace(0, 1, 256).unsqueeze(1).expand(256, 3)
+        return colour_bar(grey, lo, hi, self.scale_note(), width, middle="0", min_width=320)
 
     def sheet(self) -> np.ndarray:
         grid = labelled_sheet(self.sheet_images(), self.captions(), ncol=self.sheet_columns, title=self.title())
-        bar = self.scale_strip(grid.shape[1])
-        if bar.shape[1] > grid.shape[1]:
-            grid = np.pad(grid, ((0, 0), (0, bar.shape[1] - grid.shape[1]), (0, 0)), constant_values=255)
-        return np.concatenate([grid, bar], 0)
+        return stack_rows([grid, self.scale_strip(grid.shape[1])])
 
     # -- record and files ------------------------------------------------------------------------
     def record(self) -> dict:
@@ -237,17 +220,6 @@ class FiltersResult(Result):
             if self.renders is not None:
                 files.append(save_image(out / f"render-{o:04d}.png", self.renders[i]).name)
         return files
-
-
-def _wrap(text: str, font, width: int, draw: ImageDraw.ImageDraw) -> list[str]:
-    """``text`` broken at spaces into lines no wider than ``width`` px (a longer word gets its own line)."""
-    lines: list[str] = []
-    for word in text.split(" "):
-        if lines and draw.textlength(lines[-1] + " " + word, font=font) <= width:
-            lines[-1] += " " + word
-        else:
-            lines.append(word)
-    return lines
 
 
 def _fit(images: torch.Tensor, size: int) -> torch.Tensor:

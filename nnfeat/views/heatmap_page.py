@@ -14,14 +14,13 @@ from typing import ClassVar
 
 import numpy as np
 import torch
-from PIL import Image, ImageDraw
 
 from nnfeat.analysis.heatmap import (COLORMAPS, ColorScale, check_spatial, color_scale, colorize, layer_maps,
                                      overlay, reduce_maps, strongest_channels, upsample)
 from nnfeat.data import ImageSet
 from nnfeat.errors import NnfeatError
 from nnfeat.results import Result, cli_command
-from nnfeat.sheets import _font, labelled_sheet
+from nnfeat.sheets import colour_bar, labelled_sheet, stack_rows
 from nnfeat.units import Units, format_channels
 
 
@@ -88,31 +87,18 @@ class HeatmapResult(Result):
 
     def colorbar(self, width: int) -> np.ndarray:
         """A strip: the colour table with its numbers (figure scale) or a note (per-map)."""
-        font = _font()
-        height = 40
-        bar = Image.new("RGB", (max(width, 240), height), (255, 255, 255))
-        draw = ImageDraw.Draw(bar)
-        table = (COLORMAPS[self.scale.colormap].numpy() * 255).astype(np.uint8)
-        x0, x1 = 60, bar.width - 60
-        ramp = np.repeat(table[np.linspace(0, len(table) - 1, x1 - x0).astype(int)][None], 12, 0)
-        bar.paste(Image.fromarray(ramp), (x0, 4))
+        symmetric = " (symmetric around 0)" if self.scale.signed else ""
         if self.scale.mode == "figure":
             lo, hi = _fmt(float(self.scale.vmin.flatten()[0])), _fmt(float(self.scale.vmax.flatten()[0]))
-            note = "one colour scale for every map" + (" (symmetric around 0)" if self.scale.signed else "")
+            note = "one colour scale for every map" + symmetric
         else:
             lo, hi = "min", "max"
-            note = "per-map scale: each caption gives its map's range" + (" (symmetric around 0)" if self.scale.signed else "")
-        draw.text((4, 4), lo, fill=(40, 40, 40), font=font)
-        draw.text((x1 + 4, 4), hi, fill=(40, 40, 40), font=font)
-        draw.text((x0, 20), note, fill=(40, 40, 40), font=font)
-        return np.asarray(bar)
+            note = "per-map scale: each caption gives its map's range" + symmetric
+        return colour_bar(COLORMAPS[self.scale.colormap], lo, hi, note, width, min_width=240)
 
     def sheet(self) -> np.ndarray:
         grid = labelled_sheet(self.sheet_images(), self.captions(), ncol=self.sheet_columns, title=self.title())
-        bar = self.colorbar(grid.shape[1])
-        if bar.shape[1] > grid.shape[1]:
-            grid = np.pad(grid, ((0, 0), (0, bar.shape[1] - grid.shape[1]), (0, 0)), constant_values=255)
-        return np.concatenate([grid, bar], 0)
+        return stack_rows([grid, self.colorbar(grid.shape[1])])
 
     def record(self) -> dict:
         per_image = []

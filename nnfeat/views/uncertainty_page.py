@@ -35,7 +35,7 @@ from nnfeat.data import ImageSet
 from nnfeat.errors import NnfeatError, nearest
 from nnfeat.results import Result, cli_command
 from nnfeat.seeds import stage_seed
-from nnfeat.sheets import _font, labelled_sheet
+from nnfeat.sheets import _font, labelled_sheet, stack_rows
 
 #: saliency maps per top image at most (members / samples / augmentations), and how many of them the sheet shows
 SALIENCY_MAPS = 16
@@ -166,8 +166,7 @@ class UncertaintyResult(Result):
         strip = Image.new("RGB", (width, 22), (255, 255, 255))  # the title over the whole width
         ImageDraw.Draw(strip).text((4, 4), self.title(), fill=(40, 40, 40), font=_font())
         parts.insert(0, np.asarray(strip))
-        return np.concatenate([np.pad(p, ((0, 0), (0, width - p.shape[1]), (0, 0)), constant_values=255)
-                               for p in parts], 0)
+        return stack_rows(parts)
 
     # -- records ----------------------------------------------------------------------------------
     def record(self) -> dict:
