@@ -221,18 +221,24 @@ def occlusion(model, images: torch.Tensor, targets: torch.Tensor, *, window: int
 
 
 # -- class activation maps --------------------------------------------------------------------------------
-def _probe_spatial_layers(model: nn.Module, size: Sequence[int]) -> list[tuple[str, tuple[int, ...]]]:
-    """(name, output shape without batch) of every module whose output is a map with more than one position or
-    a token sequence, in the order the modules finish in one forward pass of a grey image of ``size``."""
+def _probe_spatial_layers(model: nn.Module, size: Sequence[int]) -> list[tuple[str, bool]]:
+    """(name, whether the top logit's gradient reaches its spatial positions) of every module whose output is a
+    map with more than one position or a token sequence, in the order the modules finish in one forward pass of
+    a grey image of ``size`` (one backward pass from the arg-max logit; token layers folded, extra tokens out)."""
+    from nnfeat.analysis.tokens import fold_tokens
+
     root = layer_root(model)
-    seen: list[tuple[str, tuple[int, ...]]] = []
+    aspect = size[0] / size[1]
+    seen: dict[str, torch.Tensor] = {}
     handles = []
 
     def make(name):
         def hook(_m, _i, out):
             out = out[0] if isinstance(out, (tuple, list)) and out else out
-            if torch.is_tensor(out) and ((out.dim() == 4 and out.shape[-1] * out.shape[-2] > 1) or out.dim() == 3):
-                seen.append((name, tuple(out.shape[1:])))
+            if torch.is_tensor(out) and name not in seen and (out.dim() == 3 or (
+                    out.dim() == 4 and out.shape[-1] * out.shape[-2] > 1  # a map shaped like the image, not
+                    and abs(math.log((out.shape[-2] / out.shape[-1]) / aspect)) < math.log(1.5))):  # (B,h,N,d)
+                seen[name] = out
         return hook
 
     try:
@@ -240,22 +246,37 @@ def _probe_spatial_layers(model: nn.Module, size: Sequence[int]) -> list[tuple[s
             if name:
                 handles.append(module.register_forward_hook(make(name)))
         device = next((t.device for t in list(model.parameters()) + list(model.buffers())), torch.device("cpu"))
-        with torch.no_grad():
-            model(torch.full((1, 3, *size), 0.5, device=device))
+        x = torch.full((1, 3, *size), 0.5, device=device, requires_grad=True)
+        with torch.enable_grad():
+            out = model(x)
+            out = out[0] if isinstance(out, (tuple, list)) else out
+            names = [n for n, t in seen.items() if t.requires_grad]
+            grads = torch.autograd.grad(out.flatten(1).max(1).values.sum(), [seen[n] for n in names],
+                                        allow_unused=True) if names else []
     finally:
         for handle in handles:
             handle.remove()
-    return list(dict.fromkeys(seen))
+    reached = {}
+    for name, grad in zip(names, grads):
+        if grad is not None and grad.dim() == 3:
+            try:
+                grad = fold_tokens(grad, model, size)
+            except NnfeatError:
+                grad = None
+        reached[name] = grad is not None and bool(grad.abs().amax() > 0)
+    return [(name, reached.get(name, False)) for name in seen]
 
 
 def default_cam_layer(model: nn.Module, size: Sequence[int] | None = None) -> str:
-    """The last layer, in forward order, whose output is a spatial map (h * w > 1) or a token sequence: the
-    last spatial layer before the head (for a CIFAR ResNet: ``layer3``)."""
+    """The last spatial layer before the head: the last layer, in forward order, whose output is a map (h * w > 1)
+    or a token sequence and whose positions the top logit's gradient reaches (for a CIFAR ResNet ``layer3``; for a
+    class-token ViT not the final norm, whose patch tokens the head never reads, but the last block's input)."""
     size = tuple(size or getattr(model, "input_size", (224, 224)))
     layers = _probe_spatial_layers(model, size)
     if not layers:
         raise NnfeatError("the model has no layer with a spatial map or tokens: CAM methods need one (pass --layer)")
-    return layers[-1][0]
+    reached = [name for name, ok in layers if ok]
+    return (reached or [layers[-1][0]])[-1]
 
 
 def _layer_act_and_grad(model, images, targets, layer: str, batch_size: int) -> tuple[torch.Tensor, torch.Tensor]:

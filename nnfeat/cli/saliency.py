@@ -1,7 +1,85 @@
-"""``nnfeat saliency``: (being written)."""
+"""``nnfeat saliency``: which pixels a class depends on (attribution maps), with the numbers that say how far to
+trust each map (deletion / insertion AUC against a random map, the model-randomization test)."""
 
 from __future__ import annotations
 
+from nnfeat.cli.common import add_images, add_model, add_shared, finish, load_images_from_args, load_model, positive
+
+DEFAULT_N = 8
+
 
 def register(sub) -> None:
-    sub.add_parser("saliency", help="(being written)")
+    from nnfeat.analysis.saliency import BASELINES, METHODS
+
+    p = sub.add_parser(
+        "saliency", help="saliency / attribution maps with deletion, insertion and randomization numbers",
+        description="Attribution maps of a class (each image's prediction, or --target) over --images, one "
+                    "colour scale per figure (absolute and signed views) and an HTML page; --sanity adds "
+                    "deletion / insertion AUC beside a random map and the cascading model-randomization test "
+                    "(Adebayo et al. 2018) with an edge-filter control, flagging methods that fail it.")
+    add_model(p)
+    add_images(p)
+    for action in p._actions:
+        if action.dest == "n":
+            action.help = (f"how many images (default: {DEFAULT_N}, or all of a smaller source; fewer than the "
+                           "source: a sample drawn from --seed)")
+    p.add_argument("--method", default="gradient", metavar="M[,M2,...]",
+                   help=f"one or more of: {', '.join(METHODS)} (default gradient)")
+    p.add_argument("--target", default="pred", metavar="CLASS|pred",
+                   help="the class to explain: a class name or index, or pred (each image's prediction; default)")
+    p.add_argument("--layer", default=None,
+                   help="the CAM methods' layer (conv or token layer; default: the last spatial layer)")
+    p.add_argument("--sanity", action="store_true",
+                   help="add deletion / insertion AUC vs a random map and the randomization test (slower)")
+    p.add_argument("--alphas", type=int, default=32, help="integrated-gradients: path points (default 32)")
+    p.add_argument("--baseline", choices=BASELINES, default="black",
+                   help="integrated-gradients baseline (default black)")
+    p.add_argument("--samples", type=int, default=16, help="smoothgrad family: noisy samples (default 16)")
+    p.add_argument("--window", type=int, default=None, help="occlusion window in px (default: input side / 8)")
+    p.add_argument("--steps", type=int, default=32, help="--sanity: deletion / insertion steps (default 32)")
+    p.add_argument("--deletion-baseline", choices=("blur", "black"), default="blur",
+                   help="--sanity: what deleted pixels become (default blur, the insertion start)")
+    p.add_argument("--patch", type=int, default=None,
+                   help="--sanity: perturb PATCH x PATCH px regions (default: input side / 16; 1 = single pixels)")
+    p.add_argument("--cascade", type=int, default=None,
+                   help="--sanity: evaluate this many cascade depths, evenly spread (default: every layer)")
+    p.add_argument("--repeats", type=int, default=1,
+                   help="--sanity: independent random networks pooled in the randomization test (default 1)")
+    p.add_argument("--batch", type=int, default=256, help="images per forward/backward pass (default 256)")
+    add_shared(p, out="out/saliency", precision=False)
+    p.set_defaults(func=cmd_saliency)
+
+
+def cmd_saliency(args) -> int:
+    from nnfeat.analysis.saliency import CAM_METHODS, parse_methods
+    from nnfeat.results import check_out_dir
+    from nnfeat.views.saliency_page import parse_target, saliency
+
+    methods = parse_methods(args.method)
+    for name in ("n", "alphas", "samples", "window", "steps", "patch", "cascade", "repeats", "batch"):
+        positive(name, getattr(args, name))
+    if args.samples < 2 and "vargrad" in methods:
+        positive("samples", args.samples, 2)
+    out = check_out_dir(args.out)
+    model = load_model(args)
+    target = parse_target(model, args.target)
+    if args.layer is not None:
+        from nnfeat.analysis.heatmap import check_spatial
+        from nnfeat.errors import NnfeatError
+
+        if not any(m in CAM_METHODS for m in methods):
+            raise NnfeatError(f"--layer is for the CAM methods ({', '.join(CAM_METHODS)}); none of "
+                              f"{', '.join(methods)} is one")
+        model.check_layer(args.layer)
+        shape = check_spatial(model, args.layer)
+        if shape[1] * shape[2] <= 1:
+            raise NnfeatError(f"layer '{args.layer}' has no spatial map (shape {'x'.join(map(str, shape))}): "
+                              "pick a conv or token layer")
+    images = load_images_from_args(args, model)
+    if args.n is None and len(images) > DEFAULT_N:
+        images = images.sample(DEFAULT_N, args.seed)
+    result = saliency(model, images, methods, target=target, layer=args.layer, sanity=args.sanity,
+                      steps=args.steps, deletion_baseline=args.deletion_baseline, patch=args.patch,
+                      cascade=args.cascade, repeats=args.repeats, alphas=args.alphas, baseline=args.baseline,
+                      samples=args.samples, window=args.window, batch_size=args.batch, seed=args.seed)
+    return finish(result, args, out)
