@@ -94,15 +94,18 @@ def _layer_views(model, out: Path, progress: bool) -> list[dict]:
 
 
 def _decision_views(model, out: Path, progress: bool) -> list[dict]:
-    """Why the decision: attention of the digits ViT (with rollout), and the uncertainty of an ensemble of the
-    CNN and the ViT over all digits."""
+    """Why the decision: saliency maps with their sanity numbers, attention of the digits ViT (with rollout), and
+    the uncertainty of an ensemble of the CNN and the ViT over all digits."""
     from nnfeat.data import load_images
     from nnfeat.views.attention_page import attention
+    from nnfeat.views.saliency_page import saliency
     from nnfeat.views.uncertainty_page import uncertainty
 
+    digits = load_images("digits", size=model.input_size)
+    maps = saliency(model, digits.sample(6, 0), "gradient,integrated-gradients,gradcam", sanity=True)
+    maps.save(out / "saliency")
     vit = load_model("digits-vit")
     print("digits-vit ready")
-    digits = load_images("digits", size=model.input_size)
     looks = attention(vit, digits.sample(4, 0), rollout=True, grad_rollout=True)
     looks.save(out / "attention")
     unsure = uncertainty([model, vit], digits, method="ensemble", top=8)
@@ -113,6 +116,11 @@ def _decision_views(model, out: Path, progress: bool) -> list[dict]:
                         (("accuracy", "accuracy"), ("ECE", "ece"), ("error-detection AUROC", "error_auroc"))
                         if isinstance(summary.get(key), float))
     return [
+        {"title": "Saliency maps of digits-cnn, with their sanity numbers",
+         "note": "Gradient, integrated gradients and Grad-CAM for the predicted digit, with deletion / insertion AUC "
+                 "beside a random map's and the cascading randomization test (nnfeat saliency --sanity); "
+                 "<a href='saliency/index.html'>the numbers page</a>.",
+         "items": [{"src": "saliency/saliency.png", "caption": "saliency.png"}], "wide": True},
         {"title": "Attention of digits-vit",
          "note": "Where the class token looks, per layer and head, then attention rollout and gradient-weighted "
                  "rollout for the predicted digit (nnfeat attention).",

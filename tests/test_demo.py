@@ -23,3 +23,4 @@ def test_demo_writes_a_gallery_whose_images_all_exist(tmp_path):
     assert scores["relu3"]["knn_accuracy_2d"] > scores["relu3"]["chance"]
     for view in ("attention/attention.png", "uncertainty/uncertainty.png", "uncertainty/reliability.png"):
         assert (out / view).is_file(), view
+    assert (out / "saliency" / "saliency.png").is_file() and (out / "saliency" / "index.html").is_file()
