@@ -12,14 +12,14 @@ import os
 import sys
 from typing import Sequence
 
-from nnfeat.cli import (atlas, attention, demo, examples, filters, graph, heatmap, models, project, render,
+from nnfeat.cli import (atlas, attention, demo, examples, filters, graph, heatmap, models, project, render, report,
                         saliency, spectrum, uncertainty)
 from nnfeat.cli.common import OneLineParser, command_line
 from nnfeat.errors import NnfeatError
 
 #: The command modules, in the order ``nnfeat --help`` lists their commands.
 COMMAND_MODULES = (models, graph, render, examples, atlas, heatmap, filters, project, saliency, attention,
-                   uncertainty, spectrum, demo)
+                   uncertainty, report, spectrum, demo)
 
 
 def build_parser() -> OneLineParser:

@@ -136,6 +136,8 @@ class GraphResult(Result):
     onnx: str | None = None
     elapsed: float = 0.0
     command: str | None = None
+    #: {node or block name: URL}: the side panel of a selected node links there (``nnfeat report``'s layer pages)
+    links: dict | None = None
     kind: ClassVar[str] = "graph"
 
     def title(self) -> str:
@@ -159,7 +161,7 @@ class GraphResult(Result):
     def page(self) -> str:
         """The whole HTML document of ``graph.html``."""
         g = self.graph
-        payload = {**g.to_dict(), "collapsed": initial_collapsed(g)}
+        payload = {**g.to_dict(), "collapsed": initial_collapsed(g), "links": dict(self.links or {})}
         script = "\n" + template_text("graph.js")
         summary = (f"{len(g.nodes)} nodes \u00b7 {len(g.groups)} blocks \u00b7 {g.total_params:,} parameters \u00b7 "
                    f"{human(g.total_flops, 'FLOPs')} \u00b7 input {'x'.join(map(str, g.input_shape))} \u00b7 "
@@ -174,11 +176,12 @@ class GraphResult(Result):
         return [PAGE_NAME]
 
 
-def graph(model, *, size: tuple[int, int] | None = None, method: str = "auto", onnx: str | None = None
-          ) -> GraphResult:
+def graph(model, *, size: tuple[int, int] | None = None, method: str = "auto", onnx: str | None = None,
+          links: dict | None = None) -> GraphResult:
     """The architecture of ``model`` (an nnfeat Model) at input ``size`` (default native): its graph
     (:func:`~nnfeat.analysis.graph.model_graph`) and, with ``onnx`` (a file path), an ONNX export of the
-    wrapper (input: (B, 3, H, W) RGB in [0, 1], like every nnfeat command) written there."""
+    wrapper (input: (B, 3, H, W) RGB in [0, 1], like every nnfeat command) written there. ``links``
+    ({layer name: URL}): the side panel of a selected layer links to its URL (``#panel-report-link``)."""
     started = time.perf_counter()
     if onnx is not None:
         from nnfeat.export_onnx import export_onnx
@@ -188,4 +191,4 @@ def graph(model, *, size: tuple[int, int] | None = None, method: str = "auto", o
     command = cli_command("graph", model.name, onnx=onnx,
                           weights="random" if getattr(model, "weights", None) == "random" else None)
     return GraphResult(graph=g, device=str(model.device), onnx=onnx, elapsed=time.perf_counter() - started,
-                       command=command)
+                       command=command, links=links)

@@ -223,6 +223,9 @@
     set("panel-group", info.group || "(top)");
     document.getElementById("panel-layer").hidden = !info.layer;
     set("panel-layer-name", info.layer || "");
+    const links = data.links || {}, url = links[info.id] || (info.layer && links[info.layer]) || "";
+    document.getElementById("panel-report").hidden = !url;
+    document.getElementById("panel-report-link").setAttribute("href", url || "#");
     return true;
   }
   function centre(name) {

@@ -1,0 +1,308 @@
+"""``nnfeat report``: an offline Microscope for any model, one folder that ties every nnfeat view together.
+
+:func:`report` composes the other operations into stages, each saved with ``timing=False`` into its own
+sub-folder of ``out``:
+
+* ``graph/``: the architecture page (:func:`nnfeat.views.graph_page.graph`), its layer nodes linked to the
+  layer pages;
+* per layer ``layers/<layer>/``: the unit renders in batches (``render/``: one render per unit, kept at several
+  thresholds, seeded like :func:`nnfeat.microscopy.microscope`), the microscope sheet (``microscope/``), the
+  shared pooled collection (``cache/``, :func:`nnfeat.collect.pooled`; the projection sample's in
+  ``cache/projection/``), top and bottom dataset examples
+  (``examples/``), activation heatmaps on a few inputs (``heatmap/``), the projection of a sample of the
+  dataset (``projection/``, PCA by default) and, where asked, the activation atlas (``atlas/``);
+* per unit ``layers/<layer>/units/<c>/``: diversity renders (``channel + W * diversity``; Mordvintsev et al.
+  2018 / Olah et al. 2017, "Feature Visualization"), heatmaps on the unit's top examples, filter weights for
+  conv layers;
+* ``classes/``: class renders, saliency maps with their sanity numbers (Adebayo et al. 2018, "Sanity Checks
+  for Saliency Maps"; deletion / insertion, Petsiuk et al. 2018) and the most uncertain images (TTA);
+* the pages: ``index.html`` (search box over layer and unit names), one page per layer, per unit, the classes.
+
+Resumable: ``report.json`` (written atomically after each stage) lists the finished stages; a re-run with
+the same settings does only the missing ones, and the finished folder is byte-identical to an uninterrupted
+run (no times or dates in any file). Progress (stage and layer) goes to stderr. Per-stage seconds are kept
+in memory only (:attr:`ReportResult.timings`). Env ``NNFEAT_REPORT_STOP_AFTER=k`` stops a run after k
+stages (a test hook that stands in for a kill).
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, ClassVar, Sequence
+
+import torch
+import torch.nn as nn
+
+from nnfeat.data import ImageSet
+from nnfeat.errors import NnfeatError
+from nnfeat.io import read_json, write_json
+from nnfeat.results import Result, check_out_dir, cli_command
+
+MANIFEST = "report.json"
+STOP_ENV = "NNFEAT_REPORT_STOP_AFTER"
+#: stage kinds whose time is "render" time (the floor) and "collection" time in :attr:`ReportResult.timings`
+RENDER_KINDS = ("render", "diversity", "class-renders")
+COLLECT_KINDS = ("collect",)
+REPORT_KINDS = ("microscope", "pages")
+ACTIVATIONS = (nn.ReLU, nn.GELU, nn.SiLU, nn.LeakyReLU, nn.ELU, nn.Tanh, nn.Sigmoid)
+
+
+class StopRequested(RuntimeError):
+    """Raised by the ``NNFEAT_REPORT_STOP_AFTER`` test hook."""
+
+
+def slug(name: str) -> str:
+    """A layer name as a folder name (``layer1.0`` stays; anything but letters, digits, ``._-`` becomes ``_``)."""
+    return re.sub(r"[^A-Za-z0-9._-]", "_", name) or "_"
+
+
+def default_layers(model) -> list[str]:
+    """The model's main layers: each block of its top-level stages (a top-level container whose children have
+    children: ``layer1.0``, ``layer1.1``, ...), else its top-level convolutions (or activations when it has
+    none), then ``output`` when the model has logits."""
+    net = model.net
+    top = list(net.named_children())
+    blocks = [f"{name}.{child}" for name, m in top if len(list(m.children())) > 1
+              for child, sub in m.named_children() if len(list(sub.children())) > 0]
+    if not blocks:
+        blocks = [name for name, m in top if isinstance(m, nn.Conv2d)]
+    if not blocks:
+        blocks = [name for name, m in top if isinstance(m, ACTIVATIONS)]
+    if "output" in model.layer_names() or _has_logits(model):
+        blocks.append("output")
+    return blocks
+
+
+def _has_logits(model) -> bool:
+    try:
+        model.units("output")
+        return True
+    except NnfeatError:
+        return False
+
+
+@dataclass(repr=False)
+class ReportResult(Result):
+    """What :func:`report` returns. ``out``: the report folder; ``layers``: {layer: channels};
+    ``key_images``: (B, 3, H, W) a few key pictures (the first units' renders); ``timings``: {stage: seconds}
+    of this run (in memory only); ``notes``: {stage: why it was left out}."""
+
+    model: str
+    out: Path
+    layers: dict[str, list[int]]
+    key_images: torch.Tensor
+    settings: dict
+    timings: dict[str, float] = field(default_factory=dict)
+    notes: dict[str, str] = field(default_factory=dict)
+    elapsed: float = 0.0
+    command: str | None = None
+    kind: ClassVar[str] = "report"
+
+    @property
+    def images(self) -> torch.Tensor:
+        return self.key_images
+
+    def title(self) -> str:
+        return f"{self.model} report  ({len(self.layers)} layers, {sum(map(len, self.layers.values()))} units)"
+
+    def record(self) -> dict:
+        return {"model": self.model, "settings": self.settings, "layers": {k: v for k, v in self.layers.items()},
+                "notes": self.notes, "page": "index.html"}
+
+    def save(self, out=None, *, timing: bool = False) -> Path:
+        """The report is its folder: ``out`` (default the folder it was built in) must be that folder."""
+        out = Path(out) if out is not None else self.out
+        if out.resolve() != Path(self.out).resolve():
+            raise NnfeatError(f"a report is saved where it was built ('{self.out}'), not '{out}'")
+        return Path(self.out) / "index.html"
+
+    def time_shares(self) -> dict[str, float]:
+        """Seconds of this run by kind: ``render`` (unit, diversity and class renders: the floor), ``collect``
+        (the pooled collections), ``views`` (graph, examples, heatmaps, projections, atlas, filters, saliency,
+        uncertainty) and ``report`` (the report's own work: sheets, pages, manifest, everything between stages)."""
+        shares = {"render": 0.0, "collect": 0.0, "views": 0.0, "report": 0.0}
+        for stage, seconds in self.timings.items():
+            kind = stage.split(":")[0]
+            shares["render" if kind in RENDER_KINDS else "collect" if kind in COLLECT_KINDS
+                   else "report" if kind in REPORT_KINDS else "views"] += seconds
+        shares["report"] += max(0.0, self.elapsed - sum(self.timings.values()))
+        return shares
+
+
+@dataclass
+class _Stage:
+    name: str
+    run: Callable[[], str | None]  # returns a note when the stage was left out (a one-line reason), else None
+
+
+def report(model, images: ImageSet, out: str | Path, *, layers: Sequence[str] | str | None = None,
+           units_per_layer: int = 16, steps: int = 128, seed: int = 0, batch: int = 16,
+           thresholds: int = 4, diversity: int = 3, diversity_weight: float = 1e2, examples_k: int = 6,
+           heatmap_n: int = 4, projection_n: int = 2000, projection_method: str = "pca",
+           atlas: Sequence[str] | str | None = None, saliency_n: int = 4, uncertain_n: int = 500,
+           progress: bool = True) -> ReportResult:
+    """Build (or finish) the report of ``model`` over ``images`` in the folder ``out``.
+
+    Args:
+        model: an nnfeat Model; images: an :class:`ImageSet` at the model's input size.
+        layers: layer names (list or ``"a,b"``); default :func:`default_layers`.
+        units_per_layer: units 0..N-1 of each layer (fewer when the layer has fewer channels).
+        steps: render steps; thresholds: how many evenly spaced steps each unit's render is kept at.
+        diversity: images per diversity render (0: none); diversity_weight: W in ``channel + W * diversity``.
+        examples_k: top and bottom examples per unit; heatmap_n: inputs of the layer heatmaps;
+        projection_n: images in the projection sample; projection_method: pca | tsne | umap;
+        atlas: layers that also get an activation atlas; saliency_n / uncertain_n: images for the classes page.
+    Returns:
+        :class:`ReportResult` (``out/index.html`` is the entry page).
+    """
+    from nnfeat.views import report_pages as pages
+
+    started = time.perf_counter()
+    for name, value in (("units_per_layer", units_per_layer), ("steps", steps), ("batch", batch),
+                        ("thresholds", thresholds), ("examples_k", examples_k), ("heatmap_n", heatmap_n),
+                        ("projection_n", projection_n)):
+        if value < 1:
+            raise NnfeatError(f"--{name.replace('_', '-')} must be at least 1; got {value}")
+    names = _layer_list(model, layers)
+    atlas_layers = _layer_list(model, atlas) if atlas else []
+    for name in atlas_layers:
+        if name not in names:
+            raise NnfeatError(f"--atlas layer '{name}' is not one of the report's layers ({', '.join(names)})")
+    channels = {}
+    for name in names:
+        _, all_channels = model.units(name)
+        channels[name] = all_channels[:units_per_layer]
+    out = check_out_dir(out)
+    out.mkdir(parents=True, exist_ok=True)
+    steps_kept = sorted({max(1, round(steps * (i + 1) / thresholds)) for i in range(thresholds)})
+    settings = {"model": model.name, "weights": getattr(model, "weights", None), "images": images.name,
+                "n": len(images), "drawn": list(images.drawn) if images.drawn else None, "layers": names,
+                "units_per_layer": units_per_layer, "steps": steps, "thresholds": steps_kept, "seed": seed,
+                "batch": batch, "diversity": diversity, "diversity_weight": diversity_weight,
+                "examples_k": examples_k, "heatmap_n": heatmap_n, "projection_n": projection_n,
+                "projection_method": projection_method, "atlas": atlas_layers, "saliency_n": saliency_n,
+                "uncertain_n": uncertain_n, "device": str(model.device)}
+    ctx = _Context(model=model, images=images, out=out, settings=settings, channels=channels,
+                   steps_kept=steps_kept)
+    stages = _plan(ctx, pages)
+    manifest_path = out / MANIFEST
+    done: dict[str, dict] = {}
+    if manifest_path.is_file():
+        try:
+            previous = read_json(manifest_path)
+        except (ValueError, OSError):
+            previous = {}
+        if previous.get("settings") == settings:
+            done = dict(previous.get("stages", {}))
+    stop_after = int(os.environ.get(STOP_ENV, "0") or 0)
+    timings: dict[str, float] = {}
+    ran = 0
+    for i, stage in enumerate(stages):
+        if stage.name in done:
+            continue
+        if progress:
+            print(f"report [{i + 1}/{len(stages)}] {stage.name}", file=sys.stderr, flush=True)
+        t0 = time.perf_counter()
+        note = stage.run()
+        timings[stage.name] = time.perf_counter() - t0
+        done[stage.name] = {"note": note} if note else {}
+        ordered = {s.name: done[s.name] for s in stages if s.name in done}
+        write_json(manifest_path, {"kind": "report-manifest", "settings": settings, "stages": ordered,
+                                   "complete": len(ordered) == len(stages)})
+        ran += 1
+        if stop_after and ran >= stop_after and len(ordered) < len(stages):
+            raise StopRequested(f"{STOP_ENV}={stop_after}: stopped after stage '{stage.name}'")
+    notes = {name: info["note"] for name, info in done.items() if info.get("note")}
+    key = [pages.read_png(out / "layers" / slug(n) / "render" / f"channel-{channels[n][0]}.png")
+           for n in names[:4] if channels[n]]
+    command = cli_command("report", model.name, images=images.name, n=(images.drawn or (None,))[0],
+                          layers=",".join(names), units_per_layer=units_per_layer, steps=steps, seed=seed or None,
+                          atlas=",".join(atlas_layers) or None,
+                          weights="random" if getattr(model, "weights", None) == "random" else None)
+    return ReportResult(model=model.name, out=out, layers=channels, key_images=torch.stack(key), settings=settings,
+                        timings=timings, notes=notes, elapsed=time.perf_counter() - started, command=command)
+
+
+def _layer_list(model, layers) -> list[str]:
+    if layers is None:
+        names = default_layers(model)
+    else:
+        names = [n.strip() for n in (layers.split(",") if isinstance(layers, str) else layers) if n.strip()]
+    if not names:
+        raise NnfeatError("--layers is empty: give layer names such as 'layer1.0,layer2.0' (see `nnfeat layers`)")
+    for name in names:
+        if ":" in name:
+            raise NnfeatError(f"--layers takes layer names, not units: '{name}' (use --units-per-layer)")
+        model.units(name)  # a one-line error for an unknown layer, before any work
+    if len(set(names)) != len(names):
+        raise NnfeatError(f"--layers names a layer twice: {','.join(names)}")
+    return names
+
+
+@dataclass
+class _Context:
+    model: object
+    images: ImageSet
+    out: Path
+    settings: dict
+    channels: dict[str, list[int]]
+    steps_kept: list[int]
+
+    def layer_dir(self, layer: str) -> Path:
+        return self.out / "layers" / slug(layer)
+
+    def unit_dir(self, layer: str, c: int) -> Path:
+        return self.layer_dir(layer) / "units" / str(c)
+
+    @property
+    def cache(self) -> Path:
+        return self.out / "cache"
+
+
+def _note(fn: Callable[[], None]) -> Callable[[], str | None]:
+    """Run ``fn``; a one-line :class:`NnfeatError` becomes the stage's note (the view does not apply)."""
+    def run() -> str | None:
+        try:
+            fn()
+        except NnfeatError as err:
+            return str(err)
+        return None
+    return run
+
+
+def _plan(ctx: _Context, pages) -> list[_Stage]:
+    """Every stage of the report, in order (the order fixes the manifest and the seeds)."""
+    from nnfeat.report import stages as st
+
+    s = ctx.settings
+    stages = [_Stage("graph", _note(lambda: st.graph_stage(ctx)))]
+    for layer in s["layers"]:
+        chans = ctx.channels[layer]
+        for b in range(0, len(chans), s["batch"]):
+            chunk = chans[b:b + s["batch"]]
+            stages.append(_Stage(f"render:{layer}:{chunk[0]}", _note(lambda l=layer, c=chunk: st.render_batch(ctx, l, c))))
+        stages.append(_Stage(f"microscope:{layer}", _note(lambda l=layer: st.microscope_stage(ctx, l))))
+        stages.append(_Stage(f"collect:{layer}", _note(lambda l=layer: st.collect_stage(ctx, l))))
+        stages.append(_Stage(f"examples:{layer}", _note(lambda l=layer: st.examples_stage(ctx, l))))
+        stages.append(_Stage(f"heatmap:{layer}", _note(lambda l=layer: st.heatmap_stage(ctx, l))))
+        stages.append(_Stage(f"collect:{layer}:sample", _note(lambda l=layer: st.sample_collect_stage(ctx, l))))
+        stages.append(_Stage(f"projection:{layer}", _note(lambda l=layer: st.projection_stage(ctx, l))))
+        if layer in s["atlas"]:
+            stages.append(_Stage(f"atlas:{layer}", _note(lambda l=layer: st.atlas_stage(ctx, l))))
+        for c in chans:
+            if s["diversity"] > 1:
+                stages.append(_Stage(f"diversity:{layer}:{c}", _note(lambda l=layer, c=c: st.diversity_stage(ctx, l, c))))
+            stages.append(_Stage(f"unit:{layer}:{c}", _note(lambda l=layer, c=c: st.unit_stage(ctx, l, c))))
+    stages.append(_Stage("class-renders", _note(lambda: st.class_renders_stage(ctx))))
+    stages.append(_Stage("saliency", _note(lambda: st.saliency_stage(ctx))))
+    stages.append(_Stage("uncertainty", _note(lambda: st.uncertainty_stage(ctx))))
+    stages.append(_Stage("pages", lambda: pages.write_pages(ctx)))
+    return stages
+
+
+__all__ = ["report", "ReportResult", "default_layers", "slug", "MANIFEST", "STOP_ENV", "StopRequested"]

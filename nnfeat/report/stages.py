@@ -1,0 +1,218 @@
+"""The stages of :func:`nnfeat.report.report`: each calls one nnfeat operation and saves its result with
+``timing=False`` into its folder of the report (so a resumed run writes the same bytes).
+
+Every function takes the report context (``ctx.model``, ``ctx.images``, ``ctx.out``, ``ctx.settings``,
+``ctx.channels``, ``ctx.steps_kept``) and returns nothing; a one-line :class:`~nnfeat.errors.NnfeatError` means
+the view does not apply to that layer (it becomes a note on the page).
+"""
+
+from __future__ import annotations
+
+import torch
+
+from nnfeat.io import read_json, save_image, write_json
+from nnfeat.units import Units, format_units
+
+
+def graph_stage(ctx) -> None:
+    from nnfeat.report import slug
+    from nnfeat.views.graph_page import graph
+
+    links = {layer: f"../layers/{slug(layer)}/index.html" for layer in ctx.settings["layers"]}
+    graph(ctx.model, links=links).save(ctx.out / "graph", timing=False)
+
+
+def _seed(ctx, first_channel: int) -> int:
+    """The seed of a render batch, as :func:`nnfeat.microscopy.microscope` derives it (same renders)."""
+    return int(ctx.settings["seed"]) * 100003 + first_channel
+
+
+def render_batch(ctx, layer: str, chunk: list[int]) -> None:
+    """Render units ``chunk`` of ``layer`` together; write ``render/channel-<c>.png`` and, per unit, the render
+    at each threshold (``units/<c>/step-<s>.png``) and ``render/batch-<first>.json`` (final values)."""
+    from nnfeat.expr import units_objective
+    from nnfeat.rendering import render
+
+    s = ctx.settings
+    result = render(ctx.model, units_objective(Units(layer, tuple(chunk))), batch=len(chunk), steps=s["steps"],
+                    thresholds=ctx.steps_kept, seed=_seed(ctx, chunk[0]), progress=False)
+    folder = ctx.layer_dir(layer) / "render"
+    for i, c in enumerate(chunk):
+        save_image(folder / f"channel-{c}.png", result.images[i])
+        for step, images in sorted(result.history.items()):
+            save_image(ctx.unit_dir(layer, c) / f"step-{step}.png", images[i])
+    write_json(folder / f"batch-{chunk[0]}.json",
+               {"layer": layer, "channels": chunk, "seed": _seed(ctx, chunk[0]), "steps": s["steps"],
+                "thresholds": ctx.steps_kept, "values": dict(zip(map(str, chunk), result.final_values.tolist()))})
+
+
+def render_values(ctx, layer: str) -> dict[int, float]:
+    """{channel: final objective value} of ``layer``'s renders."""
+    values = {}
+    for path in sorted((ctx.layer_dir(layer) / "render").glob("batch-*.json")):
+        values.update({int(c): float(v) for c, v in read_json(path)["values"].items()})
+    return values
+
+
+def microscope_stage(ctx, layer: str) -> None:
+    """The microscope sheet and page of the layer's renders (:class:`nnfeat.microscopy.MicroscopeResult`)."""
+    from nnfeat.microscopy import MicroscopeResult
+    from nnfeat.views.report_pages import read_png
+
+    chans = ctx.channels[layer]
+    values = render_values(ctx, layer)
+    renders = torch.stack([read_png(ctx.layer_dir(layer) / "render" / f"channel-{c}.png") for c in chans])
+    s = ctx.settings
+    units = format_units(layer, chans)
+    settings = {"model": ctx.model.name, "layer": layer, "units": units, "batch": s["batch"], "steps": s["steps"],
+                "seed": s["seed"], "size": ctx.model.input_size[0], "device": s["device"]}
+    result = MicroscopeResult(model=ctx.model.name, layer=layer, units=units, channels=chans, renders=renders,
+                              values=torch.tensor([values[c] for c in chans]), examples=None, settings=settings,
+                              command=None)
+    result.save(ctx.layer_dir(layer) / "microscope", timing=False)
+
+
+def collect_stage(ctx, layer: str) -> None:
+    """The pooled collection of the layer over every image (shared by examples and the atlas)."""
+    from nnfeat.collect import pooled
+
+    pooled(ctx.model, layer, ctx.images, ctx.cache, progress=False)
+
+
+def examples_stage(ctx, layer: str) -> None:
+    from nnfeat.dataset_examples import examples
+
+    result = examples(ctx.model, format_units(layer, ctx.channels[layer]), ctx.images, k=ctx.settings["examples_k"],
+                      cache=ctx.cache, progress=False)
+    result.save(ctx.layer_dir(layer) / "examples", timing=False)
+
+
+def heatmap_sample(ctx):
+    return ctx.images.sample(min(ctx.settings["heatmap_n"], len(ctx.images)), ctx.settings["seed"])
+
+
+def heatmap_stage(ctx, layer: str) -> None:
+    from nnfeat.views.heatmap_page import heatmap
+
+    heatmap(ctx.model, layer, heatmap_sample(ctx), top=min(8, len(ctx.channels[layer]))).save(
+        ctx.layer_dir(layer) / "heatmap", timing=False)
+
+
+def projection_sample(ctx):
+    """The seeded sample of images the projections lay out."""
+    return ctx.images.sample(min(ctx.settings["projection_n"], len(ctx.images)), ctx.settings["seed"])
+
+
+def projection_cache(ctx):
+    """The projections' own cache folder: a collection is cached per layer folder, so the sample's collection
+    must not share the folder of the full one (it would replace it)."""
+    return ctx.cache if len(projection_sample(ctx)) == len(ctx.images) else ctx.cache / "projection"
+
+
+def sample_collect_stage(ctx, layer: str) -> None:
+    """The pooled collection of the projection sample (skipped when the sample is every image)."""
+    from nnfeat.collect import pooled
+
+    if projection_cache(ctx) != ctx.cache:
+        pooled(ctx.model, layer, projection_sample(ctx), projection_cache(ctx), progress=False)
+
+
+def projection_stage(ctx, layer: str) -> None:
+    from nnfeat.views.projection_page import project
+
+    s = ctx.settings
+    sample = projection_sample(ctx)
+    result = project(ctx.model, layer, sample, method=s["projection_method"], seed=s["seed"],
+                     k=max(1, min(10, (len(sample) - 1) // 2)), cache=projection_cache(ctx), progress=False)
+    result.save(ctx.layer_dir(layer) / "projection", timing=False)
+
+
+def atlas_stage(ctx, layer: str) -> None:
+    from nnfeat.atlas.pipeline import AtlasSettings, build_atlas
+
+    s = ctx.settings
+    settings = AtlasSettings(samples=min(20000, len(ctx.images) * 4), layout="umap", steps=s["steps"],
+                             seed=s["seed"])
+    result = build_atlas(ctx.model, layer, ctx.images, ctx.layer_dir(layer) / "atlas", settings, progress=False)
+    result.save(ctx.layer_dir(layer) / "atlas", timing=False)
+
+
+def diversity_stage(ctx, layer: str, c: int) -> None:
+    """``diversity`` renders of one unit: ``channel(layer, c) + W * diversity(layer)`` over a batch."""
+    from nnfeat.objectives import channel, diversity
+    from nnfeat.rendering import render
+
+    s = ctx.settings
+    objective = channel(layer, c) + s["diversity_weight"] * diversity(layer)
+    result = render(ctx.model, objective, batch=s["diversity"], steps=s["steps"], seed=_seed(ctx, c) + 7,
+                    progress=False)
+    result.save(ctx.unit_dir(layer, c) / "diversity", timing=False)
+
+
+def unit_stage(ctx, layer: str, c: int) -> None:
+    """The unit's heatmaps on its top examples and, for a conv layer, its filter weights."""
+    from nnfeat.analysis.filters import conv_layers
+    from nnfeat.errors import NnfeatError
+
+    folder = ctx.unit_dir(layer, c)
+    record = {"layer": layer, "channel": c, "unit": format_units(layer, [c])}
+    examples = ctx.layer_dir(layer) / "examples" / "examples.json"
+    if examples.is_file():
+        found = next((r for r in read_json(examples)["channels"] if r["channel"] == c), None)
+        if found is not None:
+            from nnfeat.views.heatmap_page import heatmap
+
+            indices = [e["index"] for e in found["top"]]
+            try:
+                heatmap(ctx.model, format_units(layer, [c]), ctx.images.subset(indices)).save(
+                    folder / "heatmap", timing=False)
+            except NnfeatError as err:
+                record["heatmap_note"] = str(err)
+    if layer in conv_layers(ctx.model):
+        from nnfeat.views.filters_page import filters
+
+        filters(ctx.model, format_units(layer, [c])).save(folder / "filters", timing=False)
+    write_json(folder / "unit.json", record)
+
+
+def _output_classes(ctx) -> int:
+    _, chans = ctx.model.units("output")
+    return len(chans)
+
+
+def class_renders_stage(ctx) -> None:
+    """One render per class (``output:0..K-1``), unless ``output`` is a report layer (its renders serve)."""
+    from nnfeat.expr import units_objective
+    from nnfeat.rendering import render
+
+    if "output" in ctx.settings["layers"]:
+        return
+    k = _output_classes(ctx)
+    result = render(ctx.model, units_objective(Units("output", tuple(range(k)))), batch=k,
+                    steps=ctx.settings["steps"], seed=_seed(ctx, 0) + 11, progress=False)
+    result.save(ctx.out / "classes" / "renders", timing=False)
+
+
+def saliency_stage(ctx) -> None:
+    from nnfeat.views.saliency_page import saliency
+
+    s = ctx.settings
+    sample = ctx.images.sample(min(s["saliency_n"], len(ctx.images)), s["seed"] + 1)
+    result = saliency(ctx.model, sample, "gradient,gradcam", sanity=True, steps=16, cascade=3, seed=s["seed"])
+    for m in result.methods:  # each method's seconds are recorded even with timing=False: keep the bytes fixed
+        m.elapsed = 0.0
+    result.save(ctx.out / "classes" / "saliency", timing=False)
+
+
+def uncertainty_stage(ctx) -> None:
+    from nnfeat.views.uncertainty_page import uncertainty
+
+    s = ctx.settings
+    sample = ctx.images.sample(min(s["uncertain_n"], len(ctx.images)), s["seed"] + 2)
+    uncertainty([ctx.model], sample, method="tta", top=8, seed=s["seed"]).save(
+        ctx.out / "classes" / "uncertainty", timing=False)
+
+
+__all__ = ["graph_stage", "render_batch", "microscope_stage", "collect_stage", "examples_stage", "heatmap_stage",
+           "projection_stage", "atlas_stage", "diversity_stage", "unit_stage", "class_renders_stage",
+           "saliency_stage", "uncertainty_stage", "render_values"]
