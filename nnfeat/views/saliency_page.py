@@ -133,6 +133,7 @@ class SaliencyResult(Result):
     elapsed: float = 0.0
     command: str | None = None
     kind: ClassVar[str] = "saliency"
+    run_fields: ClassVar[tuple[str, ...]] = ("timings_seconds",)
 
     # -- pictures -----------------------------------------------------------------------------------
     def overlays(self, view: str = "abs") -> torch.Tensor:
@@ -209,7 +210,7 @@ class SaliencyResult(Result):
     def method_record(self, m: MethodMaps) -> dict:
         flat = m.maps.flatten(1)
         entry = {"method": m.method, "layer": m.layer, "signed": m.signed, "display_scale": m.scale,
-                 "seconds": round(m.elapsed, 3), "verdict": m.verdict,
+                 "verdict": m.verdict,
                  "per_image": [{"min": float(a), "max": float(b), "abs_mean": float(c)} for a, b, c in
                                zip(flat.min(1).values, flat.max(1).values, flat.abs().mean(1))],
                  "files": [f"{slug(m.method)}-abs.png", f"{slug(m.method)}-signed.png"]}
@@ -232,7 +233,8 @@ class SaliencyResult(Result):
                "colour_scale": {"absolute": "viridis 0..1 of |map| / display_scale (one scale for the figure)",
                                 "signed": "blue-white-red -1..1 of map / display_scale (one scale for the figure)",
                                 "display_scale": f"p{DISPLAY_PERCENTILE:g} of |map| over all images, per method"},
-               "methods": [self.method_record(m) for m in self.methods]}
+               "methods": [self.method_record(m) for m in self.methods],
+               "timings_seconds": {m.method: round(m.elapsed, 3) for m in self.methods}}
         if self.random is not None:
             rec["random_map"] = {**self.random.summary(), "seed": self.settings.get("seed", 0)}
         return rec
