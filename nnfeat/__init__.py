@@ -9,8 +9,8 @@ Quick start::
     result.save("out/layer3")  # render.png (captioned sheet), render-<i>.png, render.json
     result                  # in a notebook: the captioned sheet
 
-Every operation (``render``, ``microscope``, ``examples``, ``build_atlas``, ``heatmap``, ``filters``, ``project``)
-returns a result with ``.images``,
+Every operation (``render``, ``microscope``, ``examples``, ``build_atlas``, ``heatmap``, ``filters``, ``project``,
+``saliency``, ``attention``, ``uncertainty``, ``graph``, ``report``) returns a result with ``.images``,
 ``.save(dir)`` and a notebook picture (:mod:`nnfeat.results`).
 """
 
@@ -26,13 +26,20 @@ from nnfeat.models.base import Model
 from nnfeat.models.zoo import load_model
 from nnfeat.rendering import RenderResult, evaluate, render
 from nnfeat.units import Units, parse_units
+from nnfeat.report import ReportResult, report
+from nnfeat.views.attention_page import AttentionResult, attention
 from nnfeat.views.filters_page import FiltersResult, filters
+from nnfeat.views.graph_page import GraphResult, graph
 from nnfeat.views.heatmap_page import HeatmapResult, heatmap
 from nnfeat.views.projection_page import ProjectionResult, project
+from nnfeat.views.saliency_page import SaliencyResult, saliency
+from nnfeat.views.uncertainty_page import UncertaintyResult, uncertainty
 
 __version__ = "0.1.0"
 
-__all__ = ["AtlasResult", "AtlasSettings", "ExamplesResult", "FiltersResult", "HeatmapResult", "ImageSet",
-           "MicroscopeResult", "Model", "NnfeatError", "ProjectionResult", "RenderResult", "Units", "build_atlas",
-           "evaluate", "examples", "filters", "heatmap", "load_images", "load_model", "microscope", "objectives",
-           "parse_objective", "parse_units", "project", "render", "resolve_device", "__version__"]
+__all__ = ["AtlasResult", "AtlasSettings", "AttentionResult", "ExamplesResult", "FiltersResult", "GraphResult",
+           "HeatmapResult", "ImageSet", "MicroscopeResult", "Model", "NnfeatError", "ProjectionResult", "RenderResult",
+           "ReportResult", "SaliencyResult", "UncertaintyResult", "Units", "attention", "build_atlas", "evaluate",
+           "examples", "filters", "graph", "heatmap", "load_images", "load_model", "microscope", "objectives",
+           "parse_objective", "parse_units", "project", "render", "report", "resolve_device", "saliency",
+           "uncertainty", "__version__"]

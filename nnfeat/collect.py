@@ -40,7 +40,7 @@ from nnfeat.io import read_json, write_json
 from nnfeat.layouts import OUTPUT, positions_view
 from nnfeat.models.base import Model
 from nnfeat.progress import progress_bar
-from nnfeat.seeds import generator, stage_seed
+from nnfeat.seeds import generator
 
 META_FILE = "collect.json"
 

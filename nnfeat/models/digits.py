@@ -232,25 +232,32 @@ def _save_atomic(checkpoint: dict, path: Path) -> None:
         torch.save(checkpoint, tmp)
 
 
-def load_checkpoint(path: Path | None = None, *, train_if_missing: bool = True) -> dict:
-    """The checkpoint cached at ``path`` (default :func:`cache_path`), training (and caching) it first if there
-    is none or it is unreadable."""
-    path = cache_path() if path is None else Path(path)
+def cached_checkpoint(path: Path, name: str, make_net, train, *, train_if_missing: bool = True) -> dict:
+    """The checkpoint of model ``name`` cached at ``path`` (its state dict must load into ``make_net()``), or,
+    when there is none or it is unreadable, ``train()``'s, cached there (atomically) for next time."""
+    path = Path(path)
     if path.is_file():
         try:
             checkpoint = torch.load(path, map_location="cpu", weights_only=True)
-            DigitsCNN().load_state_dict(checkpoint["state_dict"])
+            make_net().load_state_dict(checkpoint["state_dict"])
             return checkpoint
         except Exception:  # noqa: BLE001 - a broken cache file is simply rebuilt
             pass
     if not train_if_missing:
-        raise NnfeatError(f"no trained digits-cnn at {path}; load it once with weights='pretrained' to train it")
-    checkpoint = train_digits_cnn()
+        raise NnfeatError(f"no trained {name} at {path}; load it once with weights='pretrained' to train it")
+    checkpoint = train()
     try:
         _save_atomic(checkpoint, path)
     except OSError:  # read-only home: still usable, just retrained next time
         pass
     return checkpoint
+
+
+def load_checkpoint(path: Path | None = None, *, train_if_missing: bool = True) -> dict:
+    """The checkpoint cached at ``path`` (default :func:`cache_path`), training (and caching) it first if there
+    is none or it is unreadable."""
+    return cached_checkpoint(cache_path() if path is None else path, "digits-cnn", DigitsCNN, train_digits_cnn,
+                             train_if_missing=train_if_missing)
 
 
 def build_random() -> DigitsCNN:

@@ -33,7 +33,6 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from nnfeat.errors import NnfeatError
 from nnfeat.models.digits import BATCH_SIZE, CLASSES, IMAGE_SIZE, SEED, digits_dataset, random_affine
 from nnfeat.models.weights import weights_dir
 
@@ -165,24 +164,10 @@ def cache_path() -> Path:
 def load_checkpoint(path: Path | None = None, *, train_if_missing: bool = True) -> dict:
     """The checkpoint cached at ``path`` (default :func:`cache_path`), training (and caching) it first if there
     is none or it is unreadable."""
-    from nnfeat.models.digits import _save_atomic
+    from nnfeat.models.digits import cached_checkpoint
 
-    path = cache_path() if path is None else Path(path)
-    if path.is_file():
-        try:
-            checkpoint = torch.load(path, map_location="cpu", weights_only=True)
-            DigitsViT().load_state_dict(checkpoint["state_dict"])
-            return checkpoint
-        except Exception:  # noqa: BLE001 - a broken cache file is simply rebuilt
-            pass
-    if not train_if_missing:
-        raise NnfeatError(f"no trained digits-vit at {path}; load it once with weights='pretrained' to train it")
-    checkpoint = train_digits_vit()
-    try:
-        _save_atomic(checkpoint, path)
-    except OSError:  # read-only home: still usable, just retrained next time
-        pass
-    return checkpoint
+    return cached_checkpoint(cache_path() if path is None else path, "digits-vit", DigitsViT, train_digits_vit,
+                             train_if_missing=train_if_missing)
 
 
 def build_random() -> DigitsViT:
