@@ -46,11 +46,11 @@ def _main(argv):
     images = run.images("an activation atlas")
     layer, cls = run.units["atlas_layer"], run.units["atlas_class"]
     if run.quick:
-        common = dict(n=len(images), layout="pca", icon_size=32, steps=run.steps(0, 4), batch=64, seed=args.seed)
+        common = dict(samples=len(images), layout="pca", icon_size=32, steps=run.steps(0, 4), batch=64, seed=args.seed)
         whole = AtlasSettings(grid=6, min_count=3, **common)
         per_class = AtlasSettings(grid=4, min_count=2, class_=cls, **common)
     else:
-        common = dict(n=min(100_000, len(images)), layout="umap", steps=run.steps(512, 0), seed=args.seed)
+        common = dict(samples=min(100_000, len(images)), layout="umap", steps=run.steps(512, 0), seed=args.seed)
         whole = AtlasSettings(grid=20, **common)
         per_class = AtlasSettings(class_=cls, **common)
     directory = run.figures_dir / NAME

@@ -113,9 +113,6 @@ TORCHVISION_FAMILIES = [
 #: What the TorchScript exporter cannot convert at the small test sizes (the dynamo exporter converts all).
 TORCHSCRIPT_FAILS = {"vgg11": "adaptive_avg_pool2d", "alexnet": "adaptive_avg_pool2d",
                      "vit_b_16": "aten::_native_multi_head_attention"}
-#: Exported by the slow test only with NNFEAT_TEST_ALL_ONNX=1 (they take 5-60 s each here).
-EXPENSIVE = {"maxvit_t", "swin_t", "swin_v2_t", "efficientnet_v2_s", "wide_resnet50_2", "resnext50_32x4d",
-             "convnext_tiny", "inception_v3", "resnet18", "densenet121"}
 
 
 @pytest.mark.slow
@@ -124,8 +121,6 @@ def test_torchvision_family_onnx(tmp_path, arch, size):
     """Each family exports and passes the checker, or fails with the one-line error naming the operator.
     Default: the TorchScript exporter (fast); NNFEAT_TEST_ALL_ONNX=1: every family, with the dynamo exporter."""
     everything = os.environ.get("NNFEAT_TEST_ALL_ONNX", "") not in ("", "0")
-    if arch in EXPENSIVE and not everything:
-        pytest.skip("slow to export here; set NNFEAT_TEST_ALL_ONNX=1")
     exporter = "dynamo" if everything else "torchscript"
     model = load_model(f"torchvision:{arch}", weights="random", device="cpu")
     path = tmp_path / f"{arch}.onnx"

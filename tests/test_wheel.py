@@ -22,8 +22,9 @@ import pytest
 pytestmark = pytest.mark.slow
 
 REPO = Path(__file__).resolve().parents[1]
-TEMPLATES = ("page.html", "atlas.html", "atlas.css", "atlas.js", "gallery.html", "gallery.css", "microscope.html",
-             "microscope.css")
+#: every page template in the source tree (the wheel must ship each one)
+TEMPLATES = tuple(sorted(p.name for p in (REPO / "nnfeat" / "views" / "templates").iterdir() if p.is_file()))
+assert {"page.html", "atlas.html", "microscope.html", "scatter.html", "graph.html", "report.html"} <= set(TEMPLATES)
 #: what a build never needs from the tree (and what must not leak stale files into the wheel)
 NOT_BUILT = (".git", ".venv*", "build", "dist", "*.egg-info", "__pycache__", ".pytest_cache", "test-artifacts", "out")
 
