@@ -186,21 +186,32 @@ def train_digits_cnn(seed: int = SEED, epochs: int = EPOCHS) -> dict:
 def _train(seed: int, epochs: int) -> dict:
     start = time.perf_counter()
     generator = torch.Generator().manual_seed(seed)
+    net = init_weights(DigitsCNN(), generator)
+    optimizer = torch.optim.Adam(net.parameters(), lr=LEARNING_RATE)
+    return fit_digits(net, optimizer, generator, seed=seed, epochs=epochs, max_lr=LEARNING_RATE, adversarial=True,
+                      start=start)
+
+
+def fit_digits(net: nn.Module, optimizer: torch.optim.Optimizer, generator: torch.Generator, *, seed: int,
+               epochs: int, max_lr: float, adversarial: bool, start: float) -> dict:
+    """The training loop both digits models share: ``epochs`` of batch ``BATCH_SIZE`` over the training digits
+    ((B, 1, 32, 32), normalized by their own mean and std), each batch randomly warped (:func:`random_affine`) and,
+    with ``adversarial``, pushed by :func:`l2_adversarial`; a one-cycle schedule up to ``max_lr``; all randomness
+    from ``generator``. Returns the checkpoint dict: ``state_dict``, ``mean``, ``std``, ``heldout_accuracy``,
+    ``seed``, ``epochs``, ``seconds`` (since ``start``)."""
     train_x, train_y = digits_dataset("train", rgb=False)
     test_x, test_y = digits_dataset("test", rgb=False)
     mean, std = train_x.mean().item(), train_x.std().item()
-
-    net = init_weights(DigitsCNN(), generator)
-    optimizer = torch.optim.Adam(net.parameters(), lr=LEARNING_RATE)
     steps = epochs * math.ceil(len(train_y) / BATCH_SIZE)
-    schedule = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=LEARNING_RATE, total_steps=steps)
+    schedule = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=max_lr, total_steps=steps)
     net.train()
     for _ in range(epochs):
         order = torch.randperm(len(train_y), generator=generator)
         for begin in range(0, len(order), BATCH_SIZE):
             idx = order[begin : begin + BATCH_SIZE]
             batch = random_affine(train_x[idx], generator)
-            batch = l2_adversarial(net, batch, train_y[idx], mean, std, generator)
+            if adversarial:
+                batch = l2_adversarial(net, batch, train_y[idx], mean, std, generator)
             loss = F.cross_entropy(net((batch - mean) / std), train_y[idx])
             optimizer.zero_grad(set_to_none=True)
             loss.backward()

@@ -30,10 +30,9 @@ import time
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
-from nnfeat.models.digits import BATCH_SIZE, CLASSES, IMAGE_SIZE, SEED, digits_dataset, random_affine
+from nnfeat.models.digits import CLASSES, IMAGE_SIZE, SEED, fit_digits
 from nnfeat.models.weights import weights_dir
 
 CACHE_FILE = "digits-vit-v1.pt"
@@ -120,40 +119,13 @@ def train_digits_vit(seed: int = SEED, epochs: int = EPOCHS) -> dict:
 def _train(seed: int, epochs: int) -> dict:
     start = time.perf_counter()
     generator = torch.Generator().manual_seed(seed)
-    train_x, train_y = digits_dataset("train", rgb=False)
-    test_x, test_y = digits_dataset("test", rgb=False)
-    mean, std = train_x.mean().item(), train_x.std().item()
-
     net = init_weights(DigitsViT(), generator)
     decay = [p for n, p in net.named_parameters() if p.dim() > 1 and n not in ("class_token", "pos_embedding")]
     rest = [p for n, p in net.named_parameters() if not (p.dim() > 1 and n not in ("class_token", "pos_embedding"))]
     optimizer = torch.optim.AdamW([{"params": decay, "weight_decay": WEIGHT_DECAY},
                                    {"params": rest, "weight_decay": 0.0}], lr=LEARNING_RATE)
-    steps = epochs * math.ceil(len(train_y) / BATCH_SIZE)
-    schedule = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=LEARNING_RATE, total_steps=steps)
-    net.train()
-    for _ in range(epochs):
-        order = torch.randperm(len(train_y), generator=generator)
-        for begin in range(0, len(order), BATCH_SIZE):
-            idx = order[begin : begin + BATCH_SIZE]
-            batch = random_affine(train_x[idx], generator)
-            loss = F.cross_entropy(net((batch - mean) / std), train_y[idx])
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            schedule.step()
-    net.eval()
-    with torch.no_grad():
-        accuracy = (net((test_x - mean) / std).argmax(1) == test_y).float().mean().item()
-    return {
-        "state_dict": net.state_dict(),
-        "mean": mean,
-        "std": std,
-        "heldout_accuracy": accuracy,
-        "seed": seed,
-        "epochs": epochs,
-        "seconds": time.perf_counter() - start,
-    }
+    return fit_digits(net, optimizer, generator, seed=seed, epochs=epochs, max_lr=LEARNING_RATE, adversarial=False,
+                      start=start)
 
 
 def cache_path() -> Path:
