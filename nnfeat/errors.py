@@ -10,6 +10,15 @@ class NnfeatError(Exception):
     """An error caused by user input. The CLI prints ``str(err)`` on one line and exits 2."""
 
 
+def shorten(text: str, limit: int = 80) -> str:
+    """``text`` as it may appear in an error line: at most ``limit`` characters (``...`` and the total length
+    when cut), newlines shown as ``\\n``."""
+    text = str(text).replace("\n", "\\n")
+    if len(text) <= limit:
+        return text
+    return f"{text[:limit - 3]}... ({len(text)} characters)"
+
+
 def nearest(name: str, choices: Iterable[str], n: int = 3) -> list[str]:
     """The ``n`` entries of ``choices`` closest to ``name`` (difflib ratio, then prefix matches)."""
     choices = list(choices)

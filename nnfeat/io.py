@@ -1,4 +1,10 @@
-"""Atomic file output: images, grids and JSON. A crash never leaves a half-written file behind."""
+"""Atomic file output: images, grids and JSON. A crash never leaves a half-written file behind.
+
+Every file goes through :func:`atomic_path` (written to a hidden temporary ``.<name>.*`` beside it, then renamed).
+Fault tests use two environment hooks there: ``NNFEAT_KILL_AFTER_WRITES=k`` sends this process SIGKILL right
+after its k-th finished file (``k:before``: just before the k-th rename, so a temporary is left behind), and
+``NNFEAT_WRITE_LOG=FILE`` appends the path of every finished file to ``FILE`` (to count a run's write points).
+"""
 
 from __future__ import annotations
 
@@ -27,10 +33,36 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
         umask = os.umask(0)
         os.umask(umask)
         os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes 0600 files; outputs are meant to be shared like any file
+        _fault_point(path, before=True)
         os.replace(tmp, path)
+        _fault_point(path, before=False)
     finally:
         if os.path.exists(tmp):
             os.unlink(tmp)
+
+
+_writes = 0
+
+
+def _fault_point(path: Path, *, before: bool) -> None:
+    """The fault-test hooks of the module docstring (no-ops unless their environment variables are set)."""
+    global _writes
+    kill = os.environ.get("NNFEAT_KILL_AFTER_WRITES")
+    log = os.environ.get("NNFEAT_WRITE_LOG")
+    if not kill and not log:
+        return
+    if not before:
+        _writes += 1
+        if log:
+            with open(log, "a") as handle:
+                handle.write(f"{path}\n")
+    if kill:
+        count, _, when = kill.partition(":")
+        target = _writes + 1 if before else _writes
+        if target == int(count) and (when == "before") == before:
+            import signal
+
+            os.kill(os.getpid(), signal.SIGKILL)
 
 
 def to_uint8(image: torch.Tensor | np.ndarray) -> np.ndarray:

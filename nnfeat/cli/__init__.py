@@ -14,6 +14,7 @@ from typing import Sequence
 
 from nnfeat.cli import (atlas, attention, demo, examples, filters, graph, heatmap, models, project, render, report,
                         saliency, spectrum, uncertainty)
+from nnfeat import distributed
 from nnfeat.cli.common import OneLineParser, command_line
 from nnfeat.errors import NnfeatError
 
@@ -35,6 +36,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     args = build_parser().parse_args(render.leading_minus(argv))
     args.command_line = command_line(argv)
+    ranks = distributed.init_from_env()  # torchrun: join the process group (a no-op in one process)
     try:
         return int(args.func(args) or 0)
     except NnfeatError as err:
@@ -46,6 +48,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("nnfeat: interrupted; run the same command again to resume where it stopped", file=sys.stderr)
         return 130
+    finally:
+        if ranks.sharded:
+            distributed.finish()
 
 
 __all__ = ["COMMAND_MODULES", "build_parser", "main"]

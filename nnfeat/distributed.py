@@ -1,0 +1,130 @@
+"""Running on several processes with PyTorch's own engine (``torch.distributed``): which rank this process is,
+which share of the work is its own, and when to wait for the others.
+
+``torchrun --nproc-per-node N -m nnfeat <command> ...`` starts N processes with ``RANK``, ``WORLD_SIZE``,
+``LOCAL_RANK``, ``MASTER_ADDR`` and ``MASTER_PORT`` set; :func:`init_from_env` (called by the CLI) joins them in
+one process group: gloo on the CPU, nccl when each rank has a CUDA GPU (rank ``LOCAL_RANK`` takes
+``cuda:LOCAL_RANK``). A plain process is rank 0 of 1, and every function here is then a no-op.
+
+The rule every sharded stage keeps: work is numbered (batches, units, icon batches) and item ``i`` belongs to
+rank ``i % world`` (:meth:`Ranks.mine`); its randomness comes from ``(seed, i)`` only, so the bytes do not depend
+on the rank count. Each rank writes only its own per-item records; after :meth:`Ranks.barrier`, rank 0
+(:attr:`Ranks.writer`) writes the shared files (manifests, stitched images, pages).
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from typing import Callable, Sequence
+
+import torch
+import torch.distributed as dist
+
+
+@dataclass(frozen=True)
+class Ranks:
+    """This process's place in the group: ``rank`` of ``world`` (``local_rank`` on its node)."""
+
+    rank: int = 0
+    world: int = 1
+    local_rank: int = 0
+
+    @property
+    def writer(self) -> bool:
+        """Whether this rank writes the shared files (rank 0)."""
+        return self.rank == 0
+
+    @property
+    def sharded(self) -> bool:
+        return self.world > 1
+
+    def mine(self, count: int) -> list[int]:
+        """The item indices ``0..count-1`` this rank does: ``i % world == rank``."""
+        return list(range(self.rank, count, self.world))
+
+    def owns(self, index: int) -> bool:
+        return index % self.world == self.rank
+
+    def barrier(self) -> None:
+        """Wait until every rank reaches this point (no-op on one process)."""
+        if self.sharded and dist.is_available() and dist.is_initialized():
+            dist.barrier()
+
+    def all_true(self, flag: bool) -> bool:
+        """Whether ``flag`` holds on every rank (a collective; ``flag`` itself on one process)."""
+        if not (self.sharded and dist.is_initialized()):
+            return bool(flag)
+        value = torch.tensor([1 if flag else 0], dtype=torch.int32,
+                             device=_collective_device())
+        dist.all_reduce(value, op=dist.ReduceOp.MIN)
+        return bool(value.item())
+
+
+def _collective_device() -> torch.device:
+    return torch.device("cuda", torch.cuda.current_device()) if dist.get_backend() == "nccl" else torch.device("cpu")
+
+
+def current() -> Ranks:
+    """The ranks of the initialized process group, else rank 0 of 1."""
+    if dist.is_available() and dist.is_initialized():
+        return Ranks(dist.get_rank(), dist.get_world_size(), int(os.environ.get("LOCAL_RANK", dist.get_rank())))
+    return Ranks()
+
+
+def launched_world() -> int:
+    """``WORLD_SIZE`` as torchrun set it (1 when not launched by torchrun)."""
+    try:
+        return max(1, int(os.environ.get("WORLD_SIZE", "1")))
+    except ValueError:
+        return 1
+
+
+def init_from_env(backend: str | None = None) -> Ranks:
+    """Join the process group torchrun described in the environment (nothing when ``WORLD_SIZE`` is 1 or the
+    group exists). ``backend``: default nccl when CUDA is available, else gloo."""
+    if launched_world() <= 1 or not dist.is_available():
+        return current()
+    if not dist.is_initialized():
+        local = int(os.environ.get("LOCAL_RANK", "0"))
+        if backend is None:
+            backend = "nccl" if torch.cuda.is_available() else "gloo"
+        if backend == "nccl":
+            torch.cuda.set_device(local)
+        dist.init_process_group(backend=backend)
+    return current()
+
+
+def finish() -> None:
+    """Leave the process group (after a final barrier), if there is one."""
+    if dist.is_available() and dist.is_initialized():
+        dist.barrier()
+        dist.destroy_process_group()
+
+
+def _spawned(index: int, fn: Callable, world: int, port: int, args: Sequence) -> None:
+    os.environ.update(RANK=str(index), WORLD_SIZE=str(world), LOCAL_RANK=str(index), MASTER_ADDR="127.0.0.1",
+                      MASTER_PORT=str(port))
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo", rank=index, world_size=world)
+    try:
+        fn(*args)
+        dist.barrier()
+    finally:
+        dist.destroy_process_group()
+
+
+def spawn(fn: Callable, world: int, *args) -> None:
+    """Run ``fn(*args)`` on ``world`` CPU processes joined by gloo (``torch.multiprocessing``), as torchrun
+    would; for tests and notebooks. ``fn`` must be importable (a module-level function)."""
+    import socket
+
+    import torch.multiprocessing as mp
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    mp.spawn(_spawned, args=(fn, world, port, args), nprocs=world, join=True)
+
+
+__all__ = ["Ranks", "current", "init_from_env", "finish", "launched_world", "spawn"]
