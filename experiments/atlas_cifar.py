@@ -71,6 +71,31 @@ def load(name: str, device: str):
     return load_model(name, device=device)
 
 
+def read_icons(paths: list[Path]) -> torch.Tensor:
+    """The saved icons (as written, 8-bit PNGs) -> (M, 3, s, s) float in [0, 1]."""
+    return torch.stack([torch.from_numpy(np.array(Image.open(path).convert("RGB")))
+                        for path in paths]).permute(0, 3, 1, 2).float().div(255)
+
+
+def fidelity(icons: torch.Tensor, cells: list[dict], cosines: np.ndarray, model, judge) -> dict:
+    """The atlas's fidelity numbers for M icons (M, 3, s, s) of ``cells`` (``cells.json`` entries, same order)
+    with cosines (M,): mean / min cosine and the share of icons that ``judge`` (and the atlas's own ``model``)
+    classifies as the cell's majority dataset label (and as its top attribution class)."""
+    with torch.no_grad():
+        judged = judge(icons.to(judge.device)).argmax(1).cpu().numpy()
+        own = model(icons.to(model.device)).argmax(1).cpu().numpy()
+    majority = np.array([c["majority_label"]["index"] for c in cells])
+    top_class = np.array([c["top_class"]["index"] for c in cells])
+    cosines = np.asarray(cosines, dtype=np.float64)
+    return {
+        "mean_cosine": round(float(cosines.mean()), 4),
+        "min_cosine": round(float(cosines.min()), 4),
+        "class_agreement_majority_label": round(float((judged == majority).mean()), 4),
+        "class_agreement_top_attribution": round(float((judged == top_class).mean()), 4),
+        "own_model_agreement_majority_label": round(float((own == majority).mean()), 4),
+    }
+
+
 def main() -> int:
     args = parse_args()
     data_path = SHARED / "data" / "cifar10_test.npz"
@@ -101,15 +126,9 @@ def main() -> int:
 
     # fidelity: classify the saved icons (as written, 8-bit) with a held-out model
     judge = load("cifar10-resnet32", device)
-    icons = torch.stack([torch.from_numpy(np.array(Image.open(out / c["icon"]).convert("RGB")))
-                         for c in result.cells]).permute(0, 3, 1, 2).float().div(255).to(judge.device)
-    with torch.no_grad():
-        judged = judge(icons).argmax(1).cpu().numpy()
-        own = model(icons.to(model.device)).argmax(1).cpu().numpy()
-    majority = np.array([c["majority_label"]["index"] for c in result.cells])
-    top_class = np.array([c["top_class"]["index"] for c in result.cells])
+    scores = fidelity(read_icons([out / c["icon"] for c in result.cells]), result.cells,
+                      np.array([c["cosine"] for c in result.cells]), model, judge)
     purity = np.array([c["majority_label"]["share"] for c in result.cells])
-    cosines = np.array([c["cosine"] for c in result.cells])
     peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
     report = {
         "command": " ".join([Path(sys.argv[0]).name, *sys.argv[1:]]),
@@ -118,11 +137,7 @@ def main() -> int:
         "settings": result.header["settings"],
         "stage_seconds": result.timings, "cached_stages": result.cached, "total_seconds": round(total, 1),
         "peak_rss_mb": round(peak_mb, 1),
-        "mean_cosine": round(float(cosines.mean()), 4),
-        "min_cosine": round(float(cosines.min()), 4),
-        "class_agreement_majority_label": round(float((judged == majority).mean()), 4),
-        "class_agreement_top_attribution": round(float((judged == top_class).mean()), 4),
-        "own_model_agreement_majority_label": round(float((own == majority).mean()), 4),
+        **scores,
         "mean_majority_label_share": round(float(purity.mean()), 4),
         "machine": {"device": str(device), "cpus": os.cpu_count(), "torch_threads": torch.get_num_threads(),
                     "platform": platform.platform(), "torch": torch.__version__,

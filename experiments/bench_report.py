@@ -36,6 +36,15 @@ import torch
 SHARED_CIFAR = Path(__file__).resolve().parents[2] / "shared" / "data" / "cifar10_test.npz"
 
 
+def _by_kind(timings: dict[str, float]) -> dict[str, float]:
+    """Seconds per stage kind (``render``, ``diversity``, ``collect``, ``examples``, ...), largest first."""
+    kinds: dict[str, float] = {}
+    for stage, seconds in timings.items():
+        kind = stage.split(":")[0] + (":sample" if stage.endswith(":sample") else "")
+        kinds[kind] = kinds.get(kind, 0.0) + seconds
+    return {k: round(v, 2) for k, v in sorted(kinds.items(), key=lambda kv: -kv[1])}
+
+
 def run(model_name: str, images_src: str, out: Path, *, n: int | None, weights: str, **kwargs) -> dict:
     from nnfeat.data import load_images
     from nnfeat.models import load_model
@@ -57,6 +66,7 @@ def run(model_name: str, images_src: str, out: Path, *, n: int | None, weights: 
                                                                           if k != "progress"},
             "load_seconds": round(load_s, 2), "report_seconds": round(total, 2),
             "shares_seconds": {k: round(v, 2) for k, v in shares.items()},
+            "stage_kind_seconds": _by_kind(result.timings),
             "render_share": round(shares["render"] / total, 3),
             "report_overhead_share": round(shares["report"] / total, 3),
             "beyond_render_and_collect_share": round((shares["views"] + shares["report"]) / total, 3),

@@ -10,23 +10,29 @@ read it. Two ways to turn an image's activation map into rows:
   vector at the centre position (token layers: the mean / max over the patch tokens; ``center`` is the class
   token when the model has one, see :func:`pool_positions`).
 
-Results go to memory-mapped ``.npy`` files in ``directory`` as they are computed, so a million rows never have to
-fit in memory, and an interrupted collection resumes at the batch it reached:
+Results go to memory-mapped ``.npy`` files in ``directory``, so a million rows never have to fit in memory:
 
 * ``acts.npy``    (N, C) float32 activation vectors
 * ``attr.npy``    (N, K) float32 class attributions (only when asked and the model has logits)
 * ``samples.npy`` (N, 2) int64: dataset image index, flat position index in the layer's map (-1: pooled)
-* ``collect.json`` settings key, layer shape, number of batches done, ``complete`` flag
+* ``collect.json`` settings key, layer shape, ``complete`` flag and the sha256 digest of each array file
+  (written last: the arrays are complete and final whenever it exists)
 
-Randomness is drawn from a generator seeded by (seed, batch index), so a resumed collection equals an
-uninterrupted one.
+While collecting, each batch is its own atomic record ``batches/b-00012.npz`` (its rows and the settings key);
+a re-run keeps every record that loads and has the same key and computes the rest, so an interrupted
+(killed) collection resumes at the batches it lacked. The merge fills each array in a hidden temporary and
+renames it, so no final name ever holds a partial file; after it, ``batches/`` is deleted. Randomness is drawn
+from a generator seeded by (seed, batch index), so a resumed or sharded collection (batch ``b`` on rank
+``b % world``, see :func:`collect`) equals an uninterrupted one byte for byte.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import dataclasses
 import math
+import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -36,7 +42,8 @@ import torch
 from nnfeat.data import ImageSet
 from nnfeat.errors import NnfeatError
 from nnfeat.hooks import ActivationCapture
-from nnfeat.io import read_json, write_json
+from nnfeat.distributed import Ranks, current
+from nnfeat.io import atomic_path, read_json, write_json
 from nnfeat.layouts import OUTPUT, positions_view
 from nnfeat.models.base import Model
 from nnfeat.progress import progress_bar
@@ -54,12 +61,14 @@ class Collected:
         attr: (N, K) float32 or None when the model has no logits.
         samples: (N, 2) int64 (image index, flat position).
         layer_shape: the layer's activation shape without batch, e.g. (64, 8, 8).
+        reused: whether :func:`collect` found it complete and valid (nothing computed or merged).
     """
 
     acts: np.ndarray
     attr: np.ndarray | None
     samples: np.ndarray
     layer_shape: tuple[int, ...]
+    reused: bool = False
 
     def __len__(self) -> int:
         return len(self.acts)
@@ -96,26 +105,106 @@ def model_logit_count(model: Model) -> int | None:
 
 
 POOLS = ("mean", "max", "center")
+BATCH_DIR = "batches"
+
+
+def file_digest(path: Path, block: int = 1 << 22) -> str:
+    """sha256 (hex, 16 digits) of a file, read in blocks (recorded beside stage files to detect damage)."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for chunk in iter(lambda: handle.read(block), b""):
+            digest.update(chunk)
+    return digest.hexdigest()[:16]
+
+
+def _read_meta(path: Path) -> dict | None:
+    """``collect.json`` as a dict, or None when it is missing or damaged."""
+    try:
+        meta = read_json(path)
+    except (OSError, ValueError):
+        return None
+    return meta if isinstance(meta, dict) else None
+
+
+def _complete_and_valid(directory: Path, meta: dict, shapes: dict[str, tuple[int, ...]]) -> bool:
+    """Whether ``directory`` holds a complete collection of ``meta``: ``collect.json`` says so with the same
+    settings, and every array file loads with the right shape and the digest recorded at the merge."""
+    old = _read_meta(directory / META_FILE)
+    if old is None or not old.get("complete") or any(old.get(k) != v for k, v in meta.items()):
+        return False
+    digests = old.get("digests") or {}
+    for name, shape in shapes.items():
+        path = directory / f"{name}.npy"
+        try:
+            array = np.load(path, mmap_mode="r")
+            if array.shape != shape or (name in digests and file_digest(path) != digests[name]):
+                return False
+        except (OSError, ValueError, EOFError):
+            return False
+    return True
+
+
+def _batch_path(directory: Path, index: int) -> Path:
+    return directory / BATCH_DIR / f"b-{index:05d}.npz"
+
+
+def _read_batch(path: Path, key: str, shapes: dict[str, tuple[int, ...]]) -> dict[str, np.ndarray] | None:
+    """The arrays of one batch record, or None when it is missing, damaged, of another key or shape."""
+    if not path.is_file():
+        return None
+    try:
+        with np.load(path) as record:
+            if str(record["key"]) != key:
+                return None
+            arrays = {name: record[name] for name in shapes}  # reads every member (zip CRCs checked)
+    except Exception:  # a truncated or corrupt zip raises many kinds of errors: all mean "redo the batch"
+        return None
+    if any(arrays[name].shape != shape for name, shape in shapes.items()):
+        return None
+    return arrays
+
+
+def save_npz(path: Path, arrays: dict[str, np.ndarray]) -> Path:
+    """Write arrays as an uncompressed ``.npz`` (atomically) whose bytes depend on the arrays only (numpy's
+    ``savez`` stamps the current time into the zip entries)."""
+    import zipfile
+
+    with atomic_path(path) as tmp:
+        with zipfile.ZipFile(tmp, "w", compression=zipfile.ZIP_STORED, allowZip64=True) as archive:
+            for name, value in arrays.items():
+                info = zipfile.ZipInfo(f"{name}.npy", date_time=(1980, 1, 1, 0, 0, 0))
+                with archive.open(info, "w", force_zip64=True) as handle:
+                    np.lib.format.write_array(handle, np.asanyarray(value), allow_pickle=False)
+    return path
 
 
 def collect(model: Model, layer: str, images: ImageSet, directory: Path, *, n: int | None = None,
             per_image: int = 1, pool: str | None = None, seed: int = 0, batch_size: int = 128,
-            attribution: bool = True, key: str = "", progress: bool = True) -> Collected:
+            attribution: bool = True, key: str = "", progress: bool = True, ranks: Ranks | None = None
+            ) -> Collected:
     """Collect ``n`` rows of ``layer`` activations over ``images`` into ``directory``.
 
     ``pool=None``: ``per_image`` random positions per image from a random subset (seeded) of
     ``ceil(n / per_image)`` images (all of them if there are fewer), so the collection holds
     ``images_used * per_image`` rows, with class attributions when ``attribution``. ``pool`` in
     :data:`POOLS`: one pooled row per image, for ``n`` images (default all) drawn from ``seed`` and kept in
-    source order, never with attributions. A complete collection with the same ``key`` and settings is reused;
-    a partial one resumes at the batch it reached.
+    source order, never with attributions. A complete collection with the same ``key`` and settings (whose
+    files load with the right shapes and digests) is reused; otherwise the batches whose records are present
+    and valid are kept and the others computed.
+
+    Sharding (``ranks``, default :func:`nnfeat.distributed.current`; a collective call when sharded): batch
+    ``b`` is computed by rank ``b % world`` and written as its own record ``batches/b-0000b.npz`` (atomic);
+    after a barrier rank 0 merges the records into ``acts.npy`` / ``samples.npy`` / ``attr.npy`` (each filled
+    in a hidden temporary, memory-mapped, then renamed), writes ``collect.json`` and deletes ``batches/``;
+    after a second barrier every rank opens the result. The bytes do not depend on the rank count. Every rank
+    must call it, unless the collection is complete (then it only opens the files, with no collective).
 
     Returns:
         :class:`Collected` (memory-mapped).
     """
+    ranks = ranks if ranks is not None else current()
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
-    meta_path = directory / META_FILE
     device = model.device
     size = tuple(model.input_size)
     layer_shape = tuple(model.layer_shapes([layer], size)[layer][1:])
@@ -143,25 +232,30 @@ def collect(model: Model, layer: str, images: ImageSet, directory: Path, *, n: i
     meta = {"key": key, "layer": layer, "layer_shape": list(layer_shape), "pool": pool, "seed": seed,
             "source": images.name, "source_size": len(images), "samples": total, "per_image": per_image,
             "images": image_count, "batch_size": batch_size, "has_attribution": logits is not None,
-            "classes": logits, "attribution": mode, "batches_done": 0, "complete": False}
-    old = read_json(meta_path) if meta_path.is_file() else None
-    resume = old is not None and all(old.get(k) == meta[k] for k in meta if k not in ("batches_done", "complete"))
-    if resume and old["complete"]:
-        return load_collected(directory)
-    start_batch = old["batches_done"] if resume else 0
-    file_mode = "r+" if resume else "w+"  # not ``mode``: that is the attribution mode the batches use
-    if not resume and meta_path.exists():
-        meta_path.unlink()
-    open_mm = np.lib.format.open_memmap
-    acts = open_mm(directory / "acts.npy", mode=file_mode, dtype=np.float32, shape=(total, channels))
-    samples = open_mm(directory / "samples.npy", mode=file_mode, dtype=np.int64, shape=(total, 2))
-    attr = open_mm(directory / "attr.npy", mode=file_mode, dtype=np.float32, shape=(total, logits)) if logits else None
-    write_json(meta_path, {**meta, "batches_done": start_batch})
+            "classes": logits, "attribution": mode}
+    widths = {"acts": channels, "samples": 2, **({"attr": logits} if logits else {})}
+    final_shapes = {name: (total, width) for name, width in widths.items()}
+    # No collective here: every rank reads the same files before any rank can change them (the merge waits for
+    # all ranks at a barrier), so they agree; and a complete collection then opens on one rank alone too (a
+    # rank-0-only stage reading a cached collection must not wait for the others).
+    if _complete_and_valid(directory, meta, final_shapes):
+        if ranks.writer:
+            shutil.rmtree(directory / BATCH_DIR, ignore_errors=True)  # a merge killed before its clean-up
+        return dataclasses.replace(load_collected(directory), reused=True)
+    record_key = hashlib.sha256(json.dumps(meta, sort_keys=True).encode()).hexdigest()[:16]
 
-    bar = progress_bar(batches, f"collect {layer}", enabled=progress, unit="batch", initial=start_batch)
+    def rows_of(b: int) -> int:
+        return (min((b + 1) * batch_size, image_count) - b * batch_size) * per_image
+
+    def batch_shapes(b: int) -> dict[str, tuple[int, ...]]:
+        return {name: (rows_of(b), width) for name, width in widths.items()}
+
+    mine = ranks.mine(batches)
+    todo = [b for b in mine if _read_batch(_batch_path(directory, b), f"{record_key}/{b}", batch_shapes(b)) is None]
+    bar = progress_bar(len(mine), f"collect {layer}", enabled=progress, unit="batch", initial=len(mine) - len(todo))
     layers = [layer, OUTPUT] if logits else [layer]
     with ActivationCapture(model, layers) as capture:
-        for b in range(start_batch, batches):
+        for b in todo:
             idx = order[b * batch_size:(b + 1) * batch_size]
             batch = images.tensors(idx, size, device)
             if pool is None:
@@ -170,21 +264,49 @@ def collect(model: Model, layer: str, images: ImageSet, directory: Path, *, n: i
             else:
                 vec, att = _pool_batch(capture, batch, layer, pool, first, center), None
                 pick = torch.full((len(idx), 1), center if pool == "center" else -1, dtype=torch.long)
-            rows = slice(b * batch_size * per_image, b * batch_size * per_image + len(idx) * per_image)
-            acts[rows] = vec.reshape(-1, channels).cpu().numpy()
-            samples[rows, 0] = np.repeat(idx, per_image)
-            samples[rows, 1] = pick.reshape(-1).numpy()
-            if attr is not None:
-                attr[rows] = att.reshape(-1, logits).cpu().numpy()
-            for mm in (acts, samples, attr):
-                if mm is not None:
-                    mm.flush()
-            write_json(meta_path, {**meta, "batches_done": b + 1})
+            arrays = {"key": np.array(f"{record_key}/{b}"),
+                      "acts": vec.reshape(-1, channels).float().cpu().numpy(),
+                      "samples": np.stack([np.repeat(idx, per_image).astype(np.int64),
+                                           pick.reshape(-1).numpy().astype(np.int64)], 1)}
+            if logits:
+                arrays["attr"] = att.reshape(-1, logits).float().cpu().numpy()
+            save_npz(_batch_path(directory, b), arrays)
             bar.update(1)
     bar.close()
-    del acts, samples, attr
-    write_json(meta_path, {**meta, "batches_done": batches, "complete": True})
+    ranks.barrier()
+    if ranks.writer:
+        _merge(directory, meta, widths, total, batches, rows_of, batch_shapes, record_key)
+    ranks.barrier()
     return load_collected(directory)
+
+
+def _merge(directory: Path, meta: dict, widths: dict[str, int], total: int, batches: int, rows_of, batch_shapes,
+           record_key: str) -> None:
+    """Rank 0: stream the batch records into ``<name>.npy`` (each filled memory-mapped in a hidden temporary,
+    then renamed), write ``collect.json`` and delete ``batches/``. A record found damaged here (nothing should
+    damage it between the barrier and now, but a file system can) raises."""
+    meta_path = directory / META_FILE
+    if meta_path.exists():
+        meta_path.unlink()  # a stale or partial manifest must not vouch for the files written next
+    digests = {}
+    for name, width in widths.items():
+        dtype = np.int64 if name == "samples" else np.float32
+        path = directory / f"{name}.npy"
+        with atomic_path(path) as tmp:
+            target = np.lib.format.open_memmap(tmp, mode="w+", dtype=dtype, shape=(total, width))
+            row = 0
+            for b in range(batches):
+                arrays = _read_batch(_batch_path(directory, b), f"{record_key}/{b}", batch_shapes(b))
+                if arrays is None:
+                    raise NnfeatError(f"the collection record of batch {b} in '{directory / BATCH_DIR}' went missing "
+                                      "during the merge: run the command again")
+                target[row:row + rows_of(b)] = arrays[name]
+                row += rows_of(b)
+            target.flush()
+            del target
+            digests[name] = file_digest(tmp)
+    write_json(meta_path, {**meta, "batches_done": batches, "complete": True, "digests": digests})
+    shutil.rmtree(directory / BATCH_DIR, ignore_errors=True)  # merged: the per-batch records are not needed
 
 
 def images_key(images: ImageSet) -> str:
@@ -208,13 +330,11 @@ def pooled(model: Model, layer: str, images: ImageSet, root: Path, *, pool: str 
     weights = getattr(model, "weights", None)
     key = hashlib.sha256(json.dumps(["pooled", model.name, weights, layer, pool, images_key(images), batch_size])
                          .encode()).hexdigest()[:16]
-    meta = folder / META_FILE
-    was = meta.is_file() and read_json(meta).get("key") == key and read_json(meta).get("complete", False)
     data = collect(model, layer, images, folder, pool=pool, batch_size=batch_size, attribution=False, key=key,
                    progress=progress)
     if not np.array_equal(np.asarray(data.samples[:, 0]), np.arange(len(images))):
         raise NnfeatError(f"the cached collection in '{folder}' does not match the images: delete the folder")
-    return data, bool(was)
+    return data, data.reused
 
 
 def pool_positions(model: Model, layer_shape, size) -> tuple[int, int]:
@@ -351,4 +471,4 @@ def _gather(view: torch.Tensor, pick: torch.Tensor) -> torch.Tensor:
 
 
 __all__ = ["POOLS", "collect", "pooled", "images_key", "load_collected", "Collected", "model_logit_count",
-           "pool_positions"]
+           "pool_positions", "save_npz", "file_digest"]

@@ -29,7 +29,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from nnfeat.errors import NnfeatError
+from nnfeat.errors import NnfeatError, shorten
 from nnfeat.models.weights import nnfeat_home
 
 #: File suffixes a folder source picks up (lower case).
@@ -190,27 +190,32 @@ def load_images(source: str | os.PathLike, *, limit: int | None = None, size: Si
         size: for folder sources, the (H, W) every file is resized to (default: the first file's size).
     """
     text = str(source)
+    shown = shorten(text)
     path = Path(text).expanduser()
-    if path.is_dir():
+    try:
+        is_dir, is_file = path.is_dir(), path.is_file()
+    except (OSError, ValueError):  # a name no file system holds (too long, NUL): not a path
+        is_dir = is_file = False
+    if is_dir:
         images = _from_folder(path)
-    elif path.is_file():
+    elif is_file:
         if path.suffix.lower() == ".npz":
             images = _from_npz(path)
         elif path.suffix.lower() in IMAGE_SUFFIXES:
             images = ImageSet(name=str(path), files=[path])
             _read_file(path, None)  # fail now, with a clear line, if unreadable
         else:
-            raise NnfeatError(f"cannot read images from '{text}': expected a folder, an .npz file or an image file "
+            raise NnfeatError(f"cannot read images from '{shown}': expected a folder, an .npz file or an image file "
                               f"({', '.join(IMAGE_SUFFIXES)})")
     elif text.lower() == "digits":
         images = _from_digits()
     elif text.lower().split(":", 1)[0] in TORCHVISION_DATASETS:
         images = _from_torchvision(text.lower())
     else:
-        raise NnfeatError(f"image source '{text}' not found: expected a folder, an .npz file, 'digits' or a dataset name "
+        raise NnfeatError(f"image source '{shown}' not found: expected a folder, an .npz file, 'digits' or a dataset name "
                           f"({', '.join(TORCHVISION_DATASETS)}, optionally with :train or :test)")
     if len(images) == 0:
-        raise NnfeatError(f"image source '{text}' holds no images")
+        raise NnfeatError(f"image source '{shown}' holds no images")
     if size is not None:
         images.size = (size, size) if isinstance(size, int) else tuple(size)
     if limit is not None:
@@ -259,14 +264,36 @@ def as_rgb_uint8(images: np.ndarray, what: str) -> np.ndarray:
     if images.ndim != 4 or images.shape[-1] not in (1, 3, 4):
         raise NnfeatError(f"{what}: images must be N×H×W×C with C 1, 3 or 4 (or N×H×W); got shape {images.shape}")
     if images.dtype != np.uint8:
-        if not np.issubdtype(images.dtype, np.number):
-            raise NnfeatError(f"{what}: images must be uint8 (or float in [0,1]); got dtype {images.dtype}")
-        images = np.clip(np.round(images.astype(np.float64) * 255.0), 0, 255).astype(np.uint8)
+        images = _uint8_from(images, what)
     if images.shape[-1] == 1:
         images = np.repeat(images, 3, axis=-1)
     elif images.shape[-1] == 4:
         images = images[..., :3]
     return np.ascontiguousarray(images)
+
+
+def _uint8_from(images: np.ndarray, what: str) -> np.ndarray:
+    """Integer images in 0..255 or float images in [0, 1] -> uint8; a one-line error for anything else (a float
+    array in 0..255, out-of-range or non-finite values, a non-numeric dtype) instead of a silent saturation."""
+    if images.dtype == np.bool_ or not np.issubdtype(images.dtype, np.number) or np.iscomplexobj(images):
+        raise NnfeatError(f"{what}: images must be uint8 0..255 (or float in [0, 1]); got dtype {images.dtype}")
+    if images.size == 0:
+        return images.astype(np.uint8)
+    if np.issubdtype(images.dtype, np.integer):
+        low, high = int(images.min()), int(images.max())
+        if low < 0 or high > 255:
+            raise NnfeatError(f"{what}: {images.dtype} images must lie in 0..255 (uint8); got values {low}..{high}")
+        return images.astype(np.uint8)
+    if not np.isfinite(images).all():
+        raise NnfeatError(f"{what}: {images.dtype} images hold NaN or Inf; expected finite values in [0, 1]")
+    low, high = float(images.min()), float(images.max())
+    if high > 1.0 and high <= 255.0 and low >= 0.0:
+        raise NnfeatError(f"{what}: {images.dtype} images range over {low:.3g}..{high:.3g}, which looks like 0..255; "
+                          "float images must lie in [0, 1]: divide by 255 or store uint8")
+    if low < 0.0 or high > 1.0:
+        raise NnfeatError(f"{what}: {images.dtype} images range over {low:.3g}..{high:.3g}; float images must lie in "
+                          "[0, 1] (or store uint8 0..255)")
+    return np.round(images.astype(np.float64) * 255.0).astype(np.uint8)
 
 
 def _labels_and_classes(labels, classes, n: int, what: str) -> tuple[np.ndarray | None, list[str] | None]:

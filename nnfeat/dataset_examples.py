@@ -300,7 +300,9 @@ class ExamplesResult(Result):
                                     "covers_input": self.field_covers_input, "note": self.field_note},
                 "channels": [r.to_dict() for r in self.found.values()]}
 
-    def write_files(self, out: Path) -> list[str]:
+    def write_files(self, out: Path, patch_sides: tuple[str, ...] = ("top", "bottom")) -> list[str]:
+        """Per channel ``ch<c>-top.png``, ``ch<c>-bottom.png`` and, for the sides in ``patch_sides``, their
+        receptive-field patches ``ch<c>-<side>-patches.png``; returns the names."""
         from nnfeat.io import save_image
         from nnfeat.sheets import labelled_sheet
 
@@ -312,7 +314,7 @@ class ExamplesResult(Result):
                 names = [next(captions) for _ in range(len(pictures))]
                 path = save_image(out / f"ch{c:04d}-{which}.png", labelled_sheet(pictures, names, ncol=len(pictures)))
                 files.append(path.name)
-                if not self.field_covers_input:
+                if not self.field_covers_input and which in patch_sides:
                     patches = self.patches[f"{c}-{which}"]
                     path = save_image(out / f"ch{c:04d}-{which}-patches.png",
                                       labelled_sheet(patches, names, ncol=len(patches)))

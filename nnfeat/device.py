@@ -4,12 +4,18 @@ Device (``--device``, every command's default ``auto``; ``load_model(device="aut
 CUDA GPU, else Apple's MPS, else the CPU. Every operation then runs on the device its model is on, and
 records it in its JSON.
 
+Several processes (``torchrun``, see :mod:`nnfeat.distributed`): one GPU per rank. With CUDA, ``auto`` and a
+bare ``cuda`` mean ``cuda:LOCAL_RANK`` (modulo the GPU count), and the ranks join an nccl group; without
+CUDA every rank runs on the CPU and the group is gloo. An explicit ``cuda:N`` is kept as given.
+
 Precision (``--precision auto|fp32|bf16``): ``auto`` is bf16 autocast of the model's forward pass where it
 was measured to pay (:func:`default_autocast`), else float32. Memory format: channels-last input where it
 was measured to pay (:func:`default_channels_last`).
 """
 
 from __future__ import annotations
+
+import os
 
 import torch
 from torch import nn
@@ -19,10 +25,19 @@ from nnfeat.errors import NnfeatError
 DEVICES_HELP = "auto (the first CUDA GPU, else MPS, else CPU; default), cpu, cuda, cuda:N or mps"
 
 
+def local_gpu() -> int:
+    """The GPU index of this process: ``LOCAL_RANK`` (modulo the GPU count) under torchrun, else 0."""
+    try:
+        local = int(os.environ.get("LOCAL_RANK", "0")) if int(os.environ.get("WORLD_SIZE", "1")) > 1 else 0
+    except ValueError:
+        local = 0
+    return local % max(1, torch.cuda.device_count())
+
+
 def auto_device() -> torch.device:
-    """The first CUDA GPU, else Apple's MPS, else the CPU."""
+    """The first CUDA GPU (under torchrun: this rank's, :func:`local_gpu`), else Apple's MPS, else the CPU."""
     if torch.cuda.is_available():
-        return torch.device("cuda", 0)
+        return torch.device("cuda", local_gpu())
     mps = getattr(torch.backends, "mps", None)
     if mps is not None and mps.is_available():
         return torch.device("mps")
@@ -48,7 +63,7 @@ def resolve_device(device: str | torch.device | None = "auto", model: nn.Module 
     if dev.type == "mps" and not torch.backends.mps.is_available():
         raise NnfeatError(f"device '{device}' requested but MPS is not available: use --device cpu or auto")
     if dev.type == "cuda" and dev.index is None:
-        dev = torch.device("cuda", 0)
+        dev = torch.device("cuda", local_gpu())
     return dev
 
 
@@ -128,5 +143,5 @@ def default_channels_last(device: torch.device, model: nn.Module | None = None) 
     return model is None or any(isinstance(m, nn.Conv2d) for m in model.modules())
 
 
-__all__ = ["DEVICES_HELP", "PRECISIONS", "auto_device", "resolve_device", "autocast_for", "precision_used",
+__all__ = ["DEVICES_HELP", "PRECISIONS", "local_gpu", "auto_device", "resolve_device", "autocast_for", "precision_used",
            "default_autocast", "cpu_bf16_pays", "cpu_has_native_bf16", "default_channels_last"]

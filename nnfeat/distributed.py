@@ -10,13 +10,19 @@ The rule every sharded stage keeps: work is numbered (batches, units, icon batch
 rank ``i % world`` (:meth:`Ranks.mine`); its randomness comes from ``(seed, i)`` only, so the bytes do not depend
 on the rank count. Each rank writes only its own per-item records; after :meth:`Ranks.barrier`, rank 0
 (:attr:`Ranks.writer`) writes the shared files (manifests, stitched images, pages).
+
+A piece of work that one rank does on its own inside a group (a report stage that is rank 0's, or one rank's
+share) runs under :func:`alone`: there :func:`current` is rank 0 of 1, so a function that would otherwise be
+a collective (a collection) runs whole in this process and issues no collective the other ranks would wait for.
 """
 
 from __future__ import annotations
 
 import os
+from contextlib import contextmanager
+from contextvars import ContextVar
 from dataclasses import dataclass
-from typing import Callable, Sequence
+from typing import Callable, Iterator, Sequence
 
 import torch
 import torch.distributed as dist
@@ -65,8 +71,26 @@ def _collective_device() -> torch.device:
     return torch.device("cuda", torch.cuda.current_device()) if dist.get_backend() == "nccl" else torch.device("cpu")
 
 
+_alone: ContextVar["Ranks | None"] = ContextVar("nnfeat_ranks_alone", default=None)
+
+
+@contextmanager
+def alone() -> Iterator[Ranks]:
+    """Within the block :func:`current` is rank 0 of 1 (this process works on its own: no collectives, it
+    writes what it makes); the group itself is untouched."""
+    ranks = Ranks(0, 1, current().local_rank)
+    token = _alone.set(ranks)
+    try:
+        yield ranks
+    finally:
+        _alone.reset(token)
+
+
 def current() -> Ranks:
-    """The ranks of the initialized process group, else rank 0 of 1."""
+    """The ranks of the initialized process group, else rank 0 of 1 (also inside :func:`alone`)."""
+    override = _alone.get()
+    if override is not None:
+        return override
     if dist.is_available() and dist.is_initialized():
         return Ranks(dist.get_rank(), dist.get_world_size(), int(os.environ.get("LOCAL_RANK", dist.get_rank())))
     return Ranks()
@@ -127,4 +151,4 @@ def spawn(fn: Callable, world: int, *args) -> None:
     mp.spawn(_spawned, args=(fn, world, port, args), nprocs=world, join=True)
 
 
-__all__ = ["Ranks", "current", "init_from_env", "finish", "launched_world", "spawn"]
+__all__ = ["Ranks", "current", "alone", "init_from_env", "finish", "launched_world", "spawn"]

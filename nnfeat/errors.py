@@ -30,6 +30,6 @@ def nearest(name: str, choices: Iterable[str], n: int = 3) -> list[str]:
 
 def unknown_layer(name: str, choices: Iterable[str]) -> NnfeatError:
     """Error for a layer name the model does not have, naming the nearest valid names."""
-    near = nearest(name, choices)
+    near = nearest(name[:200], choices)
     hint = f"; nearest: {', '.join(near)}" if near else ""
-    return NnfeatError(f"unknown layer '{name}'{hint} (see `nnfeat layers MODEL`)")
+    return NnfeatError(f"unknown layer '{shorten(name)}'{hint} (see `nnfeat layers MODEL`)")

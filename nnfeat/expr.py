@@ -20,15 +20,33 @@ numbers, ``+ - * /``, unary ``-``/``+`` and calls of the constructors in
 subscripts, lambdas and everything else are refused with a one-line error that shows where the
 expression broke. Inside an expression a layer whose name starts with a digit goes in quotes:
 ``channel("0", 5)``.
+
+Limits (each refusal is one line naming the limit), so that no text can hang the parser, exhaust the
+stack or memory, or build an objective that overflows to inf/nan on ordinary activations:
+
+* :data:`MAX_LENGTH` characters; line breaks and tabs count as spaces, other control characters are refused;
+* :data:`MAX_DEPTH` levels of nesting (brackets, signs, calls and chained operators all count);
+* every number, written or computed, finite and within ``±MAX_NUMBER``; indices (channels, positions,
+  ``batch``) are integers ``0..MAX_NUMBER``; one unit or list names at most :data:`MAX_CHANNELS` channels;
+* the numbers multiplying an objective multiply to at most ``MAX_NUMBER`` (``1e6*(1e6*layer3:0)`` is
+  refused), at most :data:`MAX_FACTORS` objectives are multiplied together, and one divides by numbers only
+  (an objective divisor is infinite wherever it is 0); ``**`` is not an operator of the grammar;
+* arguments are checked by name (``sigma``, ``cossim_pow``, ``decay_ratio``, ... within their ranges).
 """
 
 from __future__ import annotations
 
 import ast
+import inspect
+import math
 import re
+import sys
+import warnings
+from dataclasses import dataclass
 from typing import Callable
 
-from nnfeat.errors import NnfeatError, nearest
+from nnfeat.errors import NnfeatError, nearest, shorten
+from nnfeat.layouts import IMAGE
 from nnfeat.objectives import CONSTRUCTORS, Objective, channel, neuron
 from nnfeat.units import LAYER_PATTERN, POSITION_PATTERN, SELECTOR_PATTERN, UNITS_PATTERN, Units, parse_units
 
@@ -39,17 +57,33 @@ _DASH_RANGE = re.compile(r"-\d")
 _UNIT_CALL = "__unit__"
 #: The longest expression accepted (longer text is refused before parsing).
 MAX_LENGTH = 10_000
+#: The deepest nesting accepted: brackets, unary signs, calls and each operator of a chain count one level.
+MAX_DEPTH = 100
+#: The largest magnitude of any number (written or computed), index, and of the product of an objective's weights.
+MAX_NUMBER = 1_000_000
+#: The most channels one unit or list may name (one image per channel).
+MAX_CHANNELS = 4096
+#: The most objectives multiplied together in one product.
+MAX_FACTORS = 4
+#: The longest layer name (module names are short; a longer one is a paste error).
+MAX_LAYER_NAME = 200
+#: How much of the expression an error shows on each side of the place where it broke.
+_CONTEXT = 30
+_WHITESPACE = str.maketrans({"\n": " ", "\r": " ", "\t": " "})
+_UNIT_INT = re.compile(r"(?<!\w)\d+")
 
 
-def _expand_shorthand(text: str) -> tuple[str, list[int], list[Units]]:
+def _expand_shorthand(text: str) -> tuple[str, list[int], list[Units], dict[int, int]]:
     """Rewrite each unit ``LAYER:SELECTOR[@POSITION]`` outside string literals as ``__unit__(k)``.
 
-    Returns the new text, for each of its characters the column of the original text it came from, and
-    the parsed units (``k`` indexes them).
+    Returns the new text, for each of its characters the column of the original text it came from, the
+    parsed units (``k`` indexes them) and, for each inserted call, its column in the new text -> ``k``
+    (a ``__unit__`` the user typed is not one of them).
     """
     out: list[str] = []
     origin: list[int] = []
     units: list[Units] = []
+    calls: dict[int, int] = {}
     i = 0
     quote = None
     while i < len(text):
@@ -67,15 +101,18 @@ def _expand_shorthand(text: str) -> tuple[str, list[int], list[Units]]:
             origin.append(i)
             i += 1
             continue
-        match = _SHORTHAND.match(text, i) if (ch.isalpha() or ch == "_") else None
-        if match and (i == 0 or not (text[i - 1].isalnum() or text[i - 1] in "_.")):
+        starts_word = (ch.isalpha() or ch == "_") and (i == 0 or not (text[i - 1].isalnum() or text[i - 1] in "_."))
+        match = _SHORTHAND.match(text, i) if starts_word else None  # (tried at word starts only: linear time)
+        if match:
             if _DASH_RANGE.match(text, match.end()):
                 bad = text[i:match.end() + 2]
-                raise NnfeatError(f"bad objective expression {_where(text, match.end())}: '{bad}' is not a unit; "
-                                  f"a channel range is written A..B (e.g. {match.group(0)}..{text[match.end() + 1]}); "
+                raise NnfeatError(f"bad objective expression {_where(text, match.end())}: '{shorten(bad, 40)}' is "
+                                  f"not a unit; a channel range is written A..B (e.g. "
+                                  f"{shorten(match.group(0), 40)}..{text[match.end() + 1]}); "
                                   "to subtract a number put spaces around '-'")
+            calls[len(out)] = len(units)
             repl = f"{_UNIT_CALL}({len(units)})"
-            units.append(parse_units(match.group(0)))
+            units.append(_checked_units(match.group(0), text, i))
             out.extend(repl)
             origin.extend([i] * len(repl))
             i = match.end()
@@ -84,12 +121,46 @@ def _expand_shorthand(text: str) -> tuple[str, list[int], list[Units]]:
         origin.append(i)
         i += 1
     origin.append(len(text))
-    return "".join(out), origin, units
+    return "".join(out), origin, units, calls
+
+
+def _checked_units(unit_text: str, source: str, column: int) -> Units:
+    """``parse_units(unit_text)`` after checking its numbers against :data:`MAX_NUMBER` and its channel count
+    against :data:`MAX_CHANNELS` (so ``layer3:0..999999999999`` fails at once instead of listing the range)."""
+    layer_end = unit_text.find(":") if ":" in unit_text else len(unit_text)
+    if len(unit_text[:layer_end]) > MAX_LAYER_NAME:
+        raise NnfeatError(f"bad objective expression {_where(source, column)}: a layer name of {layer_end} "
+                          f"characters: at most {MAX_LAYER_NAME}")
+    numbers = _UNIT_INT.finditer(unit_text)
+    for number in numbers:
+        if len(number.group(0)) > len(str(MAX_NUMBER)) or int(number.group(0)) > MAX_NUMBER:
+            raise NnfeatError(f"bad objective expression {_where(source, column + number.start())}: index "
+                              f"{shorten(number.group(0), 20)} is too large: indices go up to {MAX_NUMBER}")
+    if layer_end < len(unit_text):
+        selector = unit_text[layer_end + 1:].partition("@")[0]
+        total = 0
+        for item in selector.split(","):
+            lo, dots, hi = item.partition("..")
+            total += (int(hi) - int(lo) + 1) if dots and int(hi) >= int(lo) else 1
+        if total > MAX_CHANNELS:
+            raise NnfeatError(f"bad objective expression {_where(source, column)}: '{shorten(unit_text, 40)}' names "
+                              f"{total} channels: at most {MAX_CHANNELS} (one image per channel)")
+    return parse_units(unit_text)
+
+
+def _printable(text: str) -> str:
+    """``text`` with every non-printable character written as its escape (errors stay on one line)."""
+    return "".join(ch if ch.isprintable() else repr(ch)[1:-1] for ch in text)
 
 
 def _where(text: str, column: int) -> str:
+    """``at column N: ...before⟨here⟩after...``, showing at most :data:`_CONTEXT` characters on each side."""
     column = max(0, min(column, len(text)))
-    return f"at column {column + 1}: {text[:column]}⟨here⟩{text[column:]}"
+    before, after = text[max(0, column - _CONTEXT):column], text[column:column + _CONTEXT]
+    head = "..." if column > _CONTEXT else ""
+    tail = "..." if column + _CONTEXT < len(text) else ""
+    total = f" ({len(text)} characters)" if head or tail else ""
+    return f"at column {column + 1}{total}: {head}{_printable(before)}⟨here⟩{_printable(after)}{tail}"
 
 
 ChannelCount = Callable[[str], int]
@@ -99,27 +170,57 @@ def parse_objective(text: str, model=None) -> Objective:
     """Parse an objective expression (see the module docstring) into an :class:`Objective`.
 
     ``model`` (an nnfeat ``Model``), when given, resolves "every channel" (``layer3``, ``layer3:*``) to the
-    layer's channel count; without it such units are a one-line error.
+    layer's channel count, checks the layer names, and that ``total_variation``/``blur`` get a map of the right size;
+    without it "every channel" units are a one-line error. Any refusal is one :class:`NnfeatError` line.
     """
-    if not isinstance(text, str) or not text.strip():
+    if not isinstance(text, str):
+        raise NnfeatError(f"an objective expression is text such as 'layer3:5'; got {type(text).__name__}")
+    if not text.strip():
         raise NnfeatError("empty objective expression: try e.g. 'layer3:5'")
-    source = text.strip()
-    if len(source) > MAX_LENGTH:
-        raise NnfeatError(f"objective expression of {len(source)} characters is too long: at most {MAX_LENGTH}")
+    if len(text) > MAX_LENGTH:
+        raise NnfeatError(f"objective expression of {len(text)} characters is too long: at most {MAX_LENGTH}")
+    source = text.translate(_WHITESPACE).strip()
+    bad = next((i for i, ch in enumerate(source) if not ch.isprintable()), None)
+    if bad is not None:
+        raise NnfeatError(f"bad objective expression {_where(source, bad)}: control character "
+                          f"{repr(source[bad])[1:-1]} is not allowed; write the expression as plain text")
     count = _channel_counter(model)
-    if _WHOLE.match(source):
-        return units_objective(parse_units(source), count)
-    expanded, origin, units = _expand_shorthand(source)
+    objective = units_objective(_checked_units(source, source, 0), count) if _WHOLE.match(source) else \
+        _parse_expression(source, count, model)
+    if model is not None:  # unknown layers: one line with the nearest names, before any work
+        for layer in objective.model_layers:
+            model.check_layer(layer)
+    return objective
+
+
+def _parse_expression(source: str, count: ChannelCount | None, model) -> Objective:
+    """An expression that is more than one units string -> its Objective (or the one-line error)."""
+    expanded, origin, units, calls = _expand_shorthand(source)
     try:
-        tree = ast.parse(expanded, mode="eval")
+        with warnings.catch_warnings():  # "invalid decimal literal" (1if ...) is an error here, not a stderr line
+            warnings.simplefilter("error", SyntaxWarning)
+            tree = ast.parse(expanded, mode="eval")
     except SyntaxError as err:
         offset = err.offset or 0
+        if "integer string conversion" in err.msg:  # an integer literal longer than Python converts
+            raise NnfeatError(f"objective expression has a number of more than {sys.get_int_max_str_digits()} "
+                              f"digits: numbers must be within -{MAX_NUMBER}..{MAX_NUMBER}") from None
         if offset < 1:  # Python reports no position when the input ends too early
             col, reason = len(source), "unexpected end of expression"
         else:
             col, reason = origin[min(offset - 1, len(origin) - 1)], err.msg
-        raise NnfeatError(f"bad objective expression {_where(source, col)} ({reason})") from None
-    return _Walker(source, origin, units, count).visit(tree.body)
+        raise NnfeatError(f"bad objective expression {_where(source, col)} ({shorten(reason, 100)})") from None
+    except (RecursionError, MemoryError):
+        raise NnfeatError(f"objective expression is nested too deeply: at most {MAX_DEPTH} levels "
+                          "(brackets, signs and operators)") from None
+    walker = _Walker(source, expanded, origin, units, calls, count, model)
+    walker.check_depth(tree.body)
+    value = walker.visit(tree.body)
+    if not isinstance(value, _Term):
+        kind = "a number" if isinstance(value, (int, float)) else "a string" if isinstance(value, str) else "a list"
+        raise NnfeatError(f"objective expression '{shorten(source, 60)}' is {kind}, not an objective: "
+                          "use units such as layer3:5 or a function such as channel(\"layer3\", 5)")
+    return value.objective
 
 
 def units_objective(units: Units, count: ChannelCount | None = None) -> Objective:
@@ -130,8 +231,9 @@ def units_objective(units: Units, count: ChannelCount | None = None) -> Objectiv
     channels = units.channels
     if channels is None:
         if count is None:
-            raise NnfeatError(f"'{units}' means every channel of '{units.layer}': that needs the model "
-                              f"(pass it to parse_objective), or list the channels, e.g. {units.layer}:0..15")
+            raise NnfeatError(f"'{shorten(str(units), 60)}' means every channel of '{shorten(units.layer, 40)}': that "
+                              f"needs the model (pass it to parse_objective), or list the channels, e.g. "
+                              f"{shorten(units.layer, 40)}:0..15")
         channels = tuple(range(count(units.layer)))
     if units.position is None:
         return channel(units.layer, list(channels))
@@ -151,48 +253,198 @@ def _channel_counter(model) -> ChannelCount | None:
     return count
 
 
+@dataclass(frozen=True)
+class _Term:
+    """An objective while it is being built: the product of the numbers multiplying it (``weight``, an upper
+    bound on how much it scales the activations) and how many objectives are multiplied in it (``factors``)."""
+
+    objective: Objective
+    weight: float = 1.0
+    factors: int = 1
+
+
+def _describe(value) -> str:
+    """What a walked value is, for error messages."""
+    if isinstance(value, _Term):
+        return f"the objective {shorten(value.objective.description, 40)}"
+    if isinstance(value, str):
+        return f"the string '{_printable(shorten(value, 40))}'"
+    if isinstance(value, list):
+        return f"a list of {len(value)} number(s)"
+    return f"the number {_fmt(value)}"
+
+
+def _fmt(number: float) -> str:
+    return f"{number:g}" if isinstance(number, float) else str(number)
+
+
+def _is_number(value) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+# -- the arguments of the constructors, checked by name -------------------------------------------------
+def _index_ok(value) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and 0 <= value <= MAX_NUMBER
+
+
+def _layer(value) -> str | None:
+    if not isinstance(value, str) or not value.strip():
+        return 'a layer name in quotes, e.g. "layer3"'
+    if len(value) > MAX_LAYER_NAME:
+        return f"a layer name of at most {MAX_LAYER_NAME} characters"
+    return None
+
+
+def _indices(value) -> str | None:
+    what = f"a channel index 0..{MAX_NUMBER} or a non-empty list of them"
+    if _index_ok(value):
+        return None
+    if isinstance(value, list) and value and all(_index_ok(v) for v in value):
+        return None if len(value) <= MAX_CHANNELS else f"a list of at most {MAX_CHANNELS} channels"
+    return what
+
+
+def _index(value) -> str | None:
+    return None if _index_ok(value) else f"an integer 0..{MAX_NUMBER}"
+
+
+def _positive_int(value) -> str | None:
+    return None if _index_ok(value) and value >= 1 else f"an integer 1..{MAX_NUMBER}"
+
+
+def _vector(value) -> str | None:
+    if isinstance(value, list) and value and len(value) <= MAX_CHANNELS and all(_is_number(v) for v in value):
+        return None
+    return f"a non-empty list of at most {MAX_CHANNELS} numbers, one per channel"
+
+
+def _in_range(lo: float, hi: float, note: str = "") -> Callable[[object], str | None]:
+    def check(value) -> str | None:
+        return None if _is_number(value) and lo <= value <= hi else f"a number in {_fmt(lo)}..{_fmt(hi)}{note}"
+    return check
+
+
+#: parameter name -> check returning None or what the argument should be.
+_ARGUMENTS: dict[str, Callable[[object], str | None]] = {
+    "layer": _layer,
+    "channel": _indices,
+    "cls": _indices,
+    "x": _index,
+    "y": _index,
+    "batch": _index,
+    "max_distance": _positive_int,
+    "vectors": _vector,
+    "cossim_pow": _in_range(0, 8),
+    "decay_ratio": _in_range(1, MAX_NUMBER, " (far neighbours weigh less)"),
+    "constant": _in_range(-MAX_NUMBER, MAX_NUMBER),
+    "sigma": _in_range(0.1, 8, " pixels"),
+    "group": lambda v: None if _index_ok(v) and v >= 2 else f"an integer 2..{MAX_NUMBER}",
+}
+
+
+def _argument_check(function: Callable, param: str) -> Callable[[object], str | None]:
+    """The check for ``param`` of ``function``: by name, else from its annotation (a parameter added later)."""
+    if param in _ARGUMENTS:
+        return _ARGUMENTS[param]
+    annotation = str(inspect.signature(function).parameters[param].annotation)
+    if "float" in annotation:
+        return _in_range(-MAX_NUMBER, MAX_NUMBER)
+    if "int" in annotation:
+        return _index
+    if "str" in annotation:
+        return _layer
+    return lambda value: None
+_SYMBOLS = {ast.Add: "+", ast.Sub: "-", ast.Mult: "*", ast.Div: "/"}
+#: constructors that read a (B, C, H, W) map, with the parameter giving a blur radius (or None).
+_MAP_ONLY = {"total_variation": None, "tv": None, "blur": "sigma"}
+
+
+def _signature(name: str) -> str:
+    params = inspect.signature(CONSTRUCTORS[name]).parameters.values()
+    return f"{name}({', '.join(p.name if p.default is p.empty else f'{p.name}={p.default!r}' for p in params)})"
+
+
 class _Walker:
-    def __init__(self, source: str, origin: list[int], units: list[Units], count: ChannelCount | None) -> None:
+    def __init__(self, source: str, expanded: str, origin: list[int], units: list[Units], calls: dict[int, int],
+                 count: ChannelCount | None, model) -> None:
         self.source = source
         self.origin = origin
         self.units = units
+        self.calls = calls
         self.count = count
+        self.model = model
+        # AST columns are UTF-8 byte offsets into the expanded text; this maps them to characters
+        self.char_at: list[int] = []
+        for i, ch in enumerate(expanded):
+            self.char_at.extend([i] * len(ch.encode("utf-8", "surrogatepass")))
+        self.char_at.append(len(expanded))
+
+    def column(self, node: ast.AST) -> int:
+        """The column of ``node`` in the expanded text (characters)."""
+        offset = getattr(node, "col_offset", 0)
+        return self.char_at[min(max(offset, 0), len(self.char_at) - 1)]
 
     def fail(self, node: ast.AST, message: str) -> NnfeatError:
-        col = self.origin[min(getattr(node, "col_offset", 0), len(self.origin) - 1)]
+        col = self.origin[min(self.column(node), len(self.origin) - 1)]
         return NnfeatError(f"bad objective expression {_where(self.source, col)}: {message}")
+
+    def check_depth(self, root: ast.AST) -> None:
+        """Refuse trees deeper than :data:`MAX_DEPTH` before walking them (the walk recurses)."""
+        stack = [(root, 1)]
+        while stack:
+            node, depth = stack.pop()
+            if depth > MAX_DEPTH:
+                raise self.fail(node, f"nested too deeply: at most {MAX_DEPTH} levels (brackets, signs and operators)")
+            stack.extend((child, depth + 1) for child in ast.iter_child_nodes(node)
+                         if not isinstance(child, (ast.operator, ast.unaryop, ast.expr_context)))
+
+    def number(self, node: ast.AST, value):
+        """``value`` if it is a finite number within ±MAX_NUMBER, else the one-line error."""
+        if isinstance(value, int) and not isinstance(value, bool):
+            if abs(value) <= MAX_NUMBER:
+                return value
+        elif isinstance(value, float) and math.isfinite(value) and abs(value) <= MAX_NUMBER:
+            return value
+        shown = _fmt(value) if isinstance(value, float) else (
+            f"of {len(str(abs(value)))} digits" if abs(value) < 10 ** 4000 else "of more than 4000 digits")
+        raise self.fail(node, f"number {shown} is out of range: numbers must be finite and within "
+                              f"-{MAX_NUMBER}..{MAX_NUMBER}")
+
+    def weighted(self, node: ast.AST, objective: Objective, weight: float, factors: int) -> _Term:
+        if factors > MAX_FACTORS:
+            raise self.fail(node, f"a product of {factors} objectives: at most {MAX_FACTORS} objectives multiply "
+                                  "each other")
+        if not weight <= MAX_NUMBER:  # also catches nan
+            raise self.fail(node, f"the numbers multiplying this objective multiply to {_fmt(float(weight))}: "
+                                  f"at most {MAX_NUMBER} (use smaller weights)")
+        return _Term(objective, weight, factors)
 
     def visit(self, node: ast.AST):
         if isinstance(node, ast.BinOp):
-            left, right = self.visit(node.left), self.visit(node.right)
-            ops = {ast.Add: lambda a, b: a + b, ast.Sub: lambda a, b: a - b,
-                   ast.Mult: lambda a, b: a * b, ast.Div: lambda a, b: a / b}
-            op = ops.get(type(node.op))
-            if op is None:
+            if type(node.op) not in _SYMBOLS:
                 raise self.fail(node, f"operator {type(node.op).__name__} is not allowed; use + - * /")
-            if not isinstance(left, Objective) and not isinstance(right, Objective):
-                if isinstance(left, (int, float)) and isinstance(right, (int, float)):
-                    if isinstance(node.op, ast.Div) and right == 0:
-                        raise self.fail(node, "division by zero")
-                    return op(left, right)
-                raise self.fail(node, "arithmetic needs numbers or objectives")
-            if isinstance(left, (str, list)) or isinstance(right, (str, list)):
-                raise self.fail(node, "cannot combine an objective with a string or list")
-            return op(left, right)
+            return self.binop(node, self.visit(node.left), self.visit(node.right))
         if isinstance(node, ast.UnaryOp):
             value = self.visit(node.operand)
-            if isinstance(node.op, ast.USub) and isinstance(value, (Objective, int, float)):
-                return -value
-            if isinstance(node.op, ast.UAdd) and isinstance(value, (Objective, int, float)):
-                return value
+            if isinstance(node.op, (ast.USub, ast.UAdd)):
+                sign = -1 if isinstance(node.op, ast.USub) else 1
+                if isinstance(value, _Term):
+                    objective = -value.objective if sign < 0 else value.objective
+                    return _Term(objective, value.weight, value.factors)
+                if _is_number(value):
+                    return sign * value
+                raise self.fail(node, f"unary {'-' if sign < 0 else '+'} needs a number or an objective, not "
+                                      f"{_describe(value)}")
             raise self.fail(node, "only unary - and + are allowed")
         if isinstance(node, ast.Constant):
             if isinstance(node.value, bool) or not isinstance(node.value, (int, float, str)):
-                raise self.fail(node, f"constant {node.value!r} is not allowed; use numbers or strings")
-            return node.value
+                raise self.fail(node, f"constant {shorten(repr(node.value), 40)} is not allowed; use numbers or strings")
+            return self.number(node, node.value) if _is_number(node.value) else node.value
         if isinstance(node, (ast.List, ast.Tuple)):
+            if len(node.elts) > MAX_CHANNELS:
+                raise self.fail(node, f"a list of {len(node.elts)} entries: at most {MAX_CHANNELS}")
             values = [self.visit(e) for e in node.elts]
-            if not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in values):
+            if not all(_is_number(v) for v in values):
                 raise self.fail(node, "lists may hold numbers only")
             return values
         if isinstance(node, ast.Call):
@@ -202,8 +454,41 @@ class _Walker:
         if isinstance(node, ast.Name):
             hint = nearest(node.id, CONSTRUCTORS)
             more = f"; did you mean {hint[0]}(...)?" if hint else ""
-            raise self.fail(node, f"unknown name '{node.id}': layers go in quotes or as LAYER:CHANNEL{more}")
+            raise self.fail(node, f"unknown name '{shorten(node.id, 40)}': layers go in quotes or as "
+                                  f"LAYER:CHANNEL{more}")
         raise self.fail(node, f"{type(node).__name__} is not allowed in an objective expression")
+
+    def binop(self, node: ast.BinOp, left, right):
+        symbol = _SYMBOLS[type(node.op)]
+        for value in (left, right):
+            if not (_is_number(value) or isinstance(value, _Term)):
+                raise self.fail(node, f"arithmetic needs numbers or objectives, not {_describe(value)}")
+        if symbol == "/" and isinstance(right, _Term):
+            raise self.fail(node, "dividing by an objective is not allowed (it is infinite where the objective is "
+                                  "0): divide by a number")
+        if symbol == "/" and right == 0:
+            raise self.fail(node, "divided by zero: divide by a non-zero number")
+        if not isinstance(left, _Term) and not isinstance(right, _Term):
+            ops = {"+": lambda a, b: a + b, "-": lambda a, b: a - b, "*": lambda a, b: a * b, "/": lambda a, b: a / b}
+            return self.number(node, ops[symbol](left, right))
+        if isinstance(left, _Term) and isinstance(right, _Term):
+            if symbol == "*":
+                weight, factors = left.weight * right.weight, left.factors + right.factors
+            else:
+                weight, factors = max(left.weight, right.weight), max(left.factors, right.factors)
+            objective = {"+": lambda a, b: a + b, "-": lambda a, b: a - b, "*": lambda a, b: a * b}[symbol](
+                left.objective, right.objective)
+            return self.weighted(node, objective, weight, factors)
+        term, number = (left, right) if isinstance(left, _Term) else (right, left)
+        weight = term.weight
+        if symbol == "*":
+            weight = term.weight * abs(number)
+        elif symbol == "/":
+            weight = term.weight / abs(number)  # inf for a tiny divisor: refused below
+        ops = {"+": lambda a, b: a + b, "-": lambda a, b: a - b, "*": lambda a, b: a * b, "/": lambda a, b: a / b}
+        left_value = left.objective if isinstance(left, _Term) else left
+        right_value = right.objective if isinstance(right, _Term) else right
+        return self.weighted(node, ops[symbol](left_value, right_value), weight, term.factors)
 
     def call(self, node: ast.Call):
         if isinstance(node.func, ast.Attribute):
@@ -211,24 +496,62 @@ class _Walker:
         if not isinstance(node.func, ast.Name):
             raise self.fail(node, "only calls of objective functions are allowed")
         name = node.func.id
-        if name == _UNIT_CALL:
-            return units_objective(self.units[node.args[0].value], self.count)
+        if name == _UNIT_CALL and self.column(node) in self.calls:
+            return _Term(units_objective(self.units[self.calls[self.column(node)]], self.count))
         if name not in CONSTRUCTORS:
             hint = nearest(name, CONSTRUCTORS)
             extra = f"; did you mean {hint[0]}?" if hint else f"; known: {', '.join(sorted(CONSTRUCTORS))}"
-            raise self.fail(node, f"unknown function '{name}'{extra}")
+            raise self.fail(node, f"unknown function '{shorten(name, 40)}'{extra}")
         if any(isinstance(a, ast.Starred) for a in node.args) or any(k.arg is None for k in node.keywords):
             raise self.fail(node, "* and ** arguments are not allowed")
         args = [self.visit(a) for a in node.args]
         kwargs = {k.arg: self.visit(k.value) for k in node.keywords}
-        for value in [*args, *kwargs.values()]:
-            if isinstance(value, Objective):
-                raise self.fail(node, f"{name}() takes layer names and numbers, not objectives")
         try:
-            return CONSTRUCTORS[name](*args, **kwargs)
+            bound = inspect.signature(CONSTRUCTORS[name]).bind(*args, **kwargs)
         except TypeError as err:
-            message = str(err).replace("()", "", 1) if "()" in str(err) else str(err)
-            raise self.fail(node, f"bad arguments for {name}(): {message}") from None
+            raise self.fail(node, f"bad arguments for {name}(): {shorten(str(err), 80)}; expected "
+                                  f"{_signature(name)}") from None
+        for param, value in bound.arguments.items():
+            expected = _argument_check(CONSTRUCTORS[name], param)(value)
+            if isinstance(value, _Term) and expected is None:
+                expected = "a number"
+            if expected is not None:
+                unit = isinstance(value, _Term) and param == "layer"
+                hint = " (a layer goes in quotes; LAYER:CHANNEL is a unit, an objective)" if unit else ""
+                raise self.fail(node, f"argument '{param}' of {name}() must be {expected}; got "
+                                      f"{_describe(value)}{hint}")
+        layer = bound.arguments.get("layer", IMAGE if name in _MAP_ONLY else None)
+        if layer == IMAGE and name in ("neuron", "channel"):
+            channels = bound.arguments["channel"]
+            if any(c > 2 for c in (channels if isinstance(channels, list) else [channels])):
+                raise self.fail(node, f"argument 'channel' of {name}() must be 0..2 for the image (RGB)")
+        if name in _MAP_ONLY:
+            sigma = bound.arguments.get("sigma", 1.0) if _MAP_ONLY[name] else None
+            self.check_map(node, name, layer, sigma)
+        try:
+            return _Term(CONSTRUCTORS[name](*bound.args, **bound.kwargs))
+        except (TypeError, ValueError, OverflowError, RuntimeError) as err:
+            raise self.fail(node, f"bad arguments for {name}(): {shorten(str(err), 80)}") from None
 
+    def check_map(self, node: ast.AST, name: str, layer: str, sigma) -> None:
+        """With a model: ``total_variation``/``blur`` need a (B, C, H, W) map (and a blur smaller than it)."""
+        if self.model is None:
+            return
+        if layer == IMAGE:
+            height, width = self.model.input_size
+        else:
+            self.model.check_layer(layer)
+            shape = tuple(self.model.layer_shapes([layer])[layer][1:])
+            if len(shape) != 3:
+                raise self.fail(node, f"{name}() needs a (B, C, H, W) map; layer '{shorten(layer, 40)}' has shape "
+                                      f"(B, {', '.join(map(str, shape))})")
+            height, width = shape[1:]
+        side = min(height, width)
+        if side < 2:
+            raise self.fail(node, f"{name}() needs a map of at least 2x2; '{shorten(layer, 40)}' is {height}x{width}")
+        if sigma is not None and max(1, math.ceil(2 * sigma)) >= side:  # the blur's reflect padding must fit
+            raise self.fail(node, f"blur sigma {_fmt(sigma)} is too large for the {height}x{width} map of "
+                                  f"'{shorten(layer, 40)}': at most {_fmt((side - 1) / 2)}")
 
-__all__ = ["parse_objective", "units_objective", "MAX_LENGTH"]
+__all__ = ["parse_objective", "units_objective", "MAX_LENGTH", "MAX_DEPTH", "MAX_NUMBER", "MAX_CHANNELS",
+           "MAX_FACTORS", "MAX_LAYER_NAME"]

@@ -1,11 +1,20 @@
-"""Whole-layer renders: one image per unit, many units per batch, resumable.
+"""Whole-layer renders: one image per unit, many units per batch, resumable, shardable over ranks.
 
 ``microscope(model, "layer3:0..63", out=DIR)`` renders every unit of the units text (see :mod:`nnfeat.units`;
 ``"layer3"`` is every channel), ``batch`` units per render call, each batch seeded from (seed, its first
 channel), so the images do not depend on how the work was split or resumed. With ``out``, each finished
-batch is written at once (``channel-<c>.png`` plus the resume record ``microscope-cache.json``) and a re-run
-with the same settings renders only the missing batches. With ``images``, each unit also gets its top
-dataset examples.
+batch is written at once: its ``channel-<c>.png`` files, then its resume record ``batches/batch-<first>.json``
+(the settings key, the batch's channels, seed and final values). A re-run with the same settings renders
+only the batches whose record is missing, damaged, of other settings, or whose PNGs do not decode. With
+``images``, each unit also gets its top dataset examples.
+
+Under a process group (``torchrun -m nnfeat microscope ...``, see :mod:`nnfeat.distributed`) and with
+``out``, batch ``i`` is rendered by rank ``i % world`` (:meth:`~nnfeat.distributed.Ranks.mine`); after a
+barrier every rank reads the finished renders back from ``out`` and builds the same result, and only rank 0
+writes the shared files (``.save`` is a no-op returning the record's path on the other ranks). Top examples
+are found on every rank (the collection is a collective: :func:`nnfeat.collect.collect` shards its batches).
+The bytes are those of one process with any rank count, and a run killed on any rank resumes with any rank
+count. Without ``out`` every rank renders every batch in memory.
 
 The returned :class:`MicroscopeResult` ``.save(out)`` writes ``microscope.png`` (the captioned sheet: each
 unit's render, then its top examples), ``index.html`` (a page with every unit) and ``microscope.json``.
@@ -15,7 +24,7 @@ from __future__ import annotations
 
 import hashlib
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import ClassVar
 
@@ -23,6 +32,7 @@ import numpy as np
 import torch
 from PIL import Image
 
+from nnfeat import distributed
 from nnfeat.device import precision_used
 from nnfeat.errors import NnfeatError
 from nnfeat.expr import units_objective
@@ -33,7 +43,7 @@ from nnfeat.rendering import render
 from nnfeat.results import Result, check_out_dir, cli_command
 from nnfeat.units import Units, format_units
 
-CACHE_FILE = "microscope-cache.json"
+BATCHES_DIR = "batches"  #: per-batch resume records ``batches/batch-<first channel>.json``
 
 
 def _json_value(value):
@@ -106,6 +116,13 @@ class MicroscopeResult(Result):
                              for c, v in zip(self.channels, self.values.tolist())},
                 "page": "index.html"}
 
+    def save(self, out, *, timing: bool = True) -> Path:
+        """Write the sheet, page and record (see :meth:`Result.save`); on a rank other than 0 of a process
+        group nothing is written (rank 0 writes the shared files) and the record's path is returned."""
+        if not distributed.current().writer:
+            return check_out_dir(out) / f"{self.kind}.json"
+        return super().save(out, timing=timing)
+
     def write_files(self, out: Path) -> list[str]:
         from nnfeat.views.microscope_page import write_microscope_page
 
@@ -161,27 +178,44 @@ def microscope(model: Model, units: str | Units, *, out: str | Path | None = Non
     settings["device"] = str(dev)
     settings["precision"] = precision_used(dev, render_kwargs.get("autocast"), model)
 
-    done, values = _cached(out, settings)
     # Chunks are fixed by the channel list, so a resumed run renders exactly the batches an uninterrupted one would.
     chunks = [channel_list[i:i + batch] for i in range(0, len(channel_list), batch)]
-    todo = [chunk for chunk in chunks if not set(chunk) <= done]
+    ranks = distributed.current() if out is not None else distributed.Ranks()
+    key = settings_key(settings)
+    values: dict[int, float] = {}
     rendered: dict[int, torch.Tensor] = {}
-    bar = progress_bar(len(chunks), f"microscope {parsed.layer}", enabled=progress and bool(todo), unit="batch",
-                       initial=len(chunks) - len(todo), leave=True)
-    for chunk in todo:
+    mine = ranks.mine(len(chunks))
+    todo = [i for i in mine if _finished_batch(out, key, chunks[i]) is None]
+    bar = progress_bar(len(mine), f"microscope {parsed.layer}", enabled=progress and bool(todo) and ranks.writer,
+                       unit="batch", initial=len(mine) - len(todo), leave=True)
+    for i in todo:
+        chunk = chunks[i]
         kwargs = dict(render_kwargs)
-        kwargs["seed"] = int(render_kwargs.get("seed", 0)) * 100003 + chunk[0]
+        kwargs["seed"] = batch_seed(render_kwargs.get("seed", 0), chunk[0])
         objective = units_objective(Units(parsed.layer, tuple(chunk), parsed.position))
         result = render(model, objective, batch=len(chunk), progress=False, **kwargs)
-        for c, image, value in zip(chunk, result.images, result.final_values.tolist()):
-            rendered[c], values[c] = image, value
-            if out is not None:
+        chunk_values = result.final_values.tolist()
+        if out is None:
+            rendered.update(zip(chunk, result.images))
+            values.update(zip(chunk, chunk_values))
+        else:
+            for c, image in zip(chunk, result.images):
                 save_image(out / f"channel-{c}.png", image)
-        if out is not None:
-            write_json(out / CACHE_FILE, {"settings": settings, "values": {str(c): v for c, v in values.items()}})
+            write_json(batch_record_path(out, chunk[0]),  # last: the record says the batch's PNGs are complete
+                       {"key": key, "channels": chunk, "seed": kwargs["seed"],
+                        "values": {str(c): v for c, v in zip(chunk, chunk_values)}})
         bar.update(1)
     bar.close()
-    renders = torch.stack([rendered[c] if c in rendered else _read_png(out / f"channel-{c}.png") for c in channel_list])
+    if out is not None:
+        ranks.barrier()  # every rank's batches are on disk
+        for chunk in chunks:  # the same result on every rank, from the files (so a resumed run is identical)
+            found = _finished_batch(out, key, chunk)
+            if found is None:
+                raise NnfeatError(f"microscope batch {chunk[0]} in '{out}' is missing or damaged after its rank "
+                                  f"finished: re-run the same command to redo it")
+            values.update(found[0])
+            rendered.update(zip(chunk, found[1]))
+    renders = torch.stack([rendered[c] for c in channel_list])
     examples = None
     if image_set is not None:
         examples = _top_example_images(model, parsed.layer, channel_list, image_set, examples_k, renders.shape[-2:],
@@ -201,22 +235,45 @@ def _images(model: Model, images):
     return images if isinstance(images, ImageSet) else load_images(images, size=model.input_size)
 
 
-def _cached(out: Path | None, settings: dict) -> tuple[set[int], dict[int, float]]:
-    """Channels already rendered into ``out`` with the same settings, and their values."""
-    if out is None or not (out / CACHE_FILE).is_file():
-        return set(), {}
+def batch_seed(seed, first_channel: int) -> int:
+    """The seed of the render batch that starts at ``first_channel`` (also :mod:`nnfeat.report`'s)."""
+    return int(seed or 0) * 100003 + first_channel
+
+
+def settings_key(settings: dict) -> str:
+    """A short digest of the settings, the device given by its kind (``cuda:3`` and ``cuda:0`` of one
+    machine are the same work), so a resume with another rank count finds the batches again."""
+    import json
+
+    keyed = dict(settings)
+    keyed["device"] = str(keyed.get("device", "")).split(":")[0]
+    return hashlib.sha256(json.dumps(keyed, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def batch_record_path(out: Path, first_channel: int) -> Path:
+    return Path(out) / BATCHES_DIR / f"batch-{first_channel}.json"
+
+
+def _finished_batch(out: Path | None, key: str, chunk: list[int]) -> tuple[dict[int, float], list[torch.Tensor]] | None:
+    """The batch's (values, renders) when its record has ``key`` and this chunk and every PNG decodes, else
+    None (missing, damaged, or other settings: the batch is rendered again)."""
+    if out is None:
+        return None
     try:
-        previous = read_json(out / CACHE_FILE)
-    except (ValueError, OSError):
-        return set(), {}
-    if previous.get("settings") != settings:
-        return set(), {}
-    values = {int(c): float(v) for c, v in previous.get("values", {}).items() if (out / f"channel-{c}.png").is_file()}
-    return set(values), values
+        record = read_json(batch_record_path(out, chunk[0]))
+        if record.get("key") != key or record.get("channels") != list(chunk):
+            return None
+        values = {c: float(record["values"][str(c)]) for c in chunk}
+        return values, [_read_png(out / f"channel-{c}.png") for c in chunk]
+    except (OSError, ValueError, KeyError, TypeError, AttributeError, SyntaxError):
+        return None  # PIL raises OSError / SyntaxError / ValueError for a truncated or foreign file
 
 
 def _read_png(path: Path) -> torch.Tensor:
-    return torch.from_numpy(np.array(Image.open(path).convert("RGB"))).permute(2, 0, 1).float() / 255
+    """A PNG -> (3, H, W) float in [0, 1]; raises for a file that does not decode completely."""
+    with Image.open(path) as image:
+        image.load()
+        return torch.from_numpy(np.array(image.convert("RGB"))).permute(2, 0, 1).float() / 255
 
 
 def _top_example_images(model: Model, layer: str, channels: list[int], image_set, k: int, size,
@@ -253,4 +310,4 @@ def _command(model: Model, units: Units, batch: int, render_kwargs: dict, images
                        weights="random" if getattr(model, "weights", None) == "random" else None)
 
 
-__all__ = ["MicroscopeResult", "microscope", "CACHE_FILE"]
+__all__ = ["MicroscopeResult", "microscope", "BATCHES_DIR", "batch_seed", "settings_key", "batch_record_path"]

@@ -28,7 +28,7 @@ from typing import Callable, Sequence
 import torch
 import torch.nn.functional as F
 
-from nnfeat.errors import NnfeatError
+from nnfeat.errors import NnfeatError, shorten
 from nnfeat.imageops import gaussian_blur
 from nnfeat.layouts import IMAGE, OUTPUT, at_position, channel_count, channels_first
 from nnfeat.units import check_position, format_units
@@ -249,7 +249,14 @@ def _as_channels(channel: int | Sequence[int]) -> tuple[int, ...]:
         return (channel,)
     if torch.is_tensor(channel):
         return tuple(int(c) for c in channel.flatten().tolist())
-    channels = tuple(int(c) for c in channel)
+    values = list(channel)
+    try:
+        whole = all(not isinstance(c, bool) and float(c).is_integer() for c in values)
+    except (TypeError, ValueError):
+        whole = False
+    if not whole:
+        raise NnfeatError(f"channels must be whole numbers; got {shorten(str(values))}")
+    channels = tuple(int(c) for c in values)
     if not channels:
         raise NnfeatError("empty channel list: give at least one channel")
     return channels
@@ -363,24 +370,31 @@ def softmax(cls: int | Sequence[int], batch: int | None = None) -> Objective:
                      [UnitRef(OUTPUT, classes)], _units_batch(classes))
 
 
-def diversity(layer: str) -> Objective:
-    """Reward for batch items that differ in style: ``-(mean cosine similarity of item i's Gram matrix with the others)``.
+def diversity(layer: str, group: int | None = None) -> Objective:
+    """Reward for batch items that differ in style: ``-(mean cosine similarity of item i's Gram matrix with the others)``
+    (Olah et al. 2017, "Feature Visualization"; Lucid weighs it about 1e2 against a channel objective).
 
-    Needs batch >= 2. Lucid weighs it about 1e2 against a channel objective.
+    ``group``: compare each item only with the others of its block of ``group`` consecutive items (B must be a
+    multiple of ``group``), so several units' diversity renders share one batch: items 0..g-1 are one unit's, g..2g-1
+    the next one's. Needs at least 2 items per block. Gram matrices (B, C, C) from activations (B, C, S).
     """
 
     def fn(acts: Acts) -> torch.Tensor:
         view = channels_first(acts[layer])  # (B, C, S)
         b = view.shape[0]
-        if b < 2:
+        g = b if group is None else group
+        if g < 2 or b < 2:
             raise NnfeatError("diversity needs a batch of at least 2 images: use --batch 2 or more")
+        if b % g:
+            raise NnfeatError(f"diversity(group={g}) needs a batch that is a multiple of {g}; got {b}")
         gram = torch.bmm(view, view.transpose(1, 2)).flatten(1) / view.shape[-1]
-        gram = F.normalize(gram, dim=1)
-        sim = gram @ gram.T  # (B, B)
-        off_diagonal = sim.sum(1) - sim.diagonal()
-        return -off_diagonal / (b - 1)
+        gram = F.normalize(gram, dim=1).view(b // g, g, -1)
+        sim = torch.bmm(gram, gram.transpose(1, 2))  # (B/g, g, g)
+        off_diagonal = sim.sum(2) - sim.diagonal(dim1=1, dim2=2)
+        return (-off_diagonal / (g - 1)).flatten()
 
-    return Objective(fn, [layer], f"diversity({_q(layer)})", [UnitRef(layer)])
+    desc = f"diversity({_q(layer)})" if group is None else f"diversity({_q(layer)}, group={group})"
+    return Objective(fn, [layer], desc, [UnitRef(layer)])
 
 
 def alignment(layer: str, decay_ratio: float = 2.0, max_distance: int = 4) -> Objective:
@@ -397,7 +411,8 @@ def alignment(layer: str, decay_ratio: float = 2.0, max_distance: int = 4) -> Ob
             total = total + (act[d:] - act[:-d]).pow(2).mean(1).sum() / decay_ratio**d
         return (-total / b).expand(b)
 
-    return Objective(fn, [layer], f"alignment({_q(layer)})", [UnitRef(layer)])
+    extra = "" if (decay_ratio, max_distance) == (2.0, 4) else f", {_fmt(decay_ratio)}, {int(max_distance)}"
+    return Objective(fn, [layer], f"alignment({_q(layer)}{extra})", [UnitRef(layer)])
 
 
 def l1(constant: float = 0.5, layer: str = IMAGE) -> Objective:

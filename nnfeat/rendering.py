@@ -204,10 +204,11 @@ def render(
     alpha = bool(getattr(param, "has_alpha", False))  # transparency: composite over a new random background each step
 
     values = torch.zeros(steps, batch, device=dev)
+    finite = torch.ones(steps, dtype=torch.bool, device=dev)  # (steps,) whether every item's objective was finite
     kept: dict[int, torch.Tensor] = {}
     bar = progress_bar(steps, f"render {objective.description[:40]}", enabled=progress, unit="step")
     start = time.perf_counter()
-    with ActivationCapture(run_model, objective.model_layers) as capture:
+    with _bar_erased_on_error(bar), ActivationCapture(run_model, objective.model_layers) as capture:
         for step in range(steps):
             with redirect if step < redirected_relu_steps else contextlib.nullcontext():
                 images = param(random_backgrounds(batch, size, generator)) if alpha else param()
@@ -229,6 +230,9 @@ def render(
             loss.backward()
             opt.step()
             values[step] = score.detach()
+            finite[step] = torch.isfinite(values[step]).all()  # on the device: read at step 1 and the thresholds
+            if step == 0 or step + 1 in thresholds:
+                _check_finite(finite[:step + 1], steps, model.name)
             if step + 1 in thresholds:
                 with torch.no_grad():
                     kept[step + 1] = to_grey(param()) if grey else param().detach().clone()
@@ -240,6 +244,9 @@ def render(
             if needs_image:
                 acts[IMAGE] = final
             final_values = objective(acts).float()
+            if not bool(torch.isfinite(final_values).all()):
+                raise NnfeatError(f"model '{model.name}' gave a non-finite objective (NaN or Inf) on the final images: "
+                                  "check the model's forward for NaN/Inf")
     elapsed = time.perf_counter() - start
     if progress:
         bar.set_postfix_str(f"mean objective {final_values.mean().item():.3g}")
@@ -305,6 +312,27 @@ def _render_command(model: Model, objective: Objective, settings: dict, param_ki
                        lr=settings["lr"] if lr_given else None, precision=precision,
                        thresholds=",".join(map(str, settings["thresholds"])) if len(settings["thresholds"]) > 1 else None,
                        weights="random" if settings.get("weights") == "random" else None)
+
+
+@contextlib.contextmanager
+def _bar_erased_on_error(bar):
+    """Erase the progress bar when the render stops with an error, so the error line stands alone."""
+    try:
+        yield
+    except BaseException:
+        bar.leave = False
+        bar.close()
+        raise
+
+
+def _check_finite(finite: torch.Tensor, steps: int, model_name: str) -> None:
+    """A one-line error naming the first step whose objective was NaN or Inf. ``finite``: (done,) bool, on the
+    device (one host read here, at step 1 and at each threshold, not per step)."""
+    if bool(finite.all()):
+        return
+    first = int((~finite).nonzero()[0]) + 1
+    raise NnfeatError(f"model '{model_name}' gave a non-finite objective (NaN or Inf) at step {first} of {steps}: "
+                      "check the model's forward for NaN/Inf (or use a smaller --lr)")
 
 
 def _first_forward(capture: ActivationCapture, seen: torch.Tensor) -> tuple[dict[str, torch.Tensor], bool]:

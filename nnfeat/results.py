@@ -63,10 +63,25 @@ def check_out_dir(out: str | os.PathLike) -> Path:
         if parent.exists():
             if not parent.is_dir():
                 raise NnfeatError(f"output folder '{out}' is inside '{parent}', which is a file: choose another --out")
-            if not os.access(parent, os.W_OK):
-                raise NnfeatError(f"output folder '{out}' cannot be created: '{parent}' is not writable")
+            if not os.access(parent, os.W_OK) or not _can_create_in(parent):
+                raise NnfeatError(f"output folder '{out}' cannot be created: '{parent}' is not writable; "
+                                  "choose another --out")
             break
+    if out.is_dir() and not (os.access(out, os.W_OK) and _can_create_in(out)):
+        raise NnfeatError(f"output folder '{out}' is not writable: choose another --out")
     return out
+
+
+def _can_create_in(folder: Path) -> bool:
+    """Whether a file can be made in the existing ``folder`` (``os.access`` says yes to root on read-only mounts
+    and on /proc): an empty hidden folder is made there and removed at once, so nothing is left behind."""
+    import tempfile
+
+    try:
+        os.rmdir(tempfile.mkdtemp(prefix=".nnfeat-write-check-", dir=folder))
+    except OSError:
+        return False
+    return True
 
 
 def png_bytes(array: np.ndarray) -> bytes:

@@ -15,6 +15,7 @@ Presets:
 * :func:`auto_transforms` — the size-aware default: the same recipe with pads and jitters scaled by
   ``size / 128`` and the scale and rotation ranges narrowed below 128 px, so a 32 px render is not
   wrecked by transforms made for 224 px.
+* :func:`atlas_transforms` — the Activation Atlas paper's icon transforms, pixel numbers scaled by ``size / 80``.
 """
 
 from __future__ import annotations
@@ -174,6 +175,21 @@ class RandomRotate(GeometricStep):
         canvas.then(m)
 
 
+class CropOrPadTo(GeometricStep):
+    """Crop or pad the canvas, about its centre, back to ``size`` px (Lucid's ``crop_or_pad_to``): unlike the
+    final resize of :class:`RandomAffine`, this keeps the content's scale."""
+
+    def __init__(self, size: int | tuple[int, int]) -> None:
+        super().__init__()
+        self.size = (size, size) if isinstance(size, int) else tuple(size)
+
+    def update(self, canvas: Canvas, generator) -> None:
+        h, w = (float(v) for v in self.size)
+        canvas.then(_translate((w - canvas.width) / 2, (h - canvas.height) / 2))
+        canvas.width = torch.full_like(canvas.width, w)
+        canvas.height = torch.full_like(canvas.height, h)
+
+
 class RandomAffine(nn.Module):
     """Compose geometric steps and resample once to ``out_size`` (the whole canvas is resized to it).
 
@@ -287,7 +303,23 @@ def auto_transforms(size: int, out_size: int | tuple[int, int] | None = None) ->
                         out_size)
 
 
-TRANSFORM_PRESETS = ("auto", "standard", "none")
+#: The Activation Atlas icon transforms (Carter et al., Distill 2019; Lucid's activation_atlas ``render_icons``):
+#: scales 0.995^n (n = -5..79) and 0.998^n (n = 20..39, twice); rotations -20..19, -10..9, -5..4 and five 0s (degrees).
+ATLAS_SCALES = tuple([0.995 ** n for n in range(-5, 80)] + [0.998 ** n for n in 2 * list(range(20, 40))])
+ATLAS_ANGLES = tuple(list(range(-20, 20)) + list(range(-10, 10)) + list(range(-5, 5)) + 5 * [0])
+
+
+def atlas_transforms(size: int, out_size: int | tuple[int, int] | None = None) -> RandomAffine:
+    """The paper's icon transforms for ``size`` px icons: pad 2, jitters 4, 4, 8, 8, 8, random scale, random rotate,
+    jitter 2, crop/pad back to ``size`` (pixel numbers of its 80 px icons, scaled by ``size / 80``), then a resize
+    to ``out_size``."""
+    f = size / 80.0
+    jitters = [Jitter(d * f) for d in (4, 4, 8, 8, 8)]
+    return RandomAffine([Pad(2 * f), *jitters, RandomScale(ATLAS_SCALES), RandomRotate(ATLAS_ANGLES), Jitter(2 * f),
+                         CropOrPadTo(size)], out_size)
+
+
+TRANSFORM_PRESETS = ("auto", "standard", "none", "atlas")
 
 
 def make_transforms(spec: str | nn.Module | None, size: int, out_size: tuple[int, int] | None = None) -> nn.Module:
@@ -300,4 +332,6 @@ def make_transforms(spec: str | nn.Module | None, size: int, out_size: tuple[int
         return auto_transforms(size, out_size)
     if spec == "standard":
         return standard_transforms(out_size)
+    if spec == "atlas":
+        return atlas_transforms(size, out_size)
     raise NnfeatError(f"unknown transforms '{spec}': use one of {', '.join(TRANSFORM_PRESETS)}")

@@ -159,6 +159,20 @@ def check_position(layer: str, shape_wo_batch: Sequence[int], position: Sequence
         raise NnfeatError(f"layer '{layer}' is a vector (no positions): drop the @POSITION")
 
 
+#: the largest index a unit text may name, and the most channels one units text may select (each is one
+#: batch image): bigger numbers are refused before ``range`` is built (``layer3:0..999999999999``)
+MAX_INDEX = 1_000_000
+MAX_CHANNELS = 4096
+
+
+def _index(text: str, source: str) -> int:
+    digits = text.strip()
+    if len(digits.lstrip("-")) > 7 or abs(int(digits)) > MAX_INDEX:
+        raise NnfeatError(f"index '{_short(digits, 20)}' in '{_short(source)}' is out of range: indices are "
+                          f"0..{MAX_INDEX:,}")
+    return int(digits)
+
+
 def _selector(text: str | None, source: str) -> tuple[int, ...] | None:
     if text is None or text == "*":
         return None
@@ -166,17 +180,22 @@ def _selector(text: str | None, source: str) -> tuple[int, ...] | None:
     for item in text.split(","):
         lo, dots, hi = item.partition("..")
         if dots:
-            a, b = int(lo), int(hi)
+            a, b = _index(lo, source), _index(hi, source)
             if b < a:
                 raise NnfeatError(f"empty channel range '{item}' in '{_short(source)}': write A..B with A <= B")
+            if len(channels) + b - a + 1 > MAX_CHANNELS:
+                raise NnfeatError(f"'{_short(source)}' selects more than {MAX_CHANNELS} channels (one batch image "
+                                  "each): select fewer, e.g. A..B in parts")
             channels.extend(range(a, b + 1))
         else:
-            channels.append(int(item))
+            channels.append(_index(item, source))
+    if len(channels) > MAX_CHANNELS:
+        raise NnfeatError(f"'{_short(source)}' selects more than {MAX_CHANNELS} channels: select fewer")
     return tuple(channels)
 
 
-def _position(text: str | None) -> tuple[int, ...] | None:
-    return None if text is None else tuple(int(p) for p in text.split(","))
+def _position(text: str | None, source: str = "") -> tuple[int, ...] | None:
+    return None if text is None else tuple(_index(p, source or text) for p in text.split(","))
 
 
 def _short(text: str, limit: int = 80) -> str:

@@ -1,26 +1,59 @@
-"""`nnfeat demo`, the offline main job, end to end on the embedded digits-cnn (few steps)."""
+"""`nnfeat demo`, the offline main job: the reports of the embedded digits-cnn and digits-vit (few steps), with
+every link and image of every page resolving, and a re-run that reuses everything."""
 
 import json
 import re
 
+import pytest
+
 from nnfeat import cli
 
+try:
+    from tests.test_report import check_links
+except ImportError:  # tests/ not importable as a package: pytest put tests/ itself on sys.path
+    from test_report import check_links
 
-def test_demo_writes_a_gallery_whose_images_all_exist(tmp_path):
-    out = tmp_path / "demo"
+
+@pytest.fixture(scope="module")
+def demo(tmp_path_factory):
+    out = tmp_path_factory.mktemp("demo") / "demo"
     assert cli.main(["demo", "--out", str(out), "--steps", "8", "--quiet"]) == 0
-    page = (out / "index.html").read_text()
+    return out
+
+
+def test_demo_is_the_report_of_both_digits_models(demo):
+    page = (demo / "index.html").read_text()
     sources = re.findall(r"src=['\"]([^'\"]+\.png)['\"]", page)
-    assert len(sources) >= 10 + 32  # 10 logits + every channel of the demo layer
-    missing = [src for src in sources if not (out / src).is_file()]
-    assert not missing, missing
-    channels = json.loads((out / "bn2" / "microscope.json").read_text())["channels"]
-    assert sorted(map(int, channels)) == list(range(32))
-    assert (out / "atlas" / "atlas.png").is_file() and (out / "atlas" / "atlas.html").is_file()
-    for view in ("heatmap/heatmap.png", "filters/filters.png", "project/projection.png", "project/projection.html"):
-        assert (out / view).is_file(), view
-    scores = json.loads((out / "project" / "projection.json").read_text())["scores"]
-    assert scores["relu3"]["knn_accuracy_2d"] > scores["relu3"]["chance"]
-    for view in ("attention/attention.png", "uncertainty/uncertainty.png", "uncertainty/reliability.png"):
-        assert (out / view).is_file(), view
-    assert (out / "saliency" / "saliency.png").is_file() and (out / "saliency" / "index.html").is_file()
+    missing = [src for src in sources if not (demo / src).is_file()]
+    assert len(sources) >= 10 + 4 and not missing, missing
+    for name in ("digits-cnn", "digits-vit"):
+        manifest = json.loads((demo / name / "report.json").read_text())
+        assert manifest["complete"] and manifest["settings"]["n"] == 1797, name
+        assert f"{name}/index.html" in page
+    # the CNN's class renders come from the readable recipe, at 256 steps whatever --steps says
+    cnn = json.loads((demo / "digits-cnn" / "report.json").read_text())["settings"]
+    assert cnn["class_render"] == "nnfeat.demo.readable_class_render" and cnn["atlas"] == ["conv3"]
+    renders = json.loads((demo / "digits-cnn" / "classes" / "renders" / "render.json").read_text())
+    assert renders["settings"]["steps"] == 256 and renders["settings"]["size"] == [12, 12]
+    assert (demo / "digits-cnn" / "layers" / "conv3" / "atlas" / "atlas.html").is_file()
+    # the ViT's classes page has its attention and rollout; the CNN's says it has no attention layer
+    assert (demo / "digits-vit" / "classes" / "attention" / "attention.png").is_file()
+    assert "attention" in (demo / "digits-vit" / "classes" / "index.html").read_text()
+    assert not (demo / "digits-cnn" / "classes" / "attention").exists()
+    assert (demo / "ensemble" / "uncertainty.png").is_file() and (demo / "ensemble" / "reliability.png").is_file()
+
+
+def test_every_link_and_image_of_the_demo_resolves(demo):
+    assert len(sorted(demo.rglob("*.html"))) > 100  # both reports: every layer and unit page
+    for name in ("digits-cnn", "digits-vit"):
+        assert check_links(demo / name) == [], name
+    refs = re.findall(r"(?:src|href)=['\"]([^'\"#]+)", (demo / "index.html").read_text())
+    assert len(refs) > 20 and [r for r in refs if not (demo / r).is_file()] == []
+
+
+def test_demo_rerun_reuses_both_reports(demo, capsys):
+    before = {p: p.read_bytes() for p in demo.rglob("*") if p.is_file() and p.name != "demo.json"}
+    assert cli.main(["demo", "--out", str(demo), "--steps", "8", "--quiet"]) == 0
+    after = {p: p.read_bytes() for p in demo.rglob("*") if p.is_file() and p.name != "demo.json"}
+    assert after.keys() == before.keys()
+    assert [p for p in before if before[p] != after[p]] == []

@@ -106,7 +106,7 @@ def test_default_layers_are_block_outputs_and_logits():
     assert default_layers(load_model("digits-cnn", weights="random")) == ["conv1", "conv2", "conv3", "output"]
 
 
-def test_report_folder_has_every_part(small):
+def test_report_folder_has_every_part(small, digits_model):
     out = small.out
     for part in ("index.html", "graph/graph.html", "classes/index.html", "layers/conv2/index.html",
                  "layers/conv2/units/1/index.html", "layers/conv2/microscope/index.html",
@@ -125,8 +125,27 @@ def test_report_folder_has_every_part(small):
     from nnfeat.collect import load_collected
 
     assert len(load_collected(out / "cache" / "collect-conv2-mean").samples) == 40
-    assert len(load_collected(out / "cache" / "projection" / "collect-conv2-mean").samples) == 20
-    assert list(small.notes) == ["heatmap:output"]  # logits have no spatial map: a note, not a failure
+    # the projection's 20 rows are taken from that collection: no second pass, and the same rows a pass over the
+    # sample gives
+    assert not (out / "cache" / "projection" / "collect-conv2-mean").exists()
+    from nnfeat.report.stages import projection_sample
+    from nnfeat.views.projection_page import project
+    import numpy as np
+
+    class _Ctx:  # the report's sample rule, applied to the report's images
+        images, settings = _images(digits_model), {"projection_n": 20, "seed": 0}
+
+    direct = project(digits_model, "conv2", projection_sample(_Ctx), method="pca", k=5, progress=False)
+    # one sprite for the sample, on the first layer's page; the next layer's page links to it
+    assert (out / "layers/conv2/projection/projection-sprite.png").is_file()
+    assert not (out / "layers/output/projection/projection-sprite.png").exists()
+    assert '"file":"../../conv2/projection/projection-sprite.png"' in \
+        (out / "layers/output/projection/projection.html").read_text()
+    with np.load(out / "layers/conv2/projection/projection.npz") as saved:
+        assert np.array_equal(saved["indices"], direct.indices)
+        assert np.allclose(saved["xy_0"], direct.xy["conv2"], atol=1e-4)
+    assert list(small.notes) == ["heatmap:output", "attention"]  # logits have no spatial map, a CNN no attention: notes
+    assert "attention" in small.notes["attention"]
     assert "no spatial map" in (out / "layers/output/index.html").read_text()
     assert "deletion auc" in (out / "classes/index.html").read_text()  # the saliency sanity numbers
     assert 'href="../../index.html">layer page' in (out / "layers/conv2/units/0/index.html").read_text()
@@ -239,3 +258,10 @@ def test_every_page_in_headless_chromium(small):
         link = browser.execute_script("const a = document.getElementById('panel-report-link');"
                                       "return document.getElementById('panel-report').hidden ? null : a.href;")
         assert link is not None and Path(unquote(urlsplit(link).path)) == (out / "layers/conv2/index.html").resolve()
+        # the second layer's projection page shows the thumbnails of the sprite it shares with the first
+        from selenium.webdriver.support.ui import WebDriverWait
+
+        browser.get(file_url(out / "layers/output/projection/projection.html"))
+        WebDriverWait(browser, 20).until(lambda d: d.execute_script(
+            "const s = window.nnfeatScatter; return !!s && s.ready && (s.spriteLoaded || s.spriteError);"))
+        assert browser.execute_script("const s = window.nnfeatScatter; return s.hasSprite && s.spriteLoaded && !s.spriteError;")

@@ -10,8 +10,9 @@ the viewer share) and :mod:`~nnfeat.atlas.pipeline` (the cached pipeline and :cl
 
 ``cells.json`` is ``{header..., "cells": [...]}``. The header holds ``model``, ``layer``, ``layer_shape``,
 ``source``, ``grid``, ``icon_size``, ``samples``, ``classes`` (logit names), ``label_classes`` (dataset
-label names), ``class`` (class atlas target or null), ``mean_cosine``, ``settings``, ``mosaic``, ``device``
-and ``precision``; the cells follow :data:`nnfeat.atlas.cells.CELL_FIELDS`.
+label names), ``class`` (class atlas target or null), ``mean_cosine``, ``settings``, ``mosaic``, ``device``,
+``precision`` and ``layout_fit`` (how the layout was fitted: on every sample, or on a seeded sample with the rest
+placed by ``transform``); the cells follow :data:`nnfeat.atlas.cells.CELL_FIELDS`.
 """
 
 from nnfeat.atlas.pipeline import AtlasResult, AtlasSettings, build_atlas

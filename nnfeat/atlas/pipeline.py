@@ -9,9 +9,21 @@
 5. icons     -> ``icons/*.png`` + ``icons/batch-*.json`` (resumable by batch)
 6. stitch    -> ``atlas.png``, ``cells.json``, ``atlas.html`` (when the viewer is installed)
 
-Every stage records a key made of the settings it depends on (and its inputs' keys). A re-run reuses a
-stage whose key matches and recomputes it, and everything after it, otherwise; so changing ``--grid``
-keeps the collection and the layout, and an interrupted run resumes where it stopped.
+Every stage records a key made of the settings it depends on (and its inputs' keys) and the sha256 digest
+of its file. A re-run reuses a stage whose key matches and whose file loads with the right shape and digest
+(a truncated or corrupt file is computed again, not trusted because it exists), and recomputes it, and
+everything after it, otherwise; so changing ``--grid`` keeps the collection and the layout, and an
+interrupted (even SIGKILLed) run resumes where it stopped.
+
+Under a process group (``torchrun -m nnfeat atlas ...`` or :func:`nnfeat.distributed.spawn`) collection batch
+``b`` and icon batch ``b`` run on rank ``b % world``; whitening, layout, grid and the stitch run on rank 0 while
+the others wait at a barrier and then read rank 0's files. Randomness comes from ``(seed, batch)`` only, so
+every output file is byte-identical for any rank count, also when a run is resumed with another one.
+
+Scale: activations and attributions stay memory-mapped, the whitening moment and the cell sums are
+accumulated in blocks, and above ``layout_sample`` samples (default 100 000) the layout is fitted on a seeded
+sample and the other rows are placed with the fitted model's ``transform``
+(:func:`nnfeat.atlas.layout.layout_fit`; the choice is in ``layout.json`` and ``layout_fit`` of ``cells.json``).
 
 A class atlas (``settings.class_``) keeps only the samples whose attribution favours the class: its top
 attribution is the class, or it is among the class's ``class_top`` largest attributions (Carter et al. 2019, class atlases).
@@ -29,12 +41,13 @@ from typing import Callable, ClassVar
 import numpy as np
 import torch
 
-from nnfeat.collect import Collected, collect, model_logit_count
+from nnfeat.collect import Collected, collect, file_digest, model_logit_count, save_npz
 from nnfeat.atlas.grid import Grid, make_grid
 from nnfeat.atlas.icons import icon_name, render_icons
-from nnfeat.atlas.layout import LAYOUTS, layout_2d, normalize_layout, whitening
+from nnfeat.atlas.layout import LAYOUT_SAMPLE, LAYOUTS, layout_fit, normalize_layout, whitening
 from nnfeat.atlas.stitch import save_mosaic
 from nnfeat.data import ImageSet
+from nnfeat.distributed import Ranks, current
 from nnfeat.errors import NnfeatError
 from nnfeat.io import atomic_path, read_json, write_json
 from nnfeat.models.base import Model
@@ -53,7 +66,11 @@ CLASS_MIN_COUNT = 4
 @dataclass
 class AtlasSettings:
     """Everything that shapes an atlas. ``None`` for ``grid``/``min_count``/``icon_size`` means the default
-    for the atlas kind: 20 / 5 (full atlas) or 10 / 4 (class atlas), icon size min(80, model input size)."""
+    for the atlas kind: 20 / 5 (full atlas) or 10 / 4 (class atlas), icon size min(80, model input size).
+    ``layout_sample``: above this many samples the layout is fitted on that many and the rest transformed
+    (default :data:`~nnfeat.atlas.layout.LAYOUT_SAMPLE`: one UMAP fit of 100 000 rows kept a whole 1 M-sample
+    atlas under 1.9 GB peak and took 16 min on a loaded 2-core machine, single-threaded as a seeded UMAP is;
+    the kNN graph and the fit grow faster than linearly in the rows, so a full 1 M fit would take hours)."""
 
     samples: int = 100_000
     per_image: int = 1
@@ -75,6 +92,7 @@ class AtlasSettings:
     class_top: int = 2500
     members: int = 6
     collect_batch: int = 128
+    layout_sample: int = LAYOUT_SAMPLE
 
     def resolved(self, model: Model) -> "AtlasSettings":
         """A copy with the ``None`` defaults filled in for ``model``."""
@@ -89,7 +107,8 @@ class AtlasSettings:
         """One-line errors for impossible values."""
         if self.layout not in LAYOUTS:
             raise NnfeatError(f"unknown layout '{self.layout}': use one of {', '.join(LAYOUTS)}")
-        for name in ("samples", "per_image", "grid", "icon_size", "steps", "batch", "class_top", "collect_batch"):
+        for name in ("samples", "per_image", "grid", "icon_size", "steps", "batch", "class_top", "collect_batch",
+                     "layout_sample"):
             value = getattr(self, name)
             if value is not None and value < 1:
                 raise NnfeatError(f"--{name.replace('_', '-')} must be at least 1, got {value}")
@@ -150,7 +169,8 @@ class AtlasResult(Result):
     def record(self) -> dict:
         return {"model": self.header["model"], "layer": self.header["layer"], "seed": self.header["settings"]["seed"],
                 "device": self.header.get("device"), "precision": self.header.get("precision"),
-                "settings": self.header["settings"], "cells": len(self.cells), "mean_cosine": self.mean_cosine,
+                "settings": self.header["settings"], "layout_fit": self.header.get("layout_fit"),
+                "cells": len(self.cells), "mean_cosine": self.mean_cosine,
                 "timings": self.timings, "cached": self.cached}
 
     def save(self, out: str | Path, *, timing: bool = True) -> Path:
@@ -160,6 +180,8 @@ class AtlasResult(Result):
         import shutil
 
         out = check_out_dir(out)
+        if not current().writer:  # under a process group only rank 0 writes the shared files
+            return out / "atlas.json"
         files = ["atlas.png", "cells.json", *(["atlas.html"] if self.html else []), "icons/"]
         if out.resolve() != self.out.resolve():
             out.mkdir(parents=True, exist_ok=True)
@@ -180,25 +202,66 @@ def _key(*parts) -> str:
     return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:20]
 
 
-def _stage_key_matches(meta_path: Path, key: str, *files: Path) -> bool:
-    if not meta_path.is_file() or not all(f.is_file() for f in files):
-        return False
+def _read_json_or_none(path: Path):
+    """A JSON file's content, or None when it is missing or damaged."""
     try:
-        return read_json(meta_path).get("key") == key
-    except (ValueError, OSError):
+        return read_json(path)
+    except (OSError, ValueError):
+        return None
+
+
+def _meta_matches(meta_path: Path, key: str, path: Path) -> bool:
+    """Whether the stage record ``meta_path`` has ``key`` and, when it recorded one, ``path``'s digest."""
+    meta = _read_json_or_none(meta_path)
+    if not isinstance(meta, dict) or meta.get("key") != key or not path.is_file():
         return False
+    return "digest" not in meta or file_digest(path) == meta["digest"]
 
 
-def _save_npy(path: Path, array: np.ndarray) -> None:
+def _load_stage_npy(path: Path, meta_path: Path, key: str, shape: tuple[int, ...]) -> np.ndarray | None:
+    """A stage's ``.npy`` when its record has ``key``, the file's digest matches and it loads with ``shape``
+    and finite values; else None (missing, stale, truncated or corrupt: the stage is computed again)."""
+    if not _meta_matches(meta_path, key, path):
+        return None
+    try:
+        array = np.load(path)
+    except (OSError, ValueError, EOFError):
+        return None
+    return array if array.shape == shape and np.isfinite(array).all() else None
+
+
+def _read_grid(path: Path) -> Grid:
+    with np.load(path) as arrays:
+        return Grid.from_arrays({k: arrays[k] for k in arrays.files})
+
+
+def _load_stage_grid(path: Path, meta_path: Path, key: str, count: int, channels: int) -> Grid | None:
+    """``grid.npz`` when valid as in :func:`_load_stage_npy` (every array loads; one cell per sample, cell
+    vectors of ``channels``), else None."""
+    if not _meta_matches(meta_path, key, path):
+        return None
+    try:
+        grid = _read_grid(path)
+    except Exception:  # a damaged zip raises many kinds of errors: all mean "compute the grid again"
+        return None
+    ok = grid.sample_cell.shape == (count,) and grid.vectors.shape == (len(grid), channels)
+    return grid if ok else None
+
+
+def _layout_info(meta: dict, count: int, layout_sample: int) -> dict:
+    """How the layout was made, for ``cells.json`` / ``atlas.json``: method, ``fit`` ("all" or "sample"),
+    ``fit_samples``, ``samples`` and the ``layout_sample`` threshold."""
+    return {"method": meta.get("method"), "fit": meta.get("fit", "all"), "fit_samples": meta.get("fit_samples", count),
+            "samples": count, "layout_sample": layout_sample}
+
+
+def _save_npy(path: Path, array: np.ndarray) -> str:
+    """Write ``array`` as ``.npy`` (atomically); returns the file's digest."""
     with atomic_path(path) as tmp:
         with open(tmp, "wb") as handle:
             np.save(handle, array)
-
-
-def _save_npz(path: Path, arrays: dict[str, np.ndarray]) -> None:
-    with atomic_path(path) as tmp:
-        with open(tmp, "wb") as handle:
-            np.savez(handle, **arrays)
+        digest = file_digest(tmp)
+    return digest
 
 
 def resolve_class(value: int | str, names: list[str] | None, count: int) -> int:
@@ -257,7 +320,8 @@ def build_atlas(model: Model, layer: str, images: ImageSet, out: str | Path, set
     s = settings.resolved(model)
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    say = log or (lambda _line: None)
+    ranks = current()
+    say = log if log is not None and ranks.writer else (lambda _line: None)
     timings: dict[str, float] = {}
     cached: list[str] = []
     class_names = list(model.classes) if model.classes is not None else None
@@ -269,28 +333,30 @@ def build_atlas(model: Model, layer: str, images: ImageSet, out: str | Path, set
             raise NnfeatError("--class needs class attributions, but the model's output is not a logit vector (B, K)")
         class_index = resolve_class(s.class_, class_names, logits)
 
-    # 1. collect ---------------------------------------------------------------------------------
+    # 1. collect (collective: batch b on rank b % world, then rank 0 merges) ------------------------------
     start = time.perf_counter()
     collect_key = _key("collect", model.name, layer, images.name, len(images), s.samples, s.per_image, s.seed,
                        s.collect_batch)
-    was_complete = _stage_key_matches(out / "collect" / "collect.json", collect_key) and \
-        read_json(out / "collect" / "collect.json").get("complete", False)
     data: Collected = collect(model, layer, images, out / "collect", n=s.samples, per_image=s.per_image, seed=s.seed,
-                              batch_size=s.collect_batch, key=collect_key, progress=progress)
-    _finish("collect", start, was_complete, timings, cached, say, f"{len(data)} samples of {layer} {data.layer_shape}")
+                              batch_size=s.collect_batch, key=collect_key, progress=progress, ranks=ranks)
+    _finish("collect", start, data.reused, timings, cached, say, f"{len(data)} samples of {layer} {data.layer_shape}")
     if class_names is None and data.attr is not None:
         class_names = [str(i) for i in range(data.attr.shape[1])]
+    channels = int(data.acts.shape[1])
 
-    # 2. whitening -------------------------------------------------------------------------------
+    # 2. whitening (rank 0; the others wait and read its file) ---------------------------------------------
     start = time.perf_counter()
     white_meta, white_path = out / "whitening.json", out / "whitening.npy"
-    reuse = _stage_key_matches(white_meta, collect_key, white_path)
-    if reuse:
+    matrix, reuse = None, True
+    if ranks.writer:
+        matrix = _load_stage_npy(white_path, white_meta, collect_key, (channels, channels))
+        reuse = matrix is not None
+        if not reuse:
+            matrix = whitening(data.acts)
+            write_json(white_meta, {"key": collect_key, "digest": _save_npy(white_path, matrix)})
+    ranks.barrier()
+    if matrix is None:
         matrix = np.load(white_path)
-    else:
-        matrix = whitening(data.acts)
-        _save_npy(white_path, matrix)
-        write_json(white_meta, {"key": collect_key})
     _finish("whitening", start, reuse, timings, cached, say, f"S {matrix.shape}")
 
     # selection (class atlas) --------------------------------------------------------------------
@@ -303,76 +369,106 @@ def build_atlas(model: Model, layer: str, images: ImageSet, out: str | Path, set
         image_index = np.asarray(data.samples[rows, 0])
     else:
         acts, attr, image_index = data.acts, data.attr, np.asarray(data.samples[:, 0])
+    count = len(acts)
 
-    # 3. layout ----------------------------------------------------------------------------------
+    # 3. layout (rank 0): fitted on every sample, or on s.layout_sample of them and the rest transformed ----
     start = time.perf_counter()
-    layout_key = _key("layout", collect_key, s.layout, s.seed, s.n_neighbors, s.min_dist, class_index, s.class_top)
+    sampled = count > s.layout_sample
+    layout_key = _key("layout", collect_key, s.layout, s.seed, s.n_neighbors, s.min_dist, class_index, s.class_top,
+                      *([("fit", s.layout_sample)] if sampled else []))  # small layouts keep their old key
     layout_meta, layout_path = out / "layout.json", out / "layout.npy"
-    reuse = _stage_key_matches(layout_meta, layout_key, layout_path)
-    if reuse:
+    positions, reuse = None, True
+    if ranks.writer:
+        positions = _load_stage_npy(layout_path, layout_meta, layout_key, (count, 2))
+        reuse = positions is not None
+        if not reuse:
+            positions, fit = layout_fit(acts, s.layout, seed=s.seed, n_neighbors=s.n_neighbors, min_dist=s.min_dist,
+                                        fit_rows=s.layout_sample, verbose=False)
+            digest = _save_npy(layout_path, positions)
+            write_json(layout_meta, {"key": layout_key, "method": s.layout, "samples": len(positions),
+                                     "fit": fit["fit"], "fit_samples": fit["fit_samples"],
+                                     "layout_sample": s.layout_sample, "digest": digest})
+    ranks.barrier()
+    if positions is None:
         positions = np.load(layout_path)
-    else:
-        positions = layout_2d(acts, s.layout, seed=s.seed, n_neighbors=s.n_neighbors, min_dist=s.min_dist,
-                              verbose=False)
-        _save_npy(layout_path, positions)
-        write_json(layout_meta, {"key": layout_key, "method": s.layout, "samples": len(positions)})
-    _finish("layout", start, reuse, timings, cached, say, f"{s.layout} of {len(positions)} samples")
+    layout_info = _layout_info(read_json(layout_meta), count, s.layout_sample)
+    fit_text = "fitted on all" if layout_info["fit"] == "all" else \
+        f"fitted on a sample of {layout_info['fit_samples']}, the rest placed by transform"
+    _finish("layout", start, reuse, timings, cached, say, f"{s.layout} of {len(positions)} samples, {fit_text}")
 
-    # 4. normalize + grid ------------------------------------------------------------------------
+    # 4. normalize + grid (rank 0) ------------------------------------------------------------------------
     start = time.perf_counter()
     grid_key = _key("grid", layout_key, s.grid, s.min_count, s.members)
     grid_meta, grid_path = out / "grid.json", out / "grid.npz"
-    reuse = _stage_key_matches(grid_meta, grid_key, grid_path)
-    if reuse:
-        with np.load(grid_path) as arrays:
-            grid = Grid.from_arrays({k: arrays[k] for k in arrays.files})
-    else:
-        normalized = normalize_layout(positions)
-        label_width = len(images.classes) if images.classes is not None else None
-        grid = make_grid(normalized, acts, size=s.grid, min_count=s.min_count, attr=attr, image_index=image_index,
-                         labels=images.labels, num_labels=label_width, members=s.members)
-        _save_npz(grid_path, {**grid.arrays(), "normalized": normalized})
-        write_json(grid_meta, {"key": grid_key, "cells": len(grid)})
+    grid, reuse = None, True
+    if ranks.writer:
+        grid = _load_stage_grid(grid_path, grid_meta, grid_key, count, channels)
+        reuse = grid is not None
+        if not reuse:
+            normalized = normalize_layout(positions)
+            label_width = len(images.classes) if images.classes is not None else None
+            grid = make_grid(normalized, acts, size=s.grid, min_count=s.min_count, attr=attr, image_index=image_index,
+                             labels=images.labels, num_labels=label_width, members=s.members)
+            save_npz(grid_path, {**grid.arrays(), "normalized": normalized})
+            write_json(grid_meta, {"key": grid_key, "cells": len(grid), "digest": file_digest(grid_path)})
+    ranks.barrier()
+    if grid is None:
+        grid = _read_grid(grid_path)
     if len(grid) == 0:
         raise NnfeatError(f"no grid cell holds {s.min_count} samples: lower --min-count or --grid, or raise --samples")
     _finish("grid", start, reuse, timings, cached, say, f"{len(grid)} of {s.grid}x{s.grid} cells kept")
 
-    # 5. icons -----------------------------------------------------------------------------------
+    # 5. icons: batch b on rank b % world; rank 0 then gathers every batch's record -------------------------
     start = time.perf_counter()
     autocast = autocast_for(s.precision)
     precision = precision_used(model.device, autocast, model)
     icons_key = _key("icons", grid_key, s.whiten, s.icon_size, s.steps, s.cossim_pow, s.transforms, s.seed,
                      s.spatial_weight, *([precision] if precision != "fp32" else []))
     icon_dir = out / "icons"
-    cosines, rendered = render_icons(
-        model, layer, grid.vectors, grid.rows, grid.cols, icon_dir, whitening=matrix if s.whiten else None,
-        icon_size=s.icon_size, steps=s.steps, batch=s.batch, seed=s.seed, cossim_pow=s.cossim_pow,
-        transforms=s.transforms, spatial_weight=s.spatial_weight, autocast=autocast, key=icons_key, progress=progress,
-        on_batch=on_icon_batch)
-    reuse = rendered == 0
+    icon_args = dict(whitening=matrix if s.whiten else None, icon_size=s.icon_size, steps=s.steps, batch=s.batch,
+                     seed=s.seed, cossim_pow=s.cossim_pow, transforms=s.transforms, spatial_weight=s.spatial_weight,
+                     autocast=autocast, key=icons_key)
+    cosines, rendered = render_icons(model, layer, grid.vectors, grid.rows, grid.cols, icon_dir, **icon_args,
+                                     progress=progress, on_batch=on_icon_batch, ranks=ranks)
+    ranks.barrier()
+    reuse = ranks.all_true(rendered == 0)
+    if ranks.sharded and ranks.writer:  # every record is there now: read them all (a damaged one is redone)
+        cosines, again = render_icons(model, layer, grid.vectors, grid.rows, grid.cols, icon_dir, **icon_args,
+                                      progress=False, ranks=Ranks())
+        reuse = reuse and again == 0
     _finish("icons", start, reuse, timings, cached, say, f"{len(grid)} icons, mean cosine {cosines.mean():.3f}")
 
-    # 6. stitch, cells.json, html ----------------------------------------------------------------
+    # 6. stitch, cells.json, html (rank 0) ------------------------------------------------------------------
     start = time.perf_counter()
-    icon_paths = [icon_dir / icon_name(int(r), int(c)) for r, c in zip(grid.rows, grid.cols)]
-    mosaic = save_mosaic(out / "atlas.png", icon_paths, grid.rows, grid.cols, s.grid, s.icon_size)
-    cells = cell_entries(grid, cosines, class_names, images)
     settings_dict = asdict(s)
     settings_dict["class"] = settings_dict.pop("class_")
-    header = {
-        "model": model.name, "layer": layer, "layer_shape": list(data.layer_shape), "source": images.name,
-        "grid": s.grid, "icon_size": s.icon_size, "samples": int(len(acts)), "classes": class_names,
-        "label_classes": images.classes if images.labels is not None else None,
-        "class": None if class_index is None else {"index": class_index, "name": _name(class_names, class_index)},
-        "mean_cosine": float(cosines.mean()), "settings": settings_dict,
-        "mosaic": "atlas.png", "device": str(model.device), "precision": precision,
-    }
-    cells_json = write_json(out / "cells.json", {**header, "cells": cells})
-    title = f"{model.name} {layer}" + ("" if class_index is None else f" — class {_name(class_names, class_index)}")
-    html = _write_html(out, mosaic, cells, class_names if class_names is not None else images.classes, s.grid,
-                       title, images, model.input_size)
+    mosaic = out / "atlas.png"
+    if ranks.writer:
+        icon_paths = [icon_dir / icon_name(int(r), int(c)) for r, c in zip(grid.rows, grid.cols)]
+        mosaic = save_mosaic(mosaic, icon_paths, grid.rows, grid.cols, s.grid, s.icon_size)
+        cells = cell_entries(grid, cosines, class_names, images)
+        header = {
+            "model": model.name, "layer": layer, "layer_shape": list(data.layer_shape), "source": images.name,
+            "grid": s.grid, "icon_size": s.icon_size, "samples": int(count), "classes": class_names,
+            "label_classes": images.classes if images.labels is not None else None,
+            "class": None if class_index is None else {"index": class_index, "name": _name(class_names, class_index)},
+            "mean_cosine": float(cosines.mean()), "settings": settings_dict, "layout_fit": layout_info,
+            "mosaic": "atlas.png", "device": str(model.device), "precision": precision,
+        }
+        cells_json = write_json(out / "cells.json", {**header, "cells": cells})
+        title = f"{model.name} {layer}" + ("" if class_index is None else f" — class {_name(class_names, class_index)}")
+        html = _write_html(out, mosaic, cells, class_names if class_names is not None else images.classes, s.grid,
+                           title, images, model.input_size)
+    ranks.barrier()
+    if not ranks.writer:  # the other ranks return what rank 0 wrote
+        cells_json = out / "cells.json"
+        record = read_json(cells_json)
+        cells = record.pop("cells")
+        header = record
+        html = out / "atlas.html" if (out / "atlas.html").is_file() else None
     _finish("stitch", start, False, timings, cached, say, f"wrote {mosaic}")
-    write_json(out / "timings.json", {"timings": timings, "cached": cached})
+    if ranks.writer:
+        write_json(out / "timings.json", {"timings": timings, "cached": cached})
     command = cli_command("atlas", model.name, layer, images=images.name, n=(images.drawn or (None,))[0],
                           samples=s.samples,
                           per_image=s.per_image,

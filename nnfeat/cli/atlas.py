@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import argparse
 import sys
-from pathlib import Path
 
+from nnfeat.transforms import TRANSFORM_PRESETS
 from nnfeat.cli.common import add_images, add_model, add_shared, finish, load_images_from_args, load_model, positive
 from nnfeat.errors import NnfeatError
 
@@ -40,8 +40,11 @@ def register(sub) -> None:
     p.add_argument("--spatial-weight", type=float, default=0.5,
                    help="add W x the cell direction averaged over all positions to the centre objective "
                         "(default 0.5: more recognisable icons; 0 is the paper's objective)")
-    p.add_argument("--transforms", default="auto", choices=("auto", "standard", "none"),
-                   help="render transforms (default auto)")
+    p.add_argument("--transforms", default="auto", choices=TRANSFORM_PRESETS,
+                   help="render transforms (default auto; atlas: the Activation Atlas paper's icon set)")
+    p.add_argument("--layout-sample", type=int, default=100_000,
+                   help="above this many samples the layout is fitted on a seeded sample of this size and the rest "
+                        "placed with transform (umap, pca; default 100000)")
     add_shared(p, out=None)
     p.add_argument("--out", default=None, help="output folder (default out/atlas-MODEL-LAYER[-CLASS])")
     p.set_defaults(func=cmd_atlas)
@@ -67,7 +70,7 @@ def cmd_atlas(args) -> int:
                              min_count=args.min_count, whiten=args.whiten, icon_size=args.icon_size, steps=args.steps,
                              batch=args.batch, seed=args.seed, class_=args.class_, cossim_pow=args.cossim_pow,
                              transforms=args.transforms, spatial_weight=args.spatial_weight,
-                             precision=args.precision)
+                             precision=args.precision, layout_sample=args.layout_sample)
     settings.check()
     positive("n", args.n)
     model = load_model(args)
@@ -81,8 +84,11 @@ def cmd_atlas(args) -> int:
               file=sys.stderr)
         return 130
     finish(result, args, out)
-    print(f"{result.mosaic} ({len(result.cells)} cells, mean cosine {result.mean_cosine:.3f}), {result.cells_json}"
-          + (f", {result.html}" if result.html else ""))
+    from nnfeat.distributed import current
+
+    if current().writer:
+        print(f"{result.mosaic} ({len(result.cells)} cells, mean cosine {result.mean_cosine:.3f}), {result.cells_json}"
+              + (f", {result.html}" if result.html else ""))
     return 0
 
 

@@ -7,12 +7,15 @@ Shared options (each command adds the ones it uses, always with the same name, d
 from __future__ import annotations
 
 import argparse
+import math
+import os
 import shlex
 import sys
+import traceback
 from typing import Sequence
 
 from nnfeat.device import DEVICES_HELP, PRECISIONS
-from nnfeat.errors import NnfeatError
+from nnfeat.errors import NnfeatError, shorten
 
 MODEL_HELP = ("a model name (see `nnfeat models`): cifar10-resnet20, digits-cnn, digits-vit, inceptionv1, "
               "torchvision:NAME, timm:NAME or FILE.py:FACTORY")
@@ -88,14 +91,119 @@ def positive(name: str, value, minimum: int = 1) -> None:
         raise NnfeatError(f"--{name.replace('_', '-')} must be at least {minimum}; got {value}")
 
 
+#: Option -> (smallest, largest) value any command accepts: a value past these would not finish (or would crash
+#: the allocator) rather than give a result, so it is refused before any work. Commands check their own,
+#: often larger, minimums (:func:`positive`); ``None`` = no bound on that side.
+LIMITS: dict[str, tuple[float | None, float | None]] = {
+    "steps": (None, 100_000), "size": (None, 4096), "batch": (None, 4096), "seed": (0, 2**32 - 1),
+    "n": (None, 100_000_000), "k": (None, 10_000), "lr": (None, 10.0), "top": (None, 100_000),
+    "icon_size": (None, 1024), "thumb_size": (None, 1024), "grid": (None, 1000), "per_image": (None, 10_000),
+    "min_count": (None, 100_000_000), "max_filters": (None, 100_000), "units_per_layer": (None, 100_000),
+    "diversity": (None, 4096), "projection_n": (None, 10_000_000), "alphas": (None, 4096), "window": (None, 4096),
+    "patch": (None, 4096), "cascade": (None, 10_000), "repeats": (None, 1000),
+}
+#: ``--samples`` means activation samples in ``atlas`` and noisy passes elsewhere.
+SAMPLES_LIMIT = {"atlas": 100_000_000}
+#: Float options that must be finite.
+FLOATS = ("lr", "cossim_pow", "spatial_weight")
+#: At most this many image pixels in one render batch (``--batch`` x ``--size``²: 256 images of 512 px).
+RENDER_PIXELS = 2**26
+
+
+def check_option_ranges(args) -> None:
+    """One-line errors for option values no command can use (non-finite floats, a non-positive ``--lr``,
+    values past :data:`LIMITS`), before any work. Options the command lacks or left at None are skipped."""
+    for name in FLOATS:
+        value = getattr(args, name, None)
+        if value is not None and not math.isfinite(value):
+            raise NnfeatError(f"--{_flag(name)} must be a finite number; got {value}")
+    if getattr(args, "lr", None) is not None and args.lr <= 0:
+        raise NnfeatError(f"--lr must be a positive learning rate (e.g. 0.05), at most {LIMITS['lr'][1]:g}; got {args.lr:g}")
+    limits = dict(LIMITS, samples=(None, SAMPLES_LIMIT.get(getattr(args, "command", None), 4096)))
+    for name, (low, high) in limits.items():
+        value = getattr(args, name, None)
+        if not isinstance(value, (int, float)) or isinstance(value, bool):
+            continue
+        if (low is not None and value < low) or (high is not None and value > high):
+            valid = f"{_number(low)}..{_number(high)}" if low is not None and high is not None else \
+                (f"at most {_number(high)}" if high is not None else f"at least {_number(low)}")
+            raise NnfeatError(f"--{_flag(name)} {shorten(str(value), 40)} is out of range: valid is {valid}")
+
+
+def check_render_pixels(batch: int | None, size: int | None, native: int) -> None:
+    """A one-line error when ``batch`` images of ``size`` px (default ``native``) exceed :data:`RENDER_PIXELS`."""
+    side = size or native
+    if batch and batch * side * side > RENDER_PIXELS:
+        most = max(1, RENDER_PIXELS // (side * side))
+        raise NnfeatError(f"--batch {batch} of {side}x{side} px images is too large to render at once "
+                          f"(at most {RENDER_PIXELS // 2**20} Mpx per batch): use --batch {most} or less, or a smaller --size")
+
+
+def check_k(k: int, images, source: str | None) -> None:
+    """A one-line error when ``k`` examples per unit are asked of fewer images (``images``: an ImageSet or None)."""
+    if images is not None and k > len(images):
+        raise NnfeatError(f"--k {k} is more than the {len(images)} images of --images {shorten(str(source))}: "
+                          f"use --k {len(images)} or less (or more images)")
+
+
+def user_files(args) -> list[str]:
+    """The user's own Python files the command runs (``FILE.py:FACTORY`` models, ``--objective-file``)."""
+    texts = [str(v) for k, v in vars(args).items() if isinstance(v, str) and k in ("model", "objective_file")]
+    files = []
+    for text in texts:
+        for part in text.split(","):
+            file, sep, _name = part.rpartition(":")
+            if sep and file.endswith(".py"):
+                files.append(os.path.realpath(os.path.expanduser(file)))
+    return files
+
+
+def user_code_error(err: BaseException, files: Sequence[str]) -> NnfeatError | None:
+    """A one-line error for an exception raised inside one of the user's ``files`` (a model's forward, a
+    recipe), naming the file, line and the exception; None when no frame of the traceback is in those files
+    (then it is nnfeat's own bug and keeps its traceback)."""
+    if not files:
+        return None
+    frames = [f for f in traceback.extract_tb(err.__traceback__) if os.path.realpath(f.filename) in files]
+    if not frames:
+        return None
+    frame = frames[-1]
+    text = " ".join(str(err).split())
+    what = f"{type(err).__name__}: {shorten(text, 160)}" if text else type(err).__name__
+    return NnfeatError(f"your code in {frame.filename}:{frame.lineno} ({frame.name}) raised {what}; fix it there "
+                       "(NNFEAT_DEBUG=1 shows the traceback)")
+
+
+def out_of_memory_error(err: BaseException) -> NnfeatError | None:
+    """A one-line error for running out of host or device memory (None for any other exception)."""
+    text = str(err)
+    if isinstance(err, MemoryError) or (isinstance(err, RuntimeError) and (
+            "out of memory" in text.lower() or "can't allocate memory" in text or "not enough memory" in text)):
+        return NnfeatError(f"out of memory ({shorten(' '.join(text.split()), 100) or type(err).__name__}): "
+                           "use a smaller --batch, --size or --n")
+    return None
+
+
+def _number(value: float) -> str:
+    return str(int(value)) if float(value).is_integer() else f"{value:g}"
+
+
+def _flag(name: str) -> str:
+    return name.replace("_", "-")
+
+
 def finish(result, args, out=None) -> int:
     """Record the command on ``result``, save it into ``out`` (default ``args.out``) and say where it went."""
     result.command = args.command_line
     path = result.save(out if out is not None else args.out)
-    print(f"wrote {path.parent}/ ({result.title()})")
+    from nnfeat.distributed import current
+
+    if current().writer:  # under torchrun only rank 0 writes the shared files, and says so
+        print(f"wrote {path.parent}/ ({result.title()})")
     return 0
 
 
 __all__ = ["OneLineParser", "MODEL_HELP", "UNITS_HELP", "add_model", "add_shared", "add_images",
            "load_images_from_args", "load_model", "command_line",
-           "positive", "finish"]
+           "positive", "finish", "LIMITS", "RENDER_PIXELS", "check_option_ranges", "check_render_pixels", "check_k",
+           "user_files", "user_code_error", "out_of_memory_error"]

@@ -1,4 +1,4 @@
-"""``nnfeat demo``: the offline demo on the embedded ``digits-cnn``."""
+"""``nnfeat demo``: the offline demo, the reports of the embedded ``digits-cnn`` and ``digits-vit``."""
 
 from __future__ import annotations
 
@@ -8,9 +8,9 @@ from nnfeat.cli.common import positive
 
 
 def register(sub) -> None:
-    p = sub.add_parser("demo", help="offline demo on the embedded digits-cnn; writes OUT/index.html")
+    p = sub.add_parser("demo", help="offline demo: the reports of the embedded digits-cnn and digits-vit; writes OUT/index.html")
     p.add_argument("--out", default="out/demo", help="output folder (default out/demo)")
-    p.add_argument("--steps", type=int, default=256, help="render steps of every render, atlas icons too (default 256)")
+    p.add_argument("--steps", type=int, default=128, help="render steps of the reports' renders, atlas icons too (default 128; the class renders take at least 256)")
     p.add_argument("--no-atlas", action="store_true", help="skip the digits activation atlas")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.set_defaults(func=cmd_demo)

@@ -5,8 +5,8 @@ from __future__ import annotations
 import sys
 
 from nnfeat.cli.atlas import safe_name
-from nnfeat.cli.common import UNITS_HELP, add_images, add_model, add_shared, finish, load_images_from_args, \
-    load_model, positive
+from nnfeat.cli.common import UNITS_HELP, add_images, add_model, add_shared, check_k, finish, \
+    load_images_from_args, load_model, positive
 
 
 def register(sub) -> None:
@@ -39,9 +39,8 @@ def cmd_examples(args) -> int:
     model = load_model(args)
     model.units(units)
     images = load_images_from_args(args, model)
+    check_k(args.k, images, args.images)
     result = examples(model, units, images, k=args.k, score=args.score, batch_size=args.batch,
                       progress=not args.quiet and sys.stderr.isatty(), cache=out / "cache")
-    if result.k < args.k:
-        print(f"note: the source has {len(images)} images, so each unit gets {result.k} examples, not {args.k}")
     print(f"note: {result.field_note}")
     return finish(result, args, out)

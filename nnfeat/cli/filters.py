@@ -3,7 +3,8 @@ render (``--with-renders``) and top dataset examples (``--images``)."""
 
 from __future__ import annotations
 
-from nnfeat.cli.common import add_images, add_model, add_shared, finish, load_images_from_args, load_model, positive
+from nnfeat.cli.common import add_images, add_model, add_shared, check_k, finish, load_images_from_args, \
+    load_model, positive
 
 DEFAULT_K = 4
 #: the defaults of :func:`nnfeat.views.filters_page.filters` (repeated here so that building the parser imports
@@ -46,6 +47,7 @@ def cmd_filters(args) -> int:
     model = load_model(args)
     check_filters(model, args.layer, scale=args.scale, max_filters=args.max_filters)
     images = load_images_from_args(args, model)
+    check_k(args.k, images, args.images)
     result = filters(model, args.layer, scale=args.scale, max_filters=args.max_filters,
                      with_renders=args.with_renders, images=images, steps=args.steps, k=args.k, seed=args.seed,
                      progress=not args.quiet)

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from nnfeat.cli.common import add_model, add_shared, load_model
+from nnfeat.cli.common import add_model, add_shared, load_model, positive
+from nnfeat.errors import NnfeatError
 
 
 def register(sub) -> None:
@@ -39,8 +40,12 @@ def cmd_models(args) -> int:
 
 
 def cmd_layers(args) -> int:
+    positive("size", args.size)
     model = load_model(args)
     size = (args.size, args.size) if args.size else None
+    if size is not None and not model.accepts_size(size):
+        raise NnfeatError(f"{model.name} does not run on {args.size}x{args.size} px input: use a larger --size "
+                          f"(its native size is {model.input_size[0]})")
     rows = model.describe_layers(size)
     width = max(len(r[0]) for r in rows)
     print(f"{'layer':<{width}}  {'output shape':<18} channels")

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import argparse
 
-from nnfeat.cli.common import UNITS_HELP, add_images, add_model, add_shared, finish, load_images_from_args, \
-    load_model, positive
-from nnfeat.errors import NnfeatError
+from nnfeat.cli.common import UNITS_HELP, add_images, add_model, add_shared, check_k, check_render_pixels, \
+    finish, load_images_from_args, load_model, positive
+from nnfeat.errors import NnfeatError, shorten
 
 STEPS = 256
 
@@ -103,8 +103,10 @@ def render_kwargs(args) -> dict:
     try:
         thresholds = [int(t) for t in args.thresholds.split(",")] if args.thresholds else None
     except ValueError:
-        raise NnfeatError(f"bad --thresholds '{args.thresholds}': expected a comma list of steps, e.g. 32,128,256"
+        raise NnfeatError(f"bad --thresholds '{shorten(args.thresholds)}': expected a comma list of steps, e.g. 32,128,256"
                           ) from None
+    if thresholds is not None and (min(thresholds) < 1 or max(thresholds) > args.steps):
+        raise NnfeatError(f"--thresholds must lie in 1..{args.steps} (--steps); got {shorten(args.thresholds)}")
     kind, spectrum = _param_and_spectrum(args)
     return dict(size=args.size, steps=args.steps, lr=args.lr, seed=args.seed, param=kind, spectrum=spectrum,
                 decorrelate=not args.no_decorrelate, transforms=args.transforms, thresholds=thresholds,
@@ -120,10 +122,12 @@ def load_objective_file(spec: str, model=None):
 
     path_text, _, name = spec.rpartition(":")
     if not path_text or not name:
-        raise NnfeatError(f"bad --objective-file '{spec}': expected FILE.py:NAME")
+        raise NnfeatError(f"bad --objective-file '{shorten(spec)}': expected FILE.py:NAME")
     path = Path(path_text)
-    if not path.is_file():
-        raise NnfeatError(f"objective file '{path}' not found: expected FILE.py:NAME with an existing FILE.py")
+    from nnfeat.io import is_existing_file
+
+    if not is_existing_file(path):
+        raise NnfeatError(f"objective file '{shorten(str(path))}' not found: expected FILE.py:NAME with an existing FILE.py")
     module_spec = importlib.util.spec_from_file_location(f"nnfeat_recipe_{path.stem}", path)
     module = importlib.util.module_from_spec(module_spec)
     try:
@@ -131,8 +135,8 @@ def load_objective_file(spec: str, model=None):
     except Exception as err:  # noqa: BLE001 - a broken recipe file is user input
         raise NnfeatError(f"objective file '{path}' failed to load: {type(err).__name__}: {err}") from None
     if not hasattr(module, name):
-        names = [n for n in vars(module) if not n.startswith("_") and (callable(vars(module)[n]) or
-                                                                     isinstance(vars(module)[n], Objective))]
+        names = [n for n, v in vars(module).items() if not n.startswith("_") and (isinstance(v, Objective) or (
+            callable(v) and getattr(v, "__module__", None) == module.__name__))]  # defined there, not imported
         raise NnfeatError(f"'{name}' not found in {path}; recipes there: {', '.join(sorted(names)) or 'none'}")
     value = getattr(module, name)
     if callable(value) and not isinstance(value, Objective):
@@ -145,6 +149,21 @@ def load_objective_file(spec: str, model=None):
     if not isinstance(value, Objective):
         raise NnfeatError(f"'{name}' in {path} is not an Objective (or a function of the model returning one)")
     return value
+
+
+def check_finite_layer(model, layer: str, size: tuple[int, int]) -> None:
+    """A one-line error when ``model``'s ``layer`` is NaN or Inf on a test image (2 random images of ``size``),
+    so a broken model fails before the first render rather than after some renders are written."""
+    import torch
+
+    from nnfeat.hooks import ActivationCapture
+
+    probe = torch.rand((2, 3, *size), generator=torch.Generator().manual_seed(0)).to(model.device)
+    with torch.no_grad(), ActivationCapture(model, [layer]) as capture:
+        acts = capture(model.fit(probe))[layer]
+    if not bool(torch.isfinite(acts.float()).all()):
+        raise NnfeatError(f"model '{model.name}' gives NaN or Inf at layer '{layer}' on a test image: "
+                          "check the model's forward (and its weights) for NaN/Inf")
 
 
 def cmd_render(args) -> int:
@@ -166,6 +185,7 @@ def cmd_render(args) -> int:
     model = load_model(args)
     objective = load_objective_file(args.objective_file, model) if args.objective_file else \
         parse_objective(args.expr, model)
+    check_render_pixels(args.batch or objective.min_batch, kwargs["size"], model.input_size[0])
     result = render(model, objective, batch=args.batch, device=None, progress=not args.quiet, **kwargs)
     if args.objective_file:
         result.settings["objective_file"] = args.objective_file
@@ -184,8 +204,12 @@ def cmd_microscope(args) -> int:
     out = check_out_dir(args.out)
     kwargs = render_kwargs(args)
     model = load_model(args)
-    model.units(args.units, (kwargs["size"] or model.input_size[0],) * 2)  # bad units: one line before any work
+    size = (kwargs["size"] or model.input_size[0],) * 2
+    parsed, channels = model.units(args.units, size)  # bad units: one line before any work
+    check_render_pixels(min(args.batch, len(channels)), kwargs["size"], model.input_size[0])
+    check_finite_layer(model, parsed.layer, size)  # a NaN model fails now, not after the first finished batches
     images = load_images_from_args(args, model)  # a bad source fails now, not after the renders
+    check_k(args.k, images, args.images)
     result = microscope(model, args.units, out=out, batch=args.batch, images=images, examples_k=args.k,
                         progress=not args.quiet, **kwargs)
     return finish(result, args)

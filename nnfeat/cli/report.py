@@ -48,6 +48,10 @@ def cmd_report(args) -> int:
     result = report(model, images, out, layers=args.layers, units_per_layer=args.units_per_layer, steps=args.steps,
                     seed=args.seed, batch=args.batch, diversity=args.diversity, projection_n=args.projection_n,
                     projection_method=args.projection_method, atlas=args.atlas, progress=not args.quiet)
+    from nnfeat.distributed import current
+
+    if not current().writer:  # under torchrun rank 0 speaks for the group
+        return 0
     for stage, note in result.notes.items():
         print(f"note: {stage}: {note}", file=sys.stderr)
     print(f"wrote {out}/index.html ({result.title()})")

@@ -27,7 +27,7 @@ from typing import Callable
 
 from torch import nn
 
-from nnfeat.errors import NnfeatError, nearest
+from nnfeat.errors import NnfeatError, nearest, shorten
 from nnfeat.models import cifar_resnet as cr
 from nnfeat.models import digits
 from nnfeat.models import digits_vit as dvit
@@ -274,14 +274,14 @@ def find_card(name: str) -> tuple[ModelCard, str | None]:
     if sep and file_part.endswith(".py"):
         return _BY_NAME["FILE.py:FACTORY"], name
     if name.endswith(".py"):
-        raise NnfeatError(f"model file '{name}' needs a factory: write it as {name}:FACTORY")
+        raise NnfeatError(f"model file '{shorten(name)}' needs a factory: write it as {shorten(name)}:FACTORY")
     raise _unknown(name)
 
 
 def _unknown(name: str) -> NnfeatError:
     close = nearest(name, [card.name for card in zoo_cards()])
     hint = f" (did you mean {close[0]}?)" if close else ""
-    return NnfeatError(f"unknown model '{name}'{hint}; known: {', '.join(known_models())}")
+    return NnfeatError(f"unknown model '{shorten(name)}'{hint}; known: {', '.join(known_models())}")
 
 
 __all__ = ["ModelCard", "PUBLISHED", "TRAINED", "TORCHVISION_DOWNLOAD", "TIMM_DOWNLOAD", "NO_WEIGHTS",

@@ -80,6 +80,8 @@ def fetch_weights(filename: str, url: str, *, sha256_prefix: str | None = None, 
     candidate = find_local(filename)
     if candidate is not None:
         fix = f"delete it and fetch it again from {url}"
+        if candidate.stat().st_size == 0:
+            raise NnfeatError(f"weights file {candidate} is empty (0 bytes); {fix}")
         _check_hash(f"weights file {candidate}", sha256_of(candidate), prefix, fix)
         return candidate
     return _download(filename, url, prefix, progress)

@@ -35,7 +35,7 @@ import torch
 from torch import nn
 
 from nnfeat.device import resolve_device
-from nnfeat.errors import NnfeatError, nearest
+from nnfeat.errors import NnfeatError, nearest, shorten
 from nnfeat.models.base import Model
 from nnfeat.models.registry import PUBLISHED, TRAINED, ModelCard, find_card, known_models
 from nnfeat.models.weights import fetch_weights, hash_prefix_from_name, weights_dir
@@ -78,7 +78,14 @@ def _load_card(card: ModelCard, _arg: None, weights: str) -> Model:
     """A zoo card: ``card.builder()`` from the fixed seed, then (pretrained) its weights file loaded into it."""
     net = _random_init(card.builder)
     if weights == "pretrained" and card.load_weights is not None:
-        card.load_weights(net, _weights_file(card))
+        path = _weights_file(card)
+        try:
+            card.load_weights(net, path)
+        except NnfeatError:
+            raise
+        except Exception as err:  # noqa: BLE001 - a weights file that does not load is a user-facing problem
+            raise NnfeatError(f"weights file {path} does not load into {card.name} ({_one_line(err)}); delete it "
+                              f"so it is fetched again, or use --weights random") from err
     return card.model(net, weights)
 
 
@@ -220,10 +227,13 @@ def _load_file_factory(_card: ModelCard, name: str, _weights: str) -> Model:
     ``nn.Module`` with default settings (its ``weights`` and ``card`` unknown: ``None``)."""
     file, _, factory = name.rpartition(":")
     path = Path(file).expanduser()
-    if not path.is_file():
-        raise NnfeatError(f"model file '{file}' not found; expected FILE.py:FACTORY with FILE an existing Python file")
+    from nnfeat.io import is_existing_file
+
+    if not is_existing_file(path):
+        raise NnfeatError(f"model file '{shorten(file)}' not found; expected FILE.py:FACTORY with FILE an existing Python file")
     if not factory.isidentifier():
-        raise NnfeatError(f"'{factory}' is not a Python name; expected {file}:FACTORY, e.g. {file}:make_model")
+        raise NnfeatError(f"'{shorten(factory)}' is not a Python name; expected FILE.py:FACTORY, e.g. "
+                          f"{shorten(file)}:make_model")
     digest = hashlib.sha1(str(path.resolve()).encode()).hexdigest()[:12]
     module_name = f"nnfeat_user_model_{digest}"
     spec = importlib.util.spec_from_file_location(module_name, path)

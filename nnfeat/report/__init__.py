@@ -7,8 +7,8 @@ sub-folder of ``out``:
   layer pages;
 * per layer ``layers/<layer>/``: the unit renders in batches (``render/``: one render per unit, kept at several
   thresholds, seeded like :func:`nnfeat.microscopy.microscope`), the microscope sheet (``microscope/``), the
-  shared pooled collection (``cache/``, :func:`nnfeat.collect.pooled`; the projection sample's in
-  ``cache/projection/``), top and bottom dataset examples
+  shared pooled collection (``cache/``, :func:`nnfeat.collect.pooled`; the projection sample's rows are taken
+  from it, its layout cached in ``cache/projection/``), top and bottom dataset examples
   (``examples/``), activation heatmaps on a few inputs (``heatmap/``), the projection of a sample of the
   dataset (``projection/``, PCA by default) and, where asked, the activation atlas (``atlas/``);
 * per unit ``layers/<layer>/units/<c>/``: diversity renders (``channel + W * diversity``; Mordvintsev et al.
@@ -18,11 +18,22 @@ sub-folder of ``out``:
   for Saliency Maps"; deletion / insertion, Petsiuk et al. 2018) and the most uncertain images (TTA);
 * the pages: ``index.html`` (search box over layer and unit names), one page per layer, per unit, the classes.
 
-Resumable: ``report.json`` (written atomically after each stage) lists the finished stages; a re-run with
-the same settings does only the missing ones, and the finished folder is byte-identical to an uninterrupted
-run (no times or dates in any file). Progress (stage and layer) goes to stderr. Per-stage seconds are kept
-in memory only (:attr:`ReportResult.timings`). Env ``NNFEAT_REPORT_STOP_AFTER=k`` stops a run after k
-stages (a test hook that stands in for a kill).
+Resumable: each finished stage writes its record ``stages/<stage>.json`` (the settings key and the stage's
+note), and ``report.json`` (rank 0, atomically) lists the finished stages, derived from those records; a
+re-run with the same settings does only the missing ones (a render batch also when one of its PNGs or its
+``render/batch-<first>.json`` does not read back), and the finished folder is byte-identical to an
+uninterrupted run (no times or dates in any file). Progress (stage and layer) goes to stderr. Per-stage
+seconds are kept in memory only (:attr:`ReportResult.timings`). Env ``NNFEAT_REPORT_STOP_AFTER=k`` stops a
+run after k stages (a test hook that stands in for a kill; under a process group at the next sync point).
+
+Several processes (``torchrun -m nnfeat report ...``, :mod:`nnfeat.distributed`): the stage list is the same on
+every rank (its order fixes the seeds). The stages of kind ``render``, ``diversity`` and ``unit`` are
+numbered among themselves and stage ``j`` is done by rank ``j % world``; collection stages (``collect:*``)
+and atlases run on every rank (collectives: they shard their own batches); every other stage runs on rank 0.
+Every rank waits at a barrier wherever the list passes between split stages and the others (a unit page
+reads the examples, a microscope sheet the layer's render batches), before each collective stage and before
+the pages (:func:`sync_points`). The folder is byte-identical to one process's with any rank count, and a
+run killed on any rank resumes with the same or another rank count.
 """
 
 from __future__ import annotations
@@ -38,12 +49,19 @@ from typing import Callable, ClassVar, Sequence
 import torch
 import torch.nn as nn
 
+from nnfeat import distributed
 from nnfeat.data import ImageSet
 from nnfeat.errors import NnfeatError
 from nnfeat.io import read_json, write_json
 from nnfeat.results import Result, check_out_dir, cli_command
 
 MANIFEST = "report.json"
+STAGES_DIR = "stages"  #: per-stage records ``stages/<stage name, quoted>.json``
+#: stage kinds split over the ranks (stage j of these kinds is rank j % world's), run on every rank (collectives),
+#: and waited for (a barrier before the stage: it reads what other ranks wrote); every other stage is rank 0's
+SHARDED_KINDS = ("render", "diversity", "unit")
+COLLECTIVE_KINDS = ("collect", "atlas")
+SYNC_KINDS = ("microscope", "pages", *COLLECTIVE_KINDS)
 STOP_ENV = "NNFEAT_REPORT_STOP_AFTER"
 #: stage kinds whose time is "render" time (the floor) and "collection" time in :attr:`ReportResult.timings`
 RENDER_KINDS = ("render", "diversity", "class-renders")
@@ -144,8 +162,8 @@ def report(model, images: ImageSet, out: str | Path, *, layers: Sequence[str] | 
            units_per_layer: int = 16, steps: int = 128, seed: int = 0, batch: int = 16,
            thresholds: int = 4, diversity: int = 3, diversity_weight: float = 1e2, examples_k: int = 6,
            heatmap_n: int = 4, projection_n: int = 2000, projection_method: str = "pca",
-           atlas: Sequence[str] | str | None = None, saliency_n: int = 4, uncertain_n: int = 500,
-           progress: bool = True) -> ReportResult:
+           atlas: Sequence[str] | str | None = None, saliency_n: int = 4, uncertain_n: int = 256,
+           class_render: Callable[..., tuple] | None = None, progress: bool = True) -> ReportResult:
     """Build (or finish) the report of ``model`` over ``images`` in the folder ``out``.
 
     Args:
@@ -157,6 +175,9 @@ def report(model, images: ImageSet, out: str | Path, *, layers: Sequence[str] | 
         examples_k: top and bottom examples per unit; heatmap_n: inputs of the layer heatmaps;
         projection_n: images in the projection sample; projection_method: pca | tsne | umap;
         atlas: layers that also get an activation atlas; saliency_n / uncertain_n: images for the classes page.
+        class_render: the class renders' recipe, ``class_render(steps=, seed=) -> (objective, render kwargs)``
+            (e.g. :func:`nnfeat.demo.readable_class_render`: priors that make digits readable); default one plain
+            render per logit (the ``output`` layer's unit renders when it is a report layer).
     Returns:
         :class:`ReportResult` (``out/index.html`` is the entry page).
     """
@@ -186,38 +207,64 @@ def report(model, images: ImageSet, out: str | Path, *, layers: Sequence[str] | 
                 "batch": batch, "diversity": diversity, "diversity_weight": diversity_weight,
                 "examples_k": examples_k, "heatmap_n": heatmap_n, "projection_n": projection_n,
                 "projection_method": projection_method, "atlas": atlas_layers, "saliency_n": saliency_n,
-                "uncertain_n": uncertain_n, "device": str(model.device)}
+                "uncertain_n": uncertain_n, "device": str(model.device),
+                "class_render": None if class_render is None else
+                f"{class_render.__module__}.{getattr(class_render, '__qualname__', class_render.__class__.__name__)}"}
     ctx = _Context(model=model, images=images, out=out, settings=settings, channels=channels,
-                   steps_kept=steps_kept)
+                   steps_kept=steps_kept, class_render=class_render)
     stages = _plan(ctx, pages)
-    manifest_path = out / MANIFEST
-    done: dict[str, dict] = {}
-    if manifest_path.is_file():
-        try:
-            previous = read_json(manifest_path)
-        except (ValueError, OSError):
-            previous = {}
-        if previous.get("settings") == settings:
-            done = dict(previous.get("stages", {}))
+    ranks = distributed.current()
+    owners = stage_owners([stage.name for stage in stages], ranks.world)
+    record_key = _settings_key(settings)
+    done = {name: info for name, info in _read_records(out, stages, record_key).items()
+            if _outputs_ok(ctx, name)}
     stop_after = int(os.environ.get(STOP_ENV, "0") or 0)
     timings: dict[str, float] = {}
-    ran = 0
+    ran, stop = 0, None
+    syncs = sync_points([stage.name for stage in stages])
     for i, stage in enumerate(stages):
-        if stage.name in done:
+        if i in syncs:
+            if ranks.sharded:
+                ranks.barrier()  # the other ranks' stages before this one are on disk
+                if not ranks.all_true(stop is None):
+                    raise StopRequested(stop or f"{STOP_ENV}: another rank stopped")
+                done = {**done, **_read_records(out, stages[:i], record_key)}
+            if ranks.writer:  # the manifest the next stages read (the pages take their notes from it)
+                _write_manifest(out, settings, stages, done)
+        owner = owners[stage.name]
+        if owner is None:  # a collective: every rank runs it, unless every rank has it done
+            if ranks.all_true(stage.name in done):
+                continue
+        elif owner != ranks.rank or stage.name in done:
             continue
         if progress:
-            print(f"report [{i + 1}/{len(stages)}] {stage.name}", file=sys.stderr, flush=True)
+            where = f" (rank {ranks.rank}/{ranks.world})" if ranks.sharded else ""
+            print(f"report [{i + 1}/{len(stages)}] {stage.name}{where}", file=sys.stderr, flush=True)
         t0 = time.perf_counter()
-        note = stage.run()
+        if owner is None:
+            note = stage.run()
+        else:
+            with distributed.alone():  # one rank's stage: whatever it calls runs whole here, no collectives
+                note = stage.run()
         timings[stage.name] = time.perf_counter() - t0
         done[stage.name] = {"note": note} if note else {}
-        ordered = {s.name: done[s.name] for s in stages if s.name in done}
-        write_json(manifest_path, {"kind": "report-manifest", "settings": settings, "stages": ordered,
-                                   "complete": len(ordered) == len(stages)})
+        if owner is not None or ranks.writer:
+            write_json(_record_path(out, stage.name), {"stage": stage.name, "key": record_key, "note": note})
+        if ranks.writer:
+            _write_manifest(out, settings, stages, done)
         ran += 1
-        if stop_after and ran >= stop_after and len(ordered) < len(stages):
-            raise StopRequested(f"{STOP_ENV}={stop_after}: stopped after stage '{stage.name}'")
-    notes = {name: info["note"] for name, info in done.items() if info.get("note")}
+        unfinished = i < len(stages) - 1 if ranks.sharded else len(done) < len(stages)
+        if stop_after and ran >= stop_after and stop is None and unfinished:
+            stop = f"{STOP_ENV}={stop_after}: stopped after stage '{stage.name}'"
+            if not ranks.sharded:
+                raise StopRequested(stop)
+    ranks.barrier()
+    if not ranks.all_true(stop is None):
+        raise StopRequested(stop or f"{STOP_ENV}: another rank stopped")
+    done = _read_records(out, stages, record_key)  # every rank's records: the same notes on every rank
+    if ranks.writer:
+        _write_manifest(out, settings, stages, done)  # (also when a kill came between a record and the manifest)
+    notes = {s.name: done[s.name]["note"] for s in stages if done.get(s.name, {}).get("note")}
     key = [pages.read_png(out / "layers" / slug(n) / "render" / f"channel-{channels[n][0]}.png")
            for n in names[:4] if channels[n]]
     command = cli_command("report", model.name, images=images.name, n=(images.drawn or (None,))[0],
@@ -226,6 +273,94 @@ def report(model, images: ImageSet, out: str | Path, *, layers: Sequence[str] | 
                           weights="random" if getattr(model, "weights", None) == "random" else None)
     return ReportResult(model=model.name, out=out, layers=channels, key_images=torch.stack(key), settings=settings,
                         timings=timings, notes=notes, elapsed=time.perf_counter() - started, command=command)
+
+
+def stage_owners(names: Sequence[str], world: int) -> dict[str, int | None]:
+    """{stage: the rank that does it, None for a collective (every rank)}: the ``j``-th stage of the sharded
+    kinds is rank ``j % world``'s, collectives every rank's, every other stage rank 0's."""
+    owners, j = {}, 0
+    for name in names:
+        kind = name.split(":")[0]
+        if kind in SHARDED_KINDS:
+            owners[name], j = j % world, j + 1
+        else:
+            owners[name] = None if kind in COLLECTIVE_KINDS else 0
+    return owners
+
+
+def sync_points(names: Sequence[str]) -> set[int]:
+    """The stage indices that every rank waits before: wherever the list passes between stages split over the
+    ranks and stages of rank 0 or of every rank (so a stage never reads what another rank has not finished:
+    unit pages read the examples, the microscope sheet reads the render batches), and before each stage of
+    :data:`SYNC_KINDS`."""
+    kinds = [name.split(":")[0] for name in names]
+    return {i for i, kind in enumerate(kinds) if i > 0 and
+            (kind in SYNC_KINDS or (kind in SHARDED_KINDS) != (kinds[i - 1] in SHARDED_KINDS))}
+
+
+def _settings_key(settings: dict) -> str:
+    from nnfeat.microscopy import settings_key
+
+    return settings_key(settings)
+
+
+def _record_path(out: Path, stage: str) -> Path:
+    """``stages/<stage>.json``, the name quoted (``render:conv2:0`` -> ``render%3Aconv2%3A0.json``: one file
+    per stage name, never two names on one file)."""
+    return out / STAGES_DIR / (re.sub(r"[^A-Za-z0-9._-]", lambda m: f"%{ord(m.group()):02X}", stage) + ".json")
+
+
+def _read_records(out: Path, stages, key: str) -> dict[str, dict]:
+    """{stage: {"note": ...} or {}} of the stages whose record reads back with ``key``."""
+    done = {}
+    for stage in stages:
+        try:
+            record = read_json(_record_path(out, stage.name))
+        except (OSError, ValueError):
+            continue
+        if isinstance(record, dict) and record.get("key") == key and record.get("stage") == stage.name:
+            done[stage.name] = {"note": record["note"]} if record.get("note") else {}
+    return done
+
+
+def _outputs_ok(ctx, stage: str) -> bool:
+    """Whether a recorded stage's outputs read back: a render batch's PNGs and values record (other stages
+    are trusted to their record, written after their files)."""
+    from nnfeat.microscopy import _read_png
+
+    parts = stage.split(":")
+    if parts[0] != "render":
+        return True
+    layer, first = ":".join(parts[1:-1]), int(parts[-1])
+    chans = ctx.channels.get(layer, [])
+    chunk = chans[chans.index(first):chans.index(first) + ctx.settings["batch"]] if first in chans else []
+    try:
+        record = read_json(ctx.layer_dir(layer) / "render" / f"batch-{first}.json")
+        if record.get("channels") != chunk or set(record.get("values", {})) != set(map(str, chunk)):
+            return False
+        for c in chunk:
+            _read_png(ctx.layer_dir(layer) / "render" / f"channel-{c}.png")
+            for step in ctx.steps_kept:
+                _read_png(ctx.unit_dir(layer, c) / f"step-{step}.png")
+    except (OSError, ValueError, SyntaxError, AttributeError, TypeError):
+        return False
+    return True
+
+
+def _write_manifest(out: Path, settings: dict, stages, done: dict) -> None:
+    """``report.json`` from the finished stages, in stage order (not rewritten when it holds that already)."""
+    import json
+
+    ordered = {s.name: done[s.name] for s in stages if s.name in done}
+    manifest = {"kind": "report-manifest", "settings": settings, "stages": ordered,
+                "complete": len(ordered) == len(stages)}
+    path = out / MANIFEST
+    try:
+        if read_json(path) == json.loads(json.dumps(manifest)):
+            return
+    except (OSError, ValueError):
+        pass
+    write_json(path, manifest)
 
 
 def _layer_list(model, layers) -> list[str]:
@@ -252,6 +387,7 @@ class _Context:
     settings: dict
     channels: dict[str, list[int]]
     steps_kept: list[int]
+    class_render: Callable[..., tuple] | None = None
 
     def layer_dir(self, layer: str) -> Path:
         return self.out / "layers" / slug(layer)
@@ -275,6 +411,13 @@ def _note(fn: Callable[[], None]) -> Callable[[], str | None]:
     return run
 
 
+def diversity_chunks(channels: list[int], batch: int, per_unit: int) -> list[list[int]]:
+    """The units whose diversity renders share one render batch: ``max(1, batch // per_unit)`` at a time (a
+    ``batch``-image render of ``per_unit`` images per unit)."""
+    size = max(1, batch // per_unit)
+    return [channels[i:i + size] for i in range(0, len(channels), size)]
+
+
 def _plan(ctx: _Context, pages) -> list[_Stage]:
     """Every stage of the report, in order (the order fixes the manifest and the seeds)."""
     from nnfeat.report import stages as st
@@ -290,19 +433,22 @@ def _plan(ctx: _Context, pages) -> list[_Stage]:
         stages.append(_Stage(f"collect:{layer}", _note(lambda l=layer: st.collect_stage(ctx, l))))
         stages.append(_Stage(f"examples:{layer}", _note(lambda l=layer: st.examples_stage(ctx, l))))
         stages.append(_Stage(f"heatmap:{layer}", _note(lambda l=layer: st.heatmap_stage(ctx, l))))
-        stages.append(_Stage(f"collect:{layer}:sample", _note(lambda l=layer: st.sample_collect_stage(ctx, l))))
         stages.append(_Stage(f"projection:{layer}", _note(lambda l=layer: st.projection_stage(ctx, l))))
         if layer in s["atlas"]:
             stages.append(_Stage(f"atlas:{layer}", _note(lambda l=layer: st.atlas_stage(ctx, l))))
+        if s["diversity"] > 1:
+            for chunk in diversity_chunks(chans, s["batch"], s["diversity"]):
+                stages.append(_Stage(f"diversity:{layer}:{chunk[0]}",
+                                     _note(lambda l=layer, c=chunk: st.diversity_stage(ctx, l, c))))
         for c in chans:
-            if s["diversity"] > 1:
-                stages.append(_Stage(f"diversity:{layer}:{c}", _note(lambda l=layer, c=c: st.diversity_stage(ctx, l, c))))
             stages.append(_Stage(f"unit:{layer}:{c}", _note(lambda l=layer, c=c: st.unit_stage(ctx, l, c))))
     stages.append(_Stage("class-renders", _note(lambda: st.class_renders_stage(ctx))))
     stages.append(_Stage("saliency", _note(lambda: st.saliency_stage(ctx))))
     stages.append(_Stage("uncertainty", _note(lambda: st.uncertainty_stage(ctx))))
+    stages.append(_Stage("attention", _note(lambda: st.attention_stage(ctx))))
     stages.append(_Stage("pages", lambda: pages.write_pages(ctx)))
     return stages
 
 
-__all__ = ["report", "ReportResult", "default_layers", "slug", "MANIFEST", "STOP_ENV", "StopRequested"]
+__all__ = ["report", "ReportResult", "default_layers", "slug", "stage_owners", "sync_points", "MANIFEST", "STAGES_DIR", "STOP_ENV",
+           "StopRequested"]

@@ -84,7 +84,9 @@ def examples_stage(ctx, layer: str) -> None:
 
     result = examples(ctx.model, format_units(layer, ctx.channels[layer]), ctx.images, k=ctx.settings["examples_k"],
                       cache=ctx.cache, progress=False)
-    result.save(ctx.layer_dir(layer) / "examples", timing=False)
+    folder = ctx.layer_dir(layer) / "examples"  # what the pages show: each unit's sheets, the top patches, the record
+    files = result.write_files(folder, patch_sides=("top",))
+    write_json(folder / "examples.json", result.full_record(files, timing=False))
 
 
 def heatmap_sample(ctx):
@@ -99,31 +101,30 @@ def heatmap_stage(ctx, layer: str) -> None:
 
 
 def projection_sample(ctx):
-    """The seeded sample of images the projections lay out."""
+    """The seeded sample of images the projections lay out (drawn from the report's images)."""
     return ctx.images.sample(min(ctx.settings["projection_n"], len(ctx.images)), ctx.settings["seed"])
 
 
-def projection_cache(ctx):
-    """The projections' own cache folder: a collection is cached per layer folder, so the sample's collection
-    must not share the folder of the full one (it would replace it)."""
-    return ctx.cache if len(projection_sample(ctx)) == len(ctx.images) else ctx.cache / "projection"
-
-
-def sample_collect_stage(ctx, layer: str) -> None:
-    """The pooled collection of the projection sample (skipped when the sample is every image)."""
-    from nnfeat.collect import pooled
-
-    if projection_cache(ctx) != ctx.cache:
-        pooled(ctx.model, layer, projection_sample(ctx), projection_cache(ctx), progress=False)
-
-
 def projection_stage(ctx, layer: str) -> None:
+    """The projection of the sample, its rows taken from the layer's collection over every image (no second pass)."""
+    import numpy as np
+
+    from nnfeat.collect import pooled
     from nnfeat.views.projection_page import project
 
     s = ctx.settings
     sample = projection_sample(ctx)
+    full, _ = pooled(ctx.model, layer, ctx.images, ctx.cache, progress=False)
+    where = {int(source): i for i, source in enumerate(ctx.images.source_indices)}
+    rows = np.asarray(full.acts)[[where[int(source)] for source in sample.source_indices]]
     result = project(ctx.model, layer, sample, method=s["projection_method"], seed=s["seed"],
-                     k=max(1, min(10, (len(sample) - 1) // 2)), cache=projection_cache(ctx), progress=False)
+                     k=max(1, min(10, (len(sample) - 1) // 2)), cache=ctx.cache / "projection",
+                     activations={layer: rows}, progress=False)
+    from nnfeat.report import slug
+
+    first = s["layers"][0]  # every layer lays out the same sample: the first layer's page holds the one sprite
+    if layer != first and (ctx.layer_dir(first) / "projection" / "projection-sprite.png").is_file():
+        result.shared_sprite = f"../../{slug(first)}/projection/projection-sprite.png"
     result.save(ctx.layer_dir(layer) / "projection", timing=False)
 
 
@@ -137,16 +138,28 @@ def atlas_stage(ctx, layer: str) -> None:
     result.save(ctx.layer_dir(layer) / "atlas", timing=False)
 
 
-def diversity_stage(ctx, layer: str, c: int) -> None:
-    """``diversity`` renders of one unit: ``channel(layer, c) + W * diversity(layer)`` over a batch."""
+def diversity_stage(ctx, layer: str, chunk: list[int]) -> None:
+    """``diversity`` renders of each unit of ``chunk``, all in one render batch: item ``i * D + j`` is render j of
+    unit ``chunk[i]`` under ``channel(layer, c) + W * diversity(layer, group=D)`` (each unit's D items are
+    compared only with each other). Writes ``units/<c>/diversity/render-<j>.png`` and
+    ``render/diversity-<first>.json`` (the final values)."""
     from nnfeat.objectives import channel, diversity
     from nnfeat.rendering import render
 
     s = ctx.settings
-    objective = channel(layer, c) + s["diversity_weight"] * diversity(layer)
-    result = render(ctx.model, objective, batch=s["diversity"], steps=s["steps"], seed=_seed(ctx, c) + 7,
-                    progress=False)
-    result.save(ctx.unit_dir(layer, c) / "diversity", timing=False)
+    d = s["diversity"]
+    per_item = [c for c in chunk for _ in range(d)]
+    objective = channel(layer, per_item) + s["diversity_weight"] * diversity(layer, group=d)
+    seed = _seed(ctx, chunk[0]) + 7
+    result = render(ctx.model, objective, batch=len(per_item), steps=s["steps"], seed=seed, progress=False)
+    for i, c in enumerate(chunk):
+        for j in range(d):
+            save_image(ctx.unit_dir(layer, c) / "diversity" / f"render-{j}.png", result.images[i * d + j])
+    values = result.final_values.view(len(chunk), d).tolist()
+    write_json(ctx.layer_dir(layer) / "render" / f"diversity-{chunk[0]}.json",
+               {"layer": layer, "channels": chunk, "images_per_unit": d, "seed": seed, "steps": s["steps"],
+                "objective": f"channel + {s['diversity_weight']:g} * diversity(group={d})",
+                "values": dict(zip(map(str, chunk), values))})
 
 
 def unit_stage(ctx, layer: str, c: int) -> None:
@@ -163,9 +176,10 @@ def unit_stage(ctx, layer: str, c: int) -> None:
             from nnfeat.views.heatmap_page import heatmap
 
             indices = [e["index"] for e in found["top"]]
-            try:
-                heatmap(ctx.model, format_units(layer, [c]), ctx.images.subset(indices)).save(
-                    folder / "heatmap", timing=False)
+            try:  # the unit page shows the figure only: its sheet and record, not each image's files
+                maps = heatmap(ctx.model, format_units(layer, [c]), ctx.images.subset(indices))
+                save_image(folder / "heatmap" / "heatmap.png", maps.sheet())
+                write_json(folder / "heatmap" / "heatmap.json", maps.full_record(["heatmap.png"], timing=False))
             except NnfeatError as err:
                 record["heatmap_note"] = str(err)
     if layer in conv_layers(ctx.model):
@@ -181,15 +195,21 @@ def _output_classes(ctx) -> int:
 
 
 def class_renders_stage(ctx) -> None:
-    """One render per class (``output:0..K-1``), unless ``output`` is a report layer (its renders serve)."""
+    """One render per class: with ``class_render`` (the report's recipe) always; otherwise ``output:0..K-1``
+    plainly, unless ``output`` is a report layer (its unit renders serve)."""
     from nnfeat.expr import units_objective
     from nnfeat.rendering import render
 
-    if "output" in ctx.settings["layers"]:
+    seed = _seed(ctx, 0) + 11
+    if ctx.class_render is not None:  # the recipe sets its own seed rule: it gets the report's seed as is
+        objective, kwargs = ctx.class_render(steps=ctx.settings["steps"], seed=ctx.settings["seed"])
+        result = render(ctx.model, objective, progress=False, **kwargs)
+    elif "output" in ctx.settings["layers"]:
         return
-    k = _output_classes(ctx)
-    result = render(ctx.model, units_objective(Units("output", tuple(range(k)))), batch=k,
-                    steps=ctx.settings["steps"], seed=_seed(ctx, 0) + 11, progress=False)
+    else:
+        k = _output_classes(ctx)
+        result = render(ctx.model, units_objective(Units("output", tuple(range(k)))), batch=k,
+                        steps=ctx.settings["steps"], seed=seed, progress=False)
     result.save(ctx.out / "classes" / "renders", timing=False)
 
 
@@ -211,6 +231,17 @@ def uncertainty_stage(ctx) -> None:
         ctx.out / "classes" / "uncertainty", timing=False)
 
 
+def attention_stage(ctx) -> None:
+    """Attention of the class token per layer and head, with rollout and gradient rollout, on the saliency
+    images (a model without attention layers gets the one-line note)."""
+    from nnfeat.views.attention_page import attention
+
+    s = ctx.settings
+    sample = ctx.images.sample(min(s["saliency_n"], len(ctx.images)), s["seed"] + 1)
+    attention(ctx.model, sample, rollout=True, grad_rollout=True).save(ctx.out / "classes" / "attention",
+                                                                      timing=False)
+
+
 __all__ = ["graph_stage", "render_batch", "microscope_stage", "collect_stage", "examples_stage", "heatmap_stage",
            "projection_stage", "atlas_stage", "diversity_stage", "unit_stage", "class_renders_stage",
-           "saliency_stage", "uncertainty_stage", "render_values"]
+           "saliency_stage", "uncertainty_stage", "attention_stage", "render_values"]

@@ -16,7 +16,8 @@ __all__ = ["write_gallery"]
 
 
 def write_gallery(path: Path, title: str, sections: Sequence[dict]) -> Path:
-    """Write ``path`` (HTML). Each section: ``{"title", "note"?, "items": [{"src", "caption"}], "wide"?: bool}``.
+    """Write ``path`` (HTML). Each section: ``{"title", "note"?, "items": [{"src", "caption", "href"?}], "wide"?: bool}``
+    (``href``: the image links there).
 
     ``src`` paths are relative to the page's folder; ``note`` is HTML, inserted as given. Returns ``path``.
     """
@@ -28,7 +29,10 @@ def write_gallery(path: Path, title: str, sections: Sequence[dict]) -> Path:
         cls = " class='wide'" if section.get("wide") else ""
         parts.append("<div class='grid'>")
         for item in section["items"]:
-            parts.append(f"<figure{cls}><img src='{html.escape(str(item['src']))}' alt=''>"
+            image = f"<img src='{html.escape(str(item['src']))}' alt=''>"
+            if item.get("href"):
+                image = f"<a href='{html.escape(str(item['href']))}'>{image}</a>"
+            parts.append(f"<figure{cls}>{image}"
                          f"<figcaption>{html.escape(str(item.get('caption', '')))}</figcaption></figure>")
         parts.append("</div>")
     page = fill_page("gallery.html", title=title, css="gallery.css", csp=CSP_RELATIVE, sections="\n".join(parts))

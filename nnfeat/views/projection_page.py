@@ -86,6 +86,8 @@ class ProjectionResult(Result):
     k: int
     seed: int
     thumbs: torch.Tensor | None = None
+    #: the URL (relative to ``projection.html``) of an identical sprite another page wrote; None: write our own
+    shared_sprite: str | None = None
     thumbnails_on_plot: bool = False
     timings: dict = field(default_factory=dict)
     cached: dict = field(default_factory=dict)
@@ -202,7 +204,7 @@ class ProjectionResult(Result):
         notes = [f"trustworthiness at k={self.k} (1 = every 2-D neighbour is a neighbour in the layer); "
                  f"kNN: leave-one-out {self.k}-NN label accuracy in the 2-D map"]
         files.extend(write_scatter_page(out / "projection.html", panels, title=self.title(), thumbnails=self.thumbs,
-                                        notes=notes))
+                                        notes=notes, shared_sprite=self.shared_sprite))
         return files
 
 
@@ -226,7 +228,7 @@ def _cached_layout(cache: Path, name: str, key: str, compute) -> tuple[np.ndarra
 def project(model, layers: str | Sequence[str], images: ImageSet, *, method: str = "umap", pool: str = "mean",
             k: int = 10, seed: int = 0, batch_size: int = 128, cache: str | Path | None = None,
             thumbnails: bool = False, thumb_size: int = 32, tensorboard: str | Path | None = None,
-            progress: bool = True) -> ProjectionResult:
+            activations: dict[str, np.ndarray] | None = None, progress: bool = True) -> ProjectionResult:
     """Lay out ``images``' pooled activations of each of ``layers`` in 2-D by ``method`` and score the layouts.
 
     Args:
@@ -238,6 +240,8 @@ def project(model, layers: str | Sequence[str], images: ImageSet, *, method: str
             activations); None: a temporary folder.
         thumbnails: paste image thumbnails on the PNG scatter (the HTML page always shows them on hover).
         tensorboard: also write a TensorBoard Projector folder there.
+        activations: {layer: (N, C) pooled rows of ``images``, in their order} that the caller already has (e.g.
+            taken from the collection of a larger set): those layers skip the collection.
     """
     started = time.perf_counter()
     names = parse_layers(layers)
@@ -266,8 +270,13 @@ def project(model, layers: str | Sequence[str], images: ImageSet, *, method: str
     try:
         for name in names:
             t0 = time.perf_counter()
-            data, was = pooled(model, name, images, root, pool=pool, batch_size=batch_size, progress=progress)
-            acts = np.array(data.acts)  # (N, C) in memory: one row per image
+            if activations is not None and name in activations:
+                acts, was = np.asarray(activations[name], dtype=np.float32), True
+                if acts.shape[0] != n:
+                    raise NnfeatError(f"activations of '{name}' have {acts.shape[0]} rows for {n} images")
+            else:
+                data, was = pooled(model, name, images, root, pool=pool, batch_size=batch_size, progress=progress)
+                acts = np.array(data.acts)  # (N, C) in memory: one row per image
             vectors[name] = acts
             t1 = time.perf_counter()
             layout_key = _digest(model.name, weights, name, pool, images_key(images), method, seed)

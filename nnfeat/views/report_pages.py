@@ -127,7 +127,11 @@ def unit_page(ctx, layer: str, c: int, notes: dict) -> Path:
     page.add("<p>steps " + ", ".join(map(str, ctx.steps_kept)) + "</p>")
     if ctx.settings["diversity"] > 1:
         page.add("<h2>Diversity renders</h2>")
-        _notes(page, notes, f"diversity:{layer}:{c}")
+        from nnfeat.report import diversity_chunks
+
+        chunk = next(ch for ch in diversity_chunks(ctx.channels[layer], ctx.settings["batch"],
+                                                    ctx.settings["diversity"]) if c in ch)
+        _notes(page, notes, f"diversity:{layer}:{chunk[0]}")
         page.add('<div class="renders">' + "".join(
             page.img(u / "diversity" / f"render-{i}.png", f"{name} diversity {i}")
             for i in range(ctx.settings["diversity"])) + "</div>")
@@ -175,7 +179,7 @@ def classes_page(ctx, notes: dict) -> Path:
     page.add("<h2>Class renders</h2>")
     _notes(page, notes, "class-renders")
     classes = ctx.model.classes or []
-    if "output" in ctx.settings["layers"]:
+    if "output" in ctx.settings["layers"] and ctx.class_render is None:
         d = ctx.layer_dir("output")
         images = [(d / "render" / f"channel-{k}.png", ctx.unit_dir("output", k) / "index.html")
                   for k in ctx.channels["output"]]
@@ -196,6 +200,10 @@ def classes_page(ctx, notes: dict) -> Path:
     page.add("<h2>The most uncertain images (test-time augmentation)</h2>")
     _notes(page, notes, "uncertainty")
     page.add(page.img(c / "uncertainty" / "uncertainty.png", "most uncertain images"))
+    page.add("<h2>Attention and rollout</h2>")
+    _notes(page, notes, "attention")
+    if (c / "attention" / "attention.png").is_file():
+        page.add(page.img(c / "attention" / "attention.png", "attention maps"))
     return page.write(f"{ctx.model.name} classes")
 
 

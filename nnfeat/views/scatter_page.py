@@ -97,6 +97,7 @@ def write_scatter_page(
     title: str,
     thumbnails: torch.Tensor | None = None,
     notes: Sequence[str] = (),
+    shared_sprite: str | None = None,
 ) -> list[str]:
     """Write the interactive scatter page (and its thumbnail sprite) atomically; return the names written.
 
@@ -106,6 +107,8 @@ def write_scatter_page(
     thumbnails: (N, 3, h, w) or (N, 1, h, w) float images in [0, 1], point j's image at j, or None (no images
         on hover). They are tiled row-major into one sprite of at most :data:`MAX_SPRITE_SIDE` px a side.
     notes: lines of text shown under the title (e.g. the command, timings).
+    shared_sprite: the URL, relative to the page, of the sprite an earlier page wrote from the same thumbnails
+        (a report's projections of one sample): the page uses it and writes no sprite of its own.
     Returns the written files' names relative to the page's folder, page first.
     """
     page, sprite_path = _paths(out)
@@ -121,7 +124,9 @@ def write_scatter_page(
     sprite = None
     if thumbnails is not None:
         sprite, sprite_meta = _sprite(thumbnails, n)
-        sprite_meta["file"] = sprite_path.name
+        sprite_meta["file"] = sprite_path.name if shared_sprite is None else str(shared_sprite)
+        if shared_sprite is not None:
+            sprite = None
     payload = {
         "title": str(title),
         "n": n,

@@ -195,7 +195,7 @@
   const sprite = data.sprite;
   const hook = { ready: false, n: N, labels: labelNames.slice(), hasSprite: !!sprite, spriteLoaded: false, spriteError: false, panels: panels };
   if (sprite) {
-    const url = 'url("' + encodeURIComponent(sprite.file) + '")';
+    const url = 'url("' + encodeURI(sprite.file) + '")';
     const scale = Math.max(sprite.w, sprite.h) >= 96 ? 96 / Math.max(sprite.w, sprite.h) : Math.floor(96 / Math.max(sprite.w, sprite.h));
     thumb.style.width = sprite.w * scale + "px";
     thumb.style.height = sprite.h * scale + "px";
@@ -205,7 +205,7 @@
     const probe = new Image();
     probe.onload = () => { hook.spriteLoaded = true; hook.spriteSize = [probe.naturalWidth, probe.naturalHeight]; };
     probe.onerror = () => { hook.spriteError = true; };
-    probe.src = encodeURIComponent(sprite.file);
+    probe.src = encodeURI(sprite.file);
   } else {
     thumb.classList.add("none");
   }
