@@ -24,8 +24,8 @@ def register(sub) -> None:
     p.add_argument("--batch", type=int, default=16, help="units rendered together (default 16)")
     p.add_argument("--diversity", type=int, default=3,
                    help="images per unit's diversity render (default 3; 0 or 1: none)")
-    p.add_argument("--projection-n", type=int, default=2000,
-                   help="images in each layer's projection (default 2000, a seeded sample)")
+    p.add_argument("--projection-n", type=int, default=1000,
+                   help="images in each layer's projection (default 1000, a seeded sample; `nnfeat project` lays out any number)")
     p.add_argument("--projection-method", default="pca", choices=("pca", "tsne", "umap"),
                    help="projection layout (default pca)")
     p.add_argument("--atlas", default=None, metavar="LAYER[,LAYER]", help="also build these layers' atlases")

@@ -161,7 +161,7 @@ class _Stage:
 def report(model, images: ImageSet, out: str | Path, *, layers: Sequence[str] | str | None = None,
            units_per_layer: int = 16, steps: int = 128, seed: int = 0, batch: int = 16,
            thresholds: int = 4, diversity: int = 3, diversity_weight: float = 1e2, examples_k: int = 6,
-           heatmap_n: int = 4, projection_n: int = 2000, projection_method: str = "pca",
+           heatmap_n: int = 4, projection_n: int = 1000, projection_method: str = "pca",
            atlas: Sequence[str] | str | None = None, saliency_n: int = 4, uncertain_n: int = 256,
            class_render: Callable[..., tuple] | None = None, progress: bool = True) -> ReportResult:
     """Build (or finish) the report of ``model`` over ``images`` in the folder ``out``.
