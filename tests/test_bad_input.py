@@ -240,6 +240,8 @@ CASES = [
                                   "{d}/good.npz", "--k", "7"], ["--k 7 is more than the 6 images"], {}),
     ("filters-k-past-source", ["filters", "digits-cnn", "conv1", "--images", "{d}/good.npz", "--k", "7"],
      ["--k 7 is more than the 6 images"], {}),
+    ("heatmap-top-past-channels", ["heatmap", "digits-cnn", "conv1", "--images", "{d}/good.npz", "--top", "17"],
+     ["--top 17 is out of range", "16 channels", "use --top 1..16"], {}),
     ("n-past-source", ["examples", "digits-cnn", "conv1:0", "--images", "{d}/good.npz", "--n", "50"],
      ["--n 50 is more than the 6 images", "use --n 6 or less"], {}),
     ("n-zero", ["examples", "digits-cnn", "conv1:0", "--images", "{d}/good.npz", "--n", "0"],

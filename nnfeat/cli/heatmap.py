@@ -22,7 +22,8 @@ def register(sub) -> None:
                            "source: a sample drawn from --seed)")
     p.add_argument("--reduce", choices=("channels", "sum", "norm"), default="channels",
                    help="one map per channel (default), or their sum or L2 norm")
-    p.add_argument("--top", type=int, default=8, help="with a plain LAYER: the K strongest channels (default 8)")
+    p.add_argument("--top", type=int, default=None,
+                   help="with a plain LAYER: the K strongest channels (default 8, or every channel of a smaller layer)")
     p.add_argument("--scale", choices=("figure", "per-map"), default="figure",
                    help="one colour scale for the whole figure (default) or one per map")
     p.add_argument("--batch", type=int, default=64, help="images per forward pass (default 64)")
@@ -37,7 +38,8 @@ def cmd_heatmap(args) -> int:
     from nnfeat.views.heatmap_page import heatmap
 
     units = parse_units(args.layer)
-    positive("top", args.top)
+    if args.top is not None:
+        positive("top", args.top)
     positive("n", args.n)
     positive("batch", args.batch)
     out = check_out_dir(args.out)

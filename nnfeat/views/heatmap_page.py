@@ -139,13 +139,19 @@ class HeatmapResult(Result):
         return files
 
 
-def heatmap(model, units: str | Units, images: ImageSet | torch.Tensor, *, reduce: str = "channels", top: int = 8,
+def heatmap(model, units: str | Units, images: ImageSet | torch.Tensor, *, reduce: str = "channels", top: int | None = None,
             scale: str = "figure", batch_size: int = 64, alpha: float = 0.6) -> HeatmapResult:
-    """Activation heatmaps of ``units`` (``"layer2"``: the ``top`` strongest channels; ``"layer2:0..3"``: those)
-    on ``images`` (an :class:`ImageSet` or (B, 3, H, W) in [0, 1] at the model's input size)."""
+    """Activation heatmaps of ``units`` (``"layer2"``: the ``top`` strongest channels, default 8 or every channel of
+    a smaller layer; ``"layer2:0..3"``: those) on ``images`` (an :class:`ImageSet` or (B, 3, H, W) in [0, 1] at the model's input size)."""
     started = time.perf_counter()
     parsed, channels = model.units(units)
+    channels_all = list(channels)
     check_spatial(model, parsed.layer)
+    if top is None:
+        top = min(8, len(channels))
+    elif parsed.channels is None and reduce == "channels" and not 1 <= top <= len(channels):
+        raise NnfeatError(f"--top {top} is out of range: layer '{parsed.layer}' has {len(channels)} channels, "
+                          f"use --top 1..{len(channels)}")
     if isinstance(images, ImageSet):
         batches = list(images.iter_batches(batch_size, model.input_size, device=model.device))
         source, indices, options = images.name, images.source_indices.tolist(), images.command_options()
@@ -158,8 +164,6 @@ def heatmap(model, units: str | Units, images: ImageSet | torch.Tensor, *, reduc
     inputs = torch.cat(batches)
     maps = torch.cat([layer_maps(model, parsed.layer, b) for b in batches])
     if parsed.channels is None and reduce == "channels":
-        if top < 1:
-            raise NnfeatError(f"--top must be at least 1; got {top}")
         channels = strongest_channels(maps, top)
     maps = reduce_maps(maps, channels, reduce)
     names = [str(c) for c in channels] if reduce == "channels" else [f"{reduce} {format_channels(channels)}"]
@@ -167,7 +171,8 @@ def heatmap(model, units: str | Units, images: ImageSet | torch.Tensor, *, reduc
     overlays = overlay(inputs, maps, cs.vmin, cs.vmax, cs.colormap, alpha)
     units_text = str(parsed)
     command = cli_command("heatmap", model.name, units_text, **options,
-                          reduce=None if reduce == "channels" else reduce, top=None if top == 8 else top,
+                          reduce=None if reduce == "channels" else reduce,
+                          top=None if top == min(8, len(channels_all)) else top,
                           scale=None if scale == "figure" else scale,
                           weights="random" if getattr(model, "weights", None) == "random" else None)
     return HeatmapResult(model=model.name, layer=parsed.layer, units=units_text, channels=list(channels),
