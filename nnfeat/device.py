@@ -16,6 +16,8 @@ was measured to pay (:func:`default_channels_last`).
 from __future__ import annotations
 
 import os
+from contextlib import contextmanager
+from typing import Iterator
 
 import torch
 from torch import nn
@@ -143,5 +145,21 @@ def default_channels_last(device: torch.device, model: nn.Module | None = None) 
     return model is None or any(isinstance(m, nn.Conv2d) for m in model.modules())
 
 
-__all__ = ["DEVICES_HELP", "PRECISIONS", "local_gpu", "auto_device", "resolve_device", "autocast_for", "precision_used",
-           "default_autocast", "cpu_bf16_pays", "cpu_has_native_bf16", "default_channels_last"]
+@contextmanager
+def one_thread() -> Iterator[None]:
+    """Run the block on one CPU thread (torch's intra-op pool), restoring the previous count afterwards.
+
+    A float reduction split over threads sums in an order that depends on the thread count, so a result
+    that must be byte-identical whatever the process's thread setting (a seeded training run, the atlas's
+    whitening and PCA) is computed inside this block.
+    """
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)
+
+
+__all__ = ["DEVICES_HELP", "PRECISIONS", "local_gpu", "one_thread", "auto_device", "resolve_device", "autocast_for",
+           "precision_used", "default_autocast", "cpu_bf16_pays", "cpu_has_native_bf16", "default_channels_last"]

@@ -418,3 +418,23 @@ def test_collect_uses_the_attribution_mode_it_chose(tmp_path, monkeypatch):
     data = C.collect(net, "layer3", images, tmp_path, n=4, per_image=1, progress=False)
     assert data.attr.shape == (4, 1000) and np.isfinite(np.asarray(data.attr)).all()
     assert json.loads((tmp_path / "collect.json").read_text())["attribution"] == "forward"
+
+
+def test_whitening_and_pca_bits_do_not_depend_on_the_thread_setting():
+    """An earlier test (or the user) may leave torch on 2 threads; a sharded rank runs on 1. The whitening and the
+    PCA layout must give the same bytes either way (eigh and the matrix products split their sums by thread)."""
+    from nnfeat.atlas.layout import pca_2d, whitening
+
+    # half zeros and a dead channel in four, as a ReLU layer's activations (the near-singular case that split)
+    acts = (torch.randn((400, 64), generator=torch.Generator().manual_seed(0)).relu()
+            * (torch.arange(64) % 4 != 0)).numpy()
+    threads = torch.get_num_threads()
+    outputs = {}
+    try:
+        for count in (1, 2, 3):
+            torch.set_num_threads(count)
+            outputs[count] = (whitening(acts).tobytes(), pca_2d(acts).tobytes())
+            assert torch.get_num_threads() == count  # the setting is restored after each
+    finally:
+        torch.set_num_threads(threads)
+    assert outputs[1] == outputs[2] == outputs[3]

@@ -14,19 +14,21 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from nnfeat.device import one_thread
 from nnfeat.errors import NnfeatError
 
 LAYOUTS = ("umap", "tsne", "pca")
 
 
 def second_moment(acts: np.ndarray, chunk: int = 65536) -> np.ndarray:
-    """(N, C) activations -> (C, C) float64 ``AᵀA / N``, accumulated in chunks (torch, so it follows
-    ``torch.set_num_threads`` instead of starting a BLAS thread pool of its own)."""
+    """(N, C) activations -> (C, C) float64 ``AᵀA / N``, accumulated in chunks on one thread (torch, so no BLAS
+    thread pool of its own): the bits do not depend on the process's thread setting."""
     n, c = acts.shape
     total = torch.zeros((c, c), dtype=torch.float64)
-    for start in range(0, n, chunk):
-        block = torch.from_numpy(np.asarray(acts[start:start + chunk], dtype=np.float64))
-        total += block.T @ block
+    with one_thread():
+        for start in range(0, n, chunk):
+            block = torch.from_numpy(np.asarray(acts[start:start + chunk], dtype=np.float64))
+            total += block.T @ block
     return (total / max(n, 1)).numpy()
 
 
@@ -38,9 +40,10 @@ def whitening(acts: np.ndarray, rel_floor: float = 1e-6, chunk: int = 65536) -> 
     the icon objective for cell vectors, whose dead-channel component is zero anyway.
     """
     moment = torch.from_numpy(second_moment(acts, chunk))
-    values, vectors = torch.linalg.eigh(moment)
-    floor = max(float(values.max()), 1e-12) * rel_floor
-    inverse = (vectors / values.clamp_min(floor)) @ vectors.T
+    with one_thread():  # same bits whatever the process's thread setting
+        values, vectors = torch.linalg.eigh(moment)
+        floor = max(float(values.max()), 1e-12) * rel_floor
+        inverse = (vectors / values.clamp_min(floor)) @ vectors.T
     return ((inverse + inverse.T) / 2).numpy().astype(np.float32)
 
 
@@ -48,9 +51,10 @@ def pca_fit(x: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
     """(N, C) -> (mean (C,), axes (C, 2)) float64: the two leading principal axes, largest variance first,
     signs fixed so that each axis's largest loading is positive."""
     data = torch.from_numpy(np.asarray(x, dtype=np.float64))
-    mean = data.mean(0)
-    centred = data - mean
-    _, vectors = torch.linalg.eigh(centred.T @ centred)
+    with one_thread():  # same bits whatever the process's thread setting
+        mean = data.mean(0)
+        centred = data - mean
+        _, vectors = torch.linalg.eigh(centred.T @ centred)
     axes = vectors[:, -2:].flip(1)  # (C, 2), largest variance first
     signs = torch.sign(axes.gather(0, axes.abs().argmax(0, keepdim=True)))
     return mean, axes * signs
@@ -64,7 +68,8 @@ def pca_2d(x: np.ndarray) -> np.ndarray:
 
 def _pca_project(x: np.ndarray, mean: torch.Tensor, axes: torch.Tensor) -> np.ndarray:
     centred = torch.from_numpy(np.asarray(x, dtype=np.float64)) - mean
-    return (centred @ axes).numpy().astype(np.float32)
+    with one_thread():
+        return (centred @ axes).numpy().astype(np.float32)
 
 
 def _unit_rows(x: np.ndarray) -> np.ndarray:

@@ -36,6 +36,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from nnfeat.device import one_thread
 from nnfeat.errors import NnfeatError
 from nnfeat.models.base import Model
 from nnfeat.models.weights import weights_dir
@@ -175,12 +176,8 @@ def train_digits_cnn(seed: int = SEED, epochs: int = EPOCHS) -> dict:
     Returns a checkpoint dict: ``state_dict``, ``mean``, ``std`` (floats, of the training images),
     ``heldout_accuracy`` (float), ``seed``, ``epochs``, ``seconds``.
     """
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
+    with one_thread():
         return _train(seed, epochs)
-    finally:
-        torch.set_num_threads(threads)
 
 
 def _train(seed: int, epochs: int) -> dict:

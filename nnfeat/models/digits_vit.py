@@ -32,6 +32,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from nnfeat.device import one_thread
 from nnfeat.models.digits import CLASSES, IMAGE_SIZE, SEED, fit_digits
 from nnfeat.models.weights import weights_dir
 
@@ -108,12 +109,8 @@ def train_digits_vit(seed: int = SEED, epochs: int = EPOCHS) -> dict:
     Returns a checkpoint dict: ``state_dict``, ``mean``, ``std`` (floats, of the training images),
     ``heldout_accuracy`` (float), ``seed``, ``epochs``, ``seconds``.
     """
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
+    with one_thread():
         return _train(seed, epochs)
-    finally:
-        torch.set_num_threads(threads)
 
 
 def _train(seed: int, epochs: int) -> dict:
