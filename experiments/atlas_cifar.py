@@ -58,6 +58,8 @@ def parse_args() -> argparse.Namespace:
                         help="whole-map direction term of the icon objective (0 = the paper's objective)")
     parser.add_argument("--transforms", default="auto", choices=("auto", "standard", "none"))
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--n-neighbors", type=int, default=AtlasSettings.n_neighbors, help="UMAP n_neighbors")
+    parser.add_argument("--min-dist", type=float, default=AtlasSettings.min_dist, help="UMAP min_dist")
     parser.add_argument("--precision", default="auto", choices=PRECISIONS,
                         help="icon render arithmetic (default auto: bf16 where the device has native bf16)")
     parser.add_argument("--device", default=None, help="default: cuda when available, else cpu")
@@ -119,7 +121,8 @@ def main() -> int:
     settings = AtlasSettings(samples=args.samples, per_image=args.per_image, layout=args.layout, grid=args.grid,
                              min_count=args.min_count, whiten=args.whiten, icon_size=args.icon_size, steps=args.steps,
                              batch=args.batch, seed=args.seed, cossim_pow=args.cossim_pow, transforms=args.transforms,
-                             spatial_weight=args.spatial_weight, precision=args.precision)
+                             spatial_weight=args.spatial_weight, precision=args.precision,
+                             n_neighbors=args.n_neighbors, min_dist=args.min_dist)
     result = build_atlas(model, "layer3", images, out, settings, progress=sys.stderr.isatty(),
                          log=lambda line: print(line, flush=True))
     total = time.perf_counter() - start

@@ -41,6 +41,7 @@ import torch
 
 from nnfeat.data import ImageSet
 from nnfeat.errors import NnfeatError
+from nnfeat.finite import check_finite
 from nnfeat.hooks import ActivationCapture
 from nnfeat.distributed import Ranks, current
 from nnfeat.io import atomic_path, read_json, write_json
@@ -254,6 +255,7 @@ def collect(model: Model, layer: str, images: ImageSet, directory: Path, *, n: i
     todo = [b for b in mine if _read_batch(_batch_path(directory, b), f"{record_key}/{b}", batch_shapes(b)) is None]
     bar = progress_bar(len(mine), f"collect {layer}", enabled=progress, unit="batch", initial=len(mine) - len(todo))
     layers = [layer, OUTPUT] if logits else [layer]
+    origin = images.source_indices  # (N,) what the error line calls an image
     with ActivationCapture(model, layers) as capture:
         for b in todo:
             idx = order[b * batch_size:(b + 1) * batch_size]
@@ -270,6 +272,10 @@ def collect(model: Model, layer: str, images: ImageSet, directory: Path, *, n: i
                                            pick.reshape(-1).numpy().astype(np.int64)], 1)}
             if logits:
                 arrays["attr"] = att.reshape(-1, logits).float().cpu().numpy()
+            for name, what in (("acts", "activations"), ("attr", "class attributions")):
+                if name in arrays:  # a NaN record is never written (nor cached)
+                    check_finite(arrays[name], model.name, f"the {what} of layer '{layer}'",
+                                 origin[arrays["samples"][:, 0]])
             save_npz(_batch_path(directory, b), arrays)
             bar.update(1)
     bar.close()

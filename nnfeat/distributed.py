@@ -11,6 +11,11 @@ rank ``i % world`` (:meth:`Ranks.mine`); its randomness comes from ``(seed, i)``
 on the rank count. Each rank writes only its own per-item records; after :meth:`Ranks.barrier`, rank 0
 (:attr:`Ranks.writer`) writes the shared files (manifests, stitched images, pages).
 
+A dataset pass of a view (heatmaps, saliency and its sanity numbers, uncertainty) is a list of chunks whose
+results every rank then needs: :func:`shard_map` computes chunk ``i`` on rank ``i % world`` and hands every rank
+the whole list in chunk order, so whatever is built from it afterwards is the same on every rank and equal to
+one process's.
+
 A piece of work that one rank does on its own inside a group (a report stage that is rank 0's, or one rank's
 share) runs under :func:`alone`: there :func:`current` is rank 0 of 1, so a function that would otherwise be
 a collective (a collection) runs whole in this process and issues no collective the other ranks would wait for.
@@ -22,7 +27,7 @@ import os
 from contextlib import contextmanager
 from contextvars import ContextVar
 from dataclasses import dataclass
-from typing import Callable, Iterator, Sequence
+from typing import Any, Callable, Iterator, Sequence, TypeVar
 
 import torch
 import torch.distributed as dist
@@ -126,6 +131,65 @@ def finish() -> None:
         dist.destroy_process_group()
 
 
+T = TypeVar("T")
+
+
+def _on_cpu(value: Any) -> Any:
+    """``value`` with every tensor inside (lists, tuples, dicts) moved to the CPU (results travel pickled)."""
+    if isinstance(value, torch.Tensor):
+        return value.detach().cpu()
+    if isinstance(value, (list, tuple)):
+        return type(value)(_on_cpu(v) for v in value)
+    if isinstance(value, dict):
+        return {k: _on_cpu(v) for k, v in value.items()}
+    return value
+
+
+def _portable(err: BaseException) -> BaseException:
+    """``err`` if it survives pickling (so another rank can raise it), else a RuntimeError with its text."""
+    import pickle
+
+    try:
+        pickle.loads(pickle.dumps(err))
+        return err
+    except Exception:  # noqa: BLE001 - any exception that cannot travel is sent as its text
+        return RuntimeError(f"{type(err).__name__}: {err}")
+
+
+def shard_map(fn: Callable[[int], T], count: int, ranks: Ranks | None = None) -> list[T]:
+    """``[fn(0), ..., fn(count - 1)]`` with item ``i`` computed on rank ``i % world``, every rank getting the whole
+    list (a collective when sharded: every rank calls it with the same ``count``; inside :func:`alone`, or in one
+    process, it is a plain loop and results are returned as ``fn`` made them). Sharded, the tensors in the
+    results come back on the CPU (they travel pickled); callers move them where they need them.
+
+    ``fn(i)`` must depend only on ``i`` and on what every rank holds alike (the chunk's own data and seeds from
+    ``(seed, i)``), so the list is the same for any rank count. An exception in ``fn`` on any rank is raised on
+    every rank (the one from the lowest item index), so no rank waits for a rank that failed.
+    """
+    ranks = ranks if ranks is not None else current()
+    if not (ranks.sharded and dist.is_available() and dist.is_initialized()):
+        return [fn(i) for i in range(count)]
+    mine: dict[int, Any] = {}
+    failure: tuple[int, BaseException] | None = None
+    for i in ranks.mine(count):
+        try:
+            mine[i] = _on_cpu(fn(i))
+        except Exception as err:  # noqa: BLE001 - re-raised below, on every rank
+            failure = (i, err)
+            break
+    parts: list[Any] = [None] * ranks.world
+    dist.all_gather_object(parts, (mine, None if failure is None else (failure[0], _portable(failure[1]))))
+    failures = sorted((f for _, f in parts if f is not None), key=lambda f: f[0])
+    if failures:
+        if failure is not None and failure[0] == failures[0][0]:
+            raise failure[1]
+        raise failures[0][1]
+    merged: dict[int, Any] = {}
+    for results, _ in parts:
+        merged.update(results)
+    return [merged[i] for i in range(count)]
+
+
 def _spawned(index: int, fn: Callable, world: int, port: int, args: Sequence) -> None:
     os.environ.update(RANK=str(index), WORLD_SIZE=str(world), LOCAL_RANK=str(index), MASTER_ADDR="127.0.0.1",
                       MASTER_PORT=str(port))
@@ -151,4 +215,4 @@ def spawn(fn: Callable, world: int, *args) -> None:
     mp.spawn(_spawned, args=(fn, world, port, args), nprocs=world, join=True)
 
 
-__all__ = ["Ranks", "current", "alone", "init_from_env", "finish", "launched_world", "spawn"]
+__all__ = ["Ranks", "current", "alone", "shard_map", "init_from_env", "finish", "launched_world", "spawn"]

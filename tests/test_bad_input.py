@@ -54,6 +54,17 @@ def make_raises():
     return Raises()
 
 
+class NanOnBlack(Net):
+    """NaN or Inf only for an image whose top-left pixel is black (every digit; never a random test image)."""
+
+    def forward(self, x):
+        return self.head(self.conv(x / x[:, :1, :1, :1]).mean((2, 3)))
+
+
+def make_nan_on_black():
+    return NanOnBlack()
+
+
 def make_int():
     return 3
 
@@ -198,6 +209,32 @@ CASES = [
      ["non-finite objective (NaN or Inf) at step 1 of 3", "check the model's forward"], {}),
     ("microscope-model-nan", ["microscope", "{d}/net.py:make_nan", "conv:0..3", "--steps", "2", "--batch", "1"],
      ["gives NaN or Inf at layer 'conv'"], {}),
+    # NaN / Inf found by the probe before any work (two random images through the layers a command reads)
+    ("heatmap-model-nan", ["heatmap", "{d}/net.py:make_nan", "conv", "--images", "{d}/good.npz"],
+     ["gives NaN or Inf at layer 'conv' on a test image"], {}),
+    ("saliency-model-nan", ["saliency", "{d}/net.py:make_nan", "--images", "{d}/good.npz"],
+     ["gives NaN or Inf at its output on a test image"], {}),
+    ("uncertainty-model-nan", ["uncertainty", "{d}/net.py:make_nan", "--method", "tta", "--images", "{d}/good.npz"],
+     ["gives NaN or Inf at its output on a test image"], {}),
+    ("examples-model-nan", ["examples", "{d}/net.py:make_nan", "conv:1", "--images", "{d}/good.npz"],
+     ["gives NaN or Inf at layer 'conv' on a test image"], {}),
+    ("project-model-nan", ["project", "{d}/net.py:make_nan", "conv", "--images", "{d}/good.npz"],
+     ["gives NaN or Inf at layer 'conv' on a test image"], {}),
+    ("atlas-model-nan", ["atlas", "{d}/net.py:make_nan", "conv", "--images", "{d}/good.npz", "--steps", "2"],
+     ["gives NaN or Inf at layer 'conv' on a test image"], {}),
+    # NaN / Inf on real images only: found in the dataset pass, before anything is written
+    ("heatmap-nan-on-images", ["heatmap", "{d}/net.py:make_nan_on_black", "conv", "--images", "digits", "--n", "3"],
+     ["gave NaN or Inf in the maps of layer 'conv' (first at image"], {}),
+    ("saliency-nan-on-images", ["saliency", "{d}/net.py:make_nan_on_black", "--images", "digits", "--n", "3"],
+     ["gave NaN or Inf in its gradient saliency maps (first at image"], {}),
+    ("uncertainty-nan-on-images", ["uncertainty", "{d}/net.py:make_nan_on_black", "--method", "tta", "--images",
+                                   "digits", "--n", "3"], ["gave NaN or Inf in its predicted probabilities"], {}),
+    ("examples-nan-on-images", ["examples", "{d}/net.py:make_nan_on_black", "conv:0", "--images", "digits", "--n",
+                                "3", "--k", "2"], ["gave NaN or Inf in the activations of layer 'conv'"], {}),
+    ("project-nan-on-images", ["project", "{d}/net.py:make_nan_on_black", "conv", "--images", "digits", "--n", "40"],
+     ["gave NaN or Inf in the activations of layer 'conv'"], {}),
+    ("atlas-nan-on-images", ["atlas", "{d}/net.py:make_nan_on_black", "conv", "--images", "digits", "--samples", "20",
+                             "--steps", "2"], ["gave NaN or Inf in the activations of layer 'conv'"], {}),
     # weights files (cifar10-resnet20 from NNFEAT_WEIGHTS_PATH; the NNFEAT_HOME there holds none)
     ("weights-empty", ["render", "cifar10-resnet20", "layer1:0"], ["is empty (0 bytes)", "fetch it again"],
      {"NNFEAT_WEIGHTS_PATH": "{d}/weights/empty", "NNFEAT_HOME": "{d}/home"}),
@@ -280,7 +317,8 @@ def test_bad_input_is_one_line_exit_2_and_writes_nothing(argv, words, env, input
     assert len(lines[0]) < 600, lines[0][:200]
     for word in words:
         assert word in lines[0], lines[0]
-    assert not out.exists()
+    # nothing written: no out folder, or (an error found in a dataset pass) only empty cache folders in it
+    assert not out.exists() or not [p for p in out.rglob("*") if p.is_file()], sorted(out.rglob("*"))
     assert snapshot(inputs) == before
 
 

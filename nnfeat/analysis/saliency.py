@@ -33,6 +33,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from nnfeat.distributed import shard_map
 from nnfeat.errors import NnfeatError, nearest
 from nnfeat.hooks import ActivationCapture, layer_root
 from nnfeat.layouts import OUTPUT
@@ -89,7 +90,8 @@ def _chunks(n: int, size: int) -> Iterator[slice]:
 @torch.no_grad()
 def predicted_classes(model: nn.Module, images: torch.Tensor, batch_size: int = BATCH_SIZE) -> torch.Tensor:
     """(B, 3, H, W) -> (B,) the arg-max class of each image."""
-    return torch.cat([_logits(model, images[s]).argmax(1) for s in _chunks(len(images), batch_size)])
+    chunks = list(_chunks(len(images), batch_size))
+    return torch.cat(shard_map(lambda i: _logits(model, images[chunks[i]]).argmax(1), len(chunks))).to(images.device)
 
 
 def resolve_targets(model: nn.Module, images: torch.Tensor, targets, batch_size: int = BATCH_SIZE) -> torch.Tensor:
@@ -114,16 +116,19 @@ def _check_classes(logits: torch.Tensor, targets: torch.Tensor) -> None:
 def input_gradients(model: nn.Module, images: torch.Tensor, targets: torch.Tensor,
                     batch_size: int = BATCH_SIZE) -> torch.Tensor:
     """(N, 3, H, W) images, (N,) classes -> (N, 3, H, W) d logit[target] / d image, one forward and one
-    backward pass per chunk of ``batch_size`` images."""
-    out = []
-    for s in _chunks(len(images), batch_size):
+    backward pass per chunk of ``batch_size`` images (chunk i on rank i % world under torchrun)."""
+    chunks = list(_chunks(len(images), batch_size))
+
+    def chunk_gradient(i: int) -> torch.Tensor:
+        s = chunks[i]
         x = images[s].detach().clone().requires_grad_(True)
         with torch.enable_grad():
             logits = _logits(model, x)
             _check_classes(logits, targets[s])
             (grad,) = torch.autograd.grad(logits.gather(1, targets[s, None]).sum(), x)
-        out.append(grad)
-    return torch.cat(out)
+        return grad
+
+    return torch.cat(shard_map(chunk_gradient, len(chunks))).to(images.device)
 
 
 def baseline_images(images: torch.Tensor, baseline: str = "black", *, sigma: float | None = None,
@@ -209,14 +214,16 @@ def occlusion(model, images: torch.Tensor, targets: torch.Tensor, *, window: int
     p = len(masks)
     base = baseline_images(images, baseline, sigma=sigma, seed=seed)
     clean = _logits(model, images).gather(1, targets[:, None])[:, 0]
-    drops = torch.empty(b * p, device=images.device)
-    for s in _chunks(b * p, batch_size):
-        idx = torch.arange(s.start, s.stop, device=images.device)
+    chunks = list(_chunks(b * p, batch_size))
+
+    def chunk_drops(c: int) -> torch.Tensor:
+        idx = torch.arange(chunks[c].start, chunks[c].stop, device=images.device)
         i, j = idx // p, idx % p
         m = masks[j].unsqueeze(1)
         batch = images[i] * (1 - m) + base[i] * m
-        drops[s] = clean[i] - _logits(model, batch).gather(1, targets[i, None])[:, 0]
-    drops = drops.view(b, p)
+        return clean[i] - _logits(model, batch).gather(1, targets[i, None])[:, 0]
+
+    drops = torch.cat(shard_map(chunk_drops, len(chunks))).to(images.device).view(b, p)
     return torch.einsum("bp,phw->bhw", drops, masks) / masks.sum(0).clamp_min(1)
 
 
@@ -284,8 +291,10 @@ def _layer_act_and_grad(model, images, targets, layer: str, batch_size: int) -> 
     from nnfeat.analysis.heatmap import no_spatial_map
     from nnfeat.analysis.tokens import fold_tokens
 
-    acts, grads = [], []
-    for s in _chunks(len(images), batch_size):
+    chunks = list(_chunks(len(images), batch_size))
+
+    def chunk_act_and_grad(i: int) -> tuple[torch.Tensor, torch.Tensor]:
+        s = chunks[i]
         x = images[s].detach().clone().requires_grad_(True)
         with torch.enable_grad(), ActivationCapture(model, [layer, OUTPUT]) as capture:
             out = capture(x)
@@ -297,9 +306,10 @@ def _layer_act_and_grad(model, images, targets, layer: str, batch_size: int) -> 
         grad = torch.zeros_like(act) if grad is None else grad
         if act.dim() == 3:
             act, grad = fold_tokens(act, model, images.shape[-2:]), fold_tokens(grad, model, images.shape[-2:])
-        acts.append(act.detach().float())
-        grads.append(grad.detach().float())
-    return torch.cat(acts), torch.cat(grads)
+        return act.detach().float(), grad.detach().float()
+
+    parts = shard_map(chunk_act_and_grad, len(chunks))  # chunk i on rank i % world under torchrun
+    return (torch.cat([a for a, _ in parts]).to(images.device), torch.cat([g for _, g in parts]).to(images.device))
 
 
 def cam_maps(model, images: torch.Tensor, targets: torch.Tensor, method: str = "gradcam", *,

@@ -34,6 +34,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from nnfeat.distributed import shard_map
 from nnfeat.errors import NnfeatError
 from nnfeat.hooks import layer_root
 
@@ -107,15 +108,16 @@ def _curves(model, start: torch.Tensor, end: torch.Tensor, ranks: torch.Tensor, 
 
     b, _, h, w = start.shape
     counts = torch.round(torch.linspace(0, n_regions, steps + 1, device=start.device)).long()  # (S,)
-    total = b * (steps + 1)
-    probs = torch.empty(total, device=start.device)
-    for s in _chunks(total, batch_size):
-        idx = torch.arange(s.start, s.stop, device=start.device)
+    chunks = list(_chunks(b * (steps + 1), batch_size))
+
+    def chunk_probs(c: int) -> torch.Tensor:  # chunk c on rank c % world under torchrun
+        idx = torch.arange(chunks[c].start, chunks[c].stop, device=start.device)
         i, k = idx // (steps + 1), idx % (steps + 1)
         mask = (ranks[i] < counts[k, None]).view(-1, 1, h, w).to(start.dtype)
         batch = start[i] * (1 - mask) + end[i] * mask
-        probs[s] = torch.softmax(_logits(model, batch).float(), 1).gather(1, targets[i, None])[:, 0]
-    return probs.view(b, steps + 1)
+        return torch.softmax(_logits(model, batch).float(), 1).gather(1, targets[i, None])[:, 0]
+
+    return torch.cat(shard_map(chunk_probs, len(chunks))).to(start.device).view(b, steps + 1)
 
 
 def deletion_insertion(model, images: torch.Tensor, maps: torch.Tensor, targets: torch.Tensor, *, steps: int = 32,

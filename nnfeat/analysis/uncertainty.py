@@ -36,6 +36,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from nnfeat.distributed import shard_map
 from nnfeat.errors import NnfeatError
 from nnfeat.seeds import generator, stage_seed
 from nnfeat.transforms import affine_resample
@@ -231,12 +232,13 @@ def _short(names: Sequence[str], shown: int = 3) -> str:
 @torch.no_grad()
 def ensemble_probs(models: Sequence[nn.Module], images: torch.Tensor, batch_size: int = 256) -> torch.Tensor:
     """(B, 3, H, W) images in [0, 1] -> (M, B, K) softmax probabilities, one row per model (each model gets the
-    images resized to its input size)."""
+    images resized to its input size). Chunk i of every model on rank i % world under torchrun."""
+    chunks = images.split(batch_size)
     out = []
     for model in models:
         device = next((b.device for b in model.buffers()), images.device)
-        out.append(torch.cat([_logits(model, fit_images(model, chunk.to(device))).softmax(1).cpu()
-                              for chunk in images.split(batch_size)]))
+        out.append(torch.cat(shard_map(
+            lambda i: _logits(model, fit_images(model, chunks[i].to(device))).softmax(1).cpu(), len(chunks))))
     return torch.stack(out)
 
 
@@ -277,16 +279,17 @@ def mc_dropout_probs(model: nn.Module, images: torch.Tensor, samples: int = 20, 
     ``(seed, chunk)`` through a forked RNG, so the global RNG is untouched."""
     _check_samples(samples)
     device = next((b.device for b in model.buffers()), images.device)
-    chunk = max(1, batch_size // samples)
-    out = []
+    parts = images.split(max(1, batch_size // samples))
+
+    def chunk_probs(i: int) -> torch.Tensor:  # chunk i on rank i % world under torchrun
+        part = fit_images(model, parts[i].to(device))
+        with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+            torch.manual_seed(stage_seed(seed, "mc-dropout", i))
+            logits = _logits(model, part.repeat(samples, 1, 1, 1))
+        return logits.softmax(1).view(samples, len(part), -1).cpu()
+
     with dropout_active(model):
-        for i, part in enumerate(images.split(chunk)):
-            part = fit_images(model, part.to(device))
-            with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
-                torch.manual_seed(stage_seed(seed, "mc-dropout", i))
-                logits = _logits(model, part.repeat(samples, 1, 1, 1))
-            out.append(logits.softmax(1).view(samples, len(part), -1).cpu())
-    return torch.cat(out, 1)
+        return torch.cat(shard_map(chunk_probs, len(parts)), 1)
 
 
 def _check_samples(samples: int) -> None:
@@ -347,13 +350,15 @@ def tta_probs(model: nn.Module, images: torch.Tensor, samples: int = 8, seed: in
     images = fit_images(model, images)
     mats = tta_matrices(len(images), images.shape[-2:], samples, seed, flip)
     chunk = max(1, batch_size // samples)
-    out = []
-    for start in range(0, len(images), chunk):
+
+    def chunk_probs(i: int) -> torch.Tensor:  # chunk i on rank i % world under torchrun
+        start = i * chunk
         part = images[start:start + chunk].to(device)
         m = mats[:, start:start + len(part)].flatten(0, 1)
         batch = augment(part.repeat(samples, 1, 1, 1), m)
-        out.append(_logits(model, batch).softmax(1).view(samples, len(part), -1).cpu())
-    return torch.cat(out, 1)
+        return _logits(model, batch).softmax(1).view(samples, len(part), -1).cpu()
+
+    return torch.cat(shard_map(chunk_probs, math.ceil(len(images) / chunk)), 1)
 
 
 class Augmented(nn.Module):

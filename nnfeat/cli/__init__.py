@@ -39,6 +39,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     options, and exceptions raised inside the user's own files (a ``FILE.py:FACTORY`` model's forward, an
     ``--objective-file`` recipe). ``NNFEAT_DEBUG=1`` re-raises them with their traceback instead."""
     argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] == ["--"]:  # `torchrun ... -m nnfeat -- COMMAND ...` (keeps torchrun from reading --n as its own)
+        argv = argv[1:]
     parser = build_parser()
     problem = _unknown_command_message(parser, argv) or _minus_word_message(parser, argv)
     if problem:

@@ -58,6 +58,8 @@ def safe_name(text: str) -> str:
 def cmd_atlas(args) -> int:
     """``nnfeat atlas``: build or resume an atlas; prints one line per stage and the output paths."""
     from nnfeat.atlas.pipeline import AtlasSettings, build_atlas
+    from nnfeat.finite import probe_finite
+    from nnfeat.layouts import OUTPUT
     from nnfeat.results import check_out_dir
     from nnfeat.units import parse_units
 
@@ -75,6 +77,7 @@ def cmd_atlas(args) -> int:
     positive("n", args.n)
     model = load_model(args)
     model.check_layer(units.layer)
+    probe_finite(model, [units.layer, OUTPUT])  # a NaN model fails now, not at the whitening
     images = load_images_from_args(args, model)
     try:
         result = build_atlas(model, units.layer, images, out, settings, progress=not args.quiet and sys.stderr.isatty(),

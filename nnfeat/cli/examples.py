@@ -28,6 +28,7 @@ def register(sub) -> None:
 
 def cmd_examples(args) -> int:
     from nnfeat.dataset_examples import examples
+    from nnfeat.finite import probe_finite
     from nnfeat.results import check_out_dir
     from nnfeat.units import parse_units
 
@@ -38,9 +39,13 @@ def cmd_examples(args) -> int:
     out = check_out_dir(args.out or f"out/examples-{safe_name(args.model)}-{safe_name(units.layer)}")
     model = load_model(args)
     model.units(units)
+    probe_finite(model, [units.layer], channels=units.channels)
     images = load_images_from_args(args, model)
     check_k(args.k, images, args.images)
     result = examples(model, units, images, k=args.k, score=args.score, batch_size=args.batch,
                       progress=not args.quiet and sys.stderr.isatty(), cache=out / "cache")
-    print(f"note: {result.field_note}")
+    from nnfeat.distributed import current
+
+    if current().writer:  # under torchrun rank 0 speaks for the group
+        print(f"note: {result.field_note}")
     return finish(result, args, out)

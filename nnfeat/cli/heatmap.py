@@ -33,6 +33,7 @@ def register(sub) -> None:
 
 def cmd_heatmap(args) -> int:
     from nnfeat.analysis.heatmap import check_spatial
+    from nnfeat.finite import probe_finite
     from nnfeat.results import check_out_dir
     from nnfeat.units import parse_units
     from nnfeat.views.heatmap_page import heatmap
@@ -46,6 +47,7 @@ def cmd_heatmap(args) -> int:
     model = load_model(args)
     model.units(units)
     check_spatial(model, units.layer)
+    probe_finite(model, [units.layer], channels=units.channels)
     images = load_images_from_args(args, model)
     if args.n is None and len(images) > DEFAULT_N:
         images = images.sample(DEFAULT_N, args.seed)

@@ -33,6 +33,7 @@ def register(sub) -> None:
 
 
 def cmd_project(args) -> int:
+    from nnfeat.finite import probe_finite
     from nnfeat.results import check_out_dir
     from nnfeat.views.projection_page import parse_layers, project
 
@@ -47,6 +48,7 @@ def cmd_project(args) -> int:
     model = load_model(args)
     for layer in layers:
         model.units(layer)
+    probe_finite(model, layers)
     images = load_images_from_args(args, model)
     result = project(model, layers, images, method=args.method, pool=args.pool, k=args.k, seed=args.seed,
                      batch_size=args.batch, cache=out / "cache", thumbnails=args.thumbnails,

@@ -151,21 +151,6 @@ def load_objective_file(spec: str, model=None):
     return value
 
 
-def check_finite_layer(model, layer: str, size: tuple[int, int]) -> None:
-    """A one-line error when ``model``'s ``layer`` is NaN or Inf on a test image (2 random images of ``size``),
-    so a broken model fails before the first render rather than after some renders are written."""
-    import torch
-
-    from nnfeat.hooks import ActivationCapture
-
-    probe = torch.rand((2, 3, *size), generator=torch.Generator().manual_seed(0)).to(model.device)
-    with torch.no_grad(), ActivationCapture(model, [layer]) as capture:
-        acts = capture(model.fit(probe))[layer]
-    if not bool(torch.isfinite(acts.float()).all()):
-        raise NnfeatError(f"model '{model.name}' gives NaN or Inf at layer '{layer}' on a test image: "
-                          "check the model's forward (and its weights) for NaN/Inf")
-
-
 def cmd_render(args) -> int:
     from nnfeat.expr import parse_objective
     from nnfeat.rendering import render
@@ -195,6 +180,7 @@ def cmd_render(args) -> int:
 
 
 def cmd_microscope(args) -> int:
+    from nnfeat.finite import probe_finite
     from nnfeat.microscopy import microscope
     from nnfeat.results import check_out_dir
 
@@ -207,7 +193,7 @@ def cmd_microscope(args) -> int:
     size = (kwargs["size"] or model.input_size[0],) * 2
     parsed, channels = model.units(args.units, size)  # bad units: one line before any work
     check_render_pixels(min(args.batch, len(channels)), kwargs["size"], model.input_size[0])
-    check_finite_layer(model, parsed.layer, size)  # a NaN model fails now, not after the first finished batches
+    probe_finite(model, [parsed.layer], size)  # a NaN model fails now, not after the first finished batches
     images = load_images_from_args(args, model)  # a bad source fails now, not after the renders
     check_k(args.k, images, args.images)
     result = microscope(model, args.units, out=out, batch=args.batch, images=images, examples_k=args.k,

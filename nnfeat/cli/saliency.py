@@ -52,6 +52,8 @@ def register(sub) -> None:
 
 def cmd_saliency(args) -> int:
     from nnfeat.analysis.saliency import CAM_METHODS, parse_methods
+    from nnfeat.finite import probe_finite
+    from nnfeat.layouts import OUTPUT
     from nnfeat.results import check_out_dir
     from nnfeat.views.saliency_page import parse_target, saliency
 
@@ -75,6 +77,7 @@ def cmd_saliency(args) -> int:
         if shape[1] * shape[2] <= 1:
             raise NnfeatError(f"layer '{args.layer}' has no spatial map (shape {'x'.join(map(str, shape))}): "
                               "pick a conv or token layer")
+    probe_finite(model, [OUTPUT] + ([args.layer] if args.layer else []))
     images = load_images_from_args(args, model)
     if args.n is None and len(images) > DEFAULT_N:
         images = images.sample(DEFAULT_N, args.seed)

@@ -48,6 +48,8 @@ def model_names(text: str) -> list[str]:
 def cmd_uncertainty(args) -> int:
     from nnfeat.analysis.uncertainty import check_dropout, check_same_classes
     from nnfeat.errors import NnfeatError
+    from nnfeat.finite import probe_finite
+    from nnfeat.layouts import OUTPUT
     from nnfeat.results import check_out_dir
     from nnfeat.views.uncertainty_page import check_method, uncertainty
 
@@ -71,6 +73,8 @@ def cmd_uncertainty(args) -> int:
         models.append(load_model(args))
     args.model = ",".join(names)
     check_same_classes(models)
+    for model in models:
+        probe_finite(model, [OUTPUT])
     if method == "mc-dropout":
         check_dropout(models[0])
     images = load_images_from_args(args, models[0])

@@ -8,7 +8,7 @@ its caption. Dead (constant) maps are captioned ``dead (constant X)`` and drawn 
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import ClassVar
 
@@ -18,7 +18,9 @@ import torch
 from nnfeat.analysis.heatmap import (COLORMAPS, ColorScale, check_spatial, color_scale, colorize, layer_maps,
                                      overlay, reduce_maps, strongest_channels, upsample)
 from nnfeat.data import ImageSet
+from nnfeat.distributed import shard_map
 from nnfeat.errors import NnfeatError
+from nnfeat.finite import check_finite
 from nnfeat.results import Result, cli_command
 from nnfeat.sheets import colour_bar, labelled_sheet, stack_rows
 from nnfeat.units import Units, format_channels
@@ -162,7 +164,9 @@ def heatmap(model, units: str | Units, images: ImageSet | torch.Tensor, *, reduc
         source, indices, labels = "tensor", list(range(len(images))), [None] * len(images)
         options = {"images": source, "n": len(images)}
     inputs = torch.cat(batches)
-    maps = torch.cat([layer_maps(model, parsed.layer, b) for b in batches])
+    # the dataset pass: batch i on rank i % world under torchrun (every rank gets every batch's maps)
+    maps = torch.cat(shard_map(lambda i: layer_maps(model, parsed.layer, batches[i]), len(batches))).to(inputs.device)
+    check_finite(maps[:, channels], model.name, f"the maps of layer '{parsed.layer}'", indices)
     if parsed.channels is None and reduce == "channels":
         channels = strongest_channels(maps, top)
     maps = reduce_maps(maps, channels, reduce)

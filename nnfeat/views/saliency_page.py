@@ -37,6 +37,7 @@ from nnfeat.analysis.sanity import (CausalScores, RandomizationResult, deletion_
                                     randomization_test)
 from nnfeat.data import ImageSet
 from nnfeat.errors import NnfeatError, nearest
+from nnfeat.finite import check_finite
 from nnfeat.results import Result, cli_command
 from nnfeat.sheets import _font, labelled_sheet
 
@@ -372,17 +373,13 @@ def saliency(model, images: ImageSet | torch.Tensor, methods: str | Sequence[str
                           "smoothgrad-sq": {"samples": samples, "seed": seed},
                           "vargrad": {"samples": samples, "seed": seed},
                           "occlusion": {"window": window, "seed": seed}}
-    random = None
-    if sanity:
-        random = deletion_insertion(model, inputs, random_maps((len(inputs), *inputs.shape[-2:]), seed, inputs.device),
-                                    targets, steps=steps, baseline=deletion_baseline, patch=patch, seed=seed,
-                                    batch_size=batch_size)
     results = []
     for name in names:
         t0 = time.perf_counter()
         opts = dict(per_method_options.get(name, {}), batch_size=batch_size)
         lay = cam_layer if name in CAM_METHODS else None
         maps = saliency_maps(model, inputs, targets, name, layer=lay, **opts).float()
+        check_finite(maps, getattr(model, "name", "model"), f"its {name} saliency maps", indices)
         m = MethodMaps(name, maps.cpu(), display_scale(maps), name in SIGNED_METHODS, lay)
         if sanity:
             m.causal = deletion_insertion(model, inputs, maps, targets, steps=steps, baseline=deletion_baseline,
@@ -398,6 +395,11 @@ def saliency(model, images: ImageSet | torch.Tensor, methods: str | Sequence[str
                                                  repeats=repeats, maps=maps, options=opts)
         m.elapsed = time.perf_counter() - t0
         results.append(m)
+    random = None
+    if sanity:  # the chance level: a seeded random map's deletion / insertion
+        random = deletion_insertion(model, inputs, random_maps((len(inputs), *inputs.shape[-2:]), seed, inputs.device),
+                                    targets, steps=steps, baseline=deletion_baseline, patch=patch, seed=seed,
+                                    batch_size=batch_size)
     classes = list(getattr(model, "classes", None) or [])
     tnames = [classes[t] if t < len(classes) else str(t) for t in targets.tolist()]
     settings = {"methods": names, "layer": cam_layer, "sanity": sanity, "batch_size": batch_size, "seed": seed,

@@ -33,6 +33,7 @@ from nnfeat.analysis.uncertainty import (DEFAULT_SAMPLES, ECE_BINS, METHODS, Aug
                                          tta_matrices, tta_probs)
 from nnfeat.data import ImageSet
 from nnfeat.errors import NnfeatError, nearest
+from nnfeat.finite import check_finite
 from nnfeat.results import Result, cli_command
 from nnfeat.seeds import stage_seed
 from nnfeat.sheets import _font, labelled_sheet, stack_rows
@@ -397,6 +398,7 @@ def uncertainty(models, images: ImageSet | torch.Tensor, method: str = "ensemble
         member = tta_probs(first, inputs, samples_used, seed, batch_size, flip)
         singles = {f"{names[0]} (no augmentation)": member[0]}
         combined = f"tta, {samples_used} augmentations"
+    check_finite(member.transpose(0, 1), ",".join(names), "its predicted probabilities", indices)
     summary = summarize(member)
     y, labels_note = _labels(images, labels, classes, k or member.shape[-1])
     if y is not None and len(y) != len(inputs):

@@ -1,0 +1,64 @@
+"""One check, used wherever a model's numbers become a picture or a table: NaN or Inf is a one-line error naming
+the model, what was computed and the first bad item (never a black image or a bare ``NaN`` in JSON).
+
+:func:`probe_finite` runs before any work (two seeded random images through the layers a command reads);
+:func:`check_finite` checks a finished dataset pass, for a model that breaks only on some inputs.
+"""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+import numpy as np
+import torch
+
+from nnfeat.errors import NnfeatError
+from nnfeat.layouts import OUTPUT
+
+ADVICE = "check the model's forward (and its weights) for NaN/Inf"
+
+
+def _first_bad_row(values, chunk: int = 65536) -> int | None:
+    """Index along dim 0 of the first row with a NaN or Inf in (N, ...) ``values`` (tensor or array), else None."""
+    if isinstance(values, torch.Tensor):
+        bad = ~torch.isfinite(values.detach()).reshape(len(values), -1).all(1)
+        return int(bad.nonzero()[0, 0]) if bool(bad.any()) else None
+    for start in range(0, len(values), chunk):  # memory-mapped arrays: a block at a time
+        block = np.asarray(values[start:start + chunk])
+        bad = np.flatnonzero(~np.isfinite(block.reshape(len(block), -1)).all(1))
+        if len(bad):
+            return start + int(bad[0])
+    return None
+
+
+def check_finite(values, model: str, what: str, items: Sequence | None = None, item: str = "image") -> None:
+    """Raise a one-line :class:`NnfeatError` when (N, ...) ``values`` holds NaN or Inf. ``items``: what row ``i``
+    is called in the message (e.g. source image indices; default ``i``)."""
+    row = _first_bad_row(values)
+    if row is not None:
+        name = items[row] if items is not None and row < len(items) else row
+        raise NnfeatError(f"model '{model}' gave NaN or Inf in {what} (first at {item} {name}): {ADVICE}")
+
+
+@torch.no_grad()
+def probe_finite(model, layers: Sequence[str], size: Sequence[int] | None = None,
+                 channels: Sequence[int] | None = None) -> None:
+    """Before any work: a one-line error when any of ``model``'s ``layers`` is NaN or Inf on two seeded random
+    images of ``size`` (default the model's input size); ``channels``: only these channels (of a (B, C, ...)
+    layer) count, for a command that reads only them."""
+    from nnfeat.hooks import ActivationCapture
+
+    size = tuple(size or model.input_size)
+    probe = torch.rand((2, 3, *size), generator=torch.Generator().manual_seed(0)).to(model.device)
+    with ActivationCapture(model, list(dict.fromkeys(layers))) as capture:
+        acts = capture(model.fit(probe))
+    for layer in dict.fromkeys(layers):
+        value = acts[layer]
+        if channels is not None and isinstance(value, torch.Tensor) and value.dim() == 4:
+            value = value[:, list(channels)]
+        if isinstance(value, torch.Tensor) and not bool(torch.isfinite(value.float()).all()):
+            where = "its output" if layer == OUTPUT else f"layer '{layer}'"
+            raise NnfeatError(f"model '{model.name}' gives NaN or Inf at {where} on a test image: {ADVICE}")
+
+
+__all__ = ["check_finite", "probe_finite", "ADVICE"]
