@@ -42,7 +42,7 @@ import torch  # noqa: E402
 
 import nnfeat  # noqa: E402
 from nnfeat.errors import NnfeatError  # noqa: E402
-from nnfeat.objectives import Objective  # noqa: E402
+from nnfeat.engine.objectives import Objective  # noqa: E402
 
 FULL_MODEL = "inceptionv1"
 QUICK_MODEL = "cifar10-resnet20"

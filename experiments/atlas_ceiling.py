@@ -32,9 +32,9 @@ ROOT = Path(__file__).resolve().parents[1]
 SHARED = ROOT.parent / "shared"
 sys.path.insert(0, str(ROOT))
 
-from nnfeat.atlas.grid import make_grid  # noqa: E402
-from nnfeat.atlas.layout import layout_2d, normalize_layout  # noqa: E402
-from nnfeat.collect import load_collected  # noqa: E402
+from nnfeat.analysis.atlas.grid import make_grid  # noqa: E402
+from nnfeat.analysis.atlas.layout import layout_2d, normalize_layout  # noqa: E402
+from nnfeat.analysis.collect import load_collected  # noqa: E402
 from nnfeat.io import write_json  # noqa: E402
 
 #: name -> (layout features, UMAP n_neighbors, UMAP min_dist, grid, min_count[, UMAP seed])

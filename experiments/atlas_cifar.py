@@ -35,7 +35,7 @@ ROOT = Path(__file__).resolve().parents[1]
 SHARED = ROOT.parent / "shared"
 sys.path.insert(0, str(ROOT))
 
-from nnfeat.atlas import AtlasSettings, build_atlas  # noqa: E402
+from nnfeat.ops.atlas import AtlasSettings, build_atlas  # noqa: E402
 from nnfeat.data import load_images  # noqa: E402
 from nnfeat.io import write_json  # noqa: E402
 from nnfeat.device import PRECISIONS  # noqa: E402

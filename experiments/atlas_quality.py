@@ -9,7 +9,7 @@ renders the icons of the same cells again (into ``OUT/<lever>/``) and scores the
 A lever is a ``+``-joined list of ``name=value`` overrides of the base icon settings (``BASE``), e.g.
 ``tries=4``, ``steps=512+transforms=atlas``; ``base`` is the atlas defaults. Levers:
 
-* ``tries``: best of N candidates per icon (:func:`nnfeat.atlas.icons.render_best_of`; the kept candidate
+* ``tries``: best of N candidates per icon (:func:`nnfeat.analysis.atlas.icons.render_best_of`; the kept candidate
   has the highest final value of the atlas's own objective; never chosen by the judge);
 * ``choose=cosine``: pick the try by centre cosine to the cell vector (the atlas's fidelity) instead;
 * ``param`` (``fft``, ``pixel``, ``maco`` = MACO's fixed CIFAR-10 test-set Fourier magnitude, Fel et al. 2023,
@@ -46,7 +46,7 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from atlas_cifar import fidelity, load, read_icons  # noqa: E402
-from nnfeat.atlas.icons import centre_cosine, icon_name, render_best_of  # noqa: E402
+from nnfeat.analysis.atlas.icons import centre_cosine, icon_name, render_best_of  # noqa: E402
 from nnfeat.device import autocast_for  # noqa: E402
 from nnfeat.io import read_json, save_image, write_json  # noqa: E402
 from nnfeat.seeds import stage_seed  # noqa: E402
@@ -162,11 +162,11 @@ def main() -> int:
             load_before = os.getloadavg()[0]
             spectrum = None
             if s.param == "maco":
-                from nnfeat.spectrum import dataset_spectrum
+                from nnfeat.engine.spectrum import dataset_spectrum
 
                 spectrum = dataset_spectrum(SHARED / "data" / "cifar10_test.npz", s.icon_size)
             elif s.param == "maco-power":
-                from nnfeat.spectrum import power_law_spectrum
+                from nnfeat.engine.spectrum import power_law_spectrum
 
                 spectrum = power_law_spectrum(s.icon_size)
             cosines, seconds, values = render_cells(model, "layer3", vectors[pick], whitening, rows[pick], cols[pick],

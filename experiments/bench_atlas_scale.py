@@ -39,7 +39,7 @@ def run_one(name: str, out: Path, steps: int, images: str) -> dict:
     import torch
 
     torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "1")))
-    from nnfeat.atlas import AtlasSettings, build_atlas
+    from nnfeat.ops.atlas import AtlasSettings, build_atlas
     from nnfeat.data import load_images
     from nnfeat.models.zoo import load_model
 

@@ -8,7 +8,7 @@ batches of ``--batch``:
 a. **bare forward** -- ``model(batch)`` up to the output under ``torch.no_grad()`` (the nnfeat wrapper's
    forward: input normalization, then the network), every batch;
 b. **bare to layer2** -- the same forward stopped at the layer (:class:`nnfeat.hooks.ActivationCapture`);
-c. **heatmap** -- :func:`nnfeat.views.heatmap_page.heatmap` on the image tensor: the forward passes, the
+c. **heatmap** -- :func:`nnfeat.ops.heatmap.heatmap` on the image tensor: the forward passes, the
    strongest channels, the figure's colour scale, upsampling to input resolution, colouring and the
    overlays; no files written;
 c'. **heatmap (ImageSet)** -- the same from the :class:`nnfeat.data.ImageSet` (uint8 -> float included), as
@@ -75,7 +75,7 @@ def run(args) -> dict:
     from nnfeat.errors import NnfeatError
     from nnfeat.hooks import ActivationCapture
     from nnfeat.models import load_model
-    from nnfeat.views.heatmap_page import heatmap
+    from nnfeat.ops.heatmap import heatmap
 
     for name in ("n", "batch", "rounds", "save_n", "threads"):
         if getattr(args, name) < 1:

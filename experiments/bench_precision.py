@@ -26,7 +26,7 @@ if not os.environ.get("NNFEAT_WEIGHTS_PATH") and (ROOT.parent / "shared" / "mode
 from nnfeat import objectives as O  # noqa: E402
 from nnfeat.models.zoo import load_model  # noqa: E402
 from nnfeat.device import cpu_has_native_bf16, precision_used  # noqa: E402
-from nnfeat.rendering import render  # noqa: E402
+from nnfeat.ops.render import render  # noqa: E402
 
 CASES = [  # (model, weights, layer, size, batch)
     ("cifar10-resnet20", "pretrained", "layer3", 64, 16),

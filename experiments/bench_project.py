@@ -34,7 +34,7 @@ from nnfeat.data import load_images  # noqa: E402
 from nnfeat.errors import NnfeatError  # noqa: E402
 from nnfeat.io import write_json  # noqa: E402
 from nnfeat.models import load_model  # noqa: E402
-from nnfeat.views.projection_page import project  # noqa: E402
+from nnfeat.ops.project import project  # noqa: E402
 
 
 def peak_mb() -> float:

@@ -78,10 +78,10 @@ from nnfeat.layouts import OUTPUT, channel_count  # noqa: E402
 from nnfeat.models.base import Model  # noqa: E402
 from nnfeat.models.fold import folded_copy  # noqa: E402
 from nnfeat.models.zoo import load_model  # noqa: E402
-from nnfeat.param import image_param  # noqa: E402
+from nnfeat.engine.param import image_param  # noqa: E402
 from nnfeat.device import resolve_device  # noqa: E402
-from nnfeat.rendering import evaluate, render  # noqa: E402
-from nnfeat.transforms import make_transforms  # noqa: E402
+from nnfeat.ops.render import evaluate, render  # noqa: E402
+from nnfeat.engine.transforms import make_transforms  # noqa: E402
 
 LUCENT_PYTHON = REPO_ROOT / ".venv-lucent" / "bin" / "python"
 LUCENT_SIDE = Path(__file__).resolve().parent / "lucent_side.py"

@@ -3,7 +3,7 @@
 Issue 12's numbers: ``nnfeat report cifar10-resnet20 --images <the shared CIFAR-10 test set>`` over every block
 output of layer1-layer3 and the logits (the default layers), 16 units per layer, 128 steps: end-to-end time,
 peak memory (the process's maximum resident set), and the run's seconds split by kind
-(:meth:`nnfeat.report.ReportResult.time_shares`, per-stage times kept in memory only):
+(:meth:`nnfeat.ops.report.ReportResult.time_shares`, per-stage times kept in memory only):
 
 * **render** -- unit renders (with their thresholds), diversity renders, class renders: the floor;
 * **collect** -- the pooled activations of every image (one pass per layer, shared by examples and atlas);
@@ -48,7 +48,7 @@ def _by_kind(timings: dict[str, float]) -> dict[str, float]:
 def run(model_name: str, images_src: str, out: Path, *, n: int | None, weights: str, **kwargs) -> dict:
     from nnfeat.data import load_images
     from nnfeat.models import load_model
-    from nnfeat.report import report
+    from nnfeat.ops.report import report
 
     t0 = time.perf_counter()
     model = load_model(model_name, weights=weights)

@@ -3,7 +3,7 @@ model beside the ensemble. Prints a table and writes it as JSON.
 
 Issue 11's number: ``cifar10-resnet20,cifar10-resnet32`` on all 10,000 images of the shared
 ``cifar10_test.npz`` (loaded with :func:`nnfeat.data.load_images` at the model's input size), through
-:func:`nnfeat.views.uncertainty_page.uncertainty` -- the code path of ``nnfeat uncertainty`` -- with
+:func:`nnfeat.ops.uncertainty.uncertainty` -- the code path of ``nnfeat uncertainty`` -- with
 ``method="ensemble"``. Per row (each single model, then the ensemble: the mean of the members' softmax):
 
 * accuracy; ECE (15 equal-width confidence bins, Σ (n_b/N)|acc_b - conf_b|); NLL;
@@ -102,7 +102,7 @@ def main(argv=None) -> int:
     sys.path.insert(0, str(REPO))
     from nnfeat.data import load_images
     from nnfeat.models import load_model
-    from nnfeat.views.uncertainty_page import uncertainty
+    from nnfeat.ops.uncertainty import uncertainty
 
     threads = torch.get_num_threads()
     torch.set_num_threads(args.threads)

@@ -11,7 +11,7 @@ vote; each reports its own held-out accuracy on the last 297 digits first, so a 
 come from a broken classifier. The transfer rate is the fraction of the 10 class renders read as their
 digit, per render seed, and the mean over the seeds.
 
-Settings: :func:`class_render_settings` (``nnfeat.demo.class_render_settings`` when the demo defines it, so
+Settings: :func:`class_render_settings` (``nnfeat.ops.demo.class_render_settings`` when the demo defines it, so
 this script measures exactly what the demo renders; else this module's copy of the recommended settings).
 ``--baseline`` measures the demo's previous call instead (Fourier 32 px, "auto" transforms, plain logits).
 
@@ -40,8 +40,8 @@ import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 
 import nnfeat  # noqa: E402
-from nnfeat.objectives import Objective, l1, logit, total_variation  # noqa: E402
-from nnfeat.transforms import Jitter, Pad, RandomAffine, RandomRotate, RandomScale  # noqa: E402
+from nnfeat.engine.objectives import Objective, l1, logit, total_variation  # noqa: E402
+from nnfeat.engine.transforms import Jitter, Pad, RandomAffine, RandomRotate, RandomScale  # noqa: E402
 
 CLASSES = list(range(10))
 TRAIN = 1500  # the first 1,500 digits train the classifiers (digits-cnn's training split)
@@ -76,9 +76,9 @@ def baseline_settings(steps: int = 256, seed: int = 0) -> tuple[Objective, dict]
 
 
 def class_render_settings(steps: int = 256, seed: int = 0) -> tuple[Objective, dict]:
-    """The demo's settings when ``nnfeat.demo`` exposes them, else :func:`recommended_settings`."""
+    """The demo's settings when ``nnfeat.ops.demo`` exposes them, else :func:`recommended_settings`."""
     try:
-        from nnfeat.demo import class_render_settings as demo_settings
+        from nnfeat.ops.demo import class_render_settings as demo_settings
     except ImportError:
         return recommended_settings(steps, seed)
     return demo_settings(steps=steps, seed=seed)
@@ -161,7 +161,7 @@ def main(argv=None) -> int:
           + ", ".join(f"{name} {rate:.0%}" for name, rate in report["mean"].items()))
     if args.out is not None:
         from nnfeat.io import save_image, write_json
-        from nnfeat.sheets import labelled_sheet
+        from nnfeat.views.sheets import labelled_sheet
 
         figures = args.out / "figures"
         rows = torch.cat([F.interpolate(report["images"][s], size=32, mode="bilinear", align_corners=False)

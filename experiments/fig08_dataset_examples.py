@@ -16,7 +16,7 @@ import sys
 
 import _figures as F
 from nnfeat import objectives as O
-from nnfeat.dataset_examples import example_patches, top_examples
+from nnfeat.ops.examples import example_patches, top_examples
 
 NAME = "fig08_dataset_examples"
 TITLE = "Dataset examples vs. optimization, positive and negative"

@@ -1,13 +1,13 @@
 """Figure 9: an activation atlas and a class atlas (Carter et al., Distill 2019).
 
-Runs :func:`nnfeat.atlas.build_atlas` twice on the same image source -- once for the whole layer and
+Runs :func:`nnfeat.ops.atlas.build_atlas` twice on the same image source -- once for the whole layer and
 once for one class (samples whose attribution favours it) -- and puts the two mosaics side by side.
 The atlases themselves (``cells.json``, ``atlas.html``, icons) stay in ``OUT/figures/fig09_atlas/``.
 
     python experiments/fig09_atlas.py --images /data/imagenet/train    # inceptionv1 mixed4c, 100 k samples, UMAP
     python experiments/fig09_atlas.py --quick                          # cifar10-resnet20 layer3 on CIFAR-10 (CI)
 
-If :mod:`nnfeat.atlas` is missing or its API differs, the script says so and exits 0.
+If :mod:`nnfeat.ops.atlas` is missing or its API differs, the script says so and exits 0.
 """
 
 from __future__ import annotations
@@ -27,11 +27,11 @@ def main(argv: list[str] | None = None) -> int:
 def _atlas_api():
     """(AtlasSettings, build_atlas), or None with the reason printed when the atlas module is unusable."""
     try:
-        from nnfeat.atlas import AtlasSettings, build_atlas
+        from nnfeat.ops.atlas import AtlasSettings, build_atlas
 
         AtlasSettings(samples=10, layout="pca", grid=2, min_count=1, steps=1, batch=1, icon_size=8, class_=0)
     except (ImportError, AttributeError, TypeError) as err:
-        print(f"[{NAME}] skipped: nnfeat.atlas is not usable here ({type(err).__name__}: {err})")
+        print(f"[{NAME}] skipped: nnfeat.ops.atlas is not usable here ({type(err).__name__}: {err})")
         return None
     return AtlasSettings, build_atlas
 

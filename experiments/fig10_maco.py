@@ -1,7 +1,7 @@
 """Figure 10: MACO against Fourier on the same units, with the activation reached and transferability.
 
 MACO (Fel et al. 2023) fixes the image's Fourier magnitude to a dataset's mean spectrum
-(:func:`nnfeat.spectrum.dataset_spectrum`) and optimizes only the phase; the Fourier parameterization
+(:func:`nnfeat.engine.spectrum.dataset_spectrum`) and optimizes only the phase; the Fourier parameterization
 (nnfeat's default) optimizes the whole spectrum. Each parameterization renders, in one batch, the
 figure's units (channel objectives) and class logits (several random starts per class). Reported:
 
@@ -29,7 +29,7 @@ import nnfeat
 from nnfeat import objectives as O
 from nnfeat.errors import NnfeatError
 from nnfeat.layouts import OUTPUT
-from nnfeat.spectrum import dataset_spectrum, power_law_spectrum
+from nnfeat.engine.spectrum import dataset_spectrum, power_law_spectrum
 
 NAME = "fig10_maco"
 TITLE = "MACO vs. Fourier parameterization"

@@ -15,7 +15,7 @@ Measures:
 Every configuration renders all its images (classes x restarts, then the units) in ONE batched
 render, one objective per batch item; the restarts are independent random initializations drawn from
 ``--seed``. Configurations: the parameterizations fft (the default), fft without colour decorrelation,
-pixel, cppn, maco (the magnitude fixed to the dataset's mean spectrum, see :mod:`nnfeat.spectrum`) and
+pixel, cppn, maco (the magnitude fixed to the dataset's mean spectrum, see :mod:`nnfeat.engine.spectrum`) and
 rgba (transparency, random backgrounds each step), all with the default ``auto`` transforms; and fft
 with the ``standard`` (Lucid's pixel numbers) and ``none`` transform presets. Everything else is
 :func:`nnfeat.render`'s default (256 steps, Adam lr 0.05 (cppn 0.005), size = the model's input size,
@@ -107,7 +107,7 @@ def judge(models, images: torch.Tensor, targets) -> dict[str, dict[str, float]]:
 
 def make_param(kind: str, size: int, batch: int, *, decorrelate: bool, spectrum, seed: int, device):
     """The parameterization for ``kind``; "maco" uses ``spectrum`` (3, H, W//2+1)."""
-    from nnfeat.param import image_param
+    from nnfeat.engine.param import image_param
 
     generator = torch.Generator(device=device).manual_seed(seed)
     if kind == "maco":
@@ -204,7 +204,7 @@ def main(argv: list[str] | None = None) -> int:
 def _main(argv) -> int:
     from nnfeat.data import load_images
     from nnfeat.io import read_json, save_grid, write_json, write_text
-    from nnfeat.spectrum import dataset_spectrum
+    from nnfeat.engine.spectrum import dataset_spectrum
 
     args = parse_args(argv)
     unknown = [c for c in args.configs.split(",") if c not in CONFIGS]

@@ -11,29 +11,29 @@ Quick start::
 
 Every operation (``render``, ``microscope``, ``examples``, ``build_atlas``, ``heatmap``, ``filters``, ``project``,
 ``saliency``, ``attention``, ``uncertainty``, ``graph``, ``report``) returns a result with ``.images``,
-``.save(dir)`` and a notebook picture (:mod:`nnfeat.results`).
+``.save(dir)`` and a notebook picture (:mod:`nnfeat.ops.results`).
 """
 
 from nnfeat import objectives
-from nnfeat.atlas import AtlasResult, AtlasSettings, build_atlas
+from nnfeat.ops.atlas import AtlasResult, AtlasSettings, build_atlas
 from nnfeat.data import ImageSet, load_images
 from nnfeat.device import resolve_device
 from nnfeat.errors import NnfeatError
-from nnfeat.dataset_examples import ExamplesResult, examples
-from nnfeat.expr import parse_objective
-from nnfeat.microscopy import MicroscopeResult, microscope
+from nnfeat.ops.examples import ExamplesResult, examples
+from nnfeat.engine.expr import parse_objective
+from nnfeat.ops.microscope import MicroscopeResult, microscope
 from nnfeat.models.base import Model
 from nnfeat.models.zoo import load_model
-from nnfeat.rendering import RenderResult, evaluate, render
+from nnfeat.ops.render import RenderResult, evaluate, render
 from nnfeat.units import Units, parse_units
-from nnfeat.report import ReportResult, report
-from nnfeat.views.attention_page import AttentionResult, attention
-from nnfeat.views.filters_page import FiltersResult, filters
-from nnfeat.views.graph_page import GraphResult, graph
-from nnfeat.views.heatmap_page import HeatmapResult, heatmap
-from nnfeat.views.projection_page import ProjectionResult, project
-from nnfeat.views.saliency_page import SaliencyResult, saliency
-from nnfeat.views.uncertainty_page import UncertaintyResult, uncertainty
+from nnfeat.ops.report import ReportResult, report
+from nnfeat.ops.attention import AttentionResult, attention
+from nnfeat.ops.filters import FiltersResult, filters
+from nnfeat.ops.graph import GraphResult, graph
+from nnfeat.ops.heatmap import HeatmapResult, heatmap
+from nnfeat.ops.project import ProjectionResult, project
+from nnfeat.ops.saliency import SaliencyResult, saliency
+from nnfeat.ops.uncertainty import UncertaintyResult, uncertainty
 
 __version__ = "0.1.0"
 

@@ -30,7 +30,7 @@ import torch
 import torch.nn.functional as F
 
 from nnfeat.errors import NnfeatError, shorten
-from nnfeat.models.weights import nnfeat_home
+from nnfeat.io import nnfeat_home
 
 #: File suffixes a folder source picks up (lower case).
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".ppm", ".pgm")

@@ -154,7 +154,13 @@ def upscale_nearest(images: torch.Tensor, factor: int) -> torch.Tensor:
     return images.repeat_interleave(factor, dim=-2).repeat_interleave(factor, dim=-1)
 
 
-__all__: Sequence[str] = [
+def nnfeat_home() -> Path:
+    """``$NNFEAT_HOME`` if set (and not empty), else ``~/.cache/nnfeat``."""
+    home = os.environ.get("NNFEAT_HOME")
+    return Path(home).expanduser() if home else Path("~/.cache/nnfeat").expanduser()
+
+
+__all__: Sequence[str] = ["nnfeat_home", 
     "atomic_path", "is_existing_file", "to_uint8", "save_image", "make_grid", "save_grid", "write_json", "write_text", "read_json",
     "upscale_nearest",
 ]

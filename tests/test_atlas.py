@@ -10,12 +10,12 @@ import pytest
 import torch
 from PIL import Image
 
-from nnfeat.atlas import AtlasSettings, build_atlas
-from nnfeat.collect import collect
-from nnfeat.atlas.grid import cell_of, make_grid
-from nnfeat.atlas.icons import centre_cosine, icon_objective
-from nnfeat.atlas.layout import layout_2d, normalize_layout, pca_2d, whitening
-from nnfeat.atlas.pipeline import class_selection, resolve_class
+from nnfeat.ops.atlas import AtlasSettings, build_atlas
+from nnfeat.analysis.collect import collect
+from nnfeat.analysis.atlas.grid import cell_of, make_grid
+from nnfeat.analysis.atlas.icons import centre_cosine, icon_objective
+from nnfeat.analysis.atlas.layout import layout_2d, normalize_layout, pca_2d, whitening
+from nnfeat.ops.atlas import class_selection, resolve_class
 from nnfeat.data import load_images
 from nnfeat.errors import NnfeatError
 from nnfeat.hooks import ActivationCapture
@@ -351,7 +351,7 @@ def test_attribution_by_forward_mode_equals_one_backward_per_class(model, case):
     """The one-pass-per-position JVP attribution equals act . d logit_k / d act by K backward passes, through
     BatchNorm, pooling, in-place ReLUs and residual adds; a network with an op that has no forward-mode rule
     falls back to the backward passes and gives the same numbers."""
-    from nnfeat import collect as C
+    from nnfeat.analysis import collect as C
     from nnfeat.models.zoo import load_model
 
     torch.manual_seed(0)
@@ -392,7 +392,7 @@ def test_attribution_by_forward_mode_equals_one_backward_per_class(model, case):
 def test_attribution_mode_picks_the_cheaper_pass_from_flop_counts(model):
     """Few classes and only a linear head after the layer: K backward passes are cheaper; a shallow layer with one
     position per image, or 1000 classes: one forward-mode pass is."""
-    from nnfeat.collect import attribution_mode
+    from nnfeat.analysis.collect import attribution_mode
     from nnfeat.models.zoo import load_model
 
     assert attribution_mode(model, "conv3", (32, 32), 4, 10) == "backward"
@@ -404,7 +404,7 @@ def test_attribution_mode_picks_the_cheaper_pass_from_flop_counts(model):
 def test_collect_uses_the_attribution_mode_it_chose(tmp_path, monkeypatch):
     """A 1000-class network: the FLOP count picks forward mode, and collect must then really run forward mode
     (a name clash once sent every batch down the 1000-backward-pass path)."""
-    from nnfeat import collect as C
+    from nnfeat.analysis import collect as C
     from nnfeat.models import load_model
 
     net = load_model("torchvision:resnet18", weights="random")
@@ -423,7 +423,7 @@ def test_collect_uses_the_attribution_mode_it_chose(tmp_path, monkeypatch):
 def test_whitening_and_pca_bits_do_not_depend_on_the_thread_setting():
     """An earlier test (or the user) may leave torch on 2 threads; a sharded rank runs on 1. The whitening and the
     PCA layout must give the same bytes either way (eigh and the matrix products split their sums by thread)."""
-    from nnfeat.atlas.layout import pca_2d, whitening
+    from nnfeat.analysis.atlas.layout import pca_2d, whitening
 
     # half zeros and a dead channel in four, as a ReLU layer's activations (the near-singular case that split)
     acts = (torch.randn((400, 64), generator=torch.Generator().manual_seed(0)).relu()

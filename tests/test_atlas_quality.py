@@ -5,11 +5,11 @@ from __future__ import annotations
 import pytest
 import torch
 
-from nnfeat.atlas.icons import icon_objective, render_best_of
+from nnfeat.analysis.atlas.icons import icon_objective, render_best_of
 from nnfeat.errors import NnfeatError
 from nnfeat.hooks import ActivationCapture
-from nnfeat.rendering import render
-from nnfeat.transforms import CropOrPadTo, Pad, RandomAffine, make_transforms
+from nnfeat.ops.render import render
+from nnfeat.engine.transforms import CropOrPadTo, Pad, RandomAffine, make_transforms
 
 LAYER = "relu3"
 RENDER = dict(size=32, steps=6, transforms="auto", autocast=False, progress=False)

@@ -9,7 +9,7 @@ import json
 import numpy as np
 import pytest
 
-from nnfeat.atlas.layout import fit_rows_of, layout_2d, layout_fit, pca_2d, whitening
+from nnfeat.analysis.atlas.layout import fit_rows_of, layout_2d, layout_fit, pca_2d, whitening
 from nnfeat.errors import NnfeatError
 
 
@@ -65,7 +65,7 @@ def test_tsne_above_the_threshold_is_a_one_line_error():
 
 
 def test_the_pipeline_records_the_sampled_fit(tmp_path):
-    from nnfeat.atlas import AtlasSettings, build_atlas
+    from nnfeat.ops.atlas import AtlasSettings, build_atlas
     from nnfeat.data import load_images
     from nnfeat.models import load_model
 

@@ -20,7 +20,7 @@ from nnfeat.analysis import attention as at
 from nnfeat.errors import NnfeatError
 from nnfeat.hooks import ActivationCapture
 from nnfeat.models import Model, load_model
-from nnfeat.views.attention_page import AttentionResult, attention, check_request
+from nnfeat.ops.attention import AttentionResult, attention, check_request
 
 ROOT = Path(__file__).resolve().parents[1]
 PATCH, SIDE = 4, 16  # a 4x4 grid of 4 px patches on 16 px images

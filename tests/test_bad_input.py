@@ -74,7 +74,7 @@ def make_fails():
 '''
 
 RECIPE_FILE = '''
-from nnfeat.objectives import Objective, channel
+from nnfeat.engine.objectives import Objective, channel
 
 
 def good(model):
@@ -345,12 +345,12 @@ def test_user_code_error_has_no_traceback_and_debug_reraises(inputs, tmp_path):
 
 def test_nnfeat_bug_keeps_its_traceback(monkeypatch, tmp_path, capsys):
     """An exception raised outside the user's files is nnfeat's own bug: it is not dressed up as a user error."""
-    import nnfeat.rendering
+    import nnfeat.ops.render
 
     def broken(*_args, **_kwargs):
         raise ZeroDivisionError("an nnfeat bug")
 
-    monkeypatch.setattr(nnfeat.rendering, "render", broken)
+    monkeypatch.setattr(nnfeat.ops.render, "render", broken)
     with pytest.raises(ZeroDivisionError):
         main([*R, "--steps", "2", "--quiet", "--out", str(tmp_path / "out")])
 

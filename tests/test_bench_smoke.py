@@ -15,9 +15,9 @@ from torch import nn
 
 from nnfeat import objectives as O
 from nnfeat.models.base import Model
-from nnfeat.relu import redirected_relu
+from nnfeat.engine.relu import redirected_relu
 from nnfeat.device import default_channels_last
-from nnfeat.rendering import render
+from nnfeat.ops.render import render
 
 REPO = Path(__file__).resolve().parents[1]
 

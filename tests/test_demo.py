@@ -32,7 +32,7 @@ def test_demo_is_the_report_of_both_digits_models(demo):
         assert f"{name}/index.html" in page
     # the CNN's class renders come from the readable recipe, at 256 steps whatever --steps says
     cnn = json.loads((demo / "digits-cnn" / "report.json").read_text())["settings"]
-    assert cnn["class_render"] == "nnfeat.demo.readable_class_render" and cnn["atlas"] == ["conv3"]
+    assert cnn["class_render"] == "nnfeat.ops.demo.readable_class_render" and cnn["atlas"] == ["conv3"]
     renders = json.loads((demo / "digits-cnn" / "classes" / "renders" / "render.json").read_text())
     assert renders["settings"]["steps"] == 256 and renders["settings"]["size"] == [12, 12]
     assert (demo / "digits-cnn" / "layers" / "conv3" / "atlas" / "atlas.html").is_file()

@@ -29,7 +29,7 @@ class Stop(Exception):
 def build(out: str, settings: dict, stop_after_icon_batches: int | None = None):
     """The digits-cnn (random weights) atlas of relu3 over 200 digits into ``out`` (module level: ``spawn``
     runs it on every rank). ``stop_after_icon_batches``: raise after this many icon batches of this rank."""
-    from nnfeat.atlas import AtlasSettings, build_atlas
+    from nnfeat.ops.atlas import AtlasSettings, build_atlas
     from nnfeat.data import load_images
     from nnfeat.models import load_model
 

@@ -60,7 +60,7 @@ def _images(model, n: int):
 
 
 def microscope_worker(out: str, images_n: int = 0) -> None:
-    from nnfeat.microscopy import microscope
+    from nnfeat.ops.microscope import microscope
 
     model = _model()
     images = _images(model, images_n) if images_n else None
@@ -70,14 +70,14 @@ def microscope_worker(out: str, images_n: int = 0) -> None:
 
 
 def report_worker(out: str) -> None:
-    from nnfeat.report import report
+    from nnfeat.ops.report import report
 
     model = _model()
     report(model, _images(model, 60), out, **REPORT)
 
 
 def report_worker_stopped(out: str) -> None:
-    from nnfeat.report import StopRequested
+    from nnfeat.ops.report import StopRequested
 
     try:
         report_worker(out)
@@ -168,7 +168,7 @@ def test_report_two_ranks_write_the_bytes_of_one(report_one, tmp_path):
 
 
 def test_report_stopped_on_two_ranks_resumes_on_one(report_one, tmp_path, monkeypatch):
-    from nnfeat.report import STOP_ENV
+    from nnfeat.ops.report import STOP_ENV
 
     out = tmp_path / "resumed"
     monkeypatch.setenv(STOP_ENV, "4")  # each rank stops at the first sync point after its 4th stage
@@ -181,7 +181,7 @@ def test_report_stopped_on_two_ranks_resumes_on_one(report_one, tmp_path, monkey
 
 
 def test_stage_owners_split_renders_diversity_and_units_only():
-    from nnfeat.report import stage_owners
+    from nnfeat.ops.report import stage_owners
 
     names = ["graph", "render:a:0", "render:a:2", "microscope:a", "collect:a", "examples:a", "collect:a:sample",
              "atlas:a", "diversity:a:0", "unit:a:0", "pages"]
@@ -190,7 +190,7 @@ def test_stage_owners_split_renders_diversity_and_units_only():
                       "examples:a": 0, "collect:a:sample": None, "atlas:a": None, "diversity:a:0": 2, "unit:a:0": 0,
                       "pages": 0}
     assert set(stage_owners(names, 1).values()) == {0, None}
-    from nnfeat.report import sync_points
+    from nnfeat.ops.report import sync_points
 
     # wait before the first render (after graph), the sheet, each collective, the units and the pages
     assert sync_points(names) == {1, 3, 4, 6, 7, 8, 10}

@@ -24,9 +24,9 @@ BATCH = 4  # 3 chunks of images: rank 0 gets chunks 0 and 2, rank 1 chunk 1
 
 # -- workers (module level: spawned processes import them) ---------------------------------------------------
 def views_worker(out: str) -> None:
-    from nnfeat.views.heatmap_page import heatmap
-    from nnfeat.views.saliency_page import saliency
-    from nnfeat.views.uncertainty_page import uncertainty
+    from nnfeat.ops.heatmap import heatmap
+    from nnfeat.ops.saliency import saliency
+    from nnfeat.ops.uncertainty import uncertainty
 
     model = _model()
     images = _images(model, N_IMAGES)

@@ -13,9 +13,9 @@ from nnfeat.errors import NnfeatError
 from nnfeat.hooks import ActivationCapture
 from nnfeat.models.base import Model
 from nnfeat.models.fold import folded_copy
-from nnfeat.param import PARAM_KINDS, image_param
-from nnfeat.rendering import render
-from nnfeat.transforms import Jitter, Pad, RandomAffine, RandomRotate, RandomScale, auto_transforms, standard_transforms
+from nnfeat.engine.param import PARAM_KINDS, image_param
+from nnfeat.ops.render import render
+from nnfeat.engine.transforms import Jitter, Pad, RandomAffine, RandomRotate, RandomScale, auto_transforms, standard_transforms
 
 SHARED = Path(__file__).resolve().parents[1].parent / "shared"
 

@@ -5,7 +5,7 @@ import torch
 
 from nnfeat import objectives as O
 from nnfeat.errors import NnfeatError
-from nnfeat.expr import parse_objective
+from nnfeat.engine.expr import parse_objective
 
 
 def acts_for(*layers, batch=2, channels=8):

@@ -1,4 +1,4 @@
-"""Property-based fuzzing of the objective expression grammar (:mod:`nnfeat.expr`), plus one example test per
+"""Property-based fuzzing of the objective expression grammar (:mod:`nnfeat.engine.expr`), plus one example test per
 bug the fuzzing found.
 
 Properties:
@@ -25,9 +25,9 @@ from hypothesis import HealthCheck, currently_in_test_context, event, given, set
 from hypothesis import strategies as st
 
 from nnfeat.errors import NnfeatError
-from nnfeat.expr import MAX_CHANNELS, MAX_DEPTH, MAX_FACTORS, MAX_LENGTH, MAX_NUMBER, parse_objective
+from nnfeat.engine.expr import MAX_CHANNELS, MAX_DEPTH, MAX_FACTORS, MAX_LENGTH, MAX_NUMBER, parse_objective
 from nnfeat.hooks import ActivationCapture
-from nnfeat.objectives import CONSTRUCTORS
+from nnfeat.engine.objectives import CONSTRUCTORS
 
 FUZZ = settings(derandomize=True, database=None, deadline=5000, max_examples=300,
                 suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])

@@ -129,7 +129,7 @@ SETTINGS = dict(samples=400, per_image=2, layout="pca", grid=4, min_count=1, ste
 
 
 def _build(out: Path):
-    from nnfeat.atlas import AtlasSettings, build_atlas
+    from nnfeat.ops.atlas import AtlasSettings, build_atlas
     from nnfeat.data import load_images
     from nnfeat.models import load_model
 

@@ -18,7 +18,7 @@ from nnfeat.analysis.filters import (channel_mosaic, channel_tiles, conv_layers,
 from nnfeat.data import ImageSet
 from nnfeat.errors import NnfeatError
 from nnfeat.models.base import Model
-from nnfeat.views.filters_page import filters
+from nnfeat.ops.filters import filters
 
 M = 0.8  # the largest |w| of the hand-set layer
 

@@ -16,7 +16,7 @@ from nnfeat.analysis.graph import collapse, layered_layout, model_graph, node_an
 from nnfeat.hooks import ActivationCapture
 from nnfeat.models import load_model
 from nnfeat.models.base import Model
-from nnfeat.views.graph_page import graph, initial_collapsed
+from nnfeat.ops.graph import graph, initial_collapsed
 
 torch.manual_seed(0)
 

@@ -15,7 +15,7 @@ from nnfeat.analysis.tokens import fold_tokens, token_grid
 from nnfeat.hooks import ActivationCapture
 from nnfeat.models import load_model
 from nnfeat.models.base import Model
-from nnfeat.views.heatmap_page import heatmap
+from nnfeat.ops.heatmap import heatmap
 
 
 def _bright_net():

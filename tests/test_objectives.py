@@ -7,7 +7,7 @@ from torchvision.models.vision_transformer import VisionTransformer
 from nnfeat import objectives as O
 from nnfeat.errors import NnfeatError
 from nnfeat.models.base import Model
-from nnfeat.rendering import evaluate, render
+from nnfeat.ops.render import evaluate, render
 
 
 def test_channel_neuron_deepdream_definitions():

@@ -12,7 +12,7 @@ from torch import nn
 
 from nnfeat import cli
 from nnfeat.errors import NnfeatError
-from nnfeat.export_onnx import export_onnx
+from nnfeat.analysis.onnx_export import export_onnx
 from nnfeat.models import load_model
 from nnfeat.models.base import Model
 

@@ -12,11 +12,11 @@ from torch import nn
 from nnfeat.analysis.heatmap import layer_maps
 from nnfeat.analysis.projection import (chance_accuracy, explained_variance, knn_accuracy, project_2d,
                                         trustworthiness)
-from nnfeat.collect import collect
+from nnfeat.analysis.collect import collect
 from nnfeat.data import ImageSet, load_images
 from nnfeat.errors import NnfeatError
 from nnfeat.models import load_model
-from nnfeat.views.projection_page import parse_layers, project
+from nnfeat.ops.project import parse_layers, project
 
 
 @pytest.fixture(scope="module")
@@ -202,7 +202,7 @@ def test_cli_tensorboard_folder_reads_back_through_tensorboard(tmp_path):
 
 
 def test_examples_and_projections_read_one_collection(digits_cnn, digits, tmp_path):
-    from nnfeat.dataset_examples import examples
+    from nnfeat.ops.examples import examples
 
     images = digits.sample(120, 1)
     project(digits_cnn, "bn2", images, method="pca", cache=tmp_path, progress=False)

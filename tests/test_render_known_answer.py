@@ -10,7 +10,7 @@ from torch import nn
 from nnfeat import objectives as O
 from nnfeat.errors import NnfeatError
 from nnfeat.models.base import Model
-from nnfeat.rendering import render
+from nnfeat.ops.render import render
 
 
 def colour_model(weights) -> Model:

@@ -1,4 +1,4 @@
-"""``nnfeat report`` (nnfeat.report): the default layers, the folder it writes, resume after a kill ending
+"""``nnfeat report`` (nnfeat.ops.report): the default layers, the folder it writes, resume after a kill ending
 byte-identical to an uninterrupted run, every link and image of every page resolving (a static checker, itself
 tested on a broken link), the pages in headless Chromium (images load, no console errors, search filters, the
 architecture page links to the layer pages), and one-line CLI errors with nothing written.
@@ -34,7 +34,7 @@ def _images(model, n=40):
 
 
 def _build(model, out: Path):
-    from nnfeat.report import report
+    from nnfeat.ops.report import report
 
     return report(model, _images(model), out, **SMALL)
 
@@ -99,7 +99,7 @@ def check_links(folder: Path) -> list[str]:
 # -- tests -------------------------------------------------------------------------------------------------
 def test_default_layers_are_block_outputs_and_logits():
     from nnfeat.models import load_model
-    from nnfeat.report import default_layers
+    from nnfeat.ops.report import default_layers
 
     resnet = load_model("cifar10-resnet20", weights="random")
     assert default_layers(resnet) == [f"layer{i}.{j}" for i in (1, 2, 3) for j in range(3)] + ["output"]
@@ -122,14 +122,14 @@ def test_report_folder_has_every_part(small, digits_model):
         (out / "layers/conv2/render/channel-0.png").read_bytes()
     assert not (out / "layers/output/units/0/filters").exists()  # filters only for conv layers
     # one collection of every image per layer (shared by the examples), the projection sample's apart from it
-    from nnfeat.collect import load_collected
+    from nnfeat.analysis.collect import load_collected
 
     assert len(load_collected(out / "cache" / "collect-conv2-mean").samples) == 40
     # the projection's 20 rows are taken from that collection: no second pass, and the same rows a pass over the
     # sample gives
     assert not (out / "cache" / "projection" / "collect-conv2-mean").exists()
-    from nnfeat.report.stages import projection_sample
-    from nnfeat.views.projection_page import project
+    from nnfeat.ops.report.stages import projection_sample
+    from nnfeat.ops.project import project
     import numpy as np
 
     class _Ctx:  # the report's sample rule, applied to the report's images
@@ -178,7 +178,7 @@ def test_every_link_resolves_and_checker_catches_a_broken_one(small, tmp_path):
 
 def test_killed_report_resumes_byte_identical(small, digits_model, tmp_path, monkeypatch):
     from nnfeat.io import read_json
-    from nnfeat.report import MANIFEST, STOP_ENV, StopRequested
+    from nnfeat.ops.report import MANIFEST, STOP_ENV, StopRequested
 
     out = tmp_path / "resumed"
     monkeypatch.setenv(STOP_ENV, "6")
@@ -202,7 +202,7 @@ def test_killed_report_resumes_byte_identical(small, digits_model, tmp_path, mon
 
 
 def test_report_rejects_bad_input_before_work(digits_model, tmp_path):
-    from nnfeat.report import report
+    from nnfeat.ops.report import report
 
     images = _images(digits_model, 8)
     for kwargs, text in ((dict(layers="conv9"), "conv9"), (dict(layers="conv2:3"), "units"),

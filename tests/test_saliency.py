@@ -1,5 +1,5 @@
 """nnfeat saliency: attribution maps (nnfeat.analysis.saliency), their sanity numbers (nnfeat.analysis.sanity),
-the result / page (nnfeat.views.saliency_page) and the CLI."""
+the result / page (nnfeat.ops.saliency) and the CLI."""
 
 from __future__ import annotations
 
@@ -288,7 +288,7 @@ def test_cli_bad_input_is_one_line(extra, needle, tmp_path, capsys, shared_dir):
 
 def test_page_in_a_browser(tmp_path):
     from tests.browser import file_url, headless_chromium
-    from nnfeat.views.saliency_page import saliency
+    from nnfeat.ops.saliency import saliency
 
     result = saliency(region_model(), torch.rand(2, 3, SIZE, SIZE), "gradient,gradcam", target="inside",
                       sanity=True, steps=4, cascade=2)

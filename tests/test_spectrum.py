@@ -1,4 +1,4 @@
-"""nnfeat.spectrum: the dataset mean Fourier magnitude for MACO, its cache, and the `spectrum` command."""
+"""nnfeat.engine.spectrum: the dataset mean Fourier magnitude for MACO, its cache, and the `spectrum` command."""
 
 from __future__ import annotations
 
@@ -10,8 +10,8 @@ import pytest
 import torch
 
 from nnfeat.errors import NnfeatError
-from nnfeat.param import COLOR_CORRELATION_SQRT, image_param
-from nnfeat.spectrum import (
+from nnfeat.engine.param import COLOR_CORRELATION_SQRT, image_param
+from nnfeat.engine.spectrum import (
     dataset_spectrum,
     image_magnitudes,
     load_spectrum,

@@ -18,7 +18,7 @@ from nnfeat.analysis.uncertainty import (auroc, calibration, check_dropout, drop
                                          set_metrics, summarize, tta_matrices, tta_probs)
 from nnfeat.errors import NnfeatError
 from nnfeat.models.base import Model
-from nnfeat.views.uncertainty_page import uncertainty
+from nnfeat.ops.uncertainty import uncertainty
 
 ROOT = Path(__file__).resolve().parents[1]
 

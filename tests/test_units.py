@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from nnfeat.errors import NnfeatError
-from nnfeat.expr import parse_objective
+from nnfeat.engine.expr import parse_objective
 from nnfeat.units import format_channels, format_units, parse_units
 
 

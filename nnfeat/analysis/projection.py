@@ -36,7 +36,7 @@ def project_2d(vectors: np.ndarray, method: str = "umap", *, seed: int = 0, n_ne
     x = np.asarray(vectors, dtype=np.float32)
     if len(x) < 3:
         raise NnfeatError(f"only {len(x)} images: a projection needs at least 3 (raise --n)")
-    from nnfeat.atlas.layout import layout_2d, pca_2d
+    from nnfeat.analysis.atlas.layout import layout_2d, pca_2d
 
     if method == "pca":
         return pca_2d(x)

@@ -7,7 +7,7 @@ Sampling (each gives member probabilities ``(M, B, K)``: M members / samples, B 
   scalable predictive uncertainty estimation using deep ensembles");
 * :func:`mc_dropout_probs` -- T stochastic passes with the dropout modules in train mode and everything else
   (BatchNorm!) in eval mode (Gal & Ghahramani 2016, "Dropout as a Bayesian approximation"); seeded;
-* :func:`tta_probs` -- T test-time augmentations through nnfeat's affine resampler (:mod:`nnfeat.transforms`):
+* :func:`tta_probs` -- T test-time augmentations through nnfeat's affine resampler (:mod:`nnfeat.engine.transforms`):
   sample 0 is the image itself, the others a random horizontal flip (not for glyph classes such as digits:
   :func:`flip_safe`), shift (±size/16 px) and zoom (0.9-1.1), filled outside with the image's border colour,
   drawn from the seed (Ayhan & Berens 2018, "Test-time data augmentation for estimation of heteroscedastic
@@ -39,7 +39,7 @@ from torch import nn
 from nnfeat.distributed import shard_map
 from nnfeat.errors import NnfeatError
 from nnfeat.seeds import generator, stage_seed
-from nnfeat.transforms import affine_resample
+from nnfeat.engine.transforms import affine_resample
 
 METHODS = ("ensemble", "mc-dropout", "tta")
 ECE_BINS = 15

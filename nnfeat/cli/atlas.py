@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from nnfeat.transforms import TRANSFORM_PRESETS
+from nnfeat.engine.transforms import TRANSFORM_PRESETS
 from nnfeat.cli.common import add_images, add_model, add_shared, finish, load_images_from_args, load_model, positive
 from nnfeat.errors import NnfeatError
 
@@ -57,10 +57,10 @@ def safe_name(text: str) -> str:
 
 def cmd_atlas(args) -> int:
     """``nnfeat atlas``: build or resume an atlas; prints one line per stage and the output paths."""
-    from nnfeat.atlas.pipeline import AtlasSettings, build_atlas
+    from nnfeat.ops.atlas import AtlasSettings, build_atlas
     from nnfeat.finite import probe_finite
     from nnfeat.layouts import OUTPUT
-    from nnfeat.results import check_out_dir
+    from nnfeat.ops.results import check_out_dir
     from nnfeat.units import parse_units
 
     units = parse_units(args.layer, what="atlas layer")

@@ -41,8 +41,8 @@ def register(sub) -> None:
 
 
 def cmd_attention(args) -> int:
-    from nnfeat.results import check_out_dir
-    from nnfeat.views.attention_page import attention, check_request
+    from nnfeat.ops.results import check_out_dir
+    from nnfeat.ops.attention import attention, check_request
 
     positive("n", args.n)
     positive("batch", args.batch)

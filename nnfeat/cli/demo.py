@@ -17,7 +17,7 @@ def register(sub) -> None:
 
 
 def cmd_demo(args) -> int:
-    from nnfeat.demo import run_demo
+    from nnfeat.ops.demo import run_demo
 
     positive("steps", args.steps)
     run_demo(Path(args.out), steps=args.steps, atlas=not args.no_atlas, progress=not args.quiet)

@@ -27,9 +27,9 @@ def register(sub) -> None:
 
 
 def cmd_examples(args) -> int:
-    from nnfeat.dataset_examples import examples
+    from nnfeat.ops.examples import examples
     from nnfeat.finite import probe_finite
-    from nnfeat.results import check_out_dir
+    from nnfeat.ops.results import check_out_dir
     from nnfeat.units import parse_units
 
     units = parse_units(args.units)

@@ -7,7 +7,7 @@ from nnfeat.cli.common import add_images, add_model, add_shared, check_k, finish
     load_model, positive
 
 DEFAULT_K = 4
-#: the defaults of :func:`nnfeat.views.filters_page.filters` (repeated here so that building the parser imports
+#: the defaults of :func:`nnfeat.ops.filters.filters` (repeated here so that building the parser imports
 #: no torch; a test checks they agree)
 MAX_FILTERS = 64
 STEPS = 128
@@ -36,8 +36,8 @@ def register(sub) -> None:
 
 
 def cmd_filters(args) -> int:
-    from nnfeat.results import check_out_dir
-    from nnfeat.views.filters_page import check_filters, filters
+    from nnfeat.ops.results import check_out_dir
+    from nnfeat.ops.filters import check_filters, filters
 
     positive("max_filters", args.max_filters)
     positive("steps", args.steps)

@@ -26,9 +26,9 @@ def cmd_graph(args) -> int:
     from pathlib import Path
 
     from nnfeat.errors import NnfeatError
-    from nnfeat.export_onnx import export_onnx
-    from nnfeat.results import check_out_dir
-    from nnfeat.views.graph_page import graph
+    from nnfeat.analysis.onnx_export import export_onnx
+    from nnfeat.ops.results import check_out_dir
+    from nnfeat.ops.graph import graph
 
     positive("size", args.size, 2)
     out = check_out_dir(args.out)

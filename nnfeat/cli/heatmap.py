@@ -34,9 +34,9 @@ def register(sub) -> None:
 def cmd_heatmap(args) -> int:
     from nnfeat.analysis.heatmap import check_spatial
     from nnfeat.finite import probe_finite
-    from nnfeat.results import check_out_dir
+    from nnfeat.ops.results import check_out_dir
     from nnfeat.units import parse_units
-    from nnfeat.views.heatmap_page import heatmap
+    from nnfeat.ops.heatmap import heatmap
 
     units = parse_units(args.layer)
     if args.top is not None:

@@ -34,8 +34,8 @@ def register(sub) -> None:
 
 def cmd_project(args) -> int:
     from nnfeat.finite import probe_finite
-    from nnfeat.results import check_out_dir
-    from nnfeat.views.projection_page import parse_layers, project
+    from nnfeat.ops.results import check_out_dir
+    from nnfeat.ops.project import parse_layers, project
 
     layers = parse_layers(args.layers)
     positive("k", args.k)

@@ -13,8 +13,8 @@ STEPS = 256
 
 def add_render_options(p: argparse.ArgumentParser) -> None:
     """The render options shared by ``render`` and ``microscope`` (same names, defaults and help)."""
-    from nnfeat.param import PARAM_KINDS
-    from nnfeat.transforms import TRANSFORM_PRESETS
+    from nnfeat.engine.param import PARAM_KINDS
+    from nnfeat.engine.transforms import TRANSFORM_PRESETS
 
     p.add_argument("--size", type=int, default=None, help="image size in px (default: the model's input size)")
     p.add_argument("--steps", type=int, default=STEPS, help=f"optimization steps (default {STEPS})")
@@ -89,7 +89,7 @@ def _param_and_spectrum(args) -> tuple[str, object]:
                           "`nnfeat spectrum --images SRC --model MODEL --out FILE.pt`")
     if not args.spectrum:
         return kind, None
-    from nnfeat.spectrum import load_spectrum
+    from nnfeat.engine.spectrum import load_spectrum
 
     return kind, load_spectrum(args.spectrum)
 
@@ -118,7 +118,7 @@ def load_objective_file(spec: str, model=None):
     import importlib.util
     from pathlib import Path
 
-    from nnfeat.objectives import Objective
+    from nnfeat.engine.objectives import Objective
 
     path_text, _, name = spec.rpartition(":")
     if not path_text or not name:
@@ -152,9 +152,9 @@ def load_objective_file(spec: str, model=None):
 
 
 def cmd_render(args) -> int:
-    from nnfeat.expr import parse_objective
-    from nnfeat.rendering import render
-    from nnfeat.results import check_out_dir
+    from nnfeat.engine.expr import parse_objective
+    from nnfeat.ops.render import render
+    from nnfeat.ops.results import check_out_dir
 
     if args.objective_text is not None:
         if args.expr:
@@ -181,8 +181,8 @@ def cmd_render(args) -> int:
 
 def cmd_microscope(args) -> int:
     from nnfeat.finite import probe_finite
-    from nnfeat.microscopy import microscope
-    from nnfeat.results import check_out_dir
+    from nnfeat.ops.microscope import microscope
+    from nnfeat.ops.results import check_out_dir
 
     positive("batch", args.batch)
     positive("k", args.k)

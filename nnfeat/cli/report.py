@@ -1,5 +1,5 @@
 """``nnfeat report``: one offline folder (open ``index.html``) with the architecture, a page per layer and unit,
-and the classes, built from the other commands' stages and resumable (see :mod:`nnfeat.report`)."""
+and the classes, built from the other commands' stages and resumable (see :mod:`nnfeat.ops.report`)."""
 
 from __future__ import annotations
 
@@ -36,8 +36,8 @@ def register(sub) -> None:
 def cmd_report(args) -> int:
     import sys
 
-    from nnfeat.report import report
-    from nnfeat.results import check_out_dir
+    from nnfeat.ops.report import report
+    from nnfeat.ops.results import check_out_dir
 
     for name in ("units_per_layer", "steps", "batch", "projection_n", "n"):
         positive(name, getattr(args, name))

@@ -54,8 +54,8 @@ def cmd_saliency(args) -> int:
     from nnfeat.analysis.saliency import CAM_METHODS, parse_methods
     from nnfeat.finite import probe_finite
     from nnfeat.layouts import OUTPUT
-    from nnfeat.results import check_out_dir
-    from nnfeat.views.saliency_page import parse_target, saliency
+    from nnfeat.ops.results import check_out_dir
+    from nnfeat.ops.saliency import parse_target, saliency
 
     methods = parse_methods(args.method)
     for name in ("n", "alphas", "samples", "window", "steps", "patch", "cascade", "repeats", "batch"):

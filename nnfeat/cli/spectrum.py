@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from nnfeat.cli.common import add_images, positive
 from nnfeat.errors import NnfeatError
-from nnfeat.spectrum import SPACES
+from nnfeat.engine.spectrum import SPACES
 
 
 def register(sub) -> None:
@@ -30,7 +30,7 @@ def _model_size(name: str) -> tuple[int, int]:
 
 def cmd_spectrum(args) -> int:
     from nnfeat.data import load_images
-    from nnfeat.spectrum import dataset_spectrum, save_spectrum, spectrum_cache_path, spectrum_picture
+    from nnfeat.engine.spectrum import dataset_spectrum, save_spectrum, spectrum_cache_path, spectrum_picture
 
     if args.size is not None and args.size < 2:
         raise NnfeatError(f"--size must be at least 2, got {args.size}")

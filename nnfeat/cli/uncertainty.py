@@ -50,8 +50,8 @@ def cmd_uncertainty(args) -> int:
     from nnfeat.errors import NnfeatError
     from nnfeat.finite import probe_finite
     from nnfeat.layouts import OUTPUT
-    from nnfeat.results import check_out_dir
-    from nnfeat.views.uncertainty_page import check_method, uncertainty
+    from nnfeat.ops.results import check_out_dir
+    from nnfeat.ops.uncertainty import check_method, uncertainty
 
     names = model_names(args.model)
     method = args.method

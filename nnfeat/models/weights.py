@@ -22,16 +22,11 @@ import urllib.request
 from pathlib import Path
 
 from nnfeat.errors import NnfeatError
+from nnfeat.io import nnfeat_home
 from nnfeat.progress import progress_bar
 
 _HUB_HASH = re.compile(r"-([0-9a-fA-F]{8,64})$")
 _CHUNK = 1 << 20
-
-
-def nnfeat_home() -> Path:
-    """``$NNFEAT_HOME`` if set (and not empty), else ``~/.cache/nnfeat``."""
-    home = os.environ.get("NNFEAT_HOME")
-    return Path(home).expanduser() if home else Path("~/.cache/nnfeat").expanduser()
 
 
 def weights_dir() -> Path:

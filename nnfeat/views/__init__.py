@@ -6,8 +6,8 @@
 * :func:`write_scatter_page`: an interactive 2-D scatter of images (projections), thumbnails on hover.
 * :func:`write_projector`: a TensorBoard Projector folder (tensors, metadata, sprite, config).
 
-The operations whose results these pages show live beside them: :mod:`~nnfeat.views.heatmap_page`,
-:mod:`~nnfeat.views.filters_page`, :mod:`~nnfeat.views.projection_page`.
+The operations whose results these pages show live beside them: :mod:`~nnfeat.ops.heatmap`,
+:mod:`~nnfeat.ops.filters`, :mod:`~nnfeat.ops.project`.
 
 Their markup, style and scripts are package data in ``nnfeat/views/templates/`` (:mod:`nnfeat.views.templating`).
 """

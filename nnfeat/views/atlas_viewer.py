@@ -2,7 +2,7 @@
 
 The viewer of an activation atlas (Carter et al., "Activation Atlas", Distill 2019). The file embeds the
 mosaic PNG and member thumbnails as base64 data URLs, the cells as inline JSON (checked and completed by
-:func:`nnfeat.atlas.cells.normalize_cells`, the schema of ``cells.json``), and its own CSS and JavaScript:
+:func:`nnfeat.analysis.atlas.cells.normalize_cells`, the schema of ``cells.json``), and its own CSS and JavaScript:
 the package-data files ``templates/atlas.html`` (the body), ``atlas.css`` and ``atlas.js``
 (:mod:`nnfeat.views.templating`). It offers pan (drag), zoom (wheel, buttons, +/- keys), a details panel
 for the hovered (or clicked = pinned) cell, shading of the cells by attribution to a chosen class, and
@@ -29,7 +29,7 @@ import numpy as np
 import torch
 from PIL import Image, UnidentifiedImageError
 
-from nnfeat.atlas.cells import normalize_cells
+from nnfeat.analysis.atlas.cells import normalize_cells
 from nnfeat.errors import NnfeatError
 from nnfeat.io import to_uint8, write_text
 from nnfeat.views.templating import CSP_EMBEDDED, fill_page, template_text
@@ -52,7 +52,7 @@ def write_atlas_html(
 
     mosaic: a PNG/JPEG file path, or the image itself: (H,W,3) uint8 / float in [0,1], or (3,H,W) float.
         It is a ``grid`` x ``grid`` layout of icons, row 0 at the top, each cell ``W/grid`` x ``H/grid`` px.
-    cells: one dict per non-empty cell, as in ``cells.json`` (:data:`nnfeat.atlas.cells.CELL_FIELDS`):
+    cells: one dict per non-empty cell, as in ``cells.json`` (:data:`nnfeat.analysis.atlas.cells.CELL_FIELDS`):
         ``row``, ``col`` (required, in [0, grid)) and optionally ``count``, ``icon`` (relative path),
         ``position`` [x, y], ``top_class`` {"index", "name"} or None, ``labels`` {label_name: count} or None,
         ``cosine``, ``members`` (dataset indices) and ``attribution`` (one float per class; used for class

@@ -12,7 +12,7 @@ Under a process group (``torchrun -m nnfeat microscope ...``, see :mod:`nnfeat.d
 ``out``, batch ``i`` is rendered by rank ``i % world`` (:meth:`~nnfeat.distributed.Ranks.mine`); after a
 barrier every rank reads the finished renders back from ``out`` and builds the same result, and only rank 0
 writes the shared files (``.save`` is a no-op returning the record's path on the other ranks). Top examples
-are found on every rank (the collection is a collective: :func:`nnfeat.collect.collect` shards its batches).
+are found on every rank (the collection is a collective: :func:`nnfeat.analysis.collect.collect` shards its batches).
 The bytes are those of one process with any rank count, and a run killed on any rank resumes with any rank
 count. Without ``out`` every rank renders every batch in memory.
 
@@ -35,12 +35,12 @@ from PIL import Image
 from nnfeat import distributed
 from nnfeat.device import precision_used
 from nnfeat.errors import NnfeatError
-from nnfeat.expr import units_objective
+from nnfeat.engine.expr import units_objective
 from nnfeat.io import read_json, save_image, write_json
 from nnfeat.models.base import Model
 from nnfeat.progress import progress_bar
-from nnfeat.rendering import render
-from nnfeat.results import Result, check_out_dir, cli_command
+from nnfeat.ops.render import render
+from nnfeat.ops.results import Result, check_out_dir, cli_command
 from nnfeat.units import Units, format_units
 
 BATCHES_DIR = "batches"  #: per-batch resume records ``batches/batch-<first channel>.json``
@@ -236,7 +236,7 @@ def _images(model: Model, images):
 
 
 def batch_seed(seed, first_channel: int) -> int:
-    """The seed of the render batch that starts at ``first_channel`` (also :mod:`nnfeat.report`'s)."""
+    """The seed of the render batch that starts at ``first_channel`` (also :mod:`nnfeat.ops.report`'s)."""
     return int(seed or 0) * 100003 + first_channel
 
 
@@ -281,7 +281,7 @@ def _top_example_images(model: Model, layer: str, channels: list[int], image_set
     """(N, k, 3, H, W): each channel's top-``k`` dataset images at the render size (white where the set is smaller)."""
     import torch.nn.functional as F
 
-    from nnfeat.dataset_examples import example_images, top_examples
+    from nnfeat.ops.examples import example_images, top_examples
 
     found = top_examples(model, layer, channels, image_set, k=k, cache=cache)
     rows = []

@@ -29,8 +29,8 @@ from nnfeat.data import ImageSet
 from nnfeat.errors import NnfeatError
 from nnfeat.layouts import OUTPUT
 from nnfeat.models.base import as_model
-from nnfeat.results import Result, cli_command
-from nnfeat.sheets import colour_bar, labelled_sheet, stack_rows
+from nnfeat.ops.results import Result, cli_command
+from nnfeat.views.sheets import colour_bar, labelled_sheet, stack_rows
 
 #: the largest tile edge on the sheet (bigger inputs are shown downscaled; the maps keep their grid)
 SHEET_TILE = 112

@@ -1,7 +1,7 @@
 """Dataset examples: the images of a source that excite (and inhibit) a channel most.
 
 ``top_examples(model, layer, channels, source, k)`` reads every image's score for every channel from the
-shared collection stage (:func:`nnfeat.collect.pooled`: one pass over the source, memory-mapped on disk,
+shared collection stage (:func:`nnfeat.analysis.collect.pooled`: one pass over the source, memory-mapped on disk,
 cached and resumable when a ``cache`` folder is given), and returns, per channel, the k highest-scoring images
 (``top``) and the k lowest (``bottom``), each with the position of its strongest (weakest) activation, found by
 a second pass over just those images, and the box of the input patch that position sees.
@@ -27,7 +27,7 @@ from nnfeat.errors import NnfeatError
 from nnfeat.hooks import ActivationCapture
 from nnfeat.layouts import channel_count, positions_view
 from nnfeat.models.base import Model
-from nnfeat.results import Result, cli_command
+from nnfeat.ops.results import Result, cli_command
 from nnfeat.units import Units, format_units
 
 SCORES = ("mean", "max")
@@ -149,7 +149,7 @@ def top_examples(model: Model, layer: str, channels: Sequence[int] | int, source
     """
     import tempfile
 
-    from nnfeat.collect import pool_positions, pooled
+    from nnfeat.analysis.collect import pool_positions, pooled
 
     if score not in SCORES:
         raise NnfeatError(f"unknown score '{score}': use {' or '.join(SCORES)}")
@@ -304,7 +304,7 @@ class ExamplesResult(Result):
         """Per channel ``ch<c>-top.png``, ``ch<c>-bottom.png`` and, for the sides in ``patch_sides``, their
         receptive-field patches ``ch<c>-<side>-patches.png``; returns the names."""
         from nnfeat.io import save_image
-        from nnfeat.sheets import labelled_sheet
+        from nnfeat.views.sheets import labelled_sheet
 
         files = []
         captions = iter(self.captions())

@@ -21,8 +21,8 @@ from nnfeat.data import ImageSet
 from nnfeat.distributed import shard_map
 from nnfeat.errors import NnfeatError
 from nnfeat.finite import check_finite
-from nnfeat.results import Result, cli_command
-from nnfeat.sheets import colour_bar, labelled_sheet, stack_rows
+from nnfeat.ops.results import Result, cli_command
+from nnfeat.views.sheets import colour_bar, labelled_sheet, stack_rows
 from nnfeat.units import Units, format_channels
 
 

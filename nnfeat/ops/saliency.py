@@ -38,8 +38,8 @@ from nnfeat.analysis.sanity import (CausalScores, RandomizationResult, deletion_
 from nnfeat.data import ImageSet
 from nnfeat.errors import NnfeatError, nearest
 from nnfeat.finite import check_finite
-from nnfeat.results import Result, cli_command
-from nnfeat.sheets import _font, labelled_sheet
+from nnfeat.ops.results import Result, cli_command
+from nnfeat.views.sheets import _font, labelled_sheet
 
 #: the percentile of |map| each method's maps are divided by for display
 DISPLAY_PERCENTILE = 99.0

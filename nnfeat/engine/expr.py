@@ -16,7 +16,7 @@ A units string (:mod:`nnfeat.units`) inside an expression stands for ``channel(.
 a position); a whole expression that is a units string, such as ``layer3``, means exactly those units.
 The expression is parsed with :mod:`ast` and walked against a whitelist: numbers, strings, lists of
 numbers, ``+ - * /``, unary ``-``/``+`` and calls of the constructors in
-:data:`nnfeat.objectives.CONSTRUCTORS`. Nothing is ever evaluated as Python; attribute access, names,
+:data:`nnfeat.engine.objectives.CONSTRUCTORS`. Nothing is ever evaluated as Python; attribute access, names,
 subscripts, lambdas and everything else are refused with a one-line error that shows where the
 expression broke. Inside an expression a layer whose name starts with a digit goes in quotes:
 ``channel("0", 5)``.
@@ -47,7 +47,7 @@ from typing import Callable
 
 from nnfeat.errors import NnfeatError, nearest, shorten
 from nnfeat.layouts import IMAGE
-from nnfeat.objectives import CONSTRUCTORS, Objective, channel, neuron
+from nnfeat.engine.objectives import CONSTRUCTORS, Objective, channel, neuron
 from nnfeat.units import LAYER_PATTERN, POSITION_PATTERN, SELECTOR_PATTERN, UNITS_PATTERN, Units, parse_units
 
 #: A unit inside an expression: the unit grammar with its ``:SELECTOR``, the layer starting with a letter.

@@ -38,8 +38,8 @@ from PIL import Image, ImageDraw
 
 from nnfeat.analysis.graph import ModelGraph, collapse, layered_layout, model_graph
 from nnfeat.io import write_text
-from nnfeat.results import Result, cli_command
-from nnfeat.sheets import _font
+from nnfeat.ops.results import Result, cli_command
+from nnfeat.views.sheets import _font
 from nnfeat.views.templating import fill_page, template_text
 
 __all__ = ["GraphResult", "graph", "graph_csp", "initial_collapsed", "human", "PAGE_NAME", "PNG_MAX_NODES"]
@@ -184,7 +184,7 @@ def graph(model, *, size: tuple[int, int] | None = None, method: str = "auto", o
     ({layer name: URL}): the side panel of a selected layer links to its URL (``#panel-report-link``)."""
     started = time.perf_counter()
     if onnx is not None:
-        from nnfeat.export_onnx import export_onnx
+        from nnfeat.analysis.onnx_export import export_onnx
 
         onnx = str(export_onnx(model, onnx, size=size))
     g = model_graph(model, size, method=method)

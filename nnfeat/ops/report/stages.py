@@ -1,4 +1,4 @@
-"""The stages of :func:`nnfeat.report.report`: each calls one nnfeat operation and saves its result with
+"""The stages of :func:`nnfeat.ops.report.report`: each calls one nnfeat operation and saves its result with
 ``timing=False`` into its folder of the report (so a resumed run writes the same bytes).
 
 Every function takes the report context (``ctx.model``, ``ctx.images``, ``ctx.out``, ``ctx.settings``,
@@ -15,23 +15,23 @@ from nnfeat.units import Units, format_units
 
 
 def graph_stage(ctx) -> None:
-    from nnfeat.report import slug
-    from nnfeat.views.graph_page import graph
+    from nnfeat.ops.report import slug
+    from nnfeat.ops.graph import graph
 
     links = {layer: f"../layers/{slug(layer)}/index.html" for layer in ctx.settings["layers"]}
     graph(ctx.model, links=links).save(ctx.out / "graph", timing=False)
 
 
 def _seed(ctx, first_channel: int) -> int:
-    """The seed of a render batch, as :func:`nnfeat.microscopy.microscope` derives it (same renders)."""
+    """The seed of a render batch, as :func:`nnfeat.ops.microscope.microscope` derives it (same renders)."""
     return int(ctx.settings["seed"]) * 100003 + first_channel
 
 
 def render_batch(ctx, layer: str, chunk: list[int]) -> None:
     """Render units ``chunk`` of ``layer`` together; write ``render/channel-<c>.png`` and, per unit, the render
     at each threshold (``units/<c>/step-<s>.png``) and ``render/batch-<first>.json`` (final values)."""
-    from nnfeat.expr import units_objective
-    from nnfeat.rendering import render
+    from nnfeat.engine.expr import units_objective
+    from nnfeat.ops.render import render
 
     s = ctx.settings
     result = render(ctx.model, units_objective(Units(layer, tuple(chunk))), batch=len(chunk), steps=s["steps"],
@@ -55,9 +55,9 @@ def render_values(ctx, layer: str) -> dict[int, float]:
 
 
 def microscope_stage(ctx, layer: str) -> None:
-    """The microscope sheet and page of the layer's renders (:class:`nnfeat.microscopy.MicroscopeResult`)."""
-    from nnfeat.microscopy import MicroscopeResult
-    from nnfeat.views.report_pages import read_png
+    """The microscope sheet and page of the layer's renders (:class:`nnfeat.ops.microscope.MicroscopeResult`)."""
+    from nnfeat.ops.microscope import MicroscopeResult
+    from nnfeat.ops.report.pages import read_png
 
     chans = ctx.channels[layer]
     values = render_values(ctx, layer)
@@ -74,13 +74,13 @@ def microscope_stage(ctx, layer: str) -> None:
 
 def collect_stage(ctx, layer: str) -> None:
     """The pooled collection of the layer over every image (shared by examples and the atlas)."""
-    from nnfeat.collect import pooled
+    from nnfeat.analysis.collect import pooled
 
     pooled(ctx.model, layer, ctx.images, ctx.cache, progress=False)
 
 
 def examples_stage(ctx, layer: str) -> None:
-    from nnfeat.dataset_examples import examples
+    from nnfeat.ops.examples import examples
 
     result = examples(ctx.model, format_units(layer, ctx.channels[layer]), ctx.images, k=ctx.settings["examples_k"],
                       cache=ctx.cache, progress=False)
@@ -94,7 +94,7 @@ def heatmap_sample(ctx):
 
 
 def heatmap_stage(ctx, layer: str) -> None:
-    from nnfeat.views.heatmap_page import heatmap
+    from nnfeat.ops.heatmap import heatmap
 
     heatmap(ctx.model, layer, heatmap_sample(ctx), top=min(8, len(ctx.channels[layer]))).save(
         ctx.layer_dir(layer) / "heatmap", timing=False)
@@ -109,8 +109,8 @@ def projection_stage(ctx, layer: str) -> None:
     """The projection of the sample, its rows taken from the layer's collection over every image (no second pass)."""
     import numpy as np
 
-    from nnfeat.collect import pooled
-    from nnfeat.views.projection_page import project
+    from nnfeat.analysis.collect import pooled
+    from nnfeat.ops.project import project
 
     s = ctx.settings
     sample = projection_sample(ctx)
@@ -120,7 +120,7 @@ def projection_stage(ctx, layer: str) -> None:
     result = project(ctx.model, layer, sample, method=s["projection_method"], seed=s["seed"],
                      k=max(1, min(10, (len(sample) - 1) // 2)), cache=ctx.cache / "projection",
                      activations={layer: rows}, progress=False)
-    from nnfeat.report import slug
+    from nnfeat.ops.report import slug
 
     first = s["layers"][0]  # every layer lays out the same sample: the first layer's page holds the one sprite
     if layer != first and (ctx.layer_dir(first) / "projection" / "projection-sprite.png").is_file():
@@ -129,7 +129,7 @@ def projection_stage(ctx, layer: str) -> None:
 
 
 def atlas_stage(ctx, layer: str) -> None:
-    from nnfeat.atlas.pipeline import AtlasSettings, build_atlas
+    from nnfeat.ops.atlas import AtlasSettings, build_atlas
 
     s = ctx.settings
     settings = AtlasSettings(samples=min(20000, len(ctx.images) * 4), layout="umap", steps=s["steps"],
@@ -143,8 +143,8 @@ def diversity_stage(ctx, layer: str, chunk: list[int]) -> None:
     unit ``chunk[i]`` under ``channel(layer, c) + W * diversity(layer, group=D)`` (each unit's D items are
     compared only with each other). Writes ``units/<c>/diversity/render-<j>.png`` and
     ``render/diversity-<first>.json`` (the final values)."""
-    from nnfeat.objectives import channel, diversity
-    from nnfeat.rendering import render
+    from nnfeat.engine.objectives import channel, diversity
+    from nnfeat.ops.render import render
 
     s = ctx.settings
     d = s["diversity"]
@@ -173,7 +173,7 @@ def unit_stage(ctx, layer: str, c: int) -> None:
     if examples.is_file():
         found = next((r for r in read_json(examples)["channels"] if r["channel"] == c), None)
         if found is not None:
-            from nnfeat.views.heatmap_page import heatmap
+            from nnfeat.ops.heatmap import heatmap
 
             indices = [e["index"] for e in found["top"]]
             try:  # the unit page shows the figure only: its sheet and record, not each image's files
@@ -183,7 +183,7 @@ def unit_stage(ctx, layer: str, c: int) -> None:
             except NnfeatError as err:
                 record["heatmap_note"] = str(err)
     if layer in conv_layers(ctx.model):
-        from nnfeat.views.filters_page import filters
+        from nnfeat.ops.filters import filters
 
         filters(ctx.model, format_units(layer, [c])).save(folder / "filters", timing=False)
     write_json(folder / "unit.json", record)
@@ -197,8 +197,8 @@ def _output_classes(ctx) -> int:
 def class_renders_stage(ctx) -> None:
     """One render per class: with ``class_render`` (the report's recipe) always; otherwise ``output:0..K-1``
     plainly, unless ``output`` is a report layer (its unit renders serve)."""
-    from nnfeat.expr import units_objective
-    from nnfeat.rendering import render
+    from nnfeat.engine.expr import units_objective
+    from nnfeat.ops.render import render
 
     seed = _seed(ctx, 0) + 11
     if ctx.class_render is not None:  # the recipe sets its own seed rule: it gets the report's seed as is
@@ -214,7 +214,7 @@ def class_renders_stage(ctx) -> None:
 
 
 def saliency_stage(ctx) -> None:
-    from nnfeat.views.saliency_page import saliency
+    from nnfeat.ops.saliency import saliency
 
     s = ctx.settings
     sample = ctx.images.sample(min(s["saliency_n"], len(ctx.images)), s["seed"] + 1)
@@ -223,7 +223,7 @@ def saliency_stage(ctx) -> None:
 
 
 def uncertainty_stage(ctx) -> None:
-    from nnfeat.views.uncertainty_page import uncertainty
+    from nnfeat.ops.uncertainty import uncertainty
 
     s = ctx.settings
     sample = ctx.images.sample(min(s["uncertain_n"], len(ctx.images)), s["seed"] + 2)
@@ -234,7 +234,7 @@ def uncertainty_stage(ctx) -> None:
 def attention_stage(ctx) -> None:
     """Attention of the class token per layer and head, with rollout and gradient rollout, on the saliency
     images (a model without attention layers gets the one-line note)."""
-    from nnfeat.views.attention_page import attention
+    from nnfeat.ops.attention import attention
 
     s = ctx.settings
     sample = ctx.images.sample(min(s["saliency_n"], len(ctx.images)), s["seed"] + 1)

@@ -7,7 +7,7 @@ natural images and optimizes only the phase. :func:`dataset_spectrum` computes t
 2. each channel's own mean is subtracted, so the DC term is 0 (brightness and colour cast are left to
    the squash: a MACO render is centred on grey);
 3. in the default ``space="param"`` the centred image is mapped into the space in which
-   :class:`nnfeat.param.ImageParam` optimizes, ``raw = 4 * D^-1 (x - mean)``, where ``D`` is the colour
+   :class:`nnfeat.engine.param.ImageParam` optimizes, ``raw = 4 * D^-1 (x - mean)``, where ``D`` is the colour
    decorrelation matrix and 4 is the inverse slope of the sigmoid at 0. Then
    ``image_param("maco", magnitude=spectrum)`` (decorrelation on, sigmoid squash, the defaults) gives
    renders whose pixel spectrum and contrast match the dataset to first order. ``space="pixel"`` keeps
@@ -40,8 +40,8 @@ SIGMOID_GAIN = 4.0
 
 
 def _decorrelation_inverse() -> torch.Tensor:
-    """(3, 3) inverse of the colour decorrelation matrix that :class:`nnfeat.param.ColorDecorrelation` applies."""
-    from nnfeat.param import decorrelation_matrix
+    """(3, 3) inverse of the colour decorrelation matrix that :class:`nnfeat.engine.param.ColorDecorrelation` applies."""
+    from nnfeat.engine.param import decorrelation_matrix
 
     return torch.linalg.inv(decorrelation_matrix().double()).float()
 
@@ -65,7 +65,7 @@ def power_law_spectrum(size, contrast: float = 0.2, decay: float = 1.0, space: s
     Scaled so that an image with this magnitude (and any phase) has a pixel standard deviation of about
     ``contrast`` per channel; the DC term is 0, as in :func:`dataset_spectrum`.
     """
-    from nnfeat.param import fourier_scale
+    from nnfeat.engine.param import fourier_scale
 
     if space not in SPACES:
         raise NnfeatError(f"unknown spectrum space '{space}': use {' or '.join(SPACES)}")
@@ -84,7 +84,7 @@ def power_law_spectrum(size, contrast: float = 0.2, decay: float = 1.0, space: s
     if space == "param":
         # Natural colours are correlated as the decorrelation matrix D encodes: x = D z with z white, so in
         # param space (4 z) every channel has the same magnitude, 4 / (mean row norm of D) times the pixel one.
-        from nnfeat.param import decorrelation_matrix
+        from nnfeat.engine.param import decorrelation_matrix
 
         magnitude = magnitude * (SIGMOID_GAIN / decorrelation_matrix().norm(dim=1).mean())
     return magnitude
@@ -106,7 +106,7 @@ def _fingerprint(images) -> str:
 
 def spectrum_cache_path(images, size, space: str = "param") -> Path:
     """Where :func:`dataset_spectrum` caches the spectrum of ``images`` (an :class:`nnfeat.data.ImageSet`)."""
-    from nnfeat.models.weights import nnfeat_home
+    from nnfeat.io import nnfeat_home
 
     key = json.dumps({"v": CACHE_VERSION, "images": _fingerprint(images), "n": len(images), "size": list(size2(size)),
                       "space": space}, sort_keys=True)

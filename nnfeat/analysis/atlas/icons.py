@@ -37,7 +37,7 @@ from nnfeat.io import read_json, save_image, write_json
 from nnfeat.models.base import Model
 from nnfeat.progress import progress_bar
 from nnfeat.layouts import at_position
-from nnfeat.objectives import direction, direction_neuron_cossim
+from nnfeat.engine.objectives import direction, direction_neuron_cossim
 
 
 def icon_name(row: int, col: int) -> str:
@@ -81,15 +81,15 @@ def render_best_of(model: Model, layer: str, directions: torch.Tensor, tries: in
         directions: (B, C) objective directions (whitened cell vectors).
         tries: candidates per icon (at least 1).
         cosine_to: (B, C) raw cell vectors: choose by centre cosine to them instead of by the objective.
-        render_args: passed to :func:`nnfeat.rendering.render` (size, steps, seed, transforms, autocast, ...).
+        render_args: passed to :func:`nnfeat.ops.render.render` (size, steps, seed, transforms, autocast, ...).
     Returns:
-        a :class:`~nnfeat.rendering.RenderResult` whose ``images`` (B, 3, s, s) and ``final_values`` (B,) are
+        a :class:`~nnfeat.ops.render.RenderResult` whose ``images`` (B, 3, s, s) and ``final_values`` (B,) are
         the kept candidates; ``values`` (steps, tries * B) and ``settings`` are the whole render's, and
         ``settings["chosen_try"]`` (B,) says which try each icon kept, ``settings["chosen_score"]`` (B,) its score.
     """
     from dataclasses import replace
 
-    from nnfeat.rendering import render
+    from nnfeat.ops.render import render
 
     if tries < 1:
         raise NnfeatError(f"tries must be at least 1, got {tries}")
@@ -154,7 +154,7 @@ def render_icons(model: Model, layer: str, vectors: np.ndarray, rows: np.ndarray
     A batch is reused only when its record parses, has the key and icon names and every icon PNG decodes at
     ``icon_size`` (a truncated or corrupt file means the batch is rendered again).
     """
-    from nnfeat.rendering import render
+    from nnfeat.ops.render import render
 
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)

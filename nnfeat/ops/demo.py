@@ -1,7 +1,7 @@
 """``nnfeat demo``: the offline main job, the report of the embedded ``digits-cnn`` over the digits, and of
 ``digits-vit``.
 
-Trains (or reuses) both digits models, then builds :func:`nnfeat.report.report` of each over all 1,797 of
+Trains (or reuses) both digits models, then builds :func:`nnfeat.ops.report.report` of each over all 1,797 of
 scikit-learn's digits (``OUT/digits-cnn/``, ``OUT/digits-vit/``: architecture, every layer's unit renders,
 dataset examples, heatmaps, projections, unit pages with diversity renders and filters, the classes page with
 saliency and its sanity numbers, the most uncertain digits, the ViT's attention and rollout; the CNN's
@@ -17,7 +17,7 @@ from pathlib import Path
 
 from nnfeat.io import write_json
 from nnfeat.models.zoo import load_model
-from nnfeat.objectives import logit
+from nnfeat.engine.objectives import logit
 from nnfeat.views.gallery import write_gallery
 
 #: The class renders: a 12 px Fourier image upsampled to the net's 32 px, on a dark-background prior
@@ -35,8 +35,8 @@ MODELS = ("digits-cnn", "digits-vit")
 
 def class_render_settings(steps: int = 256, seed: int = 0) -> tuple:
     """The demo's class-render call as ``(objective, kwargs)``: ``render(model, objective, **kwargs)``."""
-    from nnfeat.objectives import l1, total_variation
-    from nnfeat.transforms import Jitter, Pad, RandomAffine, RandomRotate, RandomScale
+    from nnfeat.engine.objectives import l1, total_variation
+    from nnfeat.engine.transforms import Jitter, Pad, RandomAffine, RandomRotate, RandomScale
 
     shift = CLASS_RENDER_SIZE / 30.0  # mild: +-1/30 of the side, 5 % scale, 5 degrees, on black (not grey) fill
     transforms = RandomAffine([Pad(shift), Jitter(2 * shift), RandomScale([0.95, 1.0, 1.05]),
@@ -55,7 +55,7 @@ def readable_class_render(steps: int, seed: int) -> tuple:
 def run_demo(out: Path, *, steps: int = 128, atlas: bool = True, progress: bool = True) -> Path:
     """Build the demo into ``out`` (resumable); returns the path of ``index.html``."""
     from nnfeat.data import load_images
-    from nnfeat.report import report
+    from nnfeat.ops.report import report
 
     out.mkdir(parents=True, exist_ok=True)
     started = time.perf_counter()
@@ -94,7 +94,7 @@ def _class_section(result, out: Path) -> dict:
 
 
 def _report_section(result, out: Path) -> dict:
-    from nnfeat.report import slug
+    from nnfeat.ops.report import slug
 
     folder = Path(result.out).relative_to(out)
     items = []
@@ -121,7 +121,7 @@ def _report_section(result, out: Path) -> dict:
 def _ensemble_section(models: list, out: Path) -> dict:
     """The uncertainty of the CNN and the ViT as an ensemble over every digit."""
     from nnfeat.data import load_images
-    from nnfeat.views.uncertainty_page import uncertainty
+    from nnfeat.ops.uncertainty import uncertainty
 
     digits = load_images("digits", size=models[0].input_size)
     unsure = uncertainty(models, digits, method="ensemble", top=8)

@@ -23,7 +23,7 @@ every output file is byte-identical for any rank count, also when a run is resum
 Scale: activations and attributions stay memory-mapped, the whitening moment and the cell sums are
 accumulated in blocks, and above ``layout_sample`` samples (default 100 000) the layout is fitted on a seeded
 sample and the other rows are placed with the fitted model's ``transform``
-(:func:`nnfeat.atlas.layout.layout_fit`; the choice is in ``layout.json`` and ``layout_fit`` of ``cells.json``).
+(:func:`nnfeat.analysis.atlas.layout.layout_fit`; the choice is in ``layout.json`` and ``layout_fit`` of ``cells.json``).
 
 A class atlas (``settings.class_``) keeps only the samples whose attribution favours the class: its top
 attribution is the class, or it is among the class's ``class_top`` largest attributions (Carter et al. 2019, class atlases).
@@ -41,19 +41,19 @@ from typing import Callable, ClassVar
 import numpy as np
 import torch
 
-from nnfeat.collect import Collected, collect, file_digest, model_logit_count, save_npz
-from nnfeat.atlas.grid import Grid, make_grid
-from nnfeat.atlas.icons import icon_name, render_icons
-from nnfeat.atlas.layout import LAYOUT_SAMPLE, LAYOUTS, layout_fit, normalize_layout, whitening
-from nnfeat.atlas.stitch import save_mosaic
+from nnfeat.analysis.collect import Collected, collect, file_digest, model_logit_count, save_npz
+from nnfeat.analysis.atlas.grid import Grid, make_grid
+from nnfeat.analysis.atlas.icons import icon_name, render_icons
+from nnfeat.analysis.atlas.layout import LAYOUT_SAMPLE, LAYOUTS, layout_fit, normalize_layout, whitening
+from nnfeat.analysis.atlas.stitch import save_mosaic
 from nnfeat.data import ImageSet
 from nnfeat.distributed import Ranks, current
 from nnfeat.errors import NnfeatError
 from nnfeat.io import atomic_path, read_json, write_json
 from nnfeat.models.base import Model
 from nnfeat.device import autocast_for, precision_used
-from nnfeat.results import Result, check_out_dir, cli_command
-from nnfeat.sheets import labelled_sheet
+from nnfeat.ops.results import Result, check_out_dir, cli_command
+from nnfeat.views.sheets import labelled_sheet
 
 #: Cells list their mean attribution per class only up to this many classes (keeps cells.json small).
 MAX_ATTRIBUTION_CLASSES = 100
@@ -68,7 +68,7 @@ class AtlasSettings:
     """Everything that shapes an atlas. ``None`` for ``grid``/``min_count``/``icon_size`` means the default
     for the atlas kind: 20 / 5 (full atlas) or 10 / 4 (class atlas), icon size min(80, model input size).
     ``layout_sample``: above this many samples the layout is fitted on that many and the rest transformed
-    (default :data:`~nnfeat.atlas.layout.LAYOUT_SAMPLE`: one UMAP fit of 100 000 rows kept a whole 1 M-sample
+    (default :data:`~nnfeat.analysis.atlas.layout.LAYOUT_SAMPLE`: one UMAP fit of 100 000 rows kept a whole 1 M-sample
     atlas under 1.9 GB peak and took 16 min on a loaded 2-core machine, single-threaded as a seeded UMAP is;
     the kNN graph and the fit grow faster than linearly in the rows, so a full 1 M fit would take hours)."""
 
@@ -119,7 +119,7 @@ class AtlasSettings:
 
 @dataclass(repr=False)
 class AtlasResult(Result):
-    """What :func:`build_atlas` returns (the :class:`~nnfeat.results.Result` protocol).
+    """What :func:`build_atlas` returns (the :class:`~nnfeat.ops.results.Result` protocol).
 
     Attributes:
         out: the output folder (every stage is cached there).
@@ -488,8 +488,8 @@ def _name(names: list[str] | None, index: int) -> str:
 
 
 def cell_entries(grid: Grid, cosines: np.ndarray, class_names: list[str] | None, images: ImageSet) -> list[dict]:
-    """One ``cells.json`` entry per kept cell; the fields are :data:`nnfeat.atlas.cells.CELL_FIELDS`."""
-    from nnfeat.atlas.cells import cell_entry
+    """One ``cells.json`` entry per kept cell; the fields are :data:`nnfeat.analysis.atlas.cells.CELL_FIELDS`."""
+    from nnfeat.analysis.atlas.cells import cell_entry
 
     entries = []
     for i in range(len(grid)):

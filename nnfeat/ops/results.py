@@ -28,7 +28,7 @@ from PIL import Image
 
 from nnfeat.errors import NnfeatError
 from nnfeat.io import write_json
-from nnfeat.sheets import labelled_sheet
+from nnfeat.views.sheets import labelled_sheet
 
 
 def versions() -> dict[str, str]:

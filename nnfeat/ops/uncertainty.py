@@ -34,9 +34,9 @@ from nnfeat.analysis.uncertainty import (DEFAULT_SAMPLES, ECE_BINS, METHODS, Aug
 from nnfeat.data import ImageSet
 from nnfeat.errors import NnfeatError, nearest
 from nnfeat.finite import check_finite
-from nnfeat.results import Result, cli_command
+from nnfeat.ops.results import Result, cli_command
 from nnfeat.seeds import stage_seed
-from nnfeat.sheets import _font, labelled_sheet, stack_rows
+from nnfeat.views.sheets import _font, labelled_sheet, stack_rows
 
 #: saliency maps per top image at most (members / samples / augmentations), and how many of them the sheet shows
 SALIENCY_MAPS = 16

@@ -3,7 +3,7 @@
 An activation atlas (Carter et al., "Activation Atlas", Distill 2019) lays the sampled activation vectors
 out in 2-D, bins the layout into a ``grid`` x ``grid`` grid and renders one icon per cell that holds
 enough samples. ``cells.json`` lists those cells, one entry each; :func:`cell_entry` builds an entry (the
-pipeline, :func:`nnfeat.atlas.pipeline.cell_entries`) and :func:`normalize_cell` checks one and brings it
+pipeline, :func:`nnfeat.ops.atlas.cell_entries`) and :func:`normalize_cell` checks one and brings it
 to the complete form every reader can rely on (the viewer, :func:`nnfeat.views.write_atlas_html`):
 every field present, missing optional ones as their default, numbers as plain ints and finite floats
 (``None`` for NaN, which JSON cannot hold).

@@ -1,6 +1,6 @@
 """The projection operation and its result: :func:`project` -> :class:`ProjectionResult` (kind ``projection``).
 
-For each layer: the images' pooled activations (the shared, cached collection stage :mod:`nnfeat.collect`),
+For each layer: the images' pooled activations (the shared, cached collection stage :mod:`nnfeat.analysis.collect`),
 laid out in 2-D (:mod:`nnfeat.analysis.projection`), drawn as a PNG scatter coloured by label (optionally with
 image thumbnails on a coarse grid), and scored: trustworthiness of the layout and k-NN label accuracy in the
 2-D map, beside the same k-NN accuracy in the layer's own space and the chance level. Files:
@@ -28,12 +28,12 @@ from PIL import Image, ImageDraw
 
 from nnfeat.analysis.projection import (METHODS, chance_accuracy, explained_variance, knn_accuracy, project_2d,
                                         top_channels, trustworthiness)
-from nnfeat.collect import POOLS, images_key, pooled
+from nnfeat.analysis.collect import POOLS, images_key, pooled
 from nnfeat.data import ImageSet
 from nnfeat.errors import NnfeatError
 from nnfeat.io import atomic_path, read_json, write_json
-from nnfeat.results import Result, cli_command
-from nnfeat.sheets import _font
+from nnfeat.ops.results import Result, cli_command
+from nnfeat.views.sheets import _font
 
 #: A categorical palette (RGB); labels beyond its length cycle through it.
 PALETTE = [(31, 119, 180), (255, 127, 14), (44, 160, 44), (214, 39, 40), (148, 103, 189), (140, 86, 75),
@@ -122,7 +122,7 @@ class ProjectionResult(Result):
 
     def plot(self, layer: str) -> np.ndarray:
         """(H, W, 3) uint8: the layer's scatter, points coloured by label, a legend below."""
-        from nnfeat.atlas.layout import normalize_layout
+        from nnfeat.analysis.atlas.layout import normalize_layout
 
         xy = normalize_layout(self.xy[layer])
         size, margin = PLOT_SIZE, 8
@@ -234,7 +234,7 @@ def project(model, layers: str | Sequence[str], images: ImageSet, *, method: str
     Args:
         layers: ``"layer3"``, ``"layer1,layer3"`` or a list of names.
         method: ``pca``, ``tsne`` or ``umap``; pool: ``mean``, ``max`` or ``center`` (token layers: see
-            :mod:`nnfeat.collect`).
+            :mod:`nnfeat.analysis.collect`).
         k: neighbours for trustworthiness and k-NN accuracy.
         cache: a folder for the collection and layout stages (a second call with another ``method`` reuses the
             activations); None: a temporary folder.

@@ -26,8 +26,8 @@ from nnfeat.analysis.filters import (channel_mosaic, channel_tiles, conv_layers,
                                      filter_stats, filter_tiles, find_conv, input_channel_offsets, SCALES)
 from nnfeat.data import ImageSet
 from nnfeat.errors import NnfeatError
-from nnfeat.results import Result, cli_command
-from nnfeat.sheets import colour_bar, labelled_sheet, stack_rows
+from nnfeat.ops.results import Result, cli_command
+from nnfeat.views.sheets import colour_bar, labelled_sheet, stack_rows
 from nnfeat.units import Units, format_units, parse_units
 
 #: filters shown by default for a plain LAYER (all of them up to this many)
@@ -273,7 +273,7 @@ def check_filters(model, layer: str | Units | None = None, *, units: Sequence[in
 def _example_crops(images: ImageSet, found, size: tuple[int, int], min_side: int) -> tuple[torch.Tensor, list]:
     """Per filter, its top examples' patches around the receptive field of the strongest position, grown to
     at least ``min_side`` px (kept inside the image): (F, k, 3, s, s) and the JSON records."""
-    from nnfeat.dataset_examples import example_images
+    from nnfeat.ops.examples import example_images
 
     crops, records = [], []
     for result in found.values():
@@ -335,8 +335,8 @@ def filters(model, layer: str | Units | None = None, *, units: Sequence[int] | N
 
     renders = values = settings = None
     if with_renders:
-        from nnfeat.objectives import channel
-        from nnfeat.rendering import render
+        from nnfeat.engine.objectives import channel
+        from nnfeat.ops.render import render
 
         # the objective object, not its text: a layer named like "0" (an nn.Sequential) is no expression
         rendered = render(model, channel(name, indices), steps=steps, seed=seed, progress=progress)
@@ -348,7 +348,7 @@ def filters(model, layer: str | Units | None = None, *, units: Sequence[int] | N
     source = None
     if images is not None:
         from nnfeat.data import load_images
-        from nnfeat.dataset_examples import top_examples
+        from nnfeat.ops.examples import top_examples
 
         image_set = images if isinstance(images, ImageSet) else load_images(images, size=model.input_size)
         found = top_examples(model, name, indices, image_set, k, score="max", batch_size=batch_size,

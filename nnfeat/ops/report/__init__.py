@@ -3,11 +3,11 @@
 :func:`report` composes the other operations into stages, each saved with ``timing=False`` into its own
 sub-folder of ``out``:
 
-* ``graph/``: the architecture page (:func:`nnfeat.views.graph_page.graph`), its layer nodes linked to the
+* ``graph/``: the architecture page (:func:`nnfeat.ops.graph.graph`), its layer nodes linked to the
   layer pages;
 * per layer ``layers/<layer>/``: the unit renders in batches (``render/``: one render per unit, kept at several
-  thresholds, seeded like :func:`nnfeat.microscopy.microscope`), the microscope sheet (``microscope/``), the
-  shared pooled collection (``cache/``, :func:`nnfeat.collect.pooled`; the projection sample's rows are taken
+  thresholds, seeded like :func:`nnfeat.ops.microscope.microscope`), the microscope sheet (``microscope/``), the
+  shared pooled collection (``cache/``, :func:`nnfeat.analysis.collect.pooled`; the projection sample's rows are taken
   from it, its layout cached in ``cache/projection/``), top and bottom dataset examples
   (``examples/``), activation heatmaps on a few inputs (``heatmap/``), the projection of a sample of the
   dataset (``projection/``, PCA by default) and, where asked, the activation atlas (``atlas/``);
@@ -53,7 +53,7 @@ from nnfeat import distributed
 from nnfeat.data import ImageSet
 from nnfeat.errors import NnfeatError
 from nnfeat.io import read_json, write_json
-from nnfeat.results import Result, check_out_dir, cli_command
+from nnfeat.ops.results import Result, check_out_dir, cli_command
 
 MANIFEST = "report.json"
 STAGES_DIR = "stages"  #: per-stage records ``stages/<stage name, quoted>.json``
@@ -176,7 +176,7 @@ def report(model, images: ImageSet, out: str | Path, *, layers: Sequence[str] | 
         projection_n: images in the projection sample; projection_method: pca | tsne | umap;
         atlas: layers that also get an activation atlas; saliency_n / uncertain_n: images for the classes page.
         class_render: the class renders' recipe, ``class_render(steps=, seed=) -> (objective, render kwargs)``
-            (e.g. :func:`nnfeat.demo.readable_class_render`: priors that make digits readable); default one plain
+            (e.g. :func:`nnfeat.ops.demo.readable_class_render`: priors that make digits readable); default one plain
             render per logit (the ``output`` layer's unit renders when it is a report layer).
     Returns:
         :class:`ReportResult` (``out/index.html`` is the entry page).
@@ -299,7 +299,7 @@ def sync_points(names: Sequence[str]) -> set[int]:
 
 
 def _settings_key(settings: dict) -> str:
-    from nnfeat.microscopy import settings_key
+    from nnfeat.ops.microscope import settings_key
 
     return settings_key(settings)
 
@@ -326,7 +326,7 @@ def _read_records(out: Path, stages, key: str) -> dict[str, dict]:
 def _outputs_ok(ctx, stage: str) -> bool:
     """Whether a recorded stage's outputs read back: a render batch's PNGs and values record (other stages
     are trusted to their record, written after their files)."""
-    from nnfeat.microscopy import _read_png
+    from nnfeat.ops.microscope import _read_png
 
     parts = stage.split(":")
     if parts[0] != "render":
@@ -420,7 +420,7 @@ def diversity_chunks(channels: list[int], batch: int, per_unit: int) -> list[lis
 
 def _plan(ctx: _Context, pages) -> list[_Stage]:
     """Every stage of the report, in order (the order fixes the manifest and the seeds)."""
-    from nnfeat.report import stages as st
+    from nnfeat.ops.report import stages as st
 
     s = ctx.settings
     stages = [_Stage("graph", _note(lambda: st.graph_stage(ctx)))]

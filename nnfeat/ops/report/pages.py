@@ -1,4 +1,4 @@
-"""The pages of ``nnfeat report`` (:mod:`nnfeat.report`): ``index.html`` (search box over layer and unit
+"""The pages of ``nnfeat report`` (:mod:`nnfeat.ops.report`): ``index.html`` (search box over layer and unit
 names), one page per layer (``layers/<layer>/index.html``), per unit (``layers/<layer>/units/<c>/index.html``)
 and the classes page (``classes/index.html``).
 
@@ -127,7 +127,7 @@ def unit_page(ctx, layer: str, c: int, notes: dict) -> Path:
     page.add("<p>steps " + ", ".join(map(str, ctx.steps_kept)) + "</p>")
     if ctx.settings["diversity"] > 1:
         page.add("<h2>Diversity renders</h2>")
-        from nnfeat.report import diversity_chunks
+        from nnfeat.ops.report import diversity_chunks
 
         chunk = next(ch for ch in diversity_chunks(ctx.channels[layer], ctx.settings["batch"],
                                                     ctx.settings["diversity"]) if c in ch)
@@ -233,7 +233,7 @@ def index_page(ctx, notes: dict) -> Path:
 
 def write_pages(ctx) -> None:
     """Write every page of the report (after every other stage)."""
-    from nnfeat.report import MANIFEST
+    from nnfeat.ops.report import MANIFEST
 
     manifest = read_json(ctx.out / MANIFEST)
     notes = {k: v["note"] for k, v in manifest.get("stages", {}).items() if v.get("note")}

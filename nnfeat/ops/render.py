@@ -25,18 +25,18 @@ from nnfeat.imageops import to_grey
 from nnfeat.layouts import IMAGE, size2
 from nnfeat.models.base import Model, as_model
 from nnfeat.models.fold import folded_copy
-from nnfeat.objectives import Objective
-from nnfeat.param import DEFAULT_LR, ImageParam, image_param, random_backgrounds
+from nnfeat.engine.objectives import Objective
+from nnfeat.engine.param import DEFAULT_LR, ImageParam, image_param, random_backgrounds
 from nnfeat.progress import progress_bar
-from nnfeat.relu import RedirectedReLU
-from nnfeat.results import Result, cli_command
-from nnfeat.sheets import labelled_sheet
-from nnfeat.transforms import make_transforms
+from nnfeat.engine.relu import RedirectedReLU
+from nnfeat.ops.results import Result, cli_command
+from nnfeat.views.sheets import labelled_sheet
+from nnfeat.engine.transforms import make_transforms
 
 
 @dataclass(repr=False)
 class RenderResult(Result):
-    """What :func:`render` returns (the :class:`~nnfeat.results.Result` protocol).
+    """What :func:`render` returns (the :class:`~nnfeat.ops.results.Result` protocol).
 
     Attributes:
         images: (B, 3, H, W) in [0, 1] on the CPU: the images at the last threshold.
@@ -121,14 +121,14 @@ def render(
     Args:
         model: an nnfeat :class:`Model` (from ``load_model``) or a bare module (RGB, no normalization).
         objective: what to maximize: an :class:`Objective`, or an expression (``"layer3:0..3"``,
-            ``"output:3 - 0.5*diversity('layer2')"``; see :mod:`nnfeat.expr` and :mod:`nnfeat.units`). Its
+            ``"output:3 - 0.5*diversity('layer2')"``; see :mod:`nnfeat.engine.expr` and :mod:`nnfeat.units`). Its
             batch size (units per item), if any, sets ``batch``.
         size: image size (int or (H, W)); default: the model's native input size.
         batch: number of images; default: the objective's unit count, else the highest ``batch=i`` it uses + 1,
             else 1.
-        param: an :class:`ImageParam`, or a kind for :func:`nnfeat.param.image_param` (default ``"fft"``).
+        param: an :class:`ImageParam`, or a kind for :func:`nnfeat.engine.param.image_param` (default ``"fft"``).
         decorrelate: colour decorrelation for a param built here.
-        spectrum: the fixed Fourier magnitude (3, H, W//2+1) for ``param="maco"`` (see ``nnfeat.spectrum``);
+        spectrum: the fixed Fourier magnitude (3, H, W//2+1) for ``param="maco"`` (see ``nnfeat.engine.spectrum``);
             its H, W must equal ``size``.
         transforms: ``"auto"`` (size-aware), ``"standard"`` (Lucid's), ``"none"``, or a module
             ``(images, generator) -> images``.
@@ -155,7 +155,7 @@ def render(
     """
     model = as_model(model)
     if isinstance(objective, str):
-        from nnfeat.expr import parse_objective
+        from nnfeat.engine.expr import parse_objective
 
         objective = parse_objective(objective, model)
     if not isinstance(objective, Objective):
@@ -293,7 +293,7 @@ def _render_command(model: Model, objective: Objective, settings: dict, param_ki
                     autocast: bool | None, has_spectrum: bool) -> str | None:
     """The ``nnfeat render`` command that repeats this render, or None where some input has no text form
     (a hand-built objective, parameterization, transform module or spectrum tensor)."""
-    from nnfeat.expr import parse_objective
+    from nnfeat.engine.expr import parse_objective
 
     try:
         if parse_objective(objective.description).description != objective.description:
