@@ -13,6 +13,7 @@ import numpy as np
 import torch
 
 from nnfeat.errors import NnfeatError
+from nnfeat.hooks import ActivationCapture
 from nnfeat.layouts import OUTPUT
 
 ADVICE = "check the model's forward (and its weights) for NaN/Inf"
@@ -46,8 +47,6 @@ def probe_finite(model, layers: Sequence[str], size: Sequence[int] | None = None
     """Before any work: a one-line error when any of ``model``'s ``layers`` is NaN or Inf on two seeded random
     images of ``size`` (default the model's input size); ``channels``: only these channels (of a (B, C, ...)
     layer) count, for a command that reads only them."""
-    from nnfeat.hooks import ActivationCapture
-
     size = tuple(size or model.input_size)
     probe = torch.rand((2, 3, *size), generator=torch.Generator().manual_seed(0)).to(model.device)
     with ActivationCapture(model, list(dict.fromkeys(layers))) as capture:

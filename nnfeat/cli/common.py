@@ -14,8 +14,14 @@ import sys
 import traceback
 from typing import Sequence
 
-from nnfeat.device import DEVICES_HELP, PRECISIONS
+from nnfeat.data import load_images
+from nnfeat.device import DEVICES_HELP, PRECISIONS, autocast_for, resolve_device
+from nnfeat.distributed import current
+from nnfeat.engine.param import PARAM_KINDS
+from nnfeat.engine.spectrum import load_spectrum
+from nnfeat.engine.transforms import TRANSFORM_PRESETS
 from nnfeat.errors import NnfeatError, shorten
+from nnfeat.models.zoo import load_model as load_named_model
 
 MODEL_HELP = ("a model name (see `nnfeat models`): cifar10-resnet20, digits-cnn, digits-vit, inceptionv1, "
               "torchvision:NAME, timm:NAME or FILE.py:FACTORY")
@@ -66,18 +72,13 @@ def load_images_from_args(args, model):
     for a missing source or an ``--n`` out of range, before any work."""
     if getattr(args, "images", None) is None:
         return None
-    from nnfeat.data import load_images
-
     return load_images(args.images, size=model.input_size).sample(args.n, getattr(args, "seed", 0))
 
 
 def load_model(args):
     """The model named by ``args.model`` on ``args.device`` (checked first: a one-line error, no loading)."""
-    from nnfeat.device import resolve_device
-    from nnfeat.models.zoo import load_model as load
-
     device = resolve_device(getattr(args, "device", "auto"))
-    return load(args.model, weights=getattr(args, "weights", "pretrained"), device=device)
+    return load_named_model(args.model, weights=getattr(args, "weights", "pretrained"), device=device)
 
 
 def command_line(argv: Sequence[str]) -> str:
@@ -196,14 +197,61 @@ def finish(result, args, out=None) -> int:
     """Record the command on ``result``, save it into ``out`` (default ``args.out``) and say where it went."""
     result.command = args.command_line
     path = result.save(out if out is not None else args.out)
-    from nnfeat.distributed import current
-
     if current().writer:  # under torchrun only rank 0 writes the shared files, and says so
         print(f"wrote {path.parent}/ ({result.title()})")
     return 0
 
 
+#: Default of ``--steps`` for ``render`` and ``microscope``.
+STEPS = 256
+
+
+def add_render_options(p: argparse.ArgumentParser) -> None:
+    """The render options shared by ``render`` and ``microscope`` (same names, defaults and help)."""
+    p.add_argument("--size", type=int, default=None, help="image size in px (default: the model's input size)")
+    p.add_argument("--steps", type=int, default=STEPS, help=f"optimization steps (default {STEPS})")
+    p.add_argument("--param", default=None, choices=PARAM_KINDS,
+                   help="image parameterization (default fft; maco when --spectrum is given)")
+    p.add_argument("--spectrum", default=None, metavar="FILE.pt",
+                   help="Fourier magnitude for --param maco, written by `nnfeat spectrum --out FILE.pt`")
+    p.add_argument("--no-decorrelate", action="store_true", help="turn colour decorrelation off")
+    p.add_argument("--transforms", default="auto", choices=TRANSFORM_PRESETS,
+                   help="robustness transforms: auto (size-aware, default), standard (Lucid's), none")
+    p.add_argument("--lr", type=float, default=None, help="Adam learning rate (default 0.05; cppn 0.005)")
+    p.add_argument("--thresholds", default=None, help="comma list of steps at which to save images, e.g. 32,128,256")
+
+
+def _param_and_spectrum(args) -> tuple[str, object]:
+    """``--param`` / ``--spectrum`` -> (kind, magnitude or None), with one-line errors for a bad pairing."""
+    kind = args.param or ("maco" if args.spectrum else "fft")
+    if args.spectrum and kind != "maco":
+        raise NnfeatError(f"--spectrum is for --param maco, not --param {kind}: drop one of them")
+    if kind == "maco" and not args.spectrum:
+        raise NnfeatError("--param maco needs --spectrum FILE.pt: make one with "
+                          "`nnfeat spectrum --images SRC --model MODEL --out FILE.pt`")
+    if not args.spectrum:
+        return kind, None
+    return kind, load_spectrum(args.spectrum)
+
+
+def render_kwargs(args) -> dict:
+    """The keyword arguments of :func:`nnfeat.render` that the shared render options give."""
+    positive("steps", args.steps)
+    positive("size", args.size, 2)
+    try:
+        thresholds = [int(t) for t in args.thresholds.split(",")] if args.thresholds else None
+    except ValueError:
+        raise NnfeatError(f"bad --thresholds '{shorten(args.thresholds)}': expected a comma list of steps, e.g. 32,128,256"
+                          ) from None
+    if thresholds is not None and (min(thresholds) < 1 or max(thresholds) > args.steps):
+        raise NnfeatError(f"--thresholds must lie in 1..{args.steps} (--steps); got {shorten(args.thresholds)}")
+    kind, spectrum = _param_and_spectrum(args)
+    return dict(size=args.size, steps=args.steps, lr=args.lr, seed=args.seed, param=kind, spectrum=spectrum,
+                decorrelate=not args.no_decorrelate, transforms=args.transforms, thresholds=thresholds,
+                autocast=autocast_for(args.precision))
+
+
 __all__ = ["OneLineParser", "MODEL_HELP", "UNITS_HELP", "add_model", "add_shared", "add_images",
            "load_images_from_args", "load_model", "command_line",
-           "positive", "finish", "LIMITS", "RENDER_PIXELS", "check_option_ranges", "check_render_pixels", "check_k",
+           "positive", "finish", "LIMITS", "RENDER_PIXELS", "check_option_ranges", "check_render_pixels", "check_k", "STEPS", "add_render_options", "render_kwargs",
            "user_files", "user_code_error", "out_of_memory_error"]

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from nnfeat.cli.common import add_model, add_shared, load_model, positive
 from nnfeat.errors import NnfeatError
+from nnfeat.models.registry import cards
 
 
 def register(sub) -> None:
@@ -24,8 +25,6 @@ MODELS_COLUMNS = ("name", "input", "classes", "licence", "weights")
 def cmd_models(args) -> int:
     """One line per registry card, from the cards alone (nothing is built, loaded, hashed or downloaded)."""
     import json
-
-    from nnfeat.models.registry import cards
 
     if getattr(args, "json", False):
         print(json.dumps([card.as_dict() for card in cards()], indent=2))

@@ -38,6 +38,7 @@ from torch import nn
 
 from nnfeat.device import one_thread
 from nnfeat.errors import NnfeatError
+from nnfeat.io import atomic_path
 from nnfeat.models.base import Model
 from nnfeat.models.weights import weights_dir
 
@@ -234,8 +235,6 @@ def cache_path() -> Path:
 
 
 def _save_atomic(checkpoint: dict, path: Path) -> None:
-    from nnfeat.io import atomic_path
-
     with atomic_path(path) as tmp:
         torch.save(checkpoint, tmp)
 

@@ -33,7 +33,7 @@ import torch
 from torch import nn
 
 from nnfeat.device import one_thread
-from nnfeat.models.digits import CLASSES, IMAGE_SIZE, SEED, fit_digits
+from nnfeat.models.digits import CLASSES, IMAGE_SIZE, SEED, cached_checkpoint, fit_digits
 from nnfeat.models.weights import weights_dir
 
 CACHE_FILE = "digits-vit-v1.pt"
@@ -133,8 +133,6 @@ def cache_path() -> Path:
 def load_checkpoint(path: Path | None = None, *, train_if_missing: bool = True) -> dict:
     """The checkpoint cached at ``path`` (default :func:`cache_path`), training (and caching) it first if there
     is none or it is unreadable."""
-    from nnfeat.models.digits import cached_checkpoint
-
     return cached_checkpoint(cache_path() if path is None else path, "digits-vit", DigitsViT, train_digits_vit,
                              train_if_missing=train_if_missing)
 

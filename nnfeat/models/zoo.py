@@ -36,6 +36,7 @@ from torch import nn
 
 from nnfeat.device import resolve_device
 from nnfeat.errors import NnfeatError, nearest, shorten
+from nnfeat.io import is_existing_file
 from nnfeat.models.base import Model
 from nnfeat.models.registry import PUBLISHED, TRAINED, ModelCard, find_card, known_models
 from nnfeat.models.weights import fetch_weights, hash_prefix_from_name, weights_dir
@@ -227,8 +228,6 @@ def _load_file_factory(_card: ModelCard, name: str, _weights: str) -> Model:
     ``nn.Module`` with default settings (its ``weights`` and ``card`` unknown: ``None``)."""
     file, _, factory = name.rpartition(":")
     path = Path(file).expanduser()
-    from nnfeat.io import is_existing_file
-
     if not is_existing_file(path):
         raise NnfeatError(f"model file '{shorten(file)}' not found; expected FILE.py:FACTORY with FILE an existing Python file")
     if not factory.isidentifier():

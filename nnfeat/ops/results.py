@@ -27,7 +27,7 @@ import torch
 from PIL import Image
 
 from nnfeat.errors import NnfeatError
-from nnfeat.io import write_json
+from nnfeat.io import save_image, write_json
 from nnfeat.views.sheets import labelled_sheet
 
 
@@ -151,8 +151,6 @@ class Result:
         ``timing=False`` leaves the elapsed time out of the record, so the same work always writes the same
         bytes (what a resumed ``nnfeat report`` relies on). Returns the path of the JSON record.
         """
-        from nnfeat.io import save_image
-
         out = check_out_dir(out)
         out.mkdir(parents=True, exist_ok=True)
         files = self.write_files(out)
