@@ -39,130 +39,21 @@ from __future__ import annotations
 import ast
 import inspect
 import math
-import re
 import sys
 import warnings
 from dataclasses import dataclass
 from typing import Callable
 
-from nnfeat.errors import NnfeatError, nearest, shorten
-from nnfeat.layouts import IMAGE
+from nnfeat.engine.expr_names import MAP_ONLY, argument_check, fmt_number, is_number, signature
+from nnfeat.engine.expr_text import (MAX_CHANNELS, MAX_DEPTH, MAX_FACTORS, MAX_LAYER_NAME, MAX_LENGTH, MAX_NUMBER,
+                                     UNIT_CALL, WHITESPACE, WHOLE_UNITS, checked_units, expand_shorthand, printable,
+                                     where)
 from nnfeat.engine.objectives import CONSTRUCTORS, Objective, channel, neuron
-from nnfeat.units import LAYER_PATTERN, POSITION_PATTERN, SELECTOR_PATTERN, UNITS_PATTERN, Units, parse_units
+from nnfeat.errors import NnfeatError, nearest, shorten
+from nnfeat.layouts import IMAGE, channel_count
+from nnfeat.units import Units
 
-#: A unit inside an expression: the unit grammar with its ``:SELECTOR``, the layer starting with a letter.
-_SHORTHAND = re.compile(rf"(?=[A-Za-z_]){LAYER_PATTERN}:(?:{SELECTOR_PATTERN})(?:@(?:{POSITION_PATTERN}))?")
-_WHOLE = re.compile(rf"^(?=[A-Za-z_]){UNITS_PATTERN}$")
-_DASH_RANGE = re.compile(r"-\d")
-_UNIT_CALL = "__unit__"
-#: The longest expression accepted (longer text is refused before parsing).
-MAX_LENGTH = 10_000
-#: The deepest nesting accepted: brackets, unary signs, calls and each operator of a chain count one level.
-MAX_DEPTH = 100
-#: The largest magnitude of any number (written or computed), index, and of the product of an objective's weights.
-MAX_NUMBER = 1_000_000
-#: The most channels one unit or list may name (one image per channel).
-MAX_CHANNELS = 4096
-#: The most objectives multiplied together in one product.
-MAX_FACTORS = 4
-#: The longest layer name (module names are short; a longer one is a paste error).
-MAX_LAYER_NAME = 200
-#: How much of the expression an error shows on each side of the place where it broke.
-_CONTEXT = 30
-_WHITESPACE = str.maketrans({"\n": " ", "\r": " ", "\t": " "})
-_UNIT_INT = re.compile(r"(?<!\w)\d+")
-
-
-def _expand_shorthand(text: str) -> tuple[str, list[int], list[Units], dict[int, int]]:
-    """Rewrite each unit ``LAYER:SELECTOR[@POSITION]`` outside string literals as ``__unit__(k)``.
-
-    Returns the new text, for each of its characters the column of the original text it came from, the
-    parsed units (``k`` indexes them) and, for each inserted call, its column in the new text -> ``k``
-    (a ``__unit__`` the user typed is not one of them).
-    """
-    out: list[str] = []
-    origin: list[int] = []
-    units: list[Units] = []
-    calls: dict[int, int] = {}
-    i = 0
-    quote = None
-    while i < len(text):
-        ch = text[i]
-        if quote:
-            if ch == quote:
-                quote = None
-            out.append(ch)
-            origin.append(i)
-            i += 1
-            continue
-        if ch in "\"'":
-            quote = ch
-            out.append(ch)
-            origin.append(i)
-            i += 1
-            continue
-        starts_word = (ch.isalpha() or ch == "_") and (i == 0 or not (text[i - 1].isalnum() or text[i - 1] in "_."))
-        match = _SHORTHAND.match(text, i) if starts_word else None  # (tried at word starts only: linear time)
-        if match:
-            if _DASH_RANGE.match(text, match.end()):
-                bad = text[i:match.end() + 2]
-                raise NnfeatError(f"bad objective expression {_where(text, match.end())}: '{shorten(bad, 40)}' is "
-                                  f"not a unit; a channel range is written A..B (e.g. "
-                                  f"{shorten(match.group(0), 40)}..{text[match.end() + 1]}); "
-                                  "to subtract a number put spaces around '-'")
-            calls[len(out)] = len(units)
-            repl = f"{_UNIT_CALL}({len(units)})"
-            units.append(_checked_units(match.group(0), text, i))
-            out.extend(repl)
-            origin.extend([i] * len(repl))
-            i = match.end()
-            continue
-        out.append(ch)
-        origin.append(i)
-        i += 1
-    origin.append(len(text))
-    return "".join(out), origin, units, calls
-
-
-def _checked_units(unit_text: str, source: str, column: int) -> Units:
-    """``parse_units(unit_text)`` after checking its numbers against :data:`MAX_NUMBER` and its channel count
-    against :data:`MAX_CHANNELS` (so ``layer3:0..999999999999`` fails at once instead of listing the range)."""
-    layer_end = unit_text.find(":") if ":" in unit_text else len(unit_text)
-    if len(unit_text[:layer_end]) > MAX_LAYER_NAME:
-        raise NnfeatError(f"bad objective expression {_where(source, column)}: a layer name of {layer_end} "
-                          f"characters: at most {MAX_LAYER_NAME}")
-    numbers = _UNIT_INT.finditer(unit_text)
-    for number in numbers:
-        if len(number.group(0)) > len(str(MAX_NUMBER)) or int(number.group(0)) > MAX_NUMBER:
-            raise NnfeatError(f"bad objective expression {_where(source, column + number.start())}: index "
-                              f"{shorten(number.group(0), 20)} is too large: indices go up to {MAX_NUMBER}")
-    if layer_end < len(unit_text):
-        selector = unit_text[layer_end + 1:].partition("@")[0]
-        total = 0
-        for item in selector.split(","):
-            lo, dots, hi = item.partition("..")
-            total += (int(hi) - int(lo) + 1) if dots and int(hi) >= int(lo) else 1
-        if total > MAX_CHANNELS:
-            raise NnfeatError(f"bad objective expression {_where(source, column)}: '{shorten(unit_text, 40)}' names "
-                              f"{total} channels: at most {MAX_CHANNELS} (one image per channel)")
-    return parse_units(unit_text)
-
-
-def _printable(text: str) -> str:
-    """``text`` with every non-printable character written as its escape (errors stay on one line)."""
-    return "".join(ch if ch.isprintable() else repr(ch)[1:-1] for ch in text)
-
-
-def _where(text: str, column: int) -> str:
-    """``at column N: ...before⟨here⟩after...``, showing at most :data:`_CONTEXT` characters on each side."""
-    column = max(0, min(column, len(text)))
-    before, after = text[max(0, column - _CONTEXT):column], text[column:column + _CONTEXT]
-    head = "..." if column > _CONTEXT else ""
-    tail = "..." if column + _CONTEXT < len(text) else ""
-    total = f" ({len(text)} characters)" if head or tail else ""
-    return f"at column {column + 1}{total}: {head}{_printable(before)}⟨here⟩{_printable(after)}{tail}"
-
-
+#: ``count(layer)``: the channel count of a layer of the model.
 ChannelCount = Callable[[str], int]
 
 
@@ -179,13 +70,13 @@ def parse_objective(text: str, model=None) -> Objective:
         raise NnfeatError("empty objective expression: try e.g. 'layer3:5'")
     if len(text) > MAX_LENGTH:
         raise NnfeatError(f"objective expression of {len(text)} characters is too long: at most {MAX_LENGTH}")
-    source = text.translate(_WHITESPACE).strip()
+    source = text.translate(WHITESPACE).strip()
     bad = next((i for i, ch in enumerate(source) if not ch.isprintable()), None)
     if bad is not None:
-        raise NnfeatError(f"bad objective expression {_where(source, bad)}: control character "
+        raise NnfeatError(f"bad objective expression {where(source, bad)}: control character "
                           f"{repr(source[bad])[1:-1]} is not allowed; write the expression as plain text")
     count = _channel_counter(model)
-    objective = units_objective(_checked_units(source, source, 0), count) if _WHOLE.match(source) else \
+    objective = units_objective(checked_units(source, source, 0), count) if WHOLE_UNITS.match(source) else \
         _parse_expression(source, count, model)
     if model is not None:  # unknown layers: one line with the nearest names, before any work
         for layer in objective.model_layers:
@@ -195,7 +86,7 @@ def parse_objective(text: str, model=None) -> Objective:
 
 def _parse_expression(source: str, count: ChannelCount | None, model) -> Objective:
     """An expression that is more than one units string -> its Objective (or the one-line error)."""
-    expanded, origin, units, calls = _expand_shorthand(source)
+    expanded, origin, units, calls = expand_shorthand(source)
     try:
         with warnings.catch_warnings():  # "invalid decimal literal" (1if ...) is an error here, not a stderr line
             warnings.simplefilter("error", SyntaxWarning)
@@ -209,7 +100,7 @@ def _parse_expression(source: str, count: ChannelCount | None, model) -> Objecti
             col, reason = len(source), "unexpected end of expression"
         else:
             col, reason = origin[min(offset - 1, len(origin) - 1)], err.msg
-        raise NnfeatError(f"bad objective expression {_where(source, col)} ({shorten(reason, 100)})") from None
+        raise NnfeatError(f"bad objective expression {where(source, col)} ({shorten(reason, 100)})") from None
     except (RecursionError, MemoryError):
         raise NnfeatError(f"objective expression is nested too deeply: at most {MAX_DEPTH} levels "
                           "(brackets, signs and operators)") from None
@@ -244,7 +135,6 @@ def units_objective(units: Units, count: ChannelCount | None = None) -> Objectiv
 def _channel_counter(model) -> ChannelCount | None:
     if model is None:
         return None
-    from nnfeat.layouts import channel_count
 
     def count(layer: str) -> int:
         model.check_layer(layer)
@@ -268,100 +158,13 @@ def _describe(value) -> str:
     if isinstance(value, _Term):
         return f"the objective {shorten(value.objective.description, 40)}"
     if isinstance(value, str):
-        return f"the string '{_printable(shorten(value, 40))}'"
+        return f"the string '{printable(shorten(value, 40))}'"
     if isinstance(value, list):
         return f"a list of {len(value)} number(s)"
-    return f"the number {_fmt(value)}"
+    return f"the number {fmt_number(value)}"
 
 
-def _fmt(number: float) -> str:
-    return f"{number:g}" if isinstance(number, float) else str(number)
-
-
-def _is_number(value) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool)
-
-
-# -- the arguments of the constructors, checked by name -------------------------------------------------
-def _index_ok(value) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool) and 0 <= value <= MAX_NUMBER
-
-
-def _layer(value) -> str | None:
-    if not isinstance(value, str) or not value.strip():
-        return 'a layer name in quotes, e.g. "layer3"'
-    if len(value) > MAX_LAYER_NAME:
-        return f"a layer name of at most {MAX_LAYER_NAME} characters"
-    return None
-
-
-def _indices(value) -> str | None:
-    what = f"a channel index 0..{MAX_NUMBER} or a non-empty list of them"
-    if _index_ok(value):
-        return None
-    if isinstance(value, list) and value and all(_index_ok(v) for v in value):
-        return None if len(value) <= MAX_CHANNELS else f"a list of at most {MAX_CHANNELS} channels"
-    return what
-
-
-def _index(value) -> str | None:
-    return None if _index_ok(value) else f"an integer 0..{MAX_NUMBER}"
-
-
-def _positive_int(value) -> str | None:
-    return None if _index_ok(value) and value >= 1 else f"an integer 1..{MAX_NUMBER}"
-
-
-def _vector(value) -> str | None:
-    if isinstance(value, list) and value and len(value) <= MAX_CHANNELS and all(_is_number(v) for v in value):
-        return None
-    return f"a non-empty list of at most {MAX_CHANNELS} numbers, one per channel"
-
-
-def _in_range(lo: float, hi: float, note: str = "") -> Callable[[object], str | None]:
-    def check(value) -> str | None:
-        return None if _is_number(value) and lo <= value <= hi else f"a number in {_fmt(lo)}..{_fmt(hi)}{note}"
-    return check
-
-
-#: parameter name -> check returning None or what the argument should be.
-_ARGUMENTS: dict[str, Callable[[object], str | None]] = {
-    "layer": _layer,
-    "channel": _indices,
-    "cls": _indices,
-    "x": _index,
-    "y": _index,
-    "batch": _index,
-    "max_distance": _positive_int,
-    "vectors": _vector,
-    "cossim_pow": _in_range(0, 8),
-    "decay_ratio": _in_range(1, MAX_NUMBER, " (far neighbours weigh less)"),
-    "constant": _in_range(-MAX_NUMBER, MAX_NUMBER),
-    "sigma": _in_range(0.1, 8, " pixels"),
-    "group": lambda v: None if _index_ok(v) and v >= 2 else f"an integer 2..{MAX_NUMBER}",
-}
-
-
-def _argument_check(function: Callable, param: str) -> Callable[[object], str | None]:
-    """The check for ``param`` of ``function``: by name, else from its annotation (a parameter added later)."""
-    if param in _ARGUMENTS:
-        return _ARGUMENTS[param]
-    annotation = str(inspect.signature(function).parameters[param].annotation)
-    if "float" in annotation:
-        return _in_range(-MAX_NUMBER, MAX_NUMBER)
-    if "int" in annotation:
-        return _index
-    if "str" in annotation:
-        return _layer
-    return lambda value: None
 _SYMBOLS = {ast.Add: "+", ast.Sub: "-", ast.Mult: "*", ast.Div: "/"}
-#: constructors that read a (B, C, H, W) map, with the parameter giving a blur radius (or None).
-_MAP_ONLY = {"total_variation": None, "tv": None, "blur": "sigma"}
-
-
-def _signature(name: str) -> str:
-    params = inspect.signature(CONSTRUCTORS[name]).parameters.values()
-    return f"{name}({', '.join(p.name if p.default is p.empty else f'{p.name}={p.default!r}' for p in params)})"
 
 
 class _Walker:
@@ -386,7 +189,7 @@ class _Walker:
 
     def fail(self, node: ast.AST, message: str) -> NnfeatError:
         col = self.origin[min(self.column(node), len(self.origin) - 1)]
-        return NnfeatError(f"bad objective expression {_where(self.source, col)}: {message}")
+        return NnfeatError(f"bad objective expression {where(self.source, col)}: {message}")
 
     def check_depth(self, root: ast.AST) -> None:
         """Refuse trees deeper than :data:`MAX_DEPTH` before walking them (the walk recurses)."""
@@ -405,7 +208,7 @@ class _Walker:
                 return value
         elif isinstance(value, float) and math.isfinite(value) and abs(value) <= MAX_NUMBER:
             return value
-        shown = _fmt(value) if isinstance(value, float) else (
+        shown = fmt_number(value) if isinstance(value, float) else (
             f"of {len(str(abs(value)))} digits" if abs(value) < 10 ** 4000 else "of more than 4000 digits")
         raise self.fail(node, f"number {shown} is out of range: numbers must be finite and within "
                               f"-{MAX_NUMBER}..{MAX_NUMBER}")
@@ -415,7 +218,7 @@ class _Walker:
             raise self.fail(node, f"a product of {factors} objectives: at most {MAX_FACTORS} objectives multiply "
                                   "each other")
         if not weight <= MAX_NUMBER:  # also catches nan
-            raise self.fail(node, f"the numbers multiplying this objective multiply to {_fmt(float(weight))}: "
+            raise self.fail(node, f"the numbers multiplying this objective multiply to {fmt_number(float(weight))}: "
                                   f"at most {MAX_NUMBER} (use smaller weights)")
         return _Term(objective, weight, factors)
 
@@ -431,7 +234,7 @@ class _Walker:
                 if isinstance(value, _Term):
                     objective = -value.objective if sign < 0 else value.objective
                     return _Term(objective, value.weight, value.factors)
-                if _is_number(value):
+                if is_number(value):
                     return sign * value
                 raise self.fail(node, f"unary {'-' if sign < 0 else '+'} needs a number or an objective, not "
                                       f"{_describe(value)}")
@@ -439,12 +242,12 @@ class _Walker:
         if isinstance(node, ast.Constant):
             if isinstance(node.value, bool) or not isinstance(node.value, (int, float, str)):
                 raise self.fail(node, f"constant {shorten(repr(node.value), 40)} is not allowed; use numbers or strings")
-            return self.number(node, node.value) if _is_number(node.value) else node.value
+            return self.number(node, node.value) if is_number(node.value) else node.value
         if isinstance(node, (ast.List, ast.Tuple)):
             if len(node.elts) > MAX_CHANNELS:
                 raise self.fail(node, f"a list of {len(node.elts)} entries: at most {MAX_CHANNELS}")
             values = [self.visit(e) for e in node.elts]
-            if not all(_is_number(v) for v in values):
+            if not all(is_number(v) for v in values):
                 raise self.fail(node, "lists may hold numbers only")
             return values
         if isinstance(node, ast.Call):
@@ -461,7 +264,7 @@ class _Walker:
     def binop(self, node: ast.BinOp, left, right):
         symbol = _SYMBOLS[type(node.op)]
         for value in (left, right):
-            if not (_is_number(value) or isinstance(value, _Term)):
+            if not (is_number(value) or isinstance(value, _Term)):
                 raise self.fail(node, f"arithmetic needs numbers or objectives, not {_describe(value)}")
         if symbol == "/" and isinstance(right, _Term):
             raise self.fail(node, "dividing by an objective is not allowed (it is infinite where the objective is "
@@ -496,7 +299,7 @@ class _Walker:
         if not isinstance(node.func, ast.Name):
             raise self.fail(node, "only calls of objective functions are allowed")
         name = node.func.id
-        if name == _UNIT_CALL and self.column(node) in self.calls:
+        if name == UNIT_CALL and self.column(node) in self.calls:
             return _Term(units_objective(self.units[self.calls[self.column(node)]], self.count))
         if name not in CONSTRUCTORS:
             hint = nearest(name, CONSTRUCTORS)
@@ -510,9 +313,9 @@ class _Walker:
             bound = inspect.signature(CONSTRUCTORS[name]).bind(*args, **kwargs)
         except TypeError as err:
             raise self.fail(node, f"bad arguments for {name}(): {shorten(str(err), 80)}; expected "
-                                  f"{_signature(name)}") from None
+                                  f"{signature(name)}") from None
         for param, value in bound.arguments.items():
-            expected = _argument_check(CONSTRUCTORS[name], param)(value)
+            expected = argument_check(CONSTRUCTORS[name], param)(value)
             if isinstance(value, _Term) and expected is None:
                 expected = "a number"
             if expected is not None:
@@ -520,13 +323,13 @@ class _Walker:
                 hint = " (a layer goes in quotes; LAYER:CHANNEL is a unit, an objective)" if unit else ""
                 raise self.fail(node, f"argument '{param}' of {name}() must be {expected}; got "
                                       f"{_describe(value)}{hint}")
-        layer = bound.arguments.get("layer", IMAGE if name in _MAP_ONLY else None)
+        layer = bound.arguments.get("layer", IMAGE if name in MAP_ONLY else None)
         if layer == IMAGE and name in ("neuron", "channel"):
             channels = bound.arguments["channel"]
             if any(c > 2 for c in (channels if isinstance(channels, list) else [channels])):
                 raise self.fail(node, f"argument 'channel' of {name}() must be 0..2 for the image (RGB)")
-        if name in _MAP_ONLY:
-            sigma = bound.arguments.get("sigma", 1.0) if _MAP_ONLY[name] else None
+        if name in MAP_ONLY:
+            sigma = bound.arguments.get("sigma", 1.0) if MAP_ONLY[name] else None
             self.check_map(node, name, layer, sigma)
         try:
             return _Term(CONSTRUCTORS[name](*bound.args, **bound.kwargs))
@@ -550,8 +353,9 @@ class _Walker:
         if side < 2:
             raise self.fail(node, f"{name}() needs a map of at least 2x2; '{shorten(layer, 40)}' is {height}x{width}")
         if sigma is not None and max(1, math.ceil(2 * sigma)) >= side:  # the blur's reflect padding must fit
-            raise self.fail(node, f"blur sigma {_fmt(sigma)} is too large for the {height}x{width} map of "
-                                  f"'{shorten(layer, 40)}': at most {_fmt((side - 1) / 2)}")
+            raise self.fail(node, f"blur sigma {fmt_number(sigma)} is too large for the {height}x{width} map of "
+                                  f"'{shorten(layer, 40)}': at most {fmt_number((side - 1) / 2)}")
+
 
 __all__ = ["parse_objective", "units_objective", "MAX_LENGTH", "MAX_DEPTH", "MAX_NUMBER", "MAX_CHANNELS",
            "MAX_FACTORS", "MAX_LAYER_NAME"]

@@ -25,10 +25,14 @@ import hashlib
 import json
 import os
 from pathlib import Path
+
 import numpy as np
 import torch
 
+from nnfeat.data import ImageSet, load_images
+from nnfeat.engine.param import decorrelation_matrix, fourier_scale
 from nnfeat.errors import NnfeatError
+from nnfeat.io import atomic_path, nnfeat_home
 from nnfeat.layouts import size2
 from nnfeat.progress import progress_bar
 
@@ -41,8 +45,6 @@ SIGMOID_GAIN = 4.0
 
 def _decorrelation_inverse() -> torch.Tensor:
     """(3, 3) inverse of the colour decorrelation matrix that :class:`nnfeat.engine.param.ColorDecorrelation` applies."""
-    from nnfeat.engine.param import decorrelation_matrix
-
     return torch.linalg.inv(decorrelation_matrix().double()).float()
 
 
@@ -65,8 +67,6 @@ def power_law_spectrum(size, contrast: float = 0.2, decay: float = 1.0, space: s
     Scaled so that an image with this magnitude (and any phase) has a pixel standard deviation of about
     ``contrast`` per channel; the DC term is 0, as in :func:`dataset_spectrum`.
     """
-    from nnfeat.engine.param import fourier_scale
-
     if space not in SPACES:
         raise NnfeatError(f"unknown spectrum space '{space}': use {' or '.join(SPACES)}")
     h, w = size2(size)
@@ -84,8 +84,6 @@ def power_law_spectrum(size, contrast: float = 0.2, decay: float = 1.0, space: s
     if space == "param":
         # Natural colours are correlated as the decorrelation matrix D encodes: x = D z with z white, so in
         # param space (4 z) every channel has the same magnitude, 4 / (mean row norm of D) times the pixel one.
-        from nnfeat.engine.param import decorrelation_matrix
-
         magnitude = magnitude * (SIGMOID_GAIN / decorrelation_matrix().norm(dim=1).mean())
     return magnitude
 
@@ -106,8 +104,6 @@ def _fingerprint(images) -> str:
 
 def spectrum_cache_path(images, size, space: str = "param") -> Path:
     """Where :func:`dataset_spectrum` caches the spectrum of ``images`` (an :class:`nnfeat.data.ImageSet`)."""
-    from nnfeat.io import nnfeat_home
-
     key = json.dumps({"v": CACHE_VERSION, "images": _fingerprint(images), "n": len(images), "size": list(size2(size)),
                       "space": space}, sort_keys=True)
     return nnfeat_home() / "spectra" / f"{hashlib.sha256(key.encode()).hexdigest()[:24]}.pt"
@@ -128,8 +124,6 @@ def dataset_spectrum(source, size, *, space: str = "param", limit: int | None = 
         cache: read and write ``$NNFEAT_HOME/spectra/<hash>.pt``.
         progress: show a tqdm bar.
     """
-    from nnfeat.data import ImageSet, load_images
-
     if space not in SPACES:
         raise NnfeatError(f"unknown spectrum space '{space}': use {' or '.join(SPACES)}")
     h, w = size2(size)
@@ -160,8 +154,6 @@ def dataset_spectrum(source, size, *, space: str = "param", limit: int | None = 
 
 def save_spectrum(path: str | os.PathLike, magnitude: torch.Tensor, info: dict | None = None) -> Path:
     """Write ``{"magnitude": (3, H, W//2+1), **info}`` with ``torch.save``, atomically."""
-    from nnfeat.io import atomic_path
-
     path = Path(path)
     with atomic_path(path) as tmp:
         torch.save({"magnitude": magnitude.detach().cpu().float(), **(info or {})}, tmp)

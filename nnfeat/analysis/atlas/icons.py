@@ -22,12 +22,14 @@ from __future__ import annotations
 
 import hashlib
 import math
+from dataclasses import replace
 from pathlib import Path
 from typing import Callable
 
 import numpy as np
 import torch
 import torch.nn.functional as F
+from PIL import Image
 
 from nnfeat.distributed import Ranks
 from nnfeat.seeds import stage_seed
@@ -37,7 +39,9 @@ from nnfeat.io import read_json, save_image, write_json
 from nnfeat.models.base import Model
 from nnfeat.progress import progress_bar
 from nnfeat.layouts import at_position
+from nnfeat.engine.loop import RenderOutput, render_images
 from nnfeat.engine.objectives import direction, direction_neuron_cossim
+from nnfeat.engine.settings import RenderOptions
 
 
 def icon_name(row: int, col: int) -> str:
@@ -67,35 +71,32 @@ def icon_objective(layer: str, directions: torch.Tensor, cossim_pow: float, spat
 
 
 def render_best_of(model: Model, layer: str, directions: torch.Tensor, tries: int, *, cossim_pow: float,
-                   spatial_weight: float = 0.0, cosine_to: torch.Tensor | None = None, **render_args):
+                   spatial_weight: float = 0.0, cosine_to: torch.Tensor | None = None, **render_args) -> RenderOutput:
     """Render ``tries`` candidates per direction and keep, per icon, the one with the highest final objective.
 
     The production atlas kept the best of several tries per icon (Carter et al., Distill 2019). The tries are
     extra batch items of ONE render (item ``t * B + i`` is try ``t`` of icon ``i``; the items do not interact:
     the loss is a sum and Adam is element-wise), so ``tries=1`` is exactly ``render(model, icon_objective(...))``.
     The choice uses only the atlas's own measures: by default the objective (``icon_objective``, evaluated by
-    ``render`` on the final, untransformed images: ``final_values``); with ``cosine_to`` the atlas's fidelity,
+    the render on the final, untransformed images: ``final_values``); with ``cosine_to`` the atlas's fidelity,
     :func:`centre_cosine` of the final candidate to those vectors. Ties keep the earliest try (deterministic).
 
     Args:
         directions: (B, C) objective directions (whitened cell vectors).
         tries: candidates per icon (at least 1).
         cosine_to: (B, C) raw cell vectors: choose by centre cosine to them instead of by the objective.
-        render_args: passed to :func:`nnfeat.ops.render.render` (size, steps, seed, transforms, autocast, ...).
+        render_args: the render's settings, as :func:`nnfeat.render` takes them (size, steps, seed, transforms,
+            autocast, ...; :class:`~nnfeat.engine.settings.RenderOptions`).
     Returns:
-        a :class:`~nnfeat.ops.render.RenderResult` whose ``images`` (B, 3, s, s) and ``final_values`` (B,) are
+        a :class:`~nnfeat.engine.loop.RenderOutput` whose ``images`` (B, 3, s, s) and ``final_values`` (B,) are
         the kept candidates; ``values`` (steps, tries * B) and ``settings`` are the whole render's, and
         ``settings["chosen_try"]`` (B,) says which try each icon kept, ``settings["chosen_score"]`` (B,) its score.
     """
-    from dataclasses import replace
-
-    from nnfeat.ops.render import render
-
     if tries < 1:
         raise NnfeatError(f"tries must be at least 1, got {tries}")
     count = directions.shape[0]
     objective = icon_objective(layer, directions.repeat(tries, 1), cossim_pow, spatial_weight)
-    result = render(model, objective, batch=count * tries, **render_args)
+    result = render_images(model, objective, RenderOptions(batch=count * tries, **render_args))
     scores = result.final_values if cosine_to is None else \
         centre_cosine(model, layer, result.images, cosine_to.repeat(tries, 1))
     scores = scores.view(tries, count)
@@ -109,8 +110,6 @@ def render_best_of(model: Model, layer: str, directions: torch.Tensor, tries: in
 
 def _valid_record(path: Path, key: str, names: list[str], icon_size: int) -> dict | None:
     """A batch record that can be reused (see :func:`render_icons`), else None."""
-    from PIL import Image
-
     try:
         record = read_json(path)
         if record.get("key") != key or record.get("icons") != names or len(record.get("cosines", ())) != len(names):
@@ -154,8 +153,6 @@ def render_icons(model: Model, layer: str, vectors: np.ndarray, rows: np.ndarray
     A batch is reused only when its record parses, has the key and icon names and every icon PNG decodes at
     ``icon_size`` (a truncated or corrupt file means the batch is rendered again).
     """
-    from nnfeat.ops.render import render
-
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     count = len(vectors)
@@ -176,8 +173,9 @@ def render_icons(model: Model, layer: str, vectors: np.ndarray, rows: np.ndarray
             cosines[cells] = record["cosines"]
         else:
             objective = icon_objective(layer, directions[cells], cossim_pow, spatial_weight)
-            result = render(model, objective, size=icon_size, batch=len(names), steps=steps, transforms=transforms,
-                            seed=stage_seed(seed, "icons", b), autocast=autocast, progress=False)
+            options = RenderOptions(size=icon_size, batch=len(names), steps=steps, transforms=transforms,
+                                    seed=stage_seed(seed, "icons", b), autocast=autocast, progress=False)
+            result = render_images(model, objective, options)
             icons = result.images
             cos = centre_cosine(model, layer, icons, raw[cells])
             for name, icon in zip(names, icons):
