@@ -16,6 +16,7 @@ import torch
 
 from nnfeat.device import one_thread
 from nnfeat.errors import NnfeatError
+from nnfeat.seeds import generator
 
 LAYOUTS = ("umap", "tsne", "pca")
 
@@ -142,8 +143,6 @@ def fit_rows_of(count: int, fit_rows: int | None, seed: int) -> np.ndarray | Non
     most ``fit_rows`` (or ``fit_rows`` is None), else ``fit_rows`` rows drawn from ``(seed, "layout-sample")``."""
     if fit_rows is None or count <= fit_rows:
         return None
-    from nnfeat.seeds import generator
-
     return np.sort(torch.randperm(count, generator=generator(seed, "layout-sample"))[:fit_rows].numpy())
 
 
