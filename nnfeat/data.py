@@ -28,6 +28,8 @@ from typing import Iterator, Sequence
 import numpy as np
 import torch
 import torch.nn.functional as F
+import torchvision.datasets as tvd
+from PIL import Image, UnidentifiedImageError
 
 from nnfeat.errors import NnfeatError, shorten
 from nnfeat.io import nnfeat_home
@@ -242,8 +244,6 @@ def _from_folder(root: Path) -> ImageSet:
 
 def _read_file(path: Path, size: Size | None) -> np.ndarray:
     """One image file -> (H, W, 3) uint8, resized to ``size`` (H, W) if given."""
-    from PIL import Image, UnidentifiedImageError
-
     try:
         with Image.open(path) as image:
             image = image.convert("RGB")
@@ -329,7 +329,7 @@ def _from_npz(path: Path) -> ImageSet:
 
 
 def _from_digits() -> ImageSet:
-    from sklearn.datasets import load_digits
+    from sklearn.datasets import load_digits  # lazy: scikit-learn's datasets load in ~1 s; only this source needs them
 
     digits = load_digits()
     grey = np.clip(np.round(digits.images * (255.0 / 16.0)), 0, 255).astype(np.uint8)  # values 0..16
@@ -339,8 +339,6 @@ def _from_digits() -> ImageSet:
 
 # -- torchvision ---------------------------------------------------------------------------------
 def _from_torchvision(spec: str) -> ImageSet:
-    import torchvision.datasets as tvd
-
     name, _, split = spec.partition(":")
     split = split or "test"
     if split not in ("train", "test"):

@@ -24,6 +24,8 @@ a collective (a collection) runs whole in this process and issues no collective 
 from __future__ import annotations
 
 import os
+import pickle
+import socket
 from contextlib import contextmanager
 from contextvars import ContextVar
 from dataclasses import dataclass
@@ -31,6 +33,7 @@ from typing import Any, Callable, Iterator, Sequence, TypeVar
 
 import torch
 import torch.distributed as dist
+import torch.multiprocessing as mp
 
 
 @dataclass(frozen=True)
@@ -147,8 +150,6 @@ def _on_cpu(value: Any) -> Any:
 
 def _portable(err: BaseException) -> BaseException:
     """``err`` if it survives pickling (so another rank can raise it), else a RuntimeError with its text."""
-    import pickle
-
     try:
         pickle.loads(pickle.dumps(err))
         return err
@@ -205,10 +206,6 @@ def _spawned(index: int, fn: Callable, world: int, port: int, args: Sequence) ->
 def spawn(fn: Callable, world: int, *args) -> None:
     """Run ``fn(*args)`` on ``world`` CPU processes joined by gloo (``torch.multiprocessing``), as torchrun
     would; for tests and notebooks. ``fn`` must be importable (a module-level function)."""
-    import socket
-
-    import torch.multiprocessing as mp
-
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]

@@ -34,7 +34,7 @@ def gaussian_kernel_size(sigma: float) -> int:
 
 def gaussian_blur(images: torch.Tensor, sigma: float) -> torch.Tensor:
     """(B, C, H, W) -> (B, C, H, W) blurred with a Gaussian of ``sigma`` px (reflect padding)."""
-    import kornia
+    import kornia  # lazy: kornia takes about a second to import and only blurs need it
 
     k = gaussian_kernel_size(sigma)
     return kornia.filters.gaussian_blur2d(images, (k, k), (float(sigma), float(sigma)))

@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import signal
 import tempfile
 from contextlib import contextmanager
 from pathlib import Path
@@ -63,8 +64,6 @@ def _fault_point(path: Path, *, before: bool) -> None:
         count, _, when = kill.partition(":")
         target = _writes + 1 if before else _writes
         if target == int(count) and (when == "before") == before:
-            import signal
-
             os.kill(os.getpid(), signal.SIGKILL)
 
 

@@ -22,7 +22,7 @@ def progress_bar(total: int | None, desc: str, *, enabled: bool = True, unit: st
     ``update``/``set_postfix_str``/``close`` that does nothing."""
     if not enabled:
         return _NoBar()
-    from tqdm.auto import tqdm
+    from tqdm.auto import tqdm  # lazy: tqdm.auto probes for Jupyter widgets when imported; a quiet run never does
 
     return tqdm(total=total, desc=desc, unit=unit, initial=initial, leave=leave, **kwargs)
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 from nnfeat.cli.common import add_model, add_shared, load_model, positive
 from nnfeat.errors import NnfeatError
 from nnfeat.models.registry import cards
@@ -24,8 +26,6 @@ MODELS_COLUMNS = ("name", "input", "classes", "licence", "weights")
 
 def cmd_models(args) -> int:
     """One line per registry card, from the cards alone (nothing is built, loaded, hashed or downloaded)."""
-    import json
-
     if getattr(args, "json", False):
         print(json.dumps([card.as_dict() for card in cards()], indent=2))
         return 0

@@ -98,7 +98,7 @@ def digits_dataset(split: str = "all", *, rgb: bool = True) -> tuple[torch.Tenso
         images (N, 3, 32, 32) (or (N, 1, 32, 32)) float32 in [0, 1], white digits on black;
         labels (N,) int64 in 0..9.
     """
-    from sklearn.datasets import load_digits
+    from sklearn.datasets import load_digits  # lazy: scikit-learn's datasets load in ~1 s; only training needs them
 
     if split not in ("all", "train", "test"):
         raise NnfeatError(f"unknown digits split '{split}'; expected all, train or test")

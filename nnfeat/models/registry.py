@@ -25,6 +25,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
+import torch.hub
 from torch import nn
 
 from nnfeat.errors import NnfeatError, nearest, shorten
@@ -132,8 +133,6 @@ class ModelCard:
         if self.weights_source == TRAINED:
             path = weights_dir() / self.weights_file
         elif self.weights_source == TORCHVISION_DOWNLOAD:
-            import torch.hub
-
             path = Path(torch.hub.get_dir()) / "checkpoints" / self.weights_file
         else:
             return None

@@ -19,6 +19,8 @@ import io
 import os
 import platform
 import shlex
+import tempfile
+from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from typing import Any, ClassVar, Sequence
 
@@ -33,8 +35,6 @@ from nnfeat.views.sheets import labelled_sheet
 
 def versions() -> dict[str, str]:
     """nnfeat, torch and Python versions, for JSON records."""
-    from importlib.metadata import PackageNotFoundError, version
-
     try:
         nnfeat_version = version("nnfeat")
     except PackageNotFoundError:  # running from a source tree that is not installed
@@ -75,8 +75,6 @@ def check_out_dir(out: str | os.PathLike) -> Path:
 def _can_create_in(folder: Path) -> bool:
     """Whether a file can be made in the existing ``folder`` (``os.access`` says yes to root on read-only mounts
     and on /proc): an empty hidden folder is made there and removed at once, so nothing is left behind."""
-    import tempfile
-
     try:
         os.rmdir(tempfile.mkdtemp(prefix=".nnfeat-write-check-", dir=folder))
     except OSError:

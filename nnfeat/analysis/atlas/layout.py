@@ -11,6 +11,8 @@
 
 from __future__ import annotations
 
+import warnings
+
 import numpy as np
 import torch
 
@@ -115,7 +117,7 @@ def _checked(acts: np.ndarray, method: str) -> np.ndarray:
 
 
 def _tsne(x: np.ndarray, seed: int, verbose: bool) -> np.ndarray:
-    from sklearn.manifold import TSNE
+    from sklearn.manifold import TSNE  # lazy: only the t-SNE layout needs it
 
     n = len(x)
     perplexity = float(min(30.0, max(2.0, (n - 1) / 3.0)))
@@ -126,8 +128,6 @@ def _tsne(x: np.ndarray, seed: int, verbose: bool) -> np.ndarray:
 
 def _umap(x: np.ndarray, seed: int, n_neighbors: int, min_dist: float, verbose: bool, low_memory: bool = False):
     """A fitted ``umap.UMAP`` (cosine metric, 2-D) of (N, C) ``x``."""
-    import warnings
-
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message=".*n_jobs value.*")  # umap: random_state forces one thread
         warnings.filterwarnings("ignore", category=FutureWarning)
@@ -192,8 +192,6 @@ def layout_fit(acts: np.ndarray, method: str = "umap", *, seed: int = 0, n_neigh
 
 
 def _umap_transform(reducer, block: np.ndarray) -> np.ndarray:
-    import warnings
-
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", category=UserWarning)
         return reducer.transform(block).astype(np.float32)
