@@ -27,12 +27,15 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 PACKAGE = ROOT / "nnfeat"
+#: Optional extras: imported where they are used, so nnfeat runs without them.
+OPTIONAL_EXTRAS = ("timm", "onnx", "onnxruntime", "onnxscript", "umap", "tensorboard", "transformers", "captum",
+                   "safetensors")
 LAYERS = ("base", "models", "engine", "analysis", "views", "ops", "cli")
 FACADE = {"nnfeat", "nnfeat.__main__", "nnfeat.objectives", "nnfeat.cli.__main__"}  # public entry points above every layer
 
 
-def module_name(path: Path) -> str:
-    parts = path.relative_to(PACKAGE.parent).with_suffix("").parts
+def module_name(path: Path, package: Path = PACKAGE) -> str:
+    parts = path.relative_to(package.parent).with_suffix("").parts
     return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
 
 
@@ -53,6 +56,8 @@ class Imports:
     modules: dict[str, Path]
     graph: dict[str, set[str]] = field(default_factory=dict)
     in_functions: list[tuple[str, int, str, str]] = field(default_factory=list)  # (module, line, target, reason)
+    #: every import inside a function, of any module: (module, line, imported name, reason comment or "")
+    lazy: list[tuple[str, int, str, str]] = field(default_factory=list)
 
 
 def _enclosing_function_lines(tree: ast.AST) -> dict[int, ast.AST]:
@@ -67,7 +72,7 @@ def _enclosing_function_lines(tree: ast.AST) -> dict[int, ast.AST]:
 
 def read_imports(package: Path = PACKAGE) -> Imports:
     """Parse every module of ``package``: the import graph and the function-level imports of nnfeat modules."""
-    modules = {module_name(p): p for p in package.rglob("*.py")}
+    modules = {module_name(p, package): p for p in package.rglob("*.py")}
     found = Imports(modules, {name: set() for name in modules})
     for name, path in modules.items():
         pkg = name if path.name == "__init__.py" else name.rpartition(".")[0]
@@ -81,6 +86,11 @@ def read_imports(package: Path = PACKAGE) -> Imports:
         for node in ast.walk(tree):
             if id(node) in typing_only:  # annotations only: no import at run time
                 continue
+            if id(node) in inside and isinstance(node, (ast.Import, ast.ImportFrom)):
+                line = lines[node.lineno - 1]
+                imported = (node.names[0].name if isinstance(node, ast.Import)
+                            else "." * node.level + (node.module or ""))
+                found.lazy.append((name, node.lineno, imported, line.split("#", 1)[1].strip() if "#" in line else ""))
             targets: list[str] = []
             if isinstance(node, ast.Import):
                 targets = [alias.name for alias in node.names]
@@ -161,6 +171,12 @@ def upward(imports: Imports) -> list[tuple[str, str]]:
     return found
 
 
+def unexplained_lazy_imports(imports: Imports) -> list[str]:
+    """Imports inside functions that are neither of an optional extra nor carry a ``# reason`` comment."""
+    return [f"{name}:{line} {imported}" for name, line, imported, reason in imports.lazy
+            if not reason and imported.split(".")[0] not in OPTIONAL_EXTRAS]
+
+
 def module_lines(package: Path = PACKAGE) -> list[tuple[int, str]]:
     """(lines, path) of every module, largest first."""
     return sorted(((len(p.read_text().splitlines()), str(p.relative_to(package.parent)))
@@ -175,6 +191,8 @@ def counts(package: Path = PACKAGE) -> dict[str, object]:
             "circles": len(cycles(imports.graph)),
             "upward imports": len(upward(imports)),
             "function-level imports of nnfeat modules": len(imports.in_functions),
+            "function-level imports of any module": len(imports.lazy),
+            "  of which neither an optional extra nor explained": len(unexplained_lazy_imports(imports)),
             "largest module": f"{largest[1]} ({largest[0]} lines)",
             "modules over 400 lines": sum(1 for n, _ in module_lines(package) if n > 400)}
 
@@ -193,6 +211,8 @@ def main() -> int:
             print(f"upward: {a} -> {b}")
         for name, line, target, reason in sorted(imports.in_functions):
             print(f"in function: {name}:{line} -> {target}" + (f"  # {reason}" if reason else ""))
+        for entry in unexplained_lazy_imports(imports):
+            print(f"unexplained lazy import: {entry}")
         for n, path in module_lines():
             if n > 400:
                 print(f"over 400 lines: {path} ({n})")

@@ -27,6 +27,7 @@ from typing import Callable
 
 import torch.hub
 from torch import nn
+from torchvision.models import get_model
 
 from nnfeat.errors import NnfeatError, nearest, shorten
 from nnfeat.models import cifar_resnet as cr
@@ -168,8 +169,6 @@ class ModelCard:
 
 # ---------------------------------------------------------------------------------------------------
 def _torchvision_build(arch: str, **kwargs) -> nn.Module:
-    from torchvision.models import get_model
-
     return get_model(arch, **{"weights": None, **kwargs})
 
 
