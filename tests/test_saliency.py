@@ -5,14 +5,16 @@ from __future__ import annotations
 
 import json
 import os
+import re
+from pathlib import Path
 
 import pytest
 import torch
 from torch import nn
 
 from nnfeat import cli
-from nnfeat.analysis.saliency import (CAM_METHODS, METHODS, cam_maps, default_cam_layer, integrated_gradients,
-                                      saliency_maps)
+from nnfeat.analysis.cam import CAMS, cam_maps, default_cam_layer
+from nnfeat.analysis.saliency import SALIENCY, integrated_gradients, saliency_maps
 from nnfeat.analysis.sanity import (deletion_insertion, parameter_layers, random_maps, randomization_test,
                                     spearman)
 from nnfeat.errors import NnfeatError
@@ -77,7 +79,7 @@ def hook_counts(model: nn.Module) -> dict:
 
 
 # -- every method on a network with a known answer ---------------------------------------------------------------
-@pytest.mark.parametrize("method", [m for m in METHODS if m != "edge"])
+@pytest.mark.parametrize("method", SALIENCY.names(where=lambda m: m.family != "control"))
 def test_every_method_puts_its_mass_in_the_region(method):
     model = region_model()
     x = torch.rand(3, 3, SIZE, SIZE, generator=torch.Generator().manual_seed(1))
@@ -103,7 +105,7 @@ def test_gradcam_on_the_gate_layer_recovers_the_region():
     x = torch.rand(2, 3, SIZE, SIZE, generator=torch.Generator().manual_seed(2))
     assert default_cam_layer(model) == "gate"
     y0, y1, x0, x1 = REGION
-    for method in CAM_METHODS:
+    for method in CAMS.names():
         cam = cam_maps(model, x, torch.zeros(2, dtype=torch.long), method, layer="gate", upsample=False)
         inside = torch.zeros(SIZE, SIZE, dtype=torch.bool)
         inside[y0:y1, x0:x1] = True
@@ -173,7 +175,7 @@ def test_hooks_removed_after_every_call_and_on_errors(cifar_resnet20, cifar_subs
     model = cifar_resnet20
     x = cifar_subset[0][:2]
     before = hook_counts(model)
-    for method in METHODS:
+    for method in SALIENCY.names():
         opts = {"alphas": 2} if method == "integrated-gradients" else {"samples": 2} if method in (
             "smoothgrad", "smoothgrad-sq", "vargrad") else {"window": 16} if method == "occlusion" else {}
         saliency_maps(model, x, method=method, **opts)
@@ -235,7 +237,7 @@ def test_randomization_gradient_and_gradcam_pass_edge_fails(cifar_resnet20, cifa
 
 
 def test_gradcam_deletion_below_random_insertion_above(cifar_resnet20, cifar_subset):
-    from nnfeat.analysis.saliency import predicted_classes
+    from nnfeat.analysis.attribution import predicted_classes
 
     model = cifar_resnet20
     x = cifar_subset[0][:24]
@@ -320,3 +322,22 @@ def test_token_layers_fold_to_the_patch_grid():
     layer = default_cam_layer(model)
     assert layer.startswith("blocks.11"), layer  # not the final norm: its patch tokens never reach the head
     assert saliency_maps(model, x, t, "gradcam").abs().sum() > 0
+
+
+# -- the registry is the one list of methods --------------------------------------------------------------------
+def test_readme_lists_exactly_the_registered_methods():
+    """README's saliency bullet names every registered method and no other (options and paths aside)."""
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    bullet = readme[readme.index("* **Saliency** ("):]
+    bullet = bullet[:bullet.index("a model-independent control")]
+    named = [t for t in re.findall(r"`([^`]+)`", bullet) if not t.startswith("-") and "/" not in t]
+    assert sorted(named) == sorted(SALIENCY.names()), named
+
+
+def test_cli_lists_the_registered_methods():
+    from nnfeat.cli import _subparser, build_parser
+
+    sub = _subparser(build_parser(), "saliency")
+    (method,) = [a for a in sub._actions if a.dest == "method"]
+    assert method.help == f"one or more of: {', '.join(SALIENCY.names())} (default gradient)"
+    assert SALIENCY.names(where=lambda m: m.family == "cam") == CAMS.names()

@@ -13,9 +13,9 @@ import pytest
 import torch
 from torch import nn
 
-from nnfeat.analysis.uncertainty import (auroc, calibration, check_dropout, dropout_active, ensemble_probs,
-                                         entropy, flip_safe, map_agreement, mc_dropout_probs, rankdata,
-                                         set_metrics, summarize, tta_matrices, tta_probs)
+from nnfeat.analysis.calibration import auroc, calibration, entropy, rankdata, set_metrics
+from nnfeat.analysis.uncertainty import (check_dropout, dropout_active, ensemble_probs, flip_safe, map_agreement,
+                                         mc_dropout_probs, summarize, tta_matrices, tta_probs)
 from nnfeat.errors import NnfeatError
 from nnfeat.models.base import Model
 from nnfeat.ops.uncertainty import uncertainty

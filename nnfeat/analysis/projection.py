@@ -1,8 +1,9 @@
 """Projections of a layer's pooled activations to 2-D, and how much structure the picture keeps (tensors in, tensors out).
 
-* :func:`project_2d` -- (N, D) vectors -> (N, 2): ``pca`` (the two leading principal axes of the centred vectors,
-  Pearson 1901), ``tsne`` (van der Maaten & Hinton 2008, scikit-learn) or ``umap`` (McInnes et al. 2018,
-  umap-learn); the last two on the cosine metric, like the atlas layout;
+* :func:`project_2d` -- (N, D) vectors -> (N, 2) by a method registered in :data:`PROJECTIONS`: ``pca`` (the
+  two leading principal axes of the centred vectors, Pearson 1901), ``tsne`` (van der Maaten & Hinton 2008,
+  scikit-learn) or ``umap`` (McInnes et al. 2018, umap-learn); the last two on the cosine metric, like the atlas
+  layout;
 * :func:`trustworthiness` -- Venna & Kaski (2001): 1 means every 2-D neighbour was also a neighbour in D
   dimensions; computed exactly in row blocks (memory O(block * N), not O(N^2)), the same number as
   :func:`sklearn.manifold.trustworthiness` (tested against it);
@@ -19,9 +20,28 @@ from typing import Sequence
 import numpy as np
 import torch
 
+from nnfeat.analysis.atlas.layout import layout_2d, pca_2d
+from nnfeat.analysis.registry import Registry
 from nnfeat.errors import NnfeatError
 
-METHODS = ("pca", "tsne", "umap")
+#: the 2-D layouts by name: ``layout(x (N, D) float32, *, seed, n_neighbors, min_dist) -> (N, 2)``
+PROJECTIONS = Registry("projection method")
+
+
+@PROJECTIONS.register("pca")
+def _pca(x: np.ndarray, **_) -> np.ndarray:
+    return pca_2d(x)
+
+
+def _neighbour_layout(method: str):
+    def layout(x: np.ndarray, *, seed: int, n_neighbors: int, min_dist: float) -> np.ndarray:
+        return layout_2d(x, method, seed=seed, n_neighbors=n_neighbors, min_dist=min_dist)
+    return layout
+
+
+PROJECTIONS.register("tsne", _neighbour_layout("tsne"))
+PROJECTIONS.register("umap", _neighbour_layout("umap"))
+METHODS = tuple(PROJECTIONS.names())
 
 
 def project_2d(vectors: np.ndarray, method: str = "umap", *, seed: int = 0, n_neighbors: int = 15,
@@ -36,11 +56,7 @@ def project_2d(vectors: np.ndarray, method: str = "umap", *, seed: int = 0, n_ne
     x = np.asarray(vectors, dtype=np.float32)
     if len(x) < 3:
         raise NnfeatError(f"only {len(x)} images: a projection needs at least 3 (raise --n)")
-    from nnfeat.analysis.atlas.layout import layout_2d, pca_2d
-
-    if method == "pca":
-        return pca_2d(x)
-    return layout_2d(x, method, seed=seed, n_neighbors=n_neighbors, min_dist=min_dist)
+    return PROJECTIONS[method](x, seed=seed, n_neighbors=n_neighbors, min_dist=min_dist)
 
 
 def explained_variance(vectors: np.ndarray, components: int = 2) -> list[float]:
@@ -125,5 +141,5 @@ def top_channels(vectors: np.ndarray, k: int = 3) -> tuple[np.ndarray, np.ndarra
     return index.numpy(), values.numpy()
 
 
-__all__ = ["METHODS", "project_2d", "explained_variance", "trustworthiness", "knn_accuracy", "chance_accuracy",
-           "top_channels"]
+__all__ = ["PROJECTIONS", "METHODS", "project_2d", "explained_variance", "trustworthiness", "knn_accuracy",
+           "chance_accuracy", "top_channels"]

@@ -27,6 +27,7 @@ and get their average rank for Spearman.
 from __future__ import annotations
 
 import copy
+import math
 from dataclasses import dataclass, field
 from typing import Callable, Sequence
 
@@ -34,6 +35,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from nnfeat.analysis.attribution import baseline_images, chunks, class_logits, resolve_targets
+from nnfeat.analysis.saliency import saliency_maps
 from nnfeat.distributed import shard_map
 from nnfeat.errors import NnfeatError
 from nnfeat.hooks import layer_root
@@ -41,6 +44,8 @@ from nnfeat.hooks import layer_root
 #: median Spearman after full randomization at or above which a method fails the randomization test
 THRESHOLD = 0.3
 DELETION_BASELINES = ("black", "blur")
+#: the percentile of |map| each method's maps are divided by for display
+DISPLAY_PERCENTILE = 99.0
 
 
 # -- deletion / insertion ---------------------------------------------------------------------------------
@@ -104,20 +109,18 @@ def _curves(model, start: torch.Tensor, end: torch.Tensor, ranks: torch.Tensor, 
             targets: torch.Tensor, steps: int, batch_size: int) -> torch.Tensor:
     """Probability of ``targets`` as the pixels whose region rank < k_s switch from ``start`` to ``end`` (k_s =
     s/steps of the regions, s = 0..steps); all (image, step) pairs batched. -> (B, steps + 1)."""
-    from nnfeat.analysis.saliency import _chunks, _logits
-
     b, _, h, w = start.shape
     counts = torch.round(torch.linspace(0, n_regions, steps + 1, device=start.device)).long()  # (S,)
-    chunks = list(_chunks(b * (steps + 1), batch_size))
+    parts = list(chunks(b * (steps + 1), batch_size))
 
     def chunk_probs(c: int) -> torch.Tensor:  # chunk c on rank c % world under torchrun
-        idx = torch.arange(chunks[c].start, chunks[c].stop, device=start.device)
+        idx = torch.arange(parts[c].start, parts[c].stop, device=start.device)
         i, k = idx // (steps + 1), idx % (steps + 1)
         mask = (ranks[i] < counts[k, None]).view(-1, 1, h, w).to(start.dtype)
         batch = start[i] * (1 - mask) + end[i] * mask
-        return torch.softmax(_logits(model, batch).float(), 1).gather(1, targets[i, None])[:, 0]
+        return torch.softmax(class_logits(model, batch).float(), 1).gather(1, targets[i, None])[:, 0]
 
-    return torch.cat(shard_map(chunk_probs, len(chunks))).to(start.device).view(b, steps + 1)
+    return torch.cat(shard_map(chunk_probs, len(parts))).to(start.device).view(b, steps + 1)
 
 
 def deletion_insertion(model, images: torch.Tensor, maps: torch.Tensor, targets: torch.Tensor, *, steps: int = 32,
@@ -128,8 +131,6 @@ def deletion_insertion(model, images: torch.Tensor, maps: torch.Tensor, targets:
     ``patch``: perturb ``patch`` x ``patch`` regions ranked by their mean map value (region perturbation,
     Samek et al. 2017; default min(H, W) // 16, i.e. about 256 regions) or single pixels (1, RISE's own
     granularity); the random map is then a random region order."""
-    from nnfeat.analysis.saliency import baseline_images
-
     if steps < 1:
         raise NnfeatError(f"deletion/insertion needs steps >= 1; got {steps}")
     patch = max(1, min(images.shape[-2:]) // 16) if patch is None else int(patch)
@@ -200,6 +201,12 @@ def parameter_layers(model: nn.Module, size: Sequence[int]) -> list[str]:
     return order[::-1]
 
 
+def cascade_depths(model: nn.Module, size: Sequence[int], cascade: int) -> list[int]:
+    """``cascade`` depths spread evenly over 1..all parameter layers of ``model`` (at images of ``size``)."""
+    n_layers = len(parameter_layers(model, tuple(size)))
+    return sorted({max(1, round(n_layers * (i + 1) / cascade)) for i in range(min(cascade, n_layers))})
+
+
 @torch.no_grad()
 def reinitialize(module: nn.Module, seed: int) -> None:
     """Re-initialize ``module``'s own parameters (and running stats) with its ``reset_parameters`` under a seeded
@@ -251,8 +258,6 @@ def randomization_test(model, images: torch.Tensor, method: str, targets: torch.
     one random network (a fully random CNN's maps share a structure of their own across images). ``maps``: the
     original (B, H, W) maps, if already computed; ``options``: the method's own options (see
     :func:`nnfeat.analysis.saliency.saliency_maps`). The model itself is never changed (deep copies are randomized)."""
-    from nnfeat.analysis.saliency import resolve_targets, saliency_maps
-
     if repeats < 1:
         raise NnfeatError(f"randomization repeats must be at least 1; got {repeats}")
     saliency = saliency or saliency_maps
@@ -288,6 +293,43 @@ def randomization_test(model, images: torch.Tensor, method: str, targets: torch.
                                bool(final == final and final < threshold), constant, repeats)
 
 
+def display_scale(maps: torch.Tensor, percentile: float = DISPLAY_PERCENTILE) -> float:
+    """The ``percentile`` of |maps| over every pixel of every image (1.0 for all-zero maps)."""
+    flat = maps.detach().abs().flatten().float()
+    k = max(1, min(len(flat), int(math.ceil(percentile / 100 * len(flat)))))
+    value = float(flat.kthvalue(k).values) if len(flat) else 0.0
+    if value <= 0:
+        value = float(flat.max()) if len(flat) else 0.0
+    return value if value > 0 else 1.0
+
+
+@dataclass(repr=False)
+class MethodMaps:
+    """One saliency method's maps and how far to trust them: raw ``maps`` (B, H, W), ``scale`` (what they are
+    divided by for display), ``signed``, the CAM ``layer`` (or None), and the sanity numbers when computed."""
+
+    method: str
+    maps: torch.Tensor
+    scale: float
+    signed: bool
+    layer: str | None = None
+    causal: CausalScores | None = None
+    randomization: RandomizationResult | None = None
+    elapsed: float = 0.0
+
+    @property
+    def normalized(self) -> torch.Tensor:
+        """(B, H, W) maps / scale, clamped to [-1, 1]."""
+        return (self.maps / self.scale).clamp(-1, 1)
+
+    @property
+    def verdict(self) -> str:
+        if self.randomization is None:
+            return "untested"
+        return "passes" if self.randomization.passes else "fails"
+
+
 __all__ = ["THRESHOLD", "DELETION_BASELINES", "pixel_order", "random_maps", "CausalScores", "deletion_insertion",
            "region_ranks", "average_ranks", "spearman", "parameter_layers", "reinitialize", "RandomizationResult",
-           "randomization_test"]
+           "randomization_test", "cascade_depths", "MethodMaps",
+           "DISPLAY_PERCENTILE", "display_scale"]

@@ -13,14 +13,16 @@ Sampling (each gives member probabilities ``(M, B, K)``: M members / samples, B 
   drawn from the seed (Ayhan & Berens 2018, "Test-time data augmentation for estimation of heteroscedastic
   aleatoric uncertainty").
 
+The methods, by name, are registered in :data:`nnfeat.analysis.uncertainty_methods.UNCERTAINTY`.
+
 Per image (:func:`summarize`): the mean probabilities p̄ (B, K) with their spread (std over members), the
 predictive entropy H[p̄], the expected entropy mean_m H[p_m] and the mutual information H[p̄] - mean_m H[p_m]
 (the epistemic part; Depeweg et al. 2018), all in nats.
 
-Over a labelled set: accuracy, the expected calibration error over 15 equal-width confidence bins
-(:func:`calibration`; Guo et al. 2017, "On calibration of modern neural networks") and the AUROC of a score for
-telling misclassified from correct images (:func:`auroc`, rank-based with tied ranks averaged; Hendrycks & Gimpel
-2017).
+Over a labelled set (:mod:`nnfeat.analysis.calibration`): accuracy, the expected calibration error over 15
+equal-width confidence bins (:func:`calibration`; Guo et al. 2017, "On calibration of modern neural networks") and
+the AUROC of a score for telling misclassified from correct images (:func:`auroc`, rank-based with tied ranks
+averaged; Hendrycks & Gimpel 2017).
 
 No Python loop runs over images.
 """
@@ -36,25 +38,18 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from nnfeat.analysis.calibration import (ECE_BINS, Calibration, auroc, calibration, entropy, rankdata,
+                                         set_metrics)
 from nnfeat.distributed import shard_map
+from nnfeat.engine.transforms import affine_resample
 from nnfeat.errors import NnfeatError
 from nnfeat.seeds import generator, stage_seed
-from nnfeat.engine.transforms import affine_resample
 
-METHODS = ("ensemble", "mc-dropout", "tta")
-ECE_BINS = 15
-DEFAULT_SAMPLES = {"mc-dropout": 20, "tta": 8}
 TTA_ZOOM = (0.9, 1.1)
 TTA_SHIFT = 1 / 16  # of the image size, each way
 
 
 # -- per-image quantities -----------------------------------------------------------------------------
-def entropy(probs: torch.Tensor, dim: int = -1) -> torch.Tensor:
-    """Shannon entropy in nats along ``dim`` (0 log 0 = 0): (..., K) -> (...)."""
-    p = probs.double()
-    return -torch.where(p > 0, p * p.clamp_min(1e-300).log(), torch.zeros_like(p)).sum(dim).to(probs.dtype)
-
-
 @dataclass(frozen=True)
 class Summary:
     """Per-image uncertainty of member probabilities (M, B, K).
@@ -88,94 +83,6 @@ def summarize(member_probs: torch.Tensor) -> Summary:
     f = member_probs.dtype if member_probs.is_floating_point() else torch.float32
     return Summary(mean.to(f), std.to(f), h.to(f), expected.to(f), mi.to(f), prediction, confidence.to(f),
                    int(member_probs.shape[0]))
-
-
-# -- set-level quantities -----------------------------------------------------------------------------
-def rankdata(x: torch.Tensor) -> torch.Tensor:
-    """Ranks 1..n along the last dim of (..., n), ties given their average rank (as scipy's ``rankdata``)."""
-    shape = x.shape
-    flat = x.reshape(-1, shape[-1]).double()
-    rows, n = flat.shape
-    values, order = flat.sort(dim=-1, stable=True)
-    new_group = torch.ones_like(values, dtype=torch.bool)
-    new_group[:, 1:] = values[:, 1:] != values[:, :-1]
-    group = new_group.long().cumsum(-1) - 1 + (torch.arange(rows, device=x.device) * n)[:, None]  # unique ids
-    position = torch.arange(1, n + 1, device=x.device, dtype=torch.float64).expand(rows, n)
-    zeros = torch.zeros(rows * n, dtype=torch.float64, device=x.device)
-    total = zeros.index_add(0, group.flatten(), position.flatten())
-    count = zeros.index_add(0, group.flatten(), torch.ones_like(position).flatten())
-    sorted_ranks = (total / count.clamp_min(1))[group]
-    ranks = torch.empty_like(sorted_ranks).scatter_(-1, order, sorted_ranks)
-    return ranks.reshape(shape)
-
-
-def auroc(scores: torch.Tensor, positives: torch.Tensor) -> float:
-    """Area under the ROC curve of ``scores`` (N,) for ``positives`` (N,) bool: the probability that a random
-    positive scores above a random negative, ties counting 1/2 (Mann-Whitney U / (n+ n-)). NaN when either class
-    is empty."""
-    positives = positives.bool().flatten()
-    n_pos, n = int(positives.sum()), positives.numel()
-    n_neg = n - n_pos
-    if n_pos == 0 or n_neg == 0:
-        return float("nan")
-    ranks = rankdata(scores.flatten())
-    u = float(ranks[positives].sum()) - n_pos * (n_pos + 1) / 2
-    return u / (n_pos * n_neg)
-
-
-@dataclass(frozen=True)
-class Calibration:
-    """Reliability of confidences over equal-width bins (lower edge open, upper closed; bin 0 also takes 0).
-
-    ``edges`` (bins+1,); ``counts`` (bins,) int; ``accuracy`` and ``confidence`` (bins,) means per bin (NaN for an
-    empty bin); ``ece`` = Σ_b (n_b / N) |acc_b - conf_b|; ``mce`` the largest gap of a non-empty bin."""
-
-    edges: torch.Tensor
-    counts: torch.Tensor
-    accuracy: torch.Tensor
-    confidence: torch.Tensor
-    ece: float
-    mce: float
-
-
-def calibration(confidence: torch.Tensor, correct: torch.Tensor, bins: int = ECE_BINS) -> Calibration:
-    """Reliability bins and expected calibration error of ``confidence`` (N,) in [0, 1] against ``correct`` (N,)."""
-    if confidence.numel() == 0:
-        raise NnfeatError("calibration needs at least one labelled image")
-    conf = confidence.double().flatten().clamp(0, 1)
-    hit = correct.double().flatten()
-    edges = torch.linspace(0, 1, bins + 1, dtype=torch.float64, device=conf.device)
-    index = torch.searchsorted(edges[1:-1].contiguous(), conf, right=False)  # (lo, hi]: inner edges below conf
-    counts = torch.bincount(index, minlength=bins)
-    conf_sum = torch.bincount(index, weights=conf, minlength=bins)
-    hit_sum = torch.bincount(index, weights=hit, minlength=bins)
-    safe = counts.clamp_min(1).double()
-    nan = torch.full((bins,), float("nan"), dtype=torch.float64, device=conf.device)
-    acc_b = torch.where(counts > 0, hit_sum / safe, nan)
-    conf_b = torch.where(counts > 0, conf_sum / safe, nan)
-    gaps = (hit_sum - conf_sum).abs() / safe
-    ece = float(((counts.double() / conf.numel()) * gaps).sum())
-    mce = float(gaps[counts > 0].max())
-    return Calibration(edges.cpu(), counts.cpu(), acc_b.cpu(), conf_b.cpu(), ece, mce)
-
-
-def set_metrics(probs: torch.Tensor, labels: torch.Tensor, score: torch.Tensor | None = None,
-                bins: int = ECE_BINS) -> dict:
-    """Accuracy, ECE and MCE (and the reliability bins), NLL, mean entropy and the error-detection AUROC of
-    ``score`` (default: the entropy of ``probs``) for probabilities (N, K) and labels (N,). A JSON-able dict."""
-    labels = labels.long().flatten()
-    confidence, prediction = probs.max(1)
-    correct = prediction == labels
-    score = entropy(probs) if score is None else score
-    cal = calibration(confidence, correct, bins)
-    nll = float(-probs.double().gather(1, labels[:, None]).clamp_min(1e-12).log().mean())
-    area = auroc(score, ~correct)
-    return {"n": int(labels.numel()), "accuracy": float(correct.double().mean()), "ece": cal.ece, "mce": cal.mce,
-            "nll": nll, "mean_entropy": float(entropy(probs).mean()),
-            "error_auroc": None if math.isnan(area) else area, "errors": int((~correct).sum()),
-            "bins": {"edges": cal.edges.tolist(), "counts": cal.counts.tolist(),
-                     "accuracy": [None if math.isnan(v) else v for v in cal.accuracy.tolist()],
-                     "confidence": [None if math.isnan(v) else v for v in cal.confidence.tolist()]}}
 
 
 # -- models -------------------------------------------------------------------------------------------
@@ -393,7 +300,7 @@ def map_agreement(maps: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     return spearman.float(), scaled.std(0, unbiased=False).float()
 
 
-__all__ = ["METHODS", "ECE_BINS", "DEFAULT_SAMPLES", "entropy", "Summary", "summarize", "rankdata", "auroc",
+__all__ = ["ECE_BINS", "entropy", "Summary", "summarize", "rankdata", "auroc",
            "Calibration", "calibration", "set_metrics", "class_count", "check_same_classes", "fit_images",
            "ensemble_probs",
            "dropout_modules", "check_dropout", "dropout_active", "mc_dropout_probs", "flip_safe", "tta_matrices",

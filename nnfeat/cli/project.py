@@ -5,7 +5,12 @@ from __future__ import annotations
 
 import sys
 
+from nnfeat.analysis.collect import POOLS
+from nnfeat.analysis.projection import PROJECTIONS
 from nnfeat.cli.common import add_images, add_model, add_shared, finish, load_images_from_args, load_model, positive
+from nnfeat.finite import probe_finite
+from nnfeat.ops.project import parse_layers, project
+from nnfeat.ops.results import check_out_dir
 
 
 def register(sub) -> None:
@@ -18,8 +23,8 @@ def register(sub) -> None:
     add_model(p)
     p.add_argument("layers", metavar="LAYER[,LAYER2,...]", help="one or more whole layers, comma-separated")
     add_images(p)
-    p.add_argument("--method", choices=("pca", "tsne", "umap"), default="umap", help="the 2-D layout (default umap)")
-    p.add_argument("--pool", choices=("mean", "max", "center"), default="mean",
+    p.add_argument("--method", choices=PROJECTIONS.names(), default="umap", help="the 2-D layout (default umap)")
+    p.add_argument("--pool", choices=POOLS, default="mean",
                    help="how a map becomes one vector per image: spatial mean (default), max, or the centre "
                         "position (token layers: the class token)")
     p.add_argument("--k", type=int, default=10, help="neighbours for trustworthiness and k-NN accuracy (default 10)")
@@ -33,10 +38,6 @@ def register(sub) -> None:
 
 
 def cmd_project(args) -> int:
-    from nnfeat.finite import probe_finite
-    from nnfeat.ops.results import check_out_dir
-    from nnfeat.ops.project import parse_layers, project
-
     layers = parse_layers(args.layers)
     positive("k", args.k)
     positive("n", args.n, 3)

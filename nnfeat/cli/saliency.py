@@ -3,14 +3,20 @@ trust each map (deletion / insertion AUC against a random map, the model-randomi
 
 from __future__ import annotations
 
+from nnfeat.analysis.attribution import BASELINES
+from nnfeat.analysis.heatmap import check_spatial
+from nnfeat.analysis.saliency import CAM_METHODS, SALIENCY, parse_methods
 from nnfeat.cli.common import add_images, add_model, add_shared, finish, load_images_from_args, load_model, positive
+from nnfeat.errors import NnfeatError
+from nnfeat.finite import probe_finite
+from nnfeat.layouts import OUTPUT
+from nnfeat.ops.results import check_out_dir
+from nnfeat.ops.saliency import parse_target, saliency
 
 DEFAULT_N = 8
 
 
 def register(sub) -> None:
-    from nnfeat.analysis.saliency import BASELINES, METHODS
-
     p = sub.add_parser(
         "saliency", help="saliency / attribution maps with deletion, insertion and randomization numbers",
         description="Attribution maps of a class (each image's prediction, or --target) over --images, one "
@@ -24,7 +30,7 @@ def register(sub) -> None:
             action.help = (f"how many images (default: {DEFAULT_N}, or all of a smaller source; fewer than the "
                            "source: a sample drawn from --seed)")
     p.add_argument("--method", default="gradient", metavar="M[,M2,...]",
-                   help=f"one or more of: {', '.join(METHODS)} (default gradient)")
+                   help=f"one or more of: {', '.join(SALIENCY.names())} (default gradient)")
     p.add_argument("--target", default="pred", metavar="CLASS|pred",
                    help="the class to explain: a class name or index, or pred (each image's prediction; default)")
     p.add_argument("--layer", default=None,
@@ -51,12 +57,6 @@ def register(sub) -> None:
 
 
 def cmd_saliency(args) -> int:
-    from nnfeat.analysis.saliency import CAM_METHODS, parse_methods
-    from nnfeat.finite import probe_finite
-    from nnfeat.layouts import OUTPUT
-    from nnfeat.ops.results import check_out_dir
-    from nnfeat.ops.saliency import parse_target, saliency
-
     methods = parse_methods(args.method)
     for name in ("n", "alphas", "samples", "window", "steps", "patch", "cascade", "repeats", "batch"):
         positive(name, getattr(args, name))
@@ -66,9 +66,6 @@ def cmd_saliency(args) -> int:
     model = load_model(args)
     target = parse_target(model, args.target)
     if args.layer is not None:
-        from nnfeat.analysis.heatmap import check_spatial
-        from nnfeat.errors import NnfeatError
-
         if not any(m in CAM_METHODS for m in methods):
             raise NnfeatError(f"--layer is for the CAM methods ({', '.join(CAM_METHODS)}); none of "
                               f"{', '.join(methods)} is one")

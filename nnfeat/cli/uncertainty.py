@@ -4,7 +4,15 @@ saliency maps of the most uncertain images across members / dropout samples / au
 
 from __future__ import annotations
 
+from nnfeat.analysis.uncertainty import check_same_classes
+from nnfeat.analysis.uncertainty_methods import UNCERTAINTY, check_method
 from nnfeat.cli.common import MODEL_HELP, add_images, add_shared, finish, load_images_from_args, load_model, positive
+from nnfeat.errors import NnfeatError
+from nnfeat.finite import probe_finite
+from nnfeat.layouts import OUTPUT
+from nnfeat.models.registry import find_card
+from nnfeat.ops.results import check_out_dir
+from nnfeat.ops.uncertainty import uncertainty
 
 
 def register(sub) -> None:
@@ -18,7 +26,7 @@ def register(sub) -> None:
     p.add_argument("model", metavar="MODEL[,MODEL2,...]",
                    help=f"{MODEL_HELP}; a comma-separated list of models with the same classes for an ensemble")
     add_images(p)
-    p.add_argument("--method", choices=("ensemble", "mc-dropout", "tta"), default=None,
+    p.add_argument("--method", choices=UNCERTAINTY.names(), default=None,
                    help="ensemble (two or more models; the default for a list), mc-dropout (a model with dropout) "
                         "or tta (test-time augmentation: flips, shifts, zooms)")
     p.add_argument("--samples", type=int, default=None, metavar="T",
@@ -34,9 +42,6 @@ def register(sub) -> None:
 
 def model_names(text: str) -> list[str]:
     """``A,B,C`` -> the names, each checked against the zoo (a one-line error naming the nearest ones)."""
-    from nnfeat.errors import NnfeatError
-    from nnfeat.models.registry import find_card
-
     names = [n.strip() for n in text.split(",")]
     if any(not n for n in names):
         raise NnfeatError(f"empty model name in '{text}': write MODEL or MODEL1,MODEL2 without empty entries")
@@ -46,13 +51,6 @@ def model_names(text: str) -> list[str]:
 
 
 def cmd_uncertainty(args) -> int:
-    from nnfeat.analysis.uncertainty import check_dropout, check_same_classes
-    from nnfeat.errors import NnfeatError
-    from nnfeat.finite import probe_finite
-    from nnfeat.layouts import OUTPUT
-    from nnfeat.ops.results import check_out_dir
-    from nnfeat.ops.uncertainty import check_method, uncertainty
-
     names = model_names(args.model)
     method = args.method
     if method is None:
@@ -61,7 +59,7 @@ def cmd_uncertainty(args) -> int:
                               "models: MODEL1,MODEL2)")
         method = "ensemble"
     check_method(method, names, args.samples)
-    if args.flip != "auto" and method != "tta":
+    if args.flip != "auto" and not UNCERTAINTY[method].augments:
         raise NnfeatError(f"--flip is for --method tta; got --method {method}")
     positive("n", args.n)
     positive("top", args.top, 0)
@@ -75,8 +73,7 @@ def cmd_uncertainty(args) -> int:
     check_same_classes(models)
     for model in models:
         probe_finite(model, [OUTPUT])
-    if method == "mc-dropout":
-        check_dropout(models[0])
+    UNCERTAINTY[method]().check_models(models)
     images = load_images_from_args(args, models[0])
     flip = None if args.flip == "auto" else args.flip == "yes"
     result = uncertainty(models, images, method, samples=args.samples, top=args.top, seed=args.seed, flip=flip,

@@ -1,9 +1,10 @@
 """The projection operation and its result: :func:`project` -> :class:`ProjectionResult` (kind ``projection``).
 
 For each layer: the images' pooled activations (the shared, cached collection stage :mod:`nnfeat.analysis.collect`),
-laid out in 2-D (:mod:`nnfeat.analysis.projection`), drawn as a PNG scatter coloured by label (optionally with
-image thumbnails on a coarse grid), and scored: trustworthiness of the layout and k-NN label accuracy in the
-2-D map, beside the same k-NN accuracy in the layer's own space and the chance level. Files:
+laid out in 2-D (:mod:`nnfeat.analysis.projection`), drawn (:mod:`nnfeat.views.projection_page`) as a PNG
+scatter coloured by label (optionally with image thumbnails on a coarse grid), and scored: trustworthiness of the
+layout and k-NN label accuracy in the 2-D map, beside the same k-NN accuracy in the layer's own space and the
+chance level. Files:
 
 * ``projection.png`` -- the panels side by side, scores in their captions; ``projection-<layer>.png`` each;
 * ``projection.html`` + ``projection-sprite.png`` -- the interactive scatter (:mod:`nnfeat.views.scatter_page`);
@@ -24,24 +25,18 @@ from typing import ClassVar, Sequence
 
 import numpy as np
 import torch
-from PIL import Image, ImageDraw
 
-from nnfeat.analysis.projection import (METHODS, chance_accuracy, explained_variance, knn_accuracy, project_2d,
-                                        top_channels, trustworthiness)
 from nnfeat.analysis.collect import POOLS, images_key, pooled
+from nnfeat.analysis.projection import METHODS, chance_accuracy, explained_variance, knn_accuracy, project_2d, \
+    trustworthiness
 from nnfeat.data import ImageSet
 from nnfeat.errors import NnfeatError
-from nnfeat.io import atomic_path, read_json, write_json
+from nnfeat.io import atomic_path, read_json, save_image, write_json
+from nnfeat.models.base import as_model
 from nnfeat.ops.results import Result, cli_command
-from nnfeat.views.sheets import _font
-
-#: A categorical palette (RGB); labels beyond its length cycle through it.
-PALETTE = [(31, 119, 180), (255, 127, 14), (44, 160, 44), (214, 39, 40), (148, 103, 189), (140, 86, 75),
-           (227, 119, 194), (127, 127, 127), (188, 189, 34), (23, 190, 207), (174, 199, 232), (255, 187, 120),
-           (152, 223, 138), (255, 152, 150), (197, 176, 213), (196, 156, 148), (247, 182, 210), (199, 199, 199),
-           (219, 219, 141), (158, 218, 229)]
-PLOT_SIZE = 480
-THUMB_GRID = 14
+from nnfeat.views import projection_page as page
+from nnfeat.views.projection_page import PALETTE
+from nnfeat.views.projector import Embedding, sprite_layout, write_projector
 
 
 def _digest(*parts) -> str:
@@ -122,50 +117,8 @@ class ProjectionResult(Result):
 
     def plot(self, layer: str) -> np.ndarray:
         """(H, W, 3) uint8: the layer's scatter, points coloured by label, a legend below."""
-        from nnfeat.analysis.atlas.layout import normalize_layout
-
-        xy = normalize_layout(self.xy[layer])
-        size, margin = PLOT_SIZE, 8
-        legend_rows = 0 if self.labels is None else -(-len(self.label_names) // 4)
-        canvas = Image.new("RGB", (size, size + 16 * legend_rows + (4 if legend_rows else 0)), (255, 255, 255))
-        draw = ImageDraw.Draw(canvas)
-        px = np.round(margin + xy * (size - 2 * margin)).astype(int)
-        px[:, 1] = size - 1 - px[:, 1]  # y up
-        order = np.random.default_rng(self.seed).permutation(len(px))  # no label always on top
-        radius = 3 if len(px) <= 2000 else 2 if len(px) <= 20000 else 1
-        colours = [PALETTE[int(l) % len(PALETTE)] for l in self.labels] if self.labels is not None else None
-        for i in order:
-            x, y = px[i]
-            draw.ellipse((x - radius, y - radius, x + radius, y + radius),
-                         fill=colours[i] if colours else (60, 60, 60))
-        if self.thumbnails_on_plot and self.thumbs is not None:
-            self._paste_thumbnails(canvas, xy, size, margin)
-        font = _font()
-        for j, name in enumerate(self.label_names if self.labels is not None else []):
-            x0, y0 = 8 + (j % 4) * (size // 4), size + 2 + (j // 4) * 16
-            draw.rectangle((x0, y0 + 2, x0 + 10, y0 + 12), fill=PALETTE[j % len(PALETTE)])
-            draw.text((x0 + 14, y0), str(name)[:14], fill=(40, 40, 40), font=font)
-        return np.asarray(canvas)
-
-    def _paste_thumbnails(self, canvas: Image.Image, xy: np.ndarray, size: int, margin: int) -> None:
-        """On a THUMB_GRID x THUMB_GRID grid, each cell's point nearest its centre shows its image there."""
-        cell = (size - 2 * margin) / THUMB_GRID
-        thumb = max(8, int(cell) - 2)
-        grid = np.minimum((xy * THUMB_GRID).astype(int), THUMB_GRID - 1)
-        centre = (grid + 0.5) / THUMB_GRID
-        dist = np.square(xy - centre).sum(1)
-        best: dict[tuple[int, int], int] = {}
-        for i in np.argsort(dist, kind="stable"):
-            best.setdefault((int(grid[i, 0]), int(grid[i, 1])), int(i))
-        draw = ImageDraw.Draw(canvas)
-        for (gx, gy), i in sorted(best.items()):
-            image = (self.thumbs[i].permute(1, 2, 0).numpy() * 255).round().astype(np.uint8)
-            tile = Image.fromarray(image).resize((thumb - 4, thumb - 4), Image.NEAREST)
-            x0 = int(margin + gx * cell + 1)
-            y0 = int(size - margin - (gy + 1) * cell + 1)
-            frame = PALETTE[int(self.labels[i]) % len(PALETTE)] if self.labels is not None else (60, 60, 60)
-            draw.rectangle((x0, y0, x0 + thumb - 1, y0 + thumb - 1), fill=frame)  # the image's label colour
-            canvas.paste(tile, (x0 + 2, y0 + 2))
+        thumbs = self.thumbs if self.thumbnails_on_plot else None
+        return page.plot(self.xy[layer], self.labels, self.label_names, self.seed, thumbs)
 
     def record(self) -> dict:
         return {"model": self.model, "layers": self.layers, "method": self.method, "pool": self.pool,
@@ -175,9 +128,6 @@ class ProjectionResult(Result):
                 "labels": self.label_names if self.labels is not None else None}
 
     def write_files(self, out: Path) -> list[str]:
-        from nnfeat.io import save_image
-        from nnfeat.views.scatter_page import ScatterPanel, write_scatter_page
-
         files = []
         for i, layer in enumerate(self.layers):
             files.append(save_image(out / f"projection-{_safe(layer)}.png", self.plot(layer)).name)
@@ -189,22 +139,10 @@ class ProjectionResult(Result):
             with open(tmp, "wb") as fh:
                 np.savez(fh, layers=np.array(self.layers), **arrays)
         files.append("projection.npz")
-        names = [self.label_names[int(l)] for l in self.labels] if self.labels is not None else None
-        panels = []
-        for layer in self.layers:
-            index, values = top_channels(self.vectors[layer], 3)
-            tops = [list(zip(map(int, r), map(float, v))) for r, v in zip(index, values)]
-            s = self.scores[layer]
-            scores = {"trustworthiness": s["trustworthiness"], "k": self.k}
-            if s.get("knn_accuracy_2d") is not None:
-                scores.update(knn_accuracy=s["knn_accuracy_2d"], chance=s["chance"])
-            panels.append(ScatterPanel(name=f"{layer} · {self.method} · {self.pool} pool", xy=self.xy[layer],
-                                       labels=names, indices=[int(i) for i in self.indices], top_channels=tops,
-                                       scores=scores))
-        notes = [f"trustworthiness at k={self.k} (1 = every 2-D neighbour is a neighbour in the layer); "
-                 f"kNN: leave-one-out {self.k}-NN label accuracy in the 2-D map"]
-        files.extend(write_scatter_page(out / "projection.html", panels, title=self.title(), thumbnails=self.thumbs,
-                                        notes=notes, shared_sprite=self.shared_sprite))
+        files.extend(page.write_page(out / "projection.html", title=self.title(), layers=self.layers, xy=self.xy,
+                                     vectors=self.vectors, scores=self.scores, indices=self.indices,
+                                     labels=self.labels, label_names=self.label_names, method=self.method,
+                                     pool=self.pool, k=self.k, thumbs=self.thumbs, shared_sprite=self.shared_sprite))
         return files
 
 
@@ -244,6 +182,7 @@ def project(model, layers: str | Sequence[str], images: ImageSet, *, method: str
             taken from the collection of a larger set): those layers skip the collection.
     """
     started = time.perf_counter()
+    model = as_model(model)
     names = parse_layers(layers)
     if method not in METHODS:
         raise NnfeatError(f"unknown method '{method}': use {', '.join(METHODS)}")
@@ -257,8 +196,6 @@ def project(model, layers: str | Sequence[str], images: ImageSet, *, method: str
     if not 1 <= k < n / 2:
         raise NnfeatError(f"--k {k} is out of range for {n} images: use 1 <= k < {max(1, (n + 1) // 2)}")
     if tensorboard is not None:
-        from nnfeat.views.projector import sprite_layout
-
         sprite_layout(n, thumb_size)  # a sprite that cannot fit is an error before any work
     temp = tempfile.TemporaryDirectory(prefix="nnfeat-project-") if cache is None else None
     root = Path(temp.name if temp else cache)
@@ -316,8 +253,6 @@ def project(model, layers: str | Sequence[str], images: ImageSet, *, method: str
 def write_tensorboard(result: ProjectionResult, directory: str | Path, thumb_size: int = 32) -> Path:
     """Write ``result``'s pooled activations as a TensorBoard Projector folder: one embedding per layer, the
     label and image index as metadata, the thumbnails as the sprite. Returns the folder."""
-    from nnfeat.views.projector import Embedding, write_projector
-
     directory = Path(directory)
     metadata = {"index": [str(i) for i in result.indices]}
     if result.labels is not None:
