@@ -178,3 +178,22 @@ def test_render_and_microscope_take_a_spectrum_file(tmp_path, capsys):
                          "--out", str(tmp_path / "bad"), *extra]) == 2
         err = capsys.readouterr().err
         assert err.count("\n") == 1 and fragment in err, err
+
+
+def test_spectrum_operation_returns_a_result(tmp_path):
+    """nnfeat.ops.spectrum.spectrum: the engine's magnitude as a Result (images, save, record with the command)."""
+    from nnfeat.data import load_images
+    from nnfeat.ops.spectrum import SpectrumResult, spectrum
+
+    path, images = _npz(tmp_path / "set.npz", n=6, h=12, w=12)
+    result = spectrum(load_images(str(path)).sample(4, 1), space="pixel", cache=False)
+    assert isinstance(result, SpectrumResult) and result.size == (12, 12) and result.count == 4
+    torch.testing.assert_close(result.magnitude, dataset_spectrum(load_images(str(path)).sample(4, 1), 12,
+                                                                  space="pixel", cache=False))
+    assert result.images.shape == (1, 3, 12, 7) and float(result.images.max()) == 1.0
+    assert result.command == f"nnfeat spectrum --images {path} --n 4 --seed 1 --space pixel"
+    record = json.loads(result.save(tmp_path / "out").read_text())
+    assert record["kind"] == "spectrum" and record["size"] == [12, 12] and record["space"] == "pixel"
+    assert set(record["files"]) == {"spectrum.png", "spectrum.pt"} and record["cache"] is None
+    torch.testing.assert_close(load_spectrum(tmp_path / "out" / "spectrum.pt"), result.magnitude)
+    assert "spectrum" in result._repr_html_() and spectrum(str(path), 8, cache=False).magnitude.shape == (3, 8, 5)

@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from nnfeat.cli.common import positive
+from nnfeat.ops.demo import run_demo
 
 
 def register(sub) -> None:
@@ -17,8 +18,6 @@ def register(sub) -> None:
 
 
 def cmd_demo(args) -> int:
-    from nnfeat.ops.demo import run_demo
-
     positive("steps", args.steps)
     run_demo(Path(args.out), steps=args.steps, atlas=not args.no_atlas, progress=not args.quiet)
     return 0

@@ -3,7 +3,12 @@ and the classes, built from the other commands' stages and resumable (see :mod:`
 
 from __future__ import annotations
 
+import sys
+
 from nnfeat.cli.common import add_images, add_model, add_shared, load_images_from_args, load_model, positive
+from nnfeat.distributed import current
+from nnfeat.ops.report import report
+from nnfeat.ops.results import check_out_dir
 
 
 def register(sub) -> None:
@@ -34,11 +39,6 @@ def register(sub) -> None:
 
 
 def cmd_report(args) -> int:
-    import sys
-
-    from nnfeat.ops.report import report
-    from nnfeat.ops.results import check_out_dir
-
     for name in ("units_per_layer", "steps", "batch", "projection_n", "n"):
         positive(name, getattr(args, name))
     positive("diversity", args.diversity, 0)
@@ -48,8 +48,6 @@ def cmd_report(args) -> int:
     result = report(model, images, out, layers=args.layers, units_per_layer=args.units_per_layer, steps=args.steps,
                     seed=args.seed, batch=args.batch, diversity=args.diversity, projection_n=args.projection_n,
                     projection_method=args.projection_method, atlas=args.atlas, progress=not args.quiet)
-    from nnfeat.distributed import current
-
     if not current().writer:  # under torchrun rank 0 speaks for the group
         return 0
     for stage, note in result.notes.items():

@@ -1,10 +1,13 @@
-"""``nnfeat spectrum``: a dataset's mean Fourier magnitude for ``--param maco``."""
+"""``nnfeat spectrum``: a dataset's mean Fourier magnitude for ``--param maco`` (:func:`nnfeat.ops.spectrum.spectrum`)."""
 
 from __future__ import annotations
 
 from nnfeat.cli.common import add_images, positive
-from nnfeat.errors import NnfeatError
+from nnfeat.data import load_images
 from nnfeat.engine.spectrum import SPACES
+from nnfeat.errors import NnfeatError
+from nnfeat.models.zoo import load_model as load_named_model
+from nnfeat.ops.spectrum import spectrum
 
 
 def register(sub) -> None:
@@ -23,29 +26,20 @@ def register(sub) -> None:
 
 
 def _model_size(name: str) -> tuple[int, int]:
-    from nnfeat.models.zoo import load_model
-
-    return tuple(load_model(name, weights="random").input_size)
+    return tuple(load_named_model(name, weights="random").input_size)
 
 
 def cmd_spectrum(args) -> int:
-    from nnfeat.data import load_images
-    from nnfeat.engine.spectrum import dataset_spectrum, save_spectrum, spectrum_cache_path, spectrum_picture
-
     if args.size is not None and args.size < 2:
         raise NnfeatError(f"--size must be at least 2, got {args.size}")
     positive("n", args.n)
     images = load_images(args.images).sample(args.n, args.seed)
-    size = (args.size, args.size) if args.size else (_model_size(args.model) if args.model else images.native_size)
-    magnitude = dataset_spectrum(images, size, space=args.space, progress=not args.quiet)
-    cached = spectrum_cache_path(images, size, args.space)
-    print(f"spectrum of {len(images)} images at {size[0]}x{size[1]} ({args.space} space): {cached}")
+    size = (args.size, args.size) if args.size else (_model_size(args.model) if args.model else None)
+    result = spectrum(images, size, space=args.space, progress=not args.quiet)
+    print(f"spectrum of {result.count} images at {result.size[0]}x{result.size[1]} ({result.space} space): "
+          f"{result.cache_path}")
     if args.out:
-        out = save_spectrum(args.out, magnitude, {"source": images.name, "count": len(images), "size": list(size),
-                                                  "space": args.space})
-        print(f"wrote {out}")
+        print(f"wrote {result.save_magnitude(args.out)}")
     if args.png:
-        from nnfeat.io import save_image
-
-        print(f"wrote {save_image(args.png, spectrum_picture(magnitude))}")
+        print(f"wrote {result.save_picture(args.png)}")
     return 0

@@ -15,9 +15,14 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
+from nnfeat.data import load_images
+from nnfeat.engine.objectives import l1, logit, total_variation
+from nnfeat.engine.transforms import Jitter, Pad, RandomAffine, RandomRotate, RandomScale
 from nnfeat.io import write_json
+from nnfeat.models.base import Model
 from nnfeat.models.zoo import load_model
-from nnfeat.engine.objectives import logit
+from nnfeat.ops.report import ReportResult, report, slug
+from nnfeat.ops.uncertainty import uncertainty
 from nnfeat.views.gallery import write_gallery
 
 #: The class renders: a 12 px Fourier image upsampled to the net's 32 px, on a dark-background prior
@@ -35,9 +40,6 @@ MODELS = ("digits-cnn", "digits-vit")
 
 def class_render_settings(steps: int = 256, seed: int = 0) -> tuple:
     """The demo's class-render call as ``(objective, kwargs)``: ``render(model, objective, **kwargs)``."""
-    from nnfeat.engine.objectives import l1, total_variation
-    from nnfeat.engine.transforms import Jitter, Pad, RandomAffine, RandomRotate, RandomScale
-
     shift = CLASS_RENDER_SIZE / 30.0  # mild: +-1/30 of the side, 5 % scale, 5 degrees, on black (not grey) fill
     transforms = RandomAffine([Pad(shift), Jitter(2 * shift), RandomScale([0.95, 1.0, 1.05]),
                                RandomRotate([-5.0, 0.0, 5.0])], 32, fill=0.0)
@@ -54,9 +56,6 @@ def readable_class_render(steps: int, seed: int) -> tuple:
 
 def run_demo(out: Path, *, steps: int = 128, atlas: bool = True, progress: bool = True) -> Path:
     """Build the demo into ``out`` (resumable); returns the path of ``index.html``."""
-    from nnfeat.data import load_images
-    from nnfeat.ops.report import report
-
     out.mkdir(parents=True, exist_ok=True)
     started = time.perf_counter()
     models, reports, seconds = {}, {}, {}
@@ -82,7 +81,7 @@ def run_demo(out: Path, *, steps: int = 128, atlas: bool = True, progress: bool 
     return index
 
 
-def _class_section(result, out: Path) -> dict:
+def _class_section(result: ReportResult, out: Path) -> dict:
     folder = Path(result.out).relative_to(out)
     items = [{"src": f"{folder}/classes/renders/render-{k}.png", "caption": f"digit {k}",
               "href": f"{folder}/classes/index.html"} for k in range(10)]
@@ -93,9 +92,7 @@ def _class_section(result, out: Path) -> dict:
                     "their sanity numbers and the most uncertain digits.", "items": items}
 
 
-def _report_section(result, out: Path) -> dict:
-    from nnfeat.ops.report import slug
-
+def _report_section(result: ReportResult, out: Path) -> dict:
     folder = Path(result.out).relative_to(out)
     items = []
     for layer, channels in result.layers.items():
@@ -118,11 +115,8 @@ def _report_section(result, out: Path) -> dict:
                     f"Click a picture for its page.{extra}", "items": items, "wide": False}
 
 
-def _ensemble_section(models: list, out: Path) -> dict:
+def _ensemble_section(models: list[Model], out: Path) -> dict:
     """The uncertainty of the CNN and the ViT as an ensemble over every digit."""
-    from nnfeat.data import load_images
-    from nnfeat.ops.uncertainty import uncertainty
-
     digits = load_images("digits", size=models[0].input_size)
     unsure = uncertainty(models, digits, method="ensemble", top=8)
     unsure.save(out / "ensemble", timing=False)

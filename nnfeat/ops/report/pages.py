@@ -19,6 +19,8 @@ import torch
 from PIL import Image
 
 from nnfeat.io import read_json, write_text
+from nnfeat.ops.report.context import ReportContext, diversity_chunks
+from nnfeat.ops.report.manifest import read_notes
 from nnfeat.views.scatter_page import scatter_csp
 from nnfeat.views.templating import CSP_RELATIVE, fill_page, template_text
 
@@ -81,7 +83,7 @@ def _notes(page: _Page, notes: dict, *stages: str) -> None:
             page.add(f'<p class="note">{e(stage.split(":")[0])}: not shown ({e(notes[stage])})</p>')
 
 
-def layer_page(ctx, layer: str, notes: dict) -> Path:
+def layer_page(ctx: ReportContext, layer: str, notes: dict) -> Path:
     d = ctx.layer_dir(layer)
     page = _Page(d / "index.html", ctx.out)
     page.add(f"<p>layer <code>{e(layer)}</code> of <code>{e(ctx.model.name)}</code>: "
@@ -116,7 +118,7 @@ def layer_page(ctx, layer: str, notes: dict) -> Path:
     return page.write(f"{ctx.model.name} {layer}")
 
 
-def unit_page(ctx, layer: str, c: int, notes: dict) -> Path:
+def unit_page(ctx: ReportContext, layer: str, c: int, notes: dict) -> Path:
     d, u = ctx.layer_dir(layer), ctx.unit_dir(layer, c)
     name = f"{layer}:{c}"
     page = _Page(u / "index.html", ctx.out)
@@ -127,8 +129,6 @@ def unit_page(ctx, layer: str, c: int, notes: dict) -> Path:
     page.add("<p>steps " + ", ".join(map(str, ctx.steps_kept)) + "</p>")
     if ctx.settings["diversity"] > 1:
         page.add("<h2>Diversity renders</h2>")
-        from nnfeat.ops.report import diversity_chunks
-
         chunk = next(ch for ch in diversity_chunks(ctx.channels[layer], ctx.settings["batch"],
                                                     ctx.settings["diversity"]) if c in ch)
         _notes(page, notes, f"diversity:{layer}:{chunk[0]}")
@@ -173,7 +173,7 @@ def _saliency_numbers(record: dict) -> list[tuple[str, str]]:
     return rows
 
 
-def classes_page(ctx, notes: dict) -> Path:
+def classes_page(ctx: ReportContext, notes: dict) -> Path:
     c = ctx.out / "classes"
     page = _Page(c / "index.html", ctx.out)
     page.add("<h2>Class renders</h2>")
@@ -207,7 +207,7 @@ def classes_page(ctx, notes: dict) -> Path:
     return page.write(f"{ctx.model.name} classes")
 
 
-def index_page(ctx, notes: dict) -> Path:
+def index_page(ctx: ReportContext, notes: dict) -> Path:
     page = _Page(ctx.out / "index.html", ctx.out)
     s = ctx.settings
     page.add(f"<p>{e(ctx.model.name)} over {e(s['images'])} ({s['n']} images): {len(s['layers'])} layers, "
@@ -231,12 +231,9 @@ def index_page(ctx, notes: dict) -> Path:
     return page.write(f"{ctx.model.name} report", script="\n" + template_text("report.js"))
 
 
-def write_pages(ctx) -> None:
-    """Write every page of the report (after every other stage)."""
-    from nnfeat.ops.report import MANIFEST
-
-    manifest = read_json(ctx.out / MANIFEST)
-    notes = {k: v["note"] for k, v in manifest.get("stages", {}).items() if v.get("note")}
+def write_pages(ctx: ReportContext) -> None:
+    """Write every page of the report (after every other stage), each view's note from the manifest."""
+    notes = read_notes(ctx.out)
     for layer in ctx.settings["layers"]:
         for c in ctx.channels[layer]:
             unit_page(ctx, layer, c, notes)

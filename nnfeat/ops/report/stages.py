@@ -1,38 +1,53 @@
 """The stages of :func:`nnfeat.ops.report.report`: each calls one nnfeat operation and saves its result with
 ``timing=False`` into its folder of the report (so a resumed run writes the same bytes).
 
-Every function takes the report context (``ctx.model``, ``ctx.images``, ``ctx.out``, ``ctx.settings``,
-``ctx.channels``, ``ctx.steps_kept``) and returns nothing; a one-line :class:`~nnfeat.errors.NnfeatError` means
-the view does not apply to that layer (it becomes a note on the page).
+Every stage takes the report's :class:`~nnfeat.ops.report.context.ReportContext` (and the layer, the units it
+works on) and returns nothing; a one-line :class:`~nnfeat.errors.NnfeatError` means the view does not apply
+to that layer (it becomes a note on the page). :mod:`nnfeat.ops.report.plan` puts them in order.
 """
 
 from __future__ import annotations
 
+import numpy as np
 import torch
 
+from nnfeat.analysis.collect import pooled
+from nnfeat.analysis.filters import conv_layers
+from nnfeat.data import ImageSet
+from nnfeat.engine.expr import units_objective
+from nnfeat.engine.objectives import channel, diversity
+from nnfeat.errors import NnfeatError
 from nnfeat.io import read_json, save_image, write_json
+from nnfeat.ops.atlas import AtlasSettings, build_atlas
+from nnfeat.ops.attention import attention
+from nnfeat.ops.examples import examples
+from nnfeat.ops.filters import filters
+from nnfeat.ops.graph import graph
+from nnfeat.ops.heatmap import heatmap
+from nnfeat.ops.microscope import MicroscopeResult, batch_seed
+from nnfeat.ops.project import project
+from nnfeat.ops.render import render
+from nnfeat.ops.report.context import ReportContext, slug
+from nnfeat.ops.report.pages import read_png
+from nnfeat.ops.saliency import saliency
+from nnfeat.ops.uncertainty import uncertainty
 from nnfeat.units import Units, format_units
 
 
-def graph_stage(ctx) -> None:
-    from nnfeat.ops.report import slug
-    from nnfeat.ops.graph import graph
-
+def graph_stage(ctx: ReportContext) -> None:
+    """The architecture page (``graph/``), each report layer's node linked to its layer page."""
     links = {layer: f"../layers/{slug(layer)}/index.html" for layer in ctx.settings["layers"]}
     graph(ctx.model, links=links).save(ctx.out / "graph", timing=False)
 
 
-def _seed(ctx, first_channel: int) -> int:
+def _seed(ctx: ReportContext, first_channel: int) -> int:
     """The seed of a render batch, as :func:`nnfeat.ops.microscope.microscope` derives it (same renders)."""
-    return int(ctx.settings["seed"]) * 100003 + first_channel
+    return batch_seed(ctx.settings["seed"], first_channel)
 
 
-def render_batch(ctx, layer: str, chunk: list[int]) -> None:
+def render_batch(ctx: ReportContext, layer: str, chunk: list[int]) -> None:
     """Render units ``chunk`` of ``layer`` together; write ``render/channel-<c>.png`` and, per unit, the render
     at each threshold (``units/<c>/step-<s>.png``) and ``render/batch-<first>.json`` (final values)."""
-    from nnfeat.engine.expr import units_objective
-    from nnfeat.ops.render import render
-
     s = ctx.settings
     result = render(ctx.model, units_objective(Units(layer, tuple(chunk))), batch=len(chunk), steps=s["steps"],
                     thresholds=ctx.steps_kept, seed=_seed(ctx, chunk[0]), progress=False)
@@ -46,7 +61,7 @@ def render_batch(ctx, layer: str, chunk: list[int]) -> None:
                 "thresholds": ctx.steps_kept, "values": dict(zip(map(str, chunk), result.final_values.tolist()))})
 
 
-def render_values(ctx, layer: str) -> dict[int, float]:
+def render_values(ctx: ReportContext, layer: str) -> dict[int, float]:
     """{channel: final objective value} of ``layer``'s renders."""
     values = {}
     for path in sorted((ctx.layer_dir(layer) / "render").glob("batch-*.json")):
@@ -54,11 +69,8 @@ def render_values(ctx, layer: str) -> dict[int, float]:
     return values
 
 
-def microscope_stage(ctx, layer: str) -> None:
+def microscope_stage(ctx: ReportContext, layer: str) -> None:
     """The microscope sheet and page of the layer's renders (:class:`nnfeat.ops.microscope.MicroscopeResult`)."""
-    from nnfeat.ops.microscope import MicroscopeResult
-    from nnfeat.ops.report.pages import read_png
-
     chans = ctx.channels[layer]
     values = render_values(ctx, layer)
     renders = torch.stack([read_png(ctx.layer_dir(layer) / "render" / f"channel-{c}.png") for c in chans])
@@ -72,16 +84,13 @@ def microscope_stage(ctx, layer: str) -> None:
     result.save(ctx.layer_dir(layer) / "microscope", timing=False)
 
 
-def collect_stage(ctx, layer: str) -> None:
+def collect_stage(ctx: ReportContext, layer: str) -> None:
     """The pooled collection of the layer over every image (shared by examples and the atlas)."""
-    from nnfeat.analysis.collect import pooled
-
     pooled(ctx.model, layer, ctx.images, ctx.cache, progress=False)
 
 
-def examples_stage(ctx, layer: str) -> None:
-    from nnfeat.ops.examples import examples
-
+def examples_stage(ctx: ReportContext, layer: str) -> None:
+    """Top and bottom dataset examples of the layer's units (``examples/``), from the shared collection."""
     result = examples(ctx.model, format_units(layer, ctx.channels[layer]), ctx.images, k=ctx.settings["examples_k"],
                       cache=ctx.cache, progress=False)
     folder = ctx.layer_dir(layer) / "examples"  # what the pages show: each unit's sheets, the top patches, the record
@@ -89,29 +98,24 @@ def examples_stage(ctx, layer: str) -> None:
     write_json(folder / "examples.json", result.full_record(files, timing=False))
 
 
-def heatmap_sample(ctx):
+def heatmap_sample(ctx: ReportContext) -> ImageSet:
+    """The seeded sample of images the layer heatmaps are drawn on."""
     return ctx.images.sample(min(ctx.settings["heatmap_n"], len(ctx.images)), ctx.settings["seed"])
 
 
-def heatmap_stage(ctx, layer: str) -> None:
-    from nnfeat.ops.heatmap import heatmap
-
+def heatmap_stage(ctx: ReportContext, layer: str) -> None:
+    """Activation heatmaps of the layer's strongest channels on :func:`heatmap_sample` (``heatmap/``)."""
     heatmap(ctx.model, layer, heatmap_sample(ctx), top=min(8, len(ctx.channels[layer]))).save(
         ctx.layer_dir(layer) / "heatmap", timing=False)
 
 
-def projection_sample(ctx):
+def projection_sample(ctx: ReportContext) -> ImageSet:
     """The seeded sample of images the projections lay out (drawn from the report's images)."""
     return ctx.images.sample(min(ctx.settings["projection_n"], len(ctx.images)), ctx.settings["seed"])
 
 
-def projection_stage(ctx, layer: str) -> None:
+def projection_stage(ctx: ReportContext, layer: str) -> None:
     """The projection of the sample, its rows taken from the layer's collection over every image (no second pass)."""
-    import numpy as np
-
-    from nnfeat.analysis.collect import pooled
-    from nnfeat.ops.project import project
-
     s = ctx.settings
     sample = projection_sample(ctx)
     full, _ = pooled(ctx.model, layer, ctx.images, ctx.cache, progress=False)
@@ -120,17 +124,14 @@ def projection_stage(ctx, layer: str) -> None:
     result = project(ctx.model, layer, sample, method=s["projection_method"], seed=s["seed"],
                      k=max(1, min(10, (len(sample) - 1) // 2)), cache=ctx.cache / "projection",
                      activations={layer: rows}, progress=False)
-    from nnfeat.ops.report import slug
-
     first = s["layers"][0]  # every layer lays out the same sample: the first layer's page holds the one sprite
     if layer != first and (ctx.layer_dir(first) / "projection" / "projection-sprite.png").is_file():
         result.shared_sprite = f"../../{slug(first)}/projection/projection-sprite.png"
     result.save(ctx.layer_dir(layer) / "projection", timing=False)
 
 
-def atlas_stage(ctx, layer: str) -> None:
-    from nnfeat.ops.atlas import AtlasSettings, build_atlas
-
+def atlas_stage(ctx: ReportContext, layer: str) -> None:
+    """The activation atlas of the layer (``atlas/``)."""
     s = ctx.settings
     settings = AtlasSettings(samples=min(20000, len(ctx.images) * 4), layout="umap", steps=s["steps"],
                              seed=s["seed"])
@@ -138,14 +139,11 @@ def atlas_stage(ctx, layer: str) -> None:
     result.save(ctx.layer_dir(layer) / "atlas", timing=False)
 
 
-def diversity_stage(ctx, layer: str, chunk: list[int]) -> None:
+def diversity_stage(ctx: ReportContext, layer: str, chunk: list[int]) -> None:
     """``diversity`` renders of each unit of ``chunk``, all in one render batch: item ``i * D + j`` is render j of
     unit ``chunk[i]`` under ``channel(layer, c) + W * diversity(layer, group=D)`` (each unit's D items are
     compared only with each other). Writes ``units/<c>/diversity/render-<j>.png`` and
     ``render/diversity-<first>.json`` (the final values)."""
-    from nnfeat.engine.objectives import channel, diversity
-    from nnfeat.ops.render import render
-
     s = ctx.settings
     d = s["diversity"]
     per_item = [c for c in chunk for _ in range(d)]
@@ -162,19 +160,14 @@ def diversity_stage(ctx, layer: str, chunk: list[int]) -> None:
                 "values": dict(zip(map(str, chunk), values))})
 
 
-def unit_stage(ctx, layer: str, c: int) -> None:
+def unit_stage(ctx: ReportContext, layer: str, c: int) -> None:
     """The unit's heatmaps on its top examples and, for a conv layer, its filter weights."""
-    from nnfeat.analysis.filters import conv_layers
-    from nnfeat.errors import NnfeatError
-
     folder = ctx.unit_dir(layer, c)
     record = {"layer": layer, "channel": c, "unit": format_units(layer, [c])}
-    examples = ctx.layer_dir(layer) / "examples" / "examples.json"
-    if examples.is_file():
-        found = next((r for r in read_json(examples)["channels"] if r["channel"] == c), None)
+    top = ctx.layer_dir(layer) / "examples" / "examples.json"
+    if top.is_file():
+        found = next((r for r in read_json(top)["channels"] if r["channel"] == c), None)
         if found is not None:
-            from nnfeat.ops.heatmap import heatmap
-
             indices = [e["index"] for e in found["top"]]
             try:  # the unit page shows the figure only: its sheet and record, not each image's files
                 maps = heatmap(ctx.model, format_units(layer, [c]), ctx.images.subset(indices))
@@ -183,23 +176,19 @@ def unit_stage(ctx, layer: str, c: int) -> None:
             except NnfeatError as err:
                 record["heatmap_note"] = str(err)
     if layer in conv_layers(ctx.model):
-        from nnfeat.ops.filters import filters
-
         filters(ctx.model, format_units(layer, [c])).save(folder / "filters", timing=False)
     write_json(folder / "unit.json", record)
 
 
-def _output_classes(ctx) -> int:
+def _output_classes(ctx: ReportContext) -> int:
+    """How many logits the model has."""
     _, chans = ctx.model.units("output")
     return len(chans)
 
 
-def class_renders_stage(ctx) -> None:
+def class_renders_stage(ctx: ReportContext) -> None:
     """One render per class: with ``class_render`` (the report's recipe) always; otherwise ``output:0..K-1``
     plainly, unless ``output`` is a report layer (its unit renders serve)."""
-    from nnfeat.engine.expr import units_objective
-    from nnfeat.ops.render import render
-
     seed = _seed(ctx, 0) + 11
     if ctx.class_render is not None:  # the recipe sets its own seed rule: it gets the report's seed as is
         objective, kwargs = ctx.class_render(steps=ctx.settings["steps"], seed=ctx.settings["seed"])
@@ -213,29 +202,25 @@ def class_renders_stage(ctx) -> None:
     result.save(ctx.out / "classes" / "renders", timing=False)
 
 
-def saliency_stage(ctx) -> None:
-    from nnfeat.ops.saliency import saliency
-
+def saliency_stage(ctx: ReportContext) -> None:
+    """Gradient and Grad-CAM maps with their sanity numbers on a seeded sample (``classes/saliency/``)."""
     s = ctx.settings
     sample = ctx.images.sample(min(s["saliency_n"], len(ctx.images)), s["seed"] + 1)
     result = saliency(ctx.model, sample, "gradient,gradcam", sanity=True, steps=16, cascade=3, seed=s["seed"])
     result.save(ctx.out / "classes" / "saliency", timing=False)
 
 
-def uncertainty_stage(ctx) -> None:
-    from nnfeat.ops.uncertainty import uncertainty
-
+def uncertainty_stage(ctx: ReportContext) -> None:
+    """The most uncertain images of a seeded sample under test-time augmentation (``classes/uncertainty/``)."""
     s = ctx.settings
     sample = ctx.images.sample(min(s["uncertain_n"], len(ctx.images)), s["seed"] + 2)
     uncertainty([ctx.model], sample, method="tta", top=8, seed=s["seed"]).save(
         ctx.out / "classes" / "uncertainty", timing=False)
 
 
-def attention_stage(ctx) -> None:
+def attention_stage(ctx: ReportContext) -> None:
     """Attention of the class token per layer and head, with rollout and gradient rollout, on the saliency
     images (a model without attention layers gets the one-line note)."""
-    from nnfeat.ops.attention import attention
-
     s = ctx.settings
     sample = ctx.images.sample(min(s["saliency_n"], len(ctx.images)), s["seed"] + 1)
     attention(ctx.model, sample, rollout=True, grad_rollout=True).save(ctx.out / "classes" / "attention",
