@@ -10,7 +10,7 @@ Quick start::
     result                  # in a notebook: the captioned sheet
 
 Every operation (``render``, ``microscope``, ``examples``, ``build_atlas``, ``heatmap``, ``filters``, ``project``,
-``saliency``, ``attention``, ``uncertainty``, ``graph``, ``report``) returns a result with ``.images``,
+``saliency``, ``attention``, ``uncertainty``, ``graph``, ``report``, ``spectrum``) returns a result with ``.images``,
 ``.save(dir)`` and a notebook picture (:mod:`nnfeat.ops.results`).
 """
 
@@ -33,13 +33,14 @@ from nnfeat.ops.graph import GraphResult, graph
 from nnfeat.ops.heatmap import HeatmapResult, heatmap
 from nnfeat.ops.project import ProjectionResult, project
 from nnfeat.ops.saliency import SaliencyResult, saliency
+from nnfeat.ops.spectrum import SpectrumResult, spectrum
 from nnfeat.ops.uncertainty import UncertaintyResult, uncertainty
 
 __version__ = "0.1.0"
 
 __all__ = ["AtlasResult", "AtlasSettings", "AttentionResult", "ExamplesResult", "FiltersResult", "GraphResult",
            "HeatmapResult", "ImageSet", "MicroscopeResult", "Model", "NnfeatError", "ProjectionResult", "RenderResult",
-           "ReportResult", "SaliencyResult", "UncertaintyResult", "Units", "attention", "build_atlas", "evaluate",
+           "ReportResult", "SaliencyResult", "SpectrumResult", "UncertaintyResult", "Units", "attention", "build_atlas", "evaluate",
            "examples", "filters", "graph", "heatmap", "load_images", "load_model", "microscope", "objectives",
-           "parse_objective", "parse_units", "project", "render", "report", "resolve_device", "saliency",
+           "parse_objective", "parse_units", "project", "render", "report", "resolve_device", "saliency", "spectrum",
            "uncertainty", "__version__"]

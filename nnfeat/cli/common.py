@@ -45,7 +45,8 @@ def add_shared(p: argparse.ArgumentParser, *, out: str | None, weights: str = "p
                precision: bool = True) -> None:
     """The shared options. ``out``: the default output folder (None: the command writes no folder)."""
     p.add_argument("--weights", default=weights,
-                   help=f"pretrained or random (default {weights}; random needs no download)")
+                   help=f"pretrained, random, or a weights file (state_dict, checkpoint, safetensors, TorchScript, "
+                        f".pt2) (default {weights}; random needs no download)")
     p.add_argument("--device", default="auto", help=DEVICES_HELP)
     if precision:
         p.add_argument("--precision", default="auto", choices=PRECISIONS,

@@ -33,7 +33,8 @@ class Model(nn.Module):
         in_channels: 3 for RGB networks, 1 for grey ones (RGB is converted with Rec. 601 luma).
         classes: optional class names, index-aligned with the logits.
         weights: which weights the network holds: ``"pretrained"``, ``"random"`` (the zoo's seeded
-            initialisation), or ``None`` when nnfeat does not know (a user's own network).
+            initialisation), ``"file:PATH sha256:PREFIX"`` (a user's weights file, see
+            :mod:`nnfeat.models.checkpoint`), or ``None`` when nnfeat does not know (a user's own network).
         card: the :class:`~nnfeat.models.registry.ModelCard` the model was built from, or ``None``.
     """
 

@@ -11,9 +11,12 @@ lists them):
 * ``FILE.py:FACTORY``: ``FACTORY()`` from a Python file, returning an ``nn.Module`` or a ``Model``.
 
 ``weights="random"`` gives randomly initialised weights, drawn from a fixed seed so the same name
-always gives the same net; the global torch RNG is left untouched. The returned model records them in
-``model.weights`` (``"pretrained"`` / ``"random"``; ``None`` for a ``FILE.py`` model) and its card in
-``model.card``.
+always gives the same net; the global torch RNG is left untouched. ``weights=PATH`` (an existing file: a
+state_dict, a checkpoint, safetensors, TorchScript or a ``.pt2``, see :mod:`nnfeat.models.checkpoint`) builds
+the network as ``random`` does, then loads the file into it, for every kind of name. The returned model records
+its weights in ``model.weights`` (``"pretrained"`` / ``"random"`` / ``"file:PATH sha256:PREFIX"``; ``None`` for a
+``FILE.py`` model with its own weights) and its card in ``model.card``. The words win over a file of the same
+name: write ``./random`` for a file called ``random``.
 
 ``device="auto"`` (the default) is the first CUDA GPU, else MPS, else the CPU
 (:func:`nnfeat.device.resolve_device`); ``device=None`` leaves the model where it was built.
@@ -26,37 +29,72 @@ import functools
 import hashlib
 import importlib.util
 import logging
+import os
 import sys
 import urllib.error
 from pathlib import Path
 from typing import Callable
 
 import torch
+import torchvision
 from torch import nn
+from torchvision.models import ResNet18_Weights, get_model_weights, list_models
 
 from nnfeat.device import resolve_device
 from nnfeat.errors import NnfeatError, nearest, shorten
 from nnfeat.io import is_existing_file
 from nnfeat.models.base import Model
+from nnfeat.models.checkpoint import load_weights_file
 from nnfeat.models.registry import PUBLISHED, TRAINED, ModelCard, find_card, known_models
 from nnfeat.models.weights import fetch_weights, hash_prefix_from_name, weights_dir
 
 WEIGHT_CHOICES = ("pretrained", "random")
+#: The kinds of weights file ``weights=PATH`` takes, in words (see :mod:`nnfeat.models.checkpoint`).
+WEIGHT_FILE_KINDS = "state_dict, checkpoint, safetensors, TorchScript, .pt2"
 RANDOM_SEED = 0
 
 
-def load_model(name: str, *, weights: str = "pretrained", device: str | torch.device | None = "auto") -> Model:
+def load_model(name: str, *, weights: str | os.PathLike = "pretrained",
+               device: str | torch.device | None = "auto") -> Model:
     """The model called ``name`` (see the module docstring), in eval mode, on ``device``.
 
-    Raises a one-line :class:`NnfeatError` for an unknown name, unknown weights, weights that cannot be
-    found or downloaded, or an unavailable device (checked before anything is built).
+    Args:
+        name: a zoo name, ``torchvision:NAME``, ``timm:NAME`` or ``FILE.py:FACTORY``.
+        weights: ``"pretrained"``, ``"random"``, or the path of an existing weights file.
+        device: ``"auto"``, a device, or ``None`` to leave the model where it was built.
+
+    Raises:
+        NnfeatError: one line, for an unknown name, unknown weights (neither word nor existing file), weights
+            that cannot be found, downloaded or loaded (a file that does not fit the network names its keys and
+            shapes), or an unavailable device (checked before anything is built).
     """
-    if weights not in WEIGHT_CHOICES:
-        raise NnfeatError(f"unknown weights '{weights}'; expected one of {', '.join(WEIGHT_CHOICES)}")
+    file = _weights_path(weights)
     card, arg = find_card(name)
     target = None if device is None else resolve_device(device)
-    model = _LOADERS[card.family](card, arg, weights)
+    model = _LOADERS[card.family](card, arg, "random" if file is not None else str(weights))
+    if file is not None:
+        model.weights = load_weights_file(model.net, file, name=model.name).label
     return model if target is None else _to_device(model, target)
+
+
+def _weights_path(weights: str | os.PathLike) -> Path | None:
+    """``None`` for ``"pretrained"``/``"random"``, the path of an existing weights file, else one line."""
+    if isinstance(weights, str) and weights in WEIGHT_CHOICES:
+        return None
+    path = Path(weights).expanduser() if str(weights) else None
+    if path is not None and is_existing_file(path):
+        return path
+    shown = shorten(str(weights))
+    found = f"'{shown}' is a folder" if path is not None and _is_folder(path) else f"there is no file '{shown}'"
+    raise NnfeatError(f"unknown weights '{shown}'; expected one of {', '.join(WEIGHT_CHOICES)}, or a weights file "
+                      f"({WEIGHT_FILE_KINDS}), but {found}")
+
+
+def _is_folder(path: Path) -> bool:
+    try:
+        return path.is_dir()
+    except (OSError, ValueError):  # a name no file system can hold
+        return False
 
 
 def _to_device(model: Model, target: torch.device) -> Model:
@@ -107,9 +145,6 @@ _TRANSFORM_INPUT_NETS = ("googlenet", "inception_v3")
 
 
 def _load_torchvision(card: ModelCard, arch: str, weights: str) -> Model:
-    import torchvision
-    from torchvision.models import get_model_weights, list_models
-
     available = list_models(module=torchvision.models)
     if arch not in available:
         close = nearest(arch, available)
@@ -159,7 +194,7 @@ def _load_timm(card: ModelCard, arch: str, weights: str) -> Model:
     """``timm.create_model(arch)``: random from the fixed seed, or timm's own pretrained download. Input
     contract from the net's ``pretrained_cfg``; ImageNet-1k class names when it has 1000 classes."""
     try:
-        import timm
+        import timm  # optional extra: pip install timm
     except ImportError:
         raise NnfeatError(
             f"{card.prefix}{arch} needs timm, which is not installed: pip install timm (or pip install nnfeat[timm])"
@@ -217,8 +252,6 @@ def _timm_call(card: ModelCard, arch: str, build: Callable[[], nn.Module]) -> nn
 @functools.lru_cache(maxsize=1)
 def _imagenet_classes() -> tuple[str, ...]:
     """The ImageNet-1k class names, as torchvision lists them."""
-    from torchvision.models import ResNet18_Weights
-
     return tuple(ResNet18_Weights.IMAGENET1K_V1.meta["categories"])
 
 
