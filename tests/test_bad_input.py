@@ -127,6 +127,14 @@ def inputs(tmp_path_factory) -> Path:
     state = {"state_dict": torch.nn.Conv2d(3, 4, 3).state_dict()}
     torch.save(state, d / "weights" / "wrongarch" / name)
     (d / "weights" / "truncated" / name).write_bytes((d / "weights" / "wrongarch" / name).read_bytes()[:200])
+    # user weights files for digits-cnn (--weights FILE)
+    (d / "userweights").mkdir()
+    (d / "userweights" / "empty.pt").write_bytes(b"")
+    (d / "userweights" / "notes.txt").write_text("not weights")
+    torch.save({"conv9.weight": torch.zeros(4, 3, 7, 7)}, d / "userweights" / "other.pt")
+    torch.save({"epoch": 3, "optimizer": {"lr": 0.1}}, d / "userweights" / "notensors.pt")
+    torch.save({"state_dict": torch.nn.Conv2d(3, 4, 3).state_dict(), "note": Path("a path is a pickled object")},
+               d / "userweights" / "object.pt")
     (d / "home").mkdir()
     return d
 
@@ -244,6 +252,13 @@ CASES = [
     ("weights-wrong-architecture", ["render", "cifar10-resnet20", "layer1:0"],
      ["is corrupt or not the expected file", "expected 12fca82f"], {"NNFEAT_WEIGHTS_PATH": "{d}/weights/wrongarch", "NNFEAT_HOME": "{d}/home"}),
     ("weights-unknown", [*R, "--weights", "imagenet"], ["unknown weights 'imagenet'", "pretrained, random"], {}),
+    ("weights-folder", [*R, "--weights", "{d}/userweights"], ["is a folder", "a weights file"], {}),
+    ("weights-file-empty", [*R, "--weights", "{d}/userweights/empty.pt"], ["is empty (0 bytes)", "state_dict"], {}),
+    ("weights-file-not-weights", [*R, "--weights", "{d}/userweights/notes.txt"], ["is not a weights file"], {}),
+    ("weights-file-other-network", [*R, "--weights", "{d}/userweights/other.pt"],
+     ["does not fit digits-cnn", "missing conv1.weight", "unexpected conv9.weight"], {}),
+    ("weights-file-no-tensors", [*R, "--weights", "{d}/userweights/notensors.pt"], ["no tensor dict", "'epoch'"], {}),
+    ("weights-file-pickled-object", [*R, "--weights", "{d}/userweights/object.pt"], ["never loads"], {}),
     # image sources
     ("images-missing", ["examples", "digits-cnn", "conv1:0", "--images", "{d}/nope.npz"],
      ["image source", "not found", "expected a folder, an .npz file"], {}),
