@@ -15,7 +15,7 @@ from nnfeat.analysis.collect import collect
 from nnfeat.analysis.atlas.grid import cell_of, make_grid
 from nnfeat.analysis.atlas.icons import centre_cosine, icon_objective
 from nnfeat.analysis.atlas.layout import layout_2d, normalize_layout, pca_2d, whitening
-from nnfeat.ops.atlas import class_selection, resolve_class
+from nnfeat.analysis.atlas.classes import class_selection, resolve_class
 from nnfeat.data import load_images
 from nnfeat.errors import NnfeatError
 from nnfeat.hooks import ActivationCapture

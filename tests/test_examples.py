@@ -10,7 +10,7 @@ import torch
 
 from nnfeat.data import load_images
 from nnfeat.errors import NnfeatError
-from nnfeat.ops.examples import example_patches, receptive_field, top_examples
+from nnfeat.analysis.examples import example_patches, receptive_field, top_examples
 from nnfeat.hooks import ActivationCapture
 from nnfeat.models.base import Model
 

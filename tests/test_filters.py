@@ -142,7 +142,7 @@ def test_cli_defaults_match_the_api():
     import inspect
 
     from nnfeat.cli import filters as cli_filters
-    from nnfeat.views import filters_page
+    import nnfeat.ops.filters as filters_page
 
     defaults = inspect.signature(filters_page.filters).parameters
     assert (cli_filters.MAX_FILTERS, cli_filters.STEPS, cli_filters.DEFAULT_K) == \

@@ -28,6 +28,8 @@
   ``R <- R + mean_heads(ReLU(dy_c/dA ⊙ A)) R`` (B, N, N);
 * :func:`relevance_map` -- a (B, N, N) relevance matrix's query row over the patches, on the grid.
 
+The two rollouts are :mod:`nnfeat.analysis.rollout` (re-exported here).
+
 No Python loop runs over images; loops run over layers only.
 """
 
@@ -42,14 +44,14 @@ from typing import Iterator, Sequence
 import torch
 from torch import nn
 
+from nnfeat.analysis.rollout import FUSIONS, attention_rollout, fuse_heads, gradient_rollout
+from nnfeat.analysis.tokens import token_grid
 from nnfeat.errors import NnfeatError, nearest
 from nnfeat.hooks import ActivationCapture, layer_root
 from nnfeat.layouts import OUTPUT, size2
 
 #: ``head`` choices besides a head number: every head, or the heads fused by their mean or max.
 HEAD_CHOICES = ("all", "mean", "max")
-#: how rollout fuses the heads of one layer
-FUSIONS = ("mean", "max", "min")
 
 MHA = "mha"          # nn.MultiheadAttention: weights via need_weights=True
 TIMM = "timm"        # timm Attention: recomputed from q_norm / k_norm
@@ -317,8 +319,6 @@ def _class_token(model: nn.Module, extra: int) -> int | None:
 
 def token_layout(model: nn.Module, n_tokens: int, input_size: Sequence[int]) -> TokenLayout:
     """The extra tokens, patch grid and class token of ``n_tokens`` tokens at ``input_size`` (H, W)."""
-    from nnfeat.analysis.tokens import token_grid
-
     extra, gh, gw = token_grid(model, n_tokens, size2(tuple(input_size)))
     return TokenLayout(n_tokens, extra, (gh, gw), _class_token(model, extra))
 
@@ -373,58 +373,6 @@ def head_maps(weights: torch.Tensor, layout: TokenLayout, head: int | str = "all
     (``head="all"``, K = heads), fused (``mean`` / ``max``) or of one head (K = 1)."""
     rows = select_heads(query_rows(weights, layout, query), head)
     return rows.reshape(*rows.shape[:2], *layout.grid)
-
-
-def fuse_heads(weights: torch.Tensor, fusion: str = "mean") -> torch.Tensor:
-    """(B, heads, N, N) -> (B, N, N) by the heads' ``mean``, ``max`` or ``min``."""
-    if fusion not in FUSIONS:
-        raise NnfeatError(f"unknown head fusion '{fusion}': use {', '.join(FUSIONS)}")
-    if fusion == "mean":
-        return weights.mean(1)
-    return weights.amax(1) if fusion == "max" else weights.amin(1)
-
-
-def _same_tokens(weights: Sequence[torch.Tensor]) -> int:
-    if not weights:
-        raise NnfeatError("rollout needs at least one attention layer")
-    sizes = {tuple(w.shape[-2:]) for w in weights}
-    if len(sizes) != 1:
-        raise NnfeatError(f"rollout needs every layer to attend over the same tokens; got token counts "
-                          f"{sorted(s[0] for s in sizes)}")
-    return weights[0].shape[-1]
-
-
-def attention_rollout(weights: Sequence[torch.Tensor], fusion: str = "mean", residual: float = 0.5
-                      ) -> torch.Tensor:
-    """Attention rollout (Abnar & Zuidema 2020) of per-layer (B, heads, N, N) weights, first layer first:
-    (B, N, N) with row i how much token i at the output draws on each input token.
-
-    Per layer the heads are fused (``fusion``), the residual path is added as ``Ã = (1-r) A + r I``
-    (r = ``residual``, 0.5 in the paper), rows are renormalized to sum to 1, and the layers are multiplied:
-    ``R = Ã_L ... Ã_2 Ã_1``."""
-    n = _same_tokens(weights)
-    eye = torch.eye(n, device=weights[0].device)
-    rollout = None
-    for w in weights:
-        mixed = (1 - residual) * fuse_heads(w.float(), fusion) + residual * eye
-        mixed = mixed / mixed.sum(-1, keepdim=True)
-        rollout = mixed if rollout is None else mixed @ rollout
-    return rollout
-
-
-def gradient_rollout(weights: Sequence[torch.Tensor], grads: Sequence[torch.Tensor]) -> torch.Tensor:
-    """Gradient-weighted rollout (Chefer et al. 2021) of per-layer (B, heads, N, N) weights and the gradients of
-    the target logit with respect to them, first layer first: (B, N, N) relevance.
-
-    ``R = I``; per layer ``Ā = mean_heads(ReLU(∇A ⊙ A))`` and ``R <- R + Ā R``."""
-    n = _same_tokens(weights)
-    if len(grads) != len(weights):
-        raise NnfeatError(f"gradient rollout needs one gradient per layer; got {len(grads)} for {len(weights)}")
-    relevance = torch.eye(n, device=weights[0].device).expand(weights[0].shape[0], n, n)
-    for w, g in zip(weights, grads):
-        cam = (g.float() * w.float()).clamp_min(0).mean(1)
-        relevance = relevance + cam @ relevance
-    return relevance
 
 
 def relevance_map(relevance: torch.Tensor, layout: TokenLayout, query: int | None = None) -> torch.Tensor:

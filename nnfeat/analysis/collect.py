@@ -28,9 +28,10 @@ from a generator seeded by (seed, batch index), so a resumed or sharded collecti
 
 from __future__ import annotations
 
+import contextlib
+import dataclasses
 import hashlib
 import json
-import dataclasses
 import math
 import shutil
 from dataclasses import dataclass
@@ -38,20 +39,21 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from torch.autograd import forward_ad
 
+from nnfeat.analysis.collect_files import (BATCH_DIR, META_FILE, batch_path, complete_and_valid, file_digest,
+                                           merge_batches, read_batch, save_npz)
+from nnfeat.analysis.tokens import token_grid
 from nnfeat.data import ImageSet
 from nnfeat.errors import NnfeatError
 from nnfeat.finite import check_finite
 from nnfeat.hooks import ActivationCapture
 from nnfeat.distributed import Ranks, current
-from nnfeat.io import atomic_path, read_json, write_json
+from nnfeat.io import read_json
 from nnfeat.layouts import OUTPUT, positions_view
 from nnfeat.models.base import Model
 from nnfeat.progress import progress_bar
 from nnfeat.seeds import generator
-
-META_FILE = "collect.json"
-
 
 @dataclass
 class Collected:
@@ -106,77 +108,6 @@ def model_logit_count(model: Model) -> int | None:
 
 
 POOLS = ("mean", "max", "center")
-BATCH_DIR = "batches"
-
-
-def file_digest(path: Path, block: int = 1 << 22) -> str:
-    """sha256 (hex, 16 digits) of a file, read in blocks (recorded beside stage files to detect damage)."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for chunk in iter(lambda: handle.read(block), b""):
-            digest.update(chunk)
-    return digest.hexdigest()[:16]
-
-
-def _read_meta(path: Path) -> dict | None:
-    """``collect.json`` as a dict, or None when it is missing or damaged."""
-    try:
-        meta = read_json(path)
-    except (OSError, ValueError):
-        return None
-    return meta if isinstance(meta, dict) else None
-
-
-def _complete_and_valid(directory: Path, meta: dict, shapes: dict[str, tuple[int, ...]]) -> bool:
-    """Whether ``directory`` holds a complete collection of ``meta``: ``collect.json`` says so with the same
-    settings, and every array file loads with the right shape and the digest recorded at the merge."""
-    old = _read_meta(directory / META_FILE)
-    if old is None or not old.get("complete") or any(old.get(k) != v for k, v in meta.items()):
-        return False
-    digests = old.get("digests") or {}
-    for name, shape in shapes.items():
-        path = directory / f"{name}.npy"
-        try:
-            array = np.load(path, mmap_mode="r")
-            if array.shape != shape or (name in digests and file_digest(path) != digests[name]):
-                return False
-        except (OSError, ValueError, EOFError):
-            return False
-    return True
-
-
-def _batch_path(directory: Path, index: int) -> Path:
-    return directory / BATCH_DIR / f"b-{index:05d}.npz"
-
-
-def _read_batch(path: Path, key: str, shapes: dict[str, tuple[int, ...]]) -> dict[str, np.ndarray] | None:
-    """The arrays of one batch record, or None when it is missing, damaged, of another key or shape."""
-    if not path.is_file():
-        return None
-    try:
-        with np.load(path) as record:
-            if str(record["key"]) != key:
-                return None
-            arrays = {name: record[name] for name in shapes}  # reads every member (zip CRCs checked)
-    except Exception:  # a truncated or corrupt zip raises many kinds of errors: all mean "redo the batch"
-        return None
-    if any(arrays[name].shape != shape for name, shape in shapes.items()):
-        return None
-    return arrays
-
-
-def save_npz(path: Path, arrays: dict[str, np.ndarray]) -> Path:
-    """Write arrays as an uncompressed ``.npz`` (atomically) whose bytes depend on the arrays only (numpy's
-    ``savez`` stamps the current time into the zip entries)."""
-    import zipfile
-
-    with atomic_path(path) as tmp:
-        with zipfile.ZipFile(tmp, "w", compression=zipfile.ZIP_STORED, allowZip64=True) as archive:
-            for name, value in arrays.items():
-                info = zipfile.ZipInfo(f"{name}.npy", date_time=(1980, 1, 1, 0, 0, 0))
-                with archive.open(info, "w", force_zip64=True) as handle:
-                    np.lib.format.write_array(handle, np.asanyarray(value), allow_pickle=False)
-    return path
 
 
 def collect(model: Model, layer: str, images: ImageSet, directory: Path, *, n: int | None = None,
@@ -239,7 +170,7 @@ def collect(model: Model, layer: str, images: ImageSet, directory: Path, *, n: i
     # No collective here: every rank reads the same files before any rank can change them (the merge waits for
     # all ranks at a barrier), so they agree; and a complete collection then opens on one rank alone too (a
     # rank-0-only stage reading a cached collection must not wait for the others).
-    if _complete_and_valid(directory, meta, final_shapes):
+    if complete_and_valid(directory, meta, final_shapes):
         if ranks.writer:
             shutil.rmtree(directory / BATCH_DIR, ignore_errors=True)  # a merge killed before its clean-up
         return dataclasses.replace(load_collected(directory), reused=True)
@@ -252,7 +183,7 @@ def collect(model: Model, layer: str, images: ImageSet, directory: Path, *, n: i
         return {name: (rows_of(b), width) for name, width in widths.items()}
 
     mine = ranks.mine(batches)
-    todo = [b for b in mine if _read_batch(_batch_path(directory, b), f"{record_key}/{b}", batch_shapes(b)) is None]
+    todo = [b for b in mine if read_batch(batch_path(directory, b), f"{record_key}/{b}", batch_shapes(b)) is None]
     bar = progress_bar(len(mine), f"collect {layer}", enabled=progress, unit="batch", initial=len(mine) - len(todo))
     layers = [layer, OUTPUT] if logits else [layer]
     origin = images.source_indices  # (N,) what the error line calls an image
@@ -276,43 +207,14 @@ def collect(model: Model, layer: str, images: ImageSet, directory: Path, *, n: i
                 if name in arrays:  # a NaN record is never written (nor cached)
                     check_finite(arrays[name], model.name, f"the {what} of layer '{layer}'",
                                  origin[arrays["samples"][:, 0]])
-            save_npz(_batch_path(directory, b), arrays)
+            save_npz(batch_path(directory, b), arrays)
             bar.update(1)
     bar.close()
     ranks.barrier()
     if ranks.writer:
-        _merge(directory, meta, widths, total, batches, rows_of, batch_shapes, record_key)
+        merge_batches(directory, meta, widths, total, batches, rows_of, batch_shapes, record_key)
     ranks.barrier()
     return load_collected(directory)
-
-
-def _merge(directory: Path, meta: dict, widths: dict[str, int], total: int, batches: int, rows_of, batch_shapes,
-           record_key: str) -> None:
-    """Rank 0: stream the batch records into ``<name>.npy`` (each filled memory-mapped in a hidden temporary,
-    then renamed), write ``collect.json`` and delete ``batches/``. A record found damaged here (nothing should
-    damage it between the barrier and now, but a file system can) raises."""
-    meta_path = directory / META_FILE
-    if meta_path.exists():
-        meta_path.unlink()  # a stale or partial manifest must not vouch for the files written next
-    digests = {}
-    for name, width in widths.items():
-        dtype = np.int64 if name == "samples" else np.float32
-        path = directory / f"{name}.npy"
-        with atomic_path(path) as tmp:
-            target = np.lib.format.open_memmap(tmp, mode="w+", dtype=dtype, shape=(total, width))
-            row = 0
-            for b in range(batches):
-                arrays = _read_batch(_batch_path(directory, b), f"{record_key}/{b}", batch_shapes(b))
-                if arrays is None:
-                    raise NnfeatError(f"the collection record of batch {b} in '{directory / BATCH_DIR}' went missing "
-                                      "during the merge: run the command again")
-                target[row:row + rows_of(b)] = arrays[name]
-                row += rows_of(b)
-            target.flush()
-            del target
-            digests[name] = file_digest(tmp)
-    write_json(meta_path, {**meta, "batches_done": batches, "complete": True, "digests": digests})
-    shutil.rmtree(directory / BATCH_DIR, ignore_errors=True)  # merged: the per-batch records are not needed
 
 
 def images_key(images: ImageSet) -> str:
@@ -353,8 +255,6 @@ def pool_positions(model: Model, layer_shape, size) -> tuple[int, int]:
         return 0, (h // 2) * w + w // 2
     if len(layer_shape) == 1:
         return 0, 0
-    from nnfeat.analysis.tokens import token_grid
-
     prefix, gh, gw = token_grid(model, layer_shape[0], size)
     return prefix, 0 if prefix else prefix + (gh // 2) * gw + gw // 2
 
@@ -407,7 +307,7 @@ def attribution_mode(model: Model, layer: str, size, per_image: int, logits: int
     linear head after it) backward wins; for ``inception4c`` of a 1000-class GoogLeNet, forward mode
     is ~60x faster.
     """
-    from torch.utils.flop_counter import FlopCounterMode
+    from torch.utils.flop_counter import FlopCounterMode  # lazy: importing it loads triton (~0.3 s)
 
     probe = torch.full((1, 3, *size), 0.5, device=model.device)
     counts = []
@@ -433,8 +333,6 @@ def _attributions_forward(capture: ActivationCapture, batch: torch.Tensor, layer
                           pick: torch.Tensor, picked: torch.Tensor) -> torch.Tensor:
     """(B, S, K) attributions by one Jacobian-vector product per picked position; ``act`` is the layer's
     activation, ``pick`` (B, S) flat positions, ``picked`` (B, S, C) the activation there."""
-    from torch.autograd import forward_ad
-
     columns = []
     with forward_ad.dual_level(), _math_attention():
         for s in range(pick.shape[1]):
@@ -449,10 +347,8 @@ def _attributions_forward(capture: ActivationCapture, batch: torch.Tensor, layer
 def _math_attention():
     """Scaled-dot-product attention by its plain-math kernel (the same function; the fused CPU/GPU kernels
     have no forward-mode rule), so ViTs get forward-mode attributions too. A no-op where torch lacks it."""
-    import contextlib
-
     try:
-        from torch.nn.attention import SDPBackend, sdpa_kernel
+        from torch.nn.attention import SDPBackend, sdpa_kernel  # torch >= 2.3 only
     except ImportError:  # torch < 2.3
         return contextlib.nullcontext()
     return sdpa_kernel([SDPBackend.MATH])

@@ -1,4 +1,4 @@
-"""Convolution filters as pictures: tensors in, tensors out (the view is :mod:`nnfeat.ops.filters`).
+"""Convolution filters as pictures: tensors in, tensors out (drawn by :mod:`nnfeat.views.filters_page`).
 
 A weight ``w`` becomes a value in [0, 1] by one **symmetric** rule, so zero is always exactly mid-grey and a
 weight's sign reads the same in every tile::

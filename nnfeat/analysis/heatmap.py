@@ -22,6 +22,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from nnfeat.analysis.tokens import fold_tokens, token_grid
 from nnfeat.errors import NnfeatError
 from nnfeat.hooks import ActivationCapture
 from nnfeat.layouts import size2
@@ -60,8 +61,6 @@ def spatial_maps(act: torch.Tensor, model: nn.Module, input_size: Sequence[int],
     if act.dim() == 4:
         return act
     if act.dim() == 3:
-        from nnfeat.analysis.tokens import fold_tokens
-
         return fold_tokens(act, model, input_size)
     raise no_spatial_map(layer, tuple(act.shape[1:]))
 
@@ -79,8 +78,6 @@ def check_spatial(model, layer: str, size: Sequence[int] | None = None) -> tuple
     if len(shape) == 3:
         return shape
     if len(shape) == 2:
-        from nnfeat.analysis.tokens import token_grid
-
         _, gh, gw = token_grid(model, shape[0], size)
         return shape[1], gh, gw
     raise no_spatial_map(layer, shape)

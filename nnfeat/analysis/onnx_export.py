@@ -16,12 +16,15 @@ import contextlib
 import io
 import os
 import re
+import sys
+import tempfile
 import warnings
 from pathlib import Path
 
 import torch
 
 from nnfeat.errors import NnfeatError
+from nnfeat.models.base import Model
 
 __all__ = ["export_onnx", "EXPORTERS", "failing_operator"]
 
@@ -61,7 +64,7 @@ def _requirements(exporter: str) -> None:
                           "pip install 'nnfeat[onnx]'")
 
 
-def export_onnx(model, path: str | os.PathLike, *, size: tuple[int, int] | None = None, exporter: str = "dynamo",
+def export_onnx(model: Model, path: str | os.PathLike, *, size: tuple[int, int] | None = None, exporter: str = "dynamo",
                 opset: int | None = None, dynamic_batch: bool = True) -> Path:
     """Write ``model`` (an nnfeat Model; see the module docstring) as ONNX to ``path``; return the path.
 
@@ -69,12 +72,9 @@ def export_onnx(model, path: str | os.PathLike, *, size: tuple[int, int] | None 
     ``torchscript``. opset: the ONNX opset (default: the exporter's). dynamic_batch: a symbolic batch axis
     (falls back to batch 1 if the network will not export with one).
     """
-    from nnfeat.models.base import as_model
-
     if exporter not in EXPORTERS:
         raise NnfeatError(f"unknown ONNX exporter '{exporter}'; expected one of {', '.join(EXPORTERS)}")
     _requirements(exporter)
-    model = as_model(model)
     path = Path(path)
     if path.exists() and path.is_dir():
         raise NnfeatError(f"--onnx {path} is a folder: give a file name such as model.onnx")
@@ -103,7 +103,7 @@ def export_onnx(model, path: str | os.PathLike, *, size: tuple[int, int] | None 
     raise NnfeatError(f"cannot export {name} to ONNX ({exporter} exporter): {what}")
 
 
-def _export(model, example: torch.Tensor, path: Path, exporter: str, opset: int | None, dynamic: bool) -> None:
+def _export(model: Model, example: torch.Tensor, path: Path, exporter: str, opset: int | None, dynamic: bool) -> None:
     kwargs = {"input_names": ["images"], "output_names": ["output"]}
     if opset is not None:
         kwargs["opset_version"] = opset
@@ -124,9 +124,6 @@ def _export(model, example: torch.Tensor, path: Path, exporter: str, opset: int 
 def _quiet():
     """Silence the exporters' progress lines and the IR dumps their C++ side writes to stderr on failure
     (file descriptors 1 and 2 go to a temporary file for the duration)."""
-    import sys
-    import tempfile
-
     for stream in (sys.stdout, sys.stderr):
         stream.flush()
     saved = [os.dup(1), os.dup(2)]

@@ -5,9 +5,15 @@ from __future__ import annotations
 import argparse
 import sys
 
-from nnfeat.engine.transforms import TRANSFORM_PRESETS
 from nnfeat.cli.common import add_images, add_model, add_shared, finish, load_images_from_args, load_model, positive
+from nnfeat.distributed import current
+from nnfeat.engine.transforms import TRANSFORM_PRESETS
 from nnfeat.errors import NnfeatError
+from nnfeat.finite import probe_finite
+from nnfeat.layouts import OUTPUT
+from nnfeat.ops.atlas import AtlasSettings, build_atlas
+from nnfeat.ops.results import check_out_dir
+from nnfeat.units import parse_units
 
 
 def register(sub) -> None:
@@ -57,12 +63,6 @@ def safe_name(text: str) -> str:
 
 def cmd_atlas(args) -> int:
     """``nnfeat atlas``: build or resume an atlas; prints one line per stage and the output paths."""
-    from nnfeat.ops.atlas import AtlasSettings, build_atlas
-    from nnfeat.finite import probe_finite
-    from nnfeat.layouts import OUTPUT
-    from nnfeat.ops.results import check_out_dir
-    from nnfeat.units import parse_units
-
     units = parse_units(args.layer, what="atlas layer")
     if units.channels is not None or units.position is not None:
         raise NnfeatError(f"an atlas is of a whole layer: give '{units.layer}', not '{args.layer}'")
@@ -87,8 +87,6 @@ def cmd_atlas(args) -> int:
               file=sys.stderr)
         return 130
     finish(result, args, out)
-    from nnfeat.distributed import current
-
     if current().writer:
         print(f"{result.mosaic} ({len(result.cells)} cells, mean cosine {result.mean_cosine:.3f}), {result.cells_json}"
               + (f", {result.html}" if result.html else ""))

@@ -4,6 +4,8 @@ and gradient-weighted rollout -- over images."""
 from __future__ import annotations
 
 from nnfeat.cli.common import add_images, add_model, add_shared, finish, load_images_from_args, load_model, positive
+from nnfeat.ops.attention import attention, check_request
+from nnfeat.ops.results import check_out_dir
 
 DEFAULT_N = 4
 
@@ -41,9 +43,6 @@ def register(sub) -> None:
 
 
 def cmd_attention(args) -> int:
-    from nnfeat.ops.results import check_out_dir
-    from nnfeat.ops.attention import attention, check_request
-
     positive("n", args.n)
     positive("batch", args.batch)
     out = check_out_dir(args.out)

@@ -7,6 +7,11 @@ import sys
 from nnfeat.cli.atlas import safe_name
 from nnfeat.cli.common import UNITS_HELP, add_images, add_model, add_shared, check_k, finish, \
     load_images_from_args, load_model, positive
+from nnfeat.distributed import current
+from nnfeat.finite import probe_finite
+from nnfeat.ops.examples import examples
+from nnfeat.ops.results import check_out_dir
+from nnfeat.units import parse_units
 
 
 def register(sub) -> None:
@@ -27,11 +32,6 @@ def register(sub) -> None:
 
 
 def cmd_examples(args) -> int:
-    from nnfeat.ops.examples import examples
-    from nnfeat.finite import probe_finite
-    from nnfeat.ops.results import check_out_dir
-    from nnfeat.units import parse_units
-
     units = parse_units(args.units)
     positive("k", args.k)
     positive("batch", args.batch)
@@ -44,8 +44,6 @@ def cmd_examples(args) -> int:
     check_k(args.k, images, args.images)
     result = examples(model, units, images, k=args.k, score=args.score, batch_size=args.batch,
                       progress=not args.quiet and sys.stderr.isatty(), cache=out / "cache")
-    from nnfeat.distributed import current
-
     if current().writer:  # under torchrun rank 0 speaks for the group
         print(f"note: {result.field_note}")
     return finish(result, args, out)

@@ -5,10 +5,12 @@ from __future__ import annotations
 
 from nnfeat.cli.common import add_images, add_model, add_shared, check_k, finish, load_images_from_args, \
     load_model, positive
+from nnfeat.ops.filters import check_filters, filters
+from nnfeat.ops.results import check_out_dir
 
 DEFAULT_K = 4
-#: the defaults of :func:`nnfeat.ops.filters.filters` (repeated here so that building the parser imports
-#: no torch; a test checks they agree)
+#: the defaults of :func:`nnfeat.ops.filters.filters` (repeated here for the parser's help; a test checks they
+#: agree)
 MAX_FILTERS = 64
 STEPS = 128
 
@@ -36,9 +38,6 @@ def register(sub) -> None:
 
 
 def cmd_filters(args) -> int:
-    from nnfeat.ops.results import check_out_dir
-    from nnfeat.ops.filters import check_filters, filters
-
     positive("max_filters", args.max_filters)
     positive("steps", args.steps)
     positive("k", args.k)

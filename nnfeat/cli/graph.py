@@ -2,7 +2,13 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
+from nnfeat.analysis.onnx_export import export_onnx
 from nnfeat.cli.common import add_model, add_shared, finish, load_model, positive
+from nnfeat.errors import NnfeatError
+from nnfeat.ops.graph import graph
+from nnfeat.ops.results import check_out_dir
 
 
 def register(sub) -> None:
@@ -23,13 +29,6 @@ def register(sub) -> None:
 
 
 def cmd_graph(args) -> int:
-    from pathlib import Path
-
-    from nnfeat.errors import NnfeatError
-    from nnfeat.analysis.onnx_export import export_onnx
-    from nnfeat.ops.results import check_out_dir
-    from nnfeat.ops.graph import graph
-
     positive("size", args.size, 2)
     out = check_out_dir(args.out)
     if args.onnx is not None and Path(args.onnx).is_dir():

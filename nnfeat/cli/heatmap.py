@@ -2,8 +2,13 @@
 
 from __future__ import annotations
 
+from nnfeat.analysis.heatmap import check_spatial
 from nnfeat.cli.common import UNITS_HELP, add_images, add_model, add_shared, finish, load_images_from_args, \
     load_model, positive
+from nnfeat.finite import probe_finite
+from nnfeat.ops.heatmap import heatmap
+from nnfeat.ops.results import check_out_dir
+from nnfeat.units import parse_units
 
 DEFAULT_N = 8
 
@@ -32,12 +37,6 @@ def register(sub) -> None:
 
 
 def cmd_heatmap(args) -> int:
-    from nnfeat.analysis.heatmap import check_spatial
-    from nnfeat.finite import probe_finite
-    from nnfeat.ops.results import check_out_dir
-    from nnfeat.units import parse_units
-    from nnfeat.ops.heatmap import heatmap
-
     units = parse_units(args.layer)
     if args.top is not None:
         positive("top", args.top)

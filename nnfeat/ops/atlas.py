@@ -27,12 +27,15 @@ sample and the other rows are placed with the fitted model's ``transform``
 
 A class atlas (``settings.class_``) keeps only the samples whose attribution favours the class: its top
 attribution is the class, or it is among the class's ``class_top`` largest attributions (Carter et al. 2019, class atlases).
+
+The settings are :mod:`nnfeat.analysis.atlas.settings`, the stage files and ``cells.json`` entries
+:mod:`nnfeat.analysis.atlas.stages`, the class selection :mod:`nnfeat.analysis.atlas.classes` (their names are
+re-exported here).
 """
 
 from __future__ import annotations
 
-import hashlib
-import json
+import shutil
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -40,82 +43,27 @@ from typing import Callable, ClassVar
 
 import numpy as np
 import torch
+from PIL import Image
 
-from nnfeat.analysis.collect import Collected, collect, file_digest, model_logit_count, save_npz
-from nnfeat.analysis.atlas.grid import Grid, make_grid
+from nnfeat.analysis.atlas.classes import class_selection, resolve_class
+from nnfeat.analysis.atlas.grid import make_grid
 from nnfeat.analysis.atlas.icons import icon_name, render_icons
-from nnfeat.analysis.atlas.layout import LAYOUT_SAMPLE, LAYOUTS, layout_fit, normalize_layout, whitening
+from nnfeat.analysis.atlas.layout import layout_fit, normalize_layout, whitening
+from nnfeat.analysis.atlas.settings import CLASS_GRID, CLASS_MIN_COUNT, AtlasSettings  # noqa: F401 - see __all__
+from nnfeat.analysis.atlas.stages import (MAX_ATTRIBUTION_CLASSES, cell_entries, class_name,  # noqa: F401
+                                          layout_info, load_stage_grid, load_stage_npy, read_grid, save_npy,
+                                          stage_key)
 from nnfeat.analysis.atlas.stitch import save_mosaic
+from nnfeat.analysis.collect import Collected, collect, file_digest, model_logit_count, save_npz
 from nnfeat.data import ImageSet
+from nnfeat.device import autocast_for, precision_used
 from nnfeat.distributed import Ranks, current
 from nnfeat.errors import NnfeatError
-from nnfeat.io import atomic_path, read_json, write_json
-from nnfeat.models.base import Model
-from nnfeat.device import autocast_for, precision_used
+from nnfeat.io import read_json, write_json
+from nnfeat.models.base import Model, as_model
 from nnfeat.ops.results import Result, check_out_dir, cli_command
+from nnfeat.views.atlas_viewer import write_atlas_html
 from nnfeat.views.sheets import labelled_sheet
-
-#: Cells list their mean attribution per class only up to this many classes (keeps cells.json small).
-MAX_ATTRIBUTION_CLASSES = 100
-
-#: Defaults of a class atlas where the user gave none (the paper's class atlases: 8x8 to 10x10 cells, min count ~4).
-CLASS_GRID = 10
-CLASS_MIN_COUNT = 4
-
-
-@dataclass
-class AtlasSettings:
-    """Everything that shapes an atlas. ``None`` for ``grid``/``min_count``/``icon_size`` means the default
-    for the atlas kind: 20 / 5 (full atlas) or 10 / 4 (class atlas), icon size min(80, model input size).
-    ``layout_sample``: above this many samples the layout is fitted on that many and the rest transformed
-    (default :data:`~nnfeat.analysis.atlas.layout.LAYOUT_SAMPLE`: one UMAP fit of 100 000 rows kept a whole 1 M-sample
-    atlas under 1.9 GB peak and took 16 min on a loaded 2-core machine, single-threaded as a seeded UMAP is;
-    the kNN graph and the fit grow faster than linearly in the rows, so a full 1 M fit would take hours)."""
-
-    samples: int = 100_000
-    per_image: int = 1
-    layout: str = "umap"
-    grid: int | None = None
-    min_count: int | None = None
-    whiten: bool = True
-    icon_size: int | None = None
-    steps: int = 512
-    batch: int = 32
-    seed: int = 0
-    class_: int | str | None = None
-    cossim_pow: float = 3.0
-    transforms: str = "auto"
-    spatial_weight: float = 0.5
-    precision: str = "auto"
-    n_neighbors: int = 20
-    min_dist: float = 0.01
-    class_top: int = 2500
-    members: int = 6
-    collect_batch: int = 128
-    layout_sample: int = LAYOUT_SAMPLE
-
-    def resolved(self, model: Model) -> "AtlasSettings":
-        """A copy with the ``None`` defaults filled in for ``model``."""
-        values = asdict(self)
-        is_class = self.class_ is not None
-        values["grid"] = self.grid or (CLASS_GRID if is_class else 20)
-        values["min_count"] = self.min_count if self.min_count is not None else (CLASS_MIN_COUNT if is_class else 5)
-        values["icon_size"] = self.icon_size or min(80, max(model.input_size))
-        return AtlasSettings(**values)
-
-    def check(self) -> None:
-        """One-line errors for impossible values."""
-        if self.layout not in LAYOUTS:
-            raise NnfeatError(f"unknown layout '{self.layout}': use one of {', '.join(LAYOUTS)}")
-        for name in ("samples", "per_image", "grid", "icon_size", "steps", "batch", "class_top", "collect_batch",
-                     "layout_sample"):
-            value = getattr(self, name)
-            if value is not None and value < 1:
-                raise NnfeatError(f"--{name.replace('_', '-')} must be at least 1, got {value}")
-        if self.min_count is not None and self.min_count < 1:
-            raise NnfeatError(f"--min-count must be at least 1, got {self.min_count}")
-        autocast_for(self.precision)  # a one-line error for an unknown value
-
 
 @dataclass(repr=False)
 class AtlasResult(Result):
@@ -177,8 +125,6 @@ class AtlasResult(Result):
         """Write ``atlas.png`` (the mosaic), ``cells.json``, ``atlas.html``, ``icons/`` and the record ``atlas.json``
         into ``out`` (copies when ``out`` is not the folder the atlas was built in); ``timing`` as in
         :meth:`Result.save`."""
-        import shutil
-
         out = check_out_dir(out)
         if not current().writer:  # under a process group only rank 0 writes the shared files
             return out / "atlas.json"
@@ -193,108 +139,7 @@ class AtlasResult(Result):
 
 
 def _read_png(path: Path) -> torch.Tensor:
-    from PIL import Image
-
     return torch.from_numpy(np.array(Image.open(path).convert("RGB"))).permute(2, 0, 1).float() / 255
-
-
-def _key(*parts) -> str:
-    return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:20]
-
-
-def _read_json_or_none(path: Path):
-    """A JSON file's content, or None when it is missing or damaged."""
-    try:
-        return read_json(path)
-    except (OSError, ValueError):
-        return None
-
-
-def _meta_matches(meta_path: Path, key: str, path: Path) -> bool:
-    """Whether the stage record ``meta_path`` has ``key`` and, when it recorded one, ``path``'s digest."""
-    meta = _read_json_or_none(meta_path)
-    if not isinstance(meta, dict) or meta.get("key") != key or not path.is_file():
-        return False
-    return "digest" not in meta or file_digest(path) == meta["digest"]
-
-
-def _load_stage_npy(path: Path, meta_path: Path, key: str, shape: tuple[int, ...]) -> np.ndarray | None:
-    """A stage's ``.npy`` when its record has ``key``, the file's digest matches and it loads with ``shape``
-    and finite values; else None (missing, stale, truncated or corrupt: the stage is computed again)."""
-    if not _meta_matches(meta_path, key, path):
-        return None
-    try:
-        array = np.load(path)
-    except (OSError, ValueError, EOFError):
-        return None
-    return array if array.shape == shape and np.isfinite(array).all() else None
-
-
-def _read_grid(path: Path) -> Grid:
-    with np.load(path) as arrays:
-        return Grid.from_arrays({k: arrays[k] for k in arrays.files})
-
-
-def _load_stage_grid(path: Path, meta_path: Path, key: str, count: int, channels: int) -> Grid | None:
-    """``grid.npz`` when valid as in :func:`_load_stage_npy` (every array loads; one cell per sample, cell
-    vectors of ``channels``), else None."""
-    if not _meta_matches(meta_path, key, path):
-        return None
-    try:
-        grid = _read_grid(path)
-    except Exception:  # a damaged zip raises many kinds of errors: all mean "compute the grid again"
-        return None
-    ok = grid.sample_cell.shape == (count,) and grid.vectors.shape == (len(grid), channels)
-    return grid if ok else None
-
-
-def _layout_info(meta: dict, count: int, layout_sample: int) -> dict:
-    """How the layout was made, for ``cells.json`` / ``atlas.json``: method, ``fit`` ("all" or "sample"),
-    ``fit_samples``, ``samples`` and the ``layout_sample`` threshold."""
-    return {"method": meta.get("method"), "fit": meta.get("fit", "all"), "fit_samples": meta.get("fit_samples", count),
-            "samples": count, "layout_sample": layout_sample}
-
-
-def _save_npy(path: Path, array: np.ndarray) -> str:
-    """Write ``array`` as ``.npy`` (atomically); returns the file's digest."""
-    with atomic_path(path) as tmp:
-        with open(tmp, "wb") as handle:
-            np.save(handle, array)
-        digest = file_digest(tmp)
-    return digest
-
-
-def resolve_class(value: int | str, names: list[str] | None, count: int) -> int:
-    """A class given as index or name -> its index, or a one-line error naming valid choices."""
-    text = str(value)
-    if text.lstrip("-").isdigit():
-        index = int(text)
-        if not 0 <= index < count:
-            raise NnfeatError(f"class {index} out of range: the model has classes 0..{count - 1}")
-        return index
-    if names is not None and text in names:
-        return names.index(text)
-    from nnfeat.errors import nearest
-
-    near = nearest(text, names or [])
-    hint = f"; nearest: {', '.join(near)}" if near else ""
-    raise NnfeatError(f"unknown class '{text}'{hint} (give a class name or an index 0..{count - 1})")
-
-
-def class_selection(attr: np.ndarray, cls: int, top: int) -> np.ndarray:
-    """Sorted sample rows whose top attribution is ``cls`` or that are among ``cls``'s largest attributions.
-
-    "Largest" means the ``min(top, N // K)`` highest values of ``attr[:, cls]`` (N samples, K classes): the
-    paper's 2 000-3 000 of 1 M samples, but never more than a class's fair share on small collections,
-    where ``top`` alone would keep every sample.
-    """
-    attr = np.asarray(attr)
-    favoured = np.argmax(attr, axis=1) == cls
-    column = attr[:, cls]
-    top = min(top, len(column) // max(attr.shape[1], 1))
-    if top > 0:
-        favoured[np.argpartition(-column, top - 1)[:top]] = True
-    return np.flatnonzero(favoured)
 
 
 def build_atlas(model: Model, layer: str, images: ImageSet, out: str | Path, settings: AtlasSettings, *,
@@ -315,6 +160,7 @@ def build_atlas(model: Model, layer: str, images: ImageSet, out: str | Path, set
         :class:`AtlasResult`.
     """
     started = time.perf_counter()
+    model = as_model(model)
     settings.check()
     model.check_layer(layer)
     s = settings.resolved(model)
@@ -335,8 +181,8 @@ def build_atlas(model: Model, layer: str, images: ImageSet, out: str | Path, set
 
     # 1. collect (collective: batch b on rank b % world, then rank 0 merges) ------------------------------
     start = time.perf_counter()
-    collect_key = _key("collect", model.name, layer, images.name, len(images), s.samples, s.per_image, s.seed,
-                       s.collect_batch)
+    collect_key = stage_key("collect", model.name, layer, images.name, len(images), s.samples, s.per_image, s.seed,
+                            s.collect_batch)
     data: Collected = collect(model, layer, images, out / "collect", n=s.samples, per_image=s.per_image, seed=s.seed,
                               batch_size=s.collect_batch, key=collect_key, progress=progress, ranks=ranks)
     _finish("collect", start, data.reused, timings, cached, say, f"{len(data)} samples of {layer} {data.layer_shape}")
@@ -349,11 +195,11 @@ def build_atlas(model: Model, layer: str, images: ImageSet, out: str | Path, set
     white_meta, white_path = out / "whitening.json", out / "whitening.npy"
     matrix, reuse = None, True
     if ranks.writer:
-        matrix = _load_stage_npy(white_path, white_meta, collect_key, (channels, channels))
+        matrix = load_stage_npy(white_path, white_meta, collect_key, (channels, channels))
         reuse = matrix is not None
         if not reuse:
             matrix = whitening(data.acts)
-            write_json(white_meta, {"key": collect_key, "digest": _save_npy(white_path, matrix)})
+            write_json(white_meta, {"key": collect_key, "digest": save_npy(white_path, matrix)})
     ranks.barrier()
     if matrix is None:
         matrix = np.load(white_path)
@@ -374,35 +220,35 @@ def build_atlas(model: Model, layer: str, images: ImageSet, out: str | Path, set
     # 3. layout (rank 0): fitted on every sample, or on s.layout_sample of them and the rest transformed ----
     start = time.perf_counter()
     sampled = count > s.layout_sample
-    layout_key = _key("layout", collect_key, s.layout, s.seed, s.n_neighbors, s.min_dist, class_index, s.class_top,
-                      *([("fit", s.layout_sample)] if sampled else []))  # small layouts keep their old key
+    layout_key = stage_key("layout", collect_key, s.layout, s.seed, s.n_neighbors, s.min_dist, class_index,
+                           s.class_top, *([("fit", s.layout_sample)] if sampled else []))  # small layouts keep their old key
     layout_meta, layout_path = out / "layout.json", out / "layout.npy"
     positions, reuse = None, True
     if ranks.writer:
-        positions = _load_stage_npy(layout_path, layout_meta, layout_key, (count, 2))
+        positions = load_stage_npy(layout_path, layout_meta, layout_key, (count, 2))
         reuse = positions is not None
         if not reuse:
             positions, fit = layout_fit(acts, s.layout, seed=s.seed, n_neighbors=s.n_neighbors, min_dist=s.min_dist,
                                         fit_rows=s.layout_sample, verbose=False)
-            digest = _save_npy(layout_path, positions)
+            digest = save_npy(layout_path, positions)
             write_json(layout_meta, {"key": layout_key, "method": s.layout, "samples": len(positions),
                                      "fit": fit["fit"], "fit_samples": fit["fit_samples"],
                                      "layout_sample": s.layout_sample, "digest": digest})
     ranks.barrier()
     if positions is None:
         positions = np.load(layout_path)
-    layout_info = _layout_info(read_json(layout_meta), count, s.layout_sample)
-    fit_text = "fitted on all" if layout_info["fit"] == "all" else \
-        f"fitted on a sample of {layout_info['fit_samples']}, the rest placed by transform"
+    fit_info = layout_info(read_json(layout_meta), count, s.layout_sample)
+    fit_text = "fitted on all" if fit_info["fit"] == "all" else \
+        f"fitted on a sample of {fit_info['fit_samples']}, the rest placed by transform"
     _finish("layout", start, reuse, timings, cached, say, f"{s.layout} of {len(positions)} samples, {fit_text}")
 
     # 4. normalize + grid (rank 0) ------------------------------------------------------------------------
     start = time.perf_counter()
-    grid_key = _key("grid", layout_key, s.grid, s.min_count, s.members)
+    grid_key = stage_key("grid", layout_key, s.grid, s.min_count, s.members)
     grid_meta, grid_path = out / "grid.json", out / "grid.npz"
     grid, reuse = None, True
     if ranks.writer:
-        grid = _load_stage_grid(grid_path, grid_meta, grid_key, count, channels)
+        grid = load_stage_grid(grid_path, grid_meta, grid_key, count, channels)
         reuse = grid is not None
         if not reuse:
             normalized = normalize_layout(positions)
@@ -413,7 +259,7 @@ def build_atlas(model: Model, layer: str, images: ImageSet, out: str | Path, set
             write_json(grid_meta, {"key": grid_key, "cells": len(grid), "digest": file_digest(grid_path)})
     ranks.barrier()
     if grid is None:
-        grid = _read_grid(grid_path)
+        grid = read_grid(grid_path)
     if len(grid) == 0:
         raise NnfeatError(f"no grid cell holds {s.min_count} samples: lower --min-count or --grid, or raise --samples")
     _finish("grid", start, reuse, timings, cached, say, f"{len(grid)} of {s.grid}x{s.grid} cells kept")
@@ -422,8 +268,8 @@ def build_atlas(model: Model, layer: str, images: ImageSet, out: str | Path, set
     start = time.perf_counter()
     autocast = autocast_for(s.precision)
     precision = precision_used(model.device, autocast, model)
-    icons_key = _key("icons", grid_key, s.whiten, s.icon_size, s.steps, s.cossim_pow, s.transforms, s.seed,
-                     s.spatial_weight, *([precision] if precision != "fp32" else []))
+    icons_key = stage_key("icons", grid_key, s.whiten, s.icon_size, s.steps, s.cossim_pow, s.transforms, s.seed,
+                          s.spatial_weight, *([precision] if precision != "fp32" else []))
     icon_dir = out / "icons"
     icon_args = dict(whitening=matrix if s.whiten else None, icon_size=s.icon_size, steps=s.steps, batch=s.batch,
                      seed=s.seed, cossim_pow=s.cossim_pow, transforms=s.transforms, spatial_weight=s.spatial_weight,
@@ -451,12 +297,14 @@ def build_atlas(model: Model, layer: str, images: ImageSet, out: str | Path, set
             "model": model.name, "layer": layer, "layer_shape": list(data.layer_shape), "source": images.name,
             "grid": s.grid, "icon_size": s.icon_size, "samples": int(count), "classes": class_names,
             "label_classes": images.classes if images.labels is not None else None,
-            "class": None if class_index is None else {"index": class_index, "name": _name(class_names, class_index)},
-            "mean_cosine": float(cosines.mean()), "settings": settings_dict, "layout_fit": layout_info,
+            "class": None if class_index is None else {"index": class_index,
+                                                       "name": class_name(class_names, class_index)},
+            "mean_cosine": float(cosines.mean()), "settings": settings_dict, "layout_fit": fit_info,
             "mosaic": "atlas.png", "device": str(model.device), "precision": precision,
         }
         cells_json = write_json(out / "cells.json", {**header, "cells": cells})
-        title = f"{model.name} {layer}" + ("" if class_index is None else f" — class {_name(class_names, class_index)}")
+        target = "" if class_index is None else f" — class {class_name(class_names, class_index)}"
+        title = f"{model.name} {layer}{target}"
         html = _write_html(out, mosaic, cells, class_names if class_names is not None else images.classes, s.grid,
                            title, images, model.input_size)
     ranks.barrier()
@@ -483,42 +331,9 @@ def build_atlas(model: Model, layer: str, images: ImageSet, out: str | Path, set
                        timings=timings, cached=cached, elapsed=time.perf_counter() - started, command=command)
 
 
-def _name(names: list[str] | None, index: int) -> str:
-    return str(names[index]) if names is not None and 0 <= index < len(names) else str(index)
-
-
-def cell_entries(grid: Grid, cosines: np.ndarray, class_names: list[str] | None, images: ImageSet) -> list[dict]:
-    """One ``cells.json`` entry per kept cell; the fields are :data:`nnfeat.analysis.atlas.cells.CELL_FIELDS`."""
-    from nnfeat.analysis.atlas.cells import cell_entry
-
-    entries = []
-    for i in range(len(grid)):
-        row, col = int(grid.rows[i]), int(grid.cols[i])
-        top_class = attribution = labels = majority = None
-        if grid.attr is not None:
-            top = int(np.argmax(grid.attr[i]))
-            top_class = (top, _name(class_names, top))
-            if grid.attr.shape[1] <= MAX_ATTRIBUTION_CLASSES:
-                attribution = grid.attr[i]
-        if grid.label_counts is not None:
-            hist = grid.label_counts[i]
-            order = np.argsort(-hist, kind="stable")
-            labels = {images.label_name(int(k)): int(hist[k]) for k in order if hist[k] > 0}
-            if hist.sum() > 0:
-                top = int(order[0])
-                majority = (top, images.label_name(top), hist[top] / hist.sum())
-        entries.append(cell_entry(
-            row, col, count=grid.counts[i], icon=f"icons/{icon_name(row, col)}", position=grid.positions[i],
-            cosine=cosines[i], members=[m for m in grid.members[i] if m >= 0], top_class=top_class,
-            attribution=attribution, labels=labels, majority_label=majority))
-    return entries
-
-
 def _write_html(out: Path, mosaic: Path, cells: list[dict], classes: list[str] | None, grid: int,
                 title: str, images: ImageSet, size: tuple[int, int]) -> Path:
     """``atlas.html``: the interactive viewer (:mod:`nnfeat.views.atlas_viewer`), member images embedded."""
-    from nnfeat.views.atlas_viewer import write_atlas_html  # the views sit downstream of the atlas: import late
-
     members = sorted({m for cell in cells for m in cell["members"]})
     pictures = images.read(members, None if images.array is not None else size) if members else []
     thumbnails = dict(zip(members, pictures))

@@ -5,7 +5,7 @@ token's -- or the chosen query token's -- attention over the patches per head, o
 overlaid on the image. With ``rollout`` / ``grad_rollout`` it adds the attention rollout (Abnar & Zuidema
 2020) and the gradient-weighted rollout for a class (Chefer et al. 2021) as figures of their own. Each figure
 has one colour scale (viridis-like, 0 .. its largest value), stated in a colour bar under it. The
-computation is :mod:`nnfeat.analysis.attention`.
+computation is :mod:`nnfeat.analysis.attention`, the drawing :mod:`nnfeat.views.attention_page`.
 
 Files: ``attention.png`` (the sheet), ``attention.json`` (settings, the token layout, and per image and map
 its largest value and peak patch), ``image-<i>.png`` (one image's grid and rollouts), ``attention-maps.npz``
@@ -21,43 +21,17 @@ from typing import ClassVar, Sequence
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 from nnfeat.analysis import attention as at
-from nnfeat.analysis.heatmap import COLORMAPS, ColorScale, color_scale, overlay
+from nnfeat.analysis.heatmap import ColorScale, color_scale, overlay
 from nnfeat.data import ImageSet
 from nnfeat.errors import NnfeatError
+from nnfeat.io import atomic_path, save_image
 from nnfeat.layouts import OUTPUT
-from nnfeat.models.base import as_model
+from nnfeat.models.base import Model, as_model
 from nnfeat.ops.results import Result, cli_command
-from nnfeat.views.sheets import colour_bar, labelled_sheet, stack_rows
-
-#: the largest tile edge on the sheet (bigger inputs are shown downscaled; the maps keep their grid)
-SHEET_TILE = 112
-
-
-def _fmt(x: float) -> str:
-    return f"{x:.3g}"
-
-
-def _head_label(head: int | str, index: int) -> str:
-    return f"head {index}" if head == "all" else (f"head {head}" if isinstance(head, int) else f"{head} of heads")
-
-
-def colorbar(scale: ColorScale, width: int, label: str) -> np.ndarray:
-    """A strip under a figure: the colour table with its limits and ``label`` (what the one scale measures)."""
-    return colour_bar(COLORMAPS[scale.colormap], _fmt(float(scale.vmin.flatten()[0])),
-                      _fmt(float(scale.vmax.flatten()[0])), label, width)
-
-
-def _small(images: torch.Tensor) -> torch.Tensor:
-    """(..., 3, H, W) -> tiles at most :data:`SHEET_TILE` px on the longer side (area downscaling)."""
-    h, w = images.shape[-2:]
-    if max(h, w) <= SHEET_TILE:
-        return images
-    size = (max(1, round(h * SHEET_TILE / max(h, w))), max(1, round(w * SHEET_TILE / max(h, w))))
-    flat = images.reshape(-1, *images.shape[-3:]).float()
-    return F.interpolate(flat, size=size, mode="area").reshape(*images.shape[:-2], *size)
+from nnfeat.views import attention_page as page
+from nnfeat.views.attention_page import SHEET_TILE, colorbar  # noqa: F401 - public here too (see __all__)
 
 
 def _peak(maps: torch.Tensor) -> tuple[list[int], float]:
@@ -120,63 +94,25 @@ class AttentionResult(Result):
 
     def image_caption(self, i: int) -> str:
         """Two lines: the image (and its label), its prediction."""
-        label = self.image_labels[i]
-        pred = f"pred {self._class_text(self.predictions[i])}" if self.predictions is not None else ""
-        return f"image {self.indices[i]}" + (f" ({label})" if label is not None else "") + f"\n{pred}"
+        prediction = self._class_text(self.predictions[i]) if self.predictions is not None else None
+        return page.image_caption(self.indices[i], self.image_labels[i], prediction)
+
+    def _view(self) -> page.AttentionFigure:
+        """The figures' data (:class:`nnfeat.views.attention_page.AttentionFigure`)."""
+        values = {"rollout": self.rollout, "grad_rollout": self.grad_rollout}
+        rollouts = {name: (over, values[name], self.rollout_scales[name])
+                    for name, over in self.rollout_overlays.items()}
+        targets = [self._class_text(t) for t in self.targets] if self.targets is not None else None
+        return page.AttentionFigure(self.inputs, self.overlays, self.maps, self.scale, self.layers, self.head_labels,
+                                    [self.image_caption(i) for i in range(len(self.inputs))], rollouts, self.fusion,
+                                    targets)
 
     def captions(self) -> list[str]:
         """One caption per tile of :attr:`images` (per image: its head maps, layer by layer, then its rollouts)."""
-        heads = self.maps.shape[2]
-        out = []
-        for i in range(len(self.inputs)):
-            caps = self._image_captions(i)
-            out += [c for j, c in enumerate(caps) if j % (heads + 1)]  # leave out the input tiles of the grid
-            out += [f"{self.image_caption(i)}\n{name.replace('_', ' ')}" for name in self.rollout_overlays]
-        return out
-
-    def _image_captions(self, i: int) -> list[str]:
-        caps = []
-        for l, layer in enumerate(self.layers):
-            caps.append(f"{self.image_caption(i) if l == 0 else chr(10)}\n{layer}")
-            caps.extend(f"{layer}\n{self.head_labels[k]}\nmax {_fmt(float(self.maps[i, l, k].max()))}"
-                        for k in range(self.maps.shape[2]))
-        return caps
-
-    def _grid_tiles(self, rows: slice) -> torch.Tensor:
-        """(b, L*(K+1), 3, h, w) tiles of the layers x heads grid of images ``rows``."""
-        inputs = _small(self.inputs[rows]).unsqueeze(1).unsqueeze(1).expand(-1, len(self.layers), -1, -1, -1, -1)
-        grid = torch.cat([inputs, _small(self.overlays[rows])], 2)  # (b, L, K+1, 3, h, w)
-        return grid.flatten(1, 2)
-
-    def _rollout_label(self, name: str) -> str:
-        if name == "rollout":
-            return f"rollout ({self.fusion} of heads, A/2+I/2)"
-        return "gradient rollout (Chefer)"
-
-    def _rollout_figure(self, name: str, rows: slice) -> np.ndarray:
-        over = self.rollout_overlays[name][rows]
-        n = len(over)
-        tiles = torch.stack([_small(self.inputs[rows]), _small(over)], 1).flatten(0, 1)
-        values = (self.rollout if name == "rollout" else self.grad_rollout)[rows]
-        index = range(rows.start or 0, (rows.start or 0) + n)
-        caps = []
-        for j, i in enumerate(index):
-            what = f"class {self._class_text(self.targets[i])}" if name == "grad_rollout" else f"{self.fusion} of heads"
-            caps += [self.image_caption(i), f"{name.replace('_', ' ')}\n{what}\nmax {_fmt(float(values[j].max()))}"]
-        sheet = labelled_sheet(tiles, caps, ncol=2 * min(n, 4), title=self._rollout_label(name), lines=3)
-        return stack_rows([sheet, colorbar(self.rollout_scales[name], sheet.shape[1], "one colour scale for this figure")])
-
-    def _figure(self, rows: slice, title: str | None) -> np.ndarray:
-        count = len(self.inputs[rows])
-        caps = [c for i in range(rows.start or 0, (rows.start or 0) + count) for c in self._image_captions(i)]
-        grid = labelled_sheet(self._grid_tiles(rows).flatten(0, 1), caps, ncol=self.maps.shape[2] + 1, title=title,
-                              lines=3)
-        parts = [grid, colorbar(self.scale, grid.shape[1], "one colour scale for every map above")]
-        parts += [self._rollout_figure(name, rows) for name in self.rollout_overlays]
-        return stack_rows(parts)
+        return self._view().captions()
 
     def sheet(self) -> np.ndarray:
-        return self._figure(slice(0, len(self.inputs)), self.title())
+        return self._view().figure(slice(0, len(self.inputs)), self.title())
 
     def record(self) -> dict:
         per_image = []
@@ -210,11 +146,10 @@ class AttentionResult(Result):
                 "source": self.source, "device": self.device, "images": per_image}
 
     def write_files(self, out: Path) -> list[str]:
-        from nnfeat.io import atomic_path, save_image
-
+        view = self._view()
         files = []
         for i in range(len(self.inputs)):
-            files.append(save_image(out / f"image-{i}.png", self._figure(slice(i, i + 1), None)).name)
+            files.append(save_image(out / f"image-{i}.png", view.figure(slice(i, i + 1), None)).name)
         arrays = {"maps": self.maps.numpy()}
         for name, values in (("rollout", self.rollout), ("grad_rollout", self.grad_rollout)):
             if values is not None:
@@ -232,7 +167,13 @@ def check_request(model, layers=None, head: int | str = "all", query: int | None
     """Check an attention request before any image is read: the layers exist, the head and query token are in
     range, ``target`` comes with gradient rollout and names a class. Returns (layers, head, token layout at
     ``size``, default the model's input size). One-line :class:`NnfeatError` otherwise."""
-    model = as_model(model)
+    return _check_request(as_model(model), layers, head, query, grad_rollout=grad_rollout, target=target,
+                          fusion=fusion, size=size)
+
+
+def _check_request(model: Model, layers, head: int | str, query: int | None, *, grad_rollout: bool,
+                   target: int | str | None, fusion: str, size: Sequence[int] | None
+                   ) -> tuple[list[at.AttentionLayer], int | str, at.TokenLayout]:
     selected = at.select_layers(model, layers)
     fewest = min(selected, key=lambda layer: layer.heads)
     head = at.check_head(head, fewest.heads, f"attention layer '{fewest.name}'")
@@ -253,7 +194,7 @@ def check_request(model, layers=None, head: int | str = "all", query: int | None
     return selected, head, layout
 
 
-def attention(model, images: ImageSet | torch.Tensor, *, layers: str | Sequence[str | int] | None = None,
+def attention(model: Model, images: ImageSet | torch.Tensor, *, layers: str | Sequence[str | int] | None = None,
               head: int | str = "all", query: int | None = None, rollout: bool = False, grad_rollout: bool = False,
               target: int | str | None = None, fusion: str = "mean", batch_size: int = 16, alpha: float = 0.6
               ) -> AttentionResult:
@@ -279,8 +220,8 @@ def attention(model, images: ImageSet | torch.Tensor, *, layers: str | Sequence[
         source, indices, labels = "tensor", list(range(len(images))), [None] * len(images)
         options = {"images": source, "n": len(images)}
     size = tuple(batches[0].shape[-2:])
-    selected, head, layout = check_request(model, layers, head, query, grad_rollout=grad_rollout, target=target,
-                                           fusion=fusion, size=size)
+    selected, head, layout = _check_request(model, layers, head, query, grad_rollout=grad_rollout, target=target,
+                                            fusion=fusion, size=size)
     query = at.check_query(query, layout)
     every = at.attention_layers(model) if (rollout or grad_rollout) else selected
     position = {layer.name: i for i, layer in enumerate(every)}
@@ -312,7 +253,7 @@ def attention(model, images: ImageSet | torch.Tensor, *, layers: str | Sequence[
             roll_scales[name] = cs
             roll_overlays[name] = overlay(inputs, values, cs.vmin, cs.vmax, cs.colormap, alpha)
     heads = [layer.heads for layer in selected]
-    head_labels = [_head_label(head, j) for j in range(k)]
+    head_labels = [page.head_label(head, j) for j in range(k)]
     command = cli_command("attention", model.name, **options,
                           layer=None if layers is None else ",".join(layer.name for layer in selected),
                           head=None if head == "all" else head, query=query if query != layout.cls else None,

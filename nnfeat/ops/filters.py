@@ -4,7 +4,8 @@ The sheet shows one tile per filter of a conv layer, zero at exactly mid-grey on
 :mod:`nnfeat.analysis.filters`): RGB tiles for a first convolution that reads the RGB image, and for deeper
 layers each filter's grey per-input-channel tiles as one mosaic. A strip under the sheet states the scale's
 numbers (max |w|). With renders or dataset examples, each filter is one row of the sheet: filter tile |
-its unit's render | its top dataset examples (the patch around the strongest activation).
+its unit's render | its top dataset examples (the patch around the strongest activation). The drawing is
+:mod:`nnfeat.views.filters_page`, the tiles :mod:`nnfeat.analysis.filters`.
 
 Files: ``filters.png`` (the sheet), ``filter-NNNN.png`` (each shown filter's input channels as captioned grey
 tiles; one mosaic picture for filters with more than 64 input channels), ``render-NNNN.png`` with renders, and
@@ -20,28 +21,24 @@ from typing import ClassVar, Sequence
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
+from nnfeat.analysis.examples import example_crops, top_examples
 from nnfeat.analysis.filters import (channel_mosaic, channel_tiles, conv_layers, conv_weight, filter_bounds,
                                      filter_stats, filter_tiles, find_conv, input_channel_offsets, SCALES)
-from nnfeat.data import ImageSet
+from nnfeat.data import ImageSet, load_images
+from nnfeat.engine.objectives import channel
 from nnfeat.errors import NnfeatError
+from nnfeat.models.base import Model, as_model
+from nnfeat.ops.render import render
 from nnfeat.ops.results import Result, cli_command
-from nnfeat.views.sheets import colour_bar, labelled_sheet, stack_rows
 from nnfeat.units import Units, format_units, parse_units
+from nnfeat.views import filters_page as page
+from nnfeat.views.filters_page import CAPTIONED_CHANNELS, ROW_TILE  # noqa: F401 - their old home
 
 #: filters shown by default for a plain LAYER (all of them up to this many)
 MAX_FILTERS = 64
 #: render steps by default with ``with_renders``
 STEPS = 128
-#: filters with more input channels than this get one mosaic picture instead of captioned tiles
-CAPTIONED_CHANNELS = 64
-#: renders and examples are shown at most this many pixels on a side in the sheet
-ROW_TILE = 128
-
-
-def _fmt(x: float) -> str:
-    return f"{x:.3g}"
 
 
 @dataclass(repr=False)
@@ -101,79 +98,34 @@ class FiltersResult(Result):
         return 1 + (self.renders is not None) + (self.examples.shape[1] if self.examples is not None else 0)
 
     def row_size(self) -> int:
-        """The side of every tile of a row sheet (renders and examples at most :data:`ROW_TILE`; a filter
-        mosaic larger than that sets it)."""
-        sides = [int(self.tiles.shape[-1]), int(self.tiles.shape[-2])]
-        if self.renders is not None:
-            sides.append(min(ROW_TILE, max(self.renders.shape[-2:])))
-        if self.examples is not None:
-            sides.append(min(ROW_TILE, max(self.examples.shape[-2:])))
-        return max(sides)
+        """The side of every tile of a row sheet (see :func:`nnfeat.views.filters_page.row_size`)."""
+        return page.row_size(self.tiles, self.renders, self.examples)
 
     def sheet_images(self) -> torch.Tensor:
-        if not self.has_rows:
-            return self.tiles
-        size = self.row_size()
-        columns = [_fit(self.tiles, size).unsqueeze(1)]
-        if self.renders is not None:
-            columns.append(_fit(self.renders, size).unsqueeze(1))
-        if self.examples is not None:
-            f, k = self.examples.shape[:2]
-            columns.append(_fit(self.examples.flatten(0, 1), size).view(f, k, 3, size, size))
-        return torch.cat(columns, 1).flatten(0, 1)
+        return page.row_tiles(self.tiles, self.renders, self.examples)
 
     def filter_caption(self, i: int) -> str:
-        what = f"max|w| {_fmt(float(self.weight[i].abs().max()))}"
-        if self.offsets[i] or self.conv["groups"] > 1:
-            what += f"  in {self.offsets[i]}..{self.offsets[i] + self.shape[1] - 1}"
-        return f"filter {self.indices[i]}\n{what}"
+        return page.filter_caption(self.indices[i], self.weight[i], self.offsets[i], self.conv["groups"] > 1)
 
     def captions(self) -> list[str]:
-        if not self.has_rows:
-            return [self.filter_caption(i) for i in range(len(self.indices))]
-        out = []
-        for i in range(len(self.indices)):
-            out.append(self.filter_caption(i))
-            if self.renders is not None:
-                out.append(f"render\n{_fmt(float(self.render_values[i]))}")
-            for j, ex in enumerate(self.example_records[i] if self.examples is not None else []):
-                label = f" {ex['label_name']}" if ex.get("label_name") is not None else ""
-                out.append(f"top {j + 1}\n{_fmt(ex['score'])}{label}")
-        return out
+        return page.filters_captions(self.indices, self.weight, self.offsets, self.conv["groups"] > 1,
+                                     self.render_values if self.renders is not None else None,
+                                     self.example_records if self.examples is not None else None)
 
     def title(self) -> str:
-        o, i, kh, kw = self.shape
-        shown = f", showing {len(self.indices)} of {self.total}" if len(self.indices) < self.total else ""
-        return f"{self.model}  {self.layer}  filters {o}x{i}x{kh}x{kw}{shown}"
+        return page.filters_title(self.model, self.layer, self.shape, len(self.indices), self.total)
 
     def scale_note(self) -> str:
-        zero = "0 = mid-grey"
-        if self.scale == "layer":
-            m = _fmt(float(self.bounds[0])) if len(self.bounds) else "0"
-            text = f"one symmetric scale for the layer: max |w| = {m} ({zero})"
-        else:
-            text = f"per-filter symmetric scale: each caption gives its filter's max |w| ({zero})"
-        if self.rgb:
-            text += "; RGB tiles: input channels 0, 1, 2 as red, green, blue"
-        else:
-            text += "; each filter: its input channels as grey tiles, row by row"
-        if self.capped:
-            text += f"; first {len(self.indices)} of {self.total} filters (--max-filters)"
-        return text
+        return page.scale_note(self.scale, self.bounds, self.rgb, self.capped, len(self.indices), self.total)
 
     def scale_strip(self, width: int) -> np.ndarray:
         """A strip: the grey ramp from -m (black) through 0 (mid-grey) to +m (white), with its numbers, and the
         scale's note wrapped to the width."""
-        if self.scale == "layer" and len(self.bounds):
-            lo, hi = f"-{_fmt(float(self.bounds[0]))}", f"+{_fmt(float(self.bounds[0]))}"
-        else:
-            lo, hi = "-max|w|", "+max|w|"
-        grey = torch.linspace(0, 1, 256).unsqueeze(1).expand(256, 3)
-        return colour_bar(grey, lo, hi, self.scale_note(), width, middle="0", min_width=320)
+        return page.scale_strip(self.scale, self.bounds, self.scale_note(), width)
 
     def sheet(self) -> np.ndarray:
-        grid = labelled_sheet(self.sheet_images(), self.captions(), ncol=self.sheet_columns, title=self.title())
-        return stack_rows([grid, self.scale_strip(grid.shape[1])])
+        return page.filters_sheet(self.sheet_images(), self.captions(), self.sheet_columns, self.title(), self.scale,
+                                  self.bounds, self.scale_note())
 
     # -- record and files ------------------------------------------------------------------------
     def record(self) -> dict:
@@ -201,42 +153,8 @@ class FiltersResult(Result):
                 "device": self.device, "filters": per_filter}
 
     def write_files(self, out: Path) -> list[str]:
-        from nnfeat.io import save_image
-
-        files = []
-        names = ("R", "G", "B") if self.rgb else None
-        for i, o in enumerate(self.indices):
-            title = f"{self.layer} filter {o}: max|w| {_fmt(float(self.weight[i].abs().max()))}, " \
-                    f"scale \u00b1{_fmt(float(self.bounds[i]))}"
-            channels = self.channel_tiles[i]
-            if len(channels) <= CAPTIONED_CHANNELS:
-                caps = list(names) if names else [f"in {self.offsets[i] + c}" for c in range(len(channels))]
-                picture = labelled_sheet(channels.unsqueeze(1), caps, title=title)
-            else:
-                mosaic = channel_mosaic(channels.unsqueeze(0))
-                picture = labelled_sheet(mosaic, [f"in {self.offsets[i]}..{self.offsets[i] + len(channels) - 1}, "
-                                                  f"row by row"], title=title, min_tile=512)
-            files.append(save_image(out / f"filter-{o:04d}.png", picture).name)
-            if self.renders is not None:
-                files.append(save_image(out / f"render-{o:04d}.png", self.renders[i]).name)
-        return files
-
-
-def _fit(images: torch.Tensor, size: int) -> torch.Tensor:
-    """(B, 3, h, w) -> (B, 3, size, size): enlarged by a whole factor (nearest) or shrunk (antialiased) to fit,
-    centred on white."""
-    images = images.float().cpu()
-    h, w = images.shape[-2:]
-    side = max(h, w)
-    if side <= size:
-        factor = size // side
-        images = images.repeat_interleave(factor, -2).repeat_interleave(factor, -1)
-    else:
-        shape = (max(1, round(h * size / side)), max(1, round(w * size / side)))
-        images = F.interpolate(images, size=shape, mode="bilinear", antialias=True, align_corners=False).clamp(0, 1)
-    h, w = images.shape[-2:]
-    top, left = (size - h) // 2, (size - w) // 2
-    return F.pad(images, (left, size - w - left, top, size - h - top), value=1.0)
+        return page.write_filter_pictures(out, self.layer, self.indices, self.weight, self.bounds, self.channel_tiles,
+                                          self.offsets, self.rgb, self.renders)
 
 
 def _select(model, layer: str | Units | None, units: Sequence[int] | None, max_filters: int):
@@ -270,31 +188,7 @@ def check_filters(model, layer: str | Units | None = None, *, units: Sequence[in
     return name, indices
 
 
-def _example_crops(images: ImageSet, found, size: tuple[int, int], min_side: int) -> tuple[torch.Tensor, list]:
-    """Per filter, its top examples' patches around the receptive field of the strongest position, grown to
-    at least ``min_side`` px (kept inside the image): (F, k, 3, s, s) and the JSON records."""
-    from nnfeat.ops.examples import example_images
-
-    crops, records = [], []
-    for result in found.values():
-        pictures = example_images(images, result.top, size)
-        row, rec = [], []
-        for picture, example in zip(pictures, result.top):
-            top, left, h, w = example.box
-            side = min(max(h, w, min_side), size[0], size[1])
-            cy, cx = top + h // 2, left + w // 2
-            y0 = min(max(cy - side // 2, 0), size[0] - side)
-            x0 = min(max(cx - side // 2, 0), size[1] - side)
-            row.append(picture[:, y0:y0 + side, x0:x0 + side])
-            rec.append({"index": example.index, "score": example.score, "position": list(example.position),
-                        "box": [y0, x0, side, side], "label": example.label,
-                        "label_name": images.label_name(example.label) if example.label is not None else None})
-        crops.append(torch.stack(row))
-        records.append(rec)
-    return torch.stack(crops), records
-
-
-def filters(model, layer: str | Units | None = None, *, units: Sequence[int] | None = None, scale: str = "layer",
+def filters(model: Model, layer: str | Units | None = None, *, units: Sequence[int] | None = None, scale: str = "layer",
             max_filters: int = MAX_FILTERS, with_renders: bool = False, images: ImageSet | str | None = None,
             steps: int = STEPS, k: int = 4, seed: int = 0, progress: bool = False,
             batch_size: int = 128) -> FiltersResult:
@@ -315,6 +209,7 @@ def filters(model, layer: str | Units | None = None, *, units: Sequence[int] | N
         :class:`FiltersResult`.
     """
     started = time.perf_counter()
+    model = as_model(model)
     if scale not in SCALES:
         raise NnfeatError(f"unknown scale '{scale}': use {' or '.join(SCALES)}")
     name, conv, indices, capped, plain = _select(model, layer, units, max_filters)
@@ -335,9 +230,6 @@ def filters(model, layer: str | Units | None = None, *, units: Sequence[int] | N
 
     renders = values = settings = None
     if with_renders:
-        from nnfeat.engine.objectives import channel
-        from nnfeat.ops.render import render
-
         # the objective object, not its text: a layer named like "0" (an nn.Sequential) is no expression
         rendered = render(model, channel(name, indices), steps=steps, seed=seed, progress=progress)
         renders, values = rendered.images, rendered.final_values
@@ -347,14 +239,11 @@ def filters(model, layer: str | Units | None = None, *, units: Sequence[int] | N
     crops = records = None
     source = None
     if images is not None:
-        from nnfeat.data import load_images
-        from nnfeat.ops.examples import top_examples
-
         image_set = images if isinstance(images, ImageSet) else load_images(images, size=model.input_size)
         found = top_examples(model, name, indices, image_set, k, score="max", batch_size=batch_size,
                              progress=progress)
         size = tuple(model.input_size)
-        crops, records = _example_crops(image_set, found, size, max(1, min(size) // 4))
+        crops, records = example_crops(image_set, found, size, max(1, min(size) // 4))
         source = image_set.name
 
     conv_info = {"in_channels": conv.in_channels, "out_channels": conv.out_channels, "groups": conv.groups,

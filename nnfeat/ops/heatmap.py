@@ -2,7 +2,8 @@
 
 The sheet shows, per image, the image and its heatmap overlays, with one colour bar for the figure (its
 numbers: min and max; symmetric around 0 for signed maps) or, with ``scale="per-map"``, each map's range in
-its caption. Dead (constant) maps are captioned ``dead (constant X)`` and drawn flat.
+its caption. Dead (constant) maps are captioned ``dead (constant X)`` and drawn flat. The drawing is
+:mod:`nnfeat.views.heatmap_page`; the maps are :mod:`nnfeat.analysis.heatmap`.
 """
 
 from __future__ import annotations
@@ -15,19 +16,16 @@ from typing import ClassVar
 import numpy as np
 import torch
 
-from nnfeat.analysis.heatmap import (COLORMAPS, ColorScale, check_spatial, color_scale, colorize, layer_maps,
-                                     overlay, reduce_maps, strongest_channels, upsample)
+from nnfeat.analysis.heatmap import (ColorScale, check_spatial, color_scale, layer_maps, overlay, reduce_maps,
+                                     strongest_channels, upsample)
 from nnfeat.data import ImageSet
 from nnfeat.distributed import shard_map
 from nnfeat.errors import NnfeatError
 from nnfeat.finite import check_finite
+from nnfeat.models.base import Model, as_model
 from nnfeat.ops.results import Result, cli_command
-from nnfeat.views.sheets import colour_bar, labelled_sheet, stack_rows
 from nnfeat.units import Units, format_channels
-
-
-def _fmt(x: float) -> str:
-    return f"{x:.3g}"
+from nnfeat.views import heatmap_page as page
 
 
 @dataclass(repr=False)
@@ -62,45 +60,26 @@ class HeatmapResult(Result):
         return self.maps.shape[1] + 1
 
     def sheet_images(self) -> torch.Tensor:
-        return torch.cat([self.inputs.unsqueeze(1).cpu(), self.overlays.cpu()], 1).flatten(0, 1)
+        return page.heatmap_tiles(self.inputs, self.overlays)
 
     def map_caption(self, i: int, j: int) -> str:
-        m = self.maps[i, j]
-        if bool(self.scale.dead[i, j]):
-            return f"{self.labels[j]}\ndead (constant {_fmt(float(m.flatten()[0]))})"
-        if self.scale.mode == "per-map":
-            return f"{self.labels[j]}\n{_fmt(float(self.scale.vmin[i, j]))}..{_fmt(float(self.scale.vmax[i, j]))}"
-        return f"{self.labels[j]}\nmax {_fmt(float(m.max()))}"
+        return page.map_caption(self.maps, self.scale, self.labels, i, j)
 
     def image_caption(self, i: int) -> str:
-        label = self.image_labels[i]
-        return f"image {self.indices[i]}" + (f"\n{label}" if label is not None else "")
+        return page.image_caption(self.indices[i], self.image_labels[i])
 
     def captions(self) -> list[str]:
-        out = []
-        for i in range(self.maps.shape[0]):
-            out.append(self.image_caption(i))
-            out.extend(self.map_caption(i, j) for j in range(self.maps.shape[1]))
-        return out
+        return page.heatmap_captions(self.maps, self.scale, self.labels, self.indices, self.image_labels)
 
     def title(self) -> str:
-        what = self.units if self.reduce == "channels" else f"{self.reduce} of {self.units}"
-        return f"{self.model}  {what}  heatmaps ({self.source})"
+        return page.heatmap_title(self.model, self.units, self.reduce, self.source)
 
     def colorbar(self, width: int) -> np.ndarray:
         """A strip: the colour table with its numbers (figure scale) or a note (per-map)."""
-        symmetric = " (symmetric around 0)" if self.scale.signed else ""
-        if self.scale.mode == "figure":
-            lo, hi = _fmt(float(self.scale.vmin.flatten()[0])), _fmt(float(self.scale.vmax.flatten()[0]))
-            note = "one colour scale for every map" + symmetric
-        else:
-            lo, hi = "min", "max"
-            note = "per-map scale: each caption gives its map's range" + symmetric
-        return colour_bar(COLORMAPS[self.scale.colormap], lo, hi, note, width, min_width=240)
+        return page.heatmap_colour_bar(self.scale, width)
 
     def sheet(self) -> np.ndarray:
-        grid = labelled_sheet(self.sheet_images(), self.captions(), ncol=self.sheet_columns, title=self.title())
-        return stack_rows([grid, self.colorbar(grid.shape[1])])
+        return page.heatmap_sheet(self.sheet_images(), self.captions(), self.sheet_columns, self.title(), self.scale)
 
     def record(self) -> dict:
         per_image = []
@@ -126,26 +105,16 @@ class HeatmapResult(Result):
                 "device": self.device, "images": per_image}
 
     def write_files(self, out: Path) -> list[str]:
-        from nnfeat.io import save_image
-
-        files = []
-        caps = self.captions()
-        k = self.maps.shape[1]
-        flat = colorize(self.maps, self.scale.vmin, self.scale.vmax, self.scale.colormap).cpu()
-        for i in range(self.maps.shape[0]):
-            row = torch.cat([self.inputs[i:i + 1].cpu(), self.overlays[i].cpu()])
-            files.append(save_image(out / f"image-{i}.png",
-                                    labelled_sheet(row, caps[i * (k + 1):(i + 1) * (k + 1)], ncol=k + 1)).name)
-            files.append(save_image(out / f"image-{i}-channels.png",
-                                    labelled_sheet(flat[i], [self.map_caption(i, j) for j in range(k)])).name)
-        return files
+        return page.write_heatmap_pictures(out, self.inputs, self.overlays, self.maps, self.scale, self.captions(),
+                                           self.labels)
 
 
-def heatmap(model, units: str | Units, images: ImageSet | torch.Tensor, *, reduce: str = "channels", top: int | None = None,
+def heatmap(model: Model, units: str | Units, images: ImageSet | torch.Tensor, *, reduce: str = "channels", top: int | None = None,
             scale: str = "figure", batch_size: int = 64, alpha: float = 0.6) -> HeatmapResult:
     """Activation heatmaps of ``units`` (``"layer2"``: the ``top`` strongest channels, default 8 or every channel of
     a smaller layer; ``"layer2:0..3"``: those) on ``images`` (an :class:`ImageSet` or (B, 3, H, W) in [0, 1] at the model's input size)."""
     started = time.perf_counter()
+    model = as_model(model)
     parsed, channels = model.units(units)
     channels_all = list(channels)
     check_spatial(model, parsed.layer)

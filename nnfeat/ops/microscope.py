@@ -23,6 +23,7 @@ unit's render, then its top examples), ``index.html`` (a page with every unit) a
 from __future__ import annotations
 
 import hashlib
+import json
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -33,15 +34,18 @@ import torch
 from PIL import Image
 
 from nnfeat import distributed
+from nnfeat.analysis.examples import top_example_pictures
+from nnfeat.data import ImageSet, load_images
 from nnfeat.device import precision_used
 from nnfeat.errors import NnfeatError
 from nnfeat.engine.expr import units_objective
 from nnfeat.io import read_json, save_image, write_json
-from nnfeat.models.base import Model
+from nnfeat.models.base import Model, as_model
 from nnfeat.progress import progress_bar
 from nnfeat.ops.render import render
 from nnfeat.ops.results import Result, check_out_dir, cli_command
 from nnfeat.units import Units, format_units
+from nnfeat.views.microscope_page import write_microscope_page
 
 BATCHES_DIR = "batches"  #: per-batch resume records ``batches/batch-<first channel>.json``
 
@@ -124,8 +128,6 @@ class MicroscopeResult(Result):
         return super().save(out, timing=timing)
 
     def write_files(self, out: Path) -> list[str]:
-        from nnfeat.views.microscope_page import write_microscope_page
-
         same = self.out is not None and Path(self.out).resolve() == out.resolve()
         files, units = [], []
         for i, (c, value) in enumerate(zip(self.channels, self.values.tolist())):
@@ -161,6 +163,7 @@ def microscope(model: Model, units: str | Units, *, out: str | Path | None = Non
         :class:`MicroscopeResult`; ``.save(out)`` writes the sheet, the page and the record.
     """
     started = time.perf_counter()
+    model = as_model(model)
     if batch < 1:
         raise NnfeatError(f"--batch must be at least 1; got {batch}")
     if examples_k < 1:
@@ -218,8 +221,8 @@ def microscope(model: Model, units: str | Units, *, out: str | Path | None = Non
     renders = torch.stack([rendered[c] for c in channel_list])
     examples = None
     if image_set is not None:
-        examples = _top_example_images(model, parsed.layer, channel_list, image_set, examples_k, renders.shape[-2:],
-                                      cache=Path(out) / "cache" if out is not None else None)
+        examples = top_example_pictures(model, parsed.layer, channel_list, image_set, examples_k, renders.shape[-2:],
+                                        cache=Path(out) / "cache" if out is not None else None)
     return MicroscopeResult(
         model=model.name, layer=parsed.layer, units=str(parsed), channels=channel_list, renders=renders,
         values=torch.tensor([values[c] for c in channel_list]), examples=examples, settings=settings,
@@ -230,8 +233,6 @@ def microscope(model: Model, units: str | Units, *, out: str | Path | None = Non
 def _images(model: Model, images):
     if images is None:
         return None
-    from nnfeat.data import ImageSet, load_images
-
     return images if isinstance(images, ImageSet) else load_images(images, size=model.input_size)
 
 
@@ -243,8 +244,6 @@ def batch_seed(seed, first_channel: int) -> int:
 def settings_key(settings: dict) -> str:
     """A short digest of the settings, the device given by its kind (``cuda:3`` and ``cuda:0`` of one
     machine are the same work), so a resume with another rank count finds the batches again."""
-    import json
-
     keyed = dict(settings)
     keyed["device"] = str(keyed.get("device", "")).split(":")[0]
     return hashlib.sha256(json.dumps(keyed, sort_keys=True, default=str).encode()).hexdigest()[:16]
@@ -276,27 +275,9 @@ def _read_png(path: Path) -> torch.Tensor:
         return torch.from_numpy(np.array(image.convert("RGB"))).permute(2, 0, 1).float() / 255
 
 
-def _top_example_images(model: Model, layer: str, channels: list[int], image_set, k: int, size,
-                        cache: Path | None = None) -> torch.Tensor:
-    """(N, k, 3, H, W): each channel's top-``k`` dataset images at the render size (white where the set is smaller)."""
-    import torch.nn.functional as F
-
-    from nnfeat.ops.examples import example_images, top_examples
-
-    found = top_examples(model, layer, channels, image_set, k=k, cache=cache)
-    rows = []
-    for c in channels:
-        pictures = F.interpolate(example_images(image_set, found[c].top, model.input_size), size=tuple(size),
-                                 mode="bilinear", align_corners=False)
-        rows.append(torch.cat([pictures, torch.ones(k - len(pictures), 3, *size)]))
-    return torch.stack(rows)
-
-
 def _command(model: Model, units: Units, batch: int, render_kwargs: dict, images, examples_k: int) -> str | None:
     if any(torch.is_tensor(v) or isinstance(v, torch.nn.Module) for v in render_kwargs.values()):
         return None
-    from nnfeat.data import ImageSet
-
     n = None
     if isinstance(images, ImageSet):
         images, n = images.name, (images.drawn or (None,))[0]

@@ -4,7 +4,9 @@
 its render, the render's final objective value and, when the microscope had an image set, the unit's top
 dataset examples. Images are linked by paths relative to the page (nothing is fetched from the network)
 and drawn at a readable size with ``image-rendering: pixelated``. The page body is
-``templates/microscope.html``, its style ``templates/microscope.css`` (see :mod:`nnfeat.views.templating`).
+``templates/microscope.html``, each unit ``templates/microscope_unit.html`` (its examples
+``microscope_examples.html`` / ``microscope_example.html``), its style ``templates/microscope.css`` (see
+:mod:`nnfeat.views.templating`).
 
 Stable hooks (for tests and scripting): ``#title``, ``#summary``, ``#sheet-link``, ``#units``, one
 ``article.unit`` per unit with ``data-unit`` (its name), ``img.render``, ``.value .num`` and ``.examples img``.
@@ -22,7 +24,7 @@ from urllib.parse import quote
 
 from nnfeat.errors import NnfeatError
 from nnfeat.io import write_text
-from nnfeat.views.templating import CSP_RELATIVE, fill_page
+from nnfeat.views.templating import CSP_RELATIVE, fill_page, fill_template
 
 __all__ = ["write_microscope_page"]
 
@@ -62,22 +64,11 @@ def _unit_card(i: int, unit: Mapping[str, Any]) -> str:
     if isinstance(examples, (str, bytes)) or not isinstance(examples, Sequence):
         raise NnfeatError(f"{at}['examples'] must be a list of relative image paths, got {examples!r}")
     image = _relative_url(unit["image"], at + "['image']")
-    lines = [
-        f'<article class="unit" id="unit-{i}" data-unit="{name}">',
-        f'  <h2 class="unit-name">{name}</h2>',
-        f'  <img class="render" src="{image}" alt="render of {name}" loading="lazy">',
-        f'  <p class="value">objective <span class="num">{_value_text(unit.get("value"), at)}</span></p>',
-    ]
-    if examples:
-        lines.append('  <p class="examples-title">top dataset examples</p>')
-        lines.append('  <div class="examples">')
-        for k, src in enumerate(examples):
-            url = _relative_url(src, f"{at}['examples'][{k}]")
-            lines.append(f'    <img src="{url}" alt="top {k + 1} dataset example of {name}" title="top {k + 1}" '
-                         'loading="lazy">')
-        lines.append("  </div>")
-    lines.append("</article>")
-    return "".join(line + "\n" for line in lines)
+    value = _value_text(unit.get("value"), at)
+    pictures = "".join(fill_template("microscope_example.html", src=_relative_url(src, f"{at}['examples'][{k}]"),
+                                     rank=str(k + 1), unit=name) for k, src in enumerate(examples))
+    block = fill_template("microscope_examples.html", images=pictures) if examples else ""
+    return fill_template("microscope_unit.html", index=str(i), unit=name, image=image, value=value, examples=block)
 
 
 def _value_text(value: Any, at: str) -> str:
