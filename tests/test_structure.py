@@ -1,9 +1,10 @@
-"""The package's shape: no import cycle among nnfeat's modules, every command registered explicitly, and a
-command module that fails to import breaks the CLI (and so `make test`) instead of vanishing."""
+"""The package's shape: the layers run one way (no import circle, package ``__init__`` files included; nothing
+imports a higher layer), nnfeat's own modules imported at module level, no module over 400 lines, one module per
+operation with its command, every command registered explicitly, and a command module that fails to import breaks
+the CLI (and so `make test`) instead of vanishing. The measurement is ``experiments/structure.py``."""
 
 from __future__ import annotations
 
-import ast
 import os
 import subprocess
 import sys
@@ -13,98 +14,95 @@ ROOT = Path(__file__).resolve().parents[1]
 PACKAGE = ROOT / "nnfeat"
 
 
-def module_name(path: Path) -> str:
-    parts = path.relative_to(ROOT).with_suffix("").parts
-    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+def _structure():
+    """``experiments/structure.py``: the measurement these rules share with the counts in the README."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("nnfeat_structure", ROOT / "experiments" / "structure.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules.setdefault("nnfeat_structure", module)
+    spec.loader.exec_module(module)
+    return module
 
 
-def import_graph() -> dict[str, set[str]]:
-    """{module: nnfeat modules it imports anywhere in its file (module level and inside functions)}."""
-    modules = {module_name(p): p for p in PACKAGE.rglob("*.py")}
-    graph: dict[str, set[str]] = {name: set() for name in modules}
-    for name, path in modules.items():
-        package = name if path.name == "__init__.py" else name.rpartition(".")[0]
-        tree = ast.parse(path.read_text(), str(path))
-        typing_only = {id(n) for block in ast.walk(tree) if isinstance(block, ast.If) and
-                       ast.unparse(block.test) in ("TYPE_CHECKING", "typing.TYPE_CHECKING")
-                       for n in ast.walk(block)}
-        for node in ast.walk(tree):
-            if id(node) in typing_only:  # annotations only: no import at run time
-                continue
-            targets: list[str] = []
-            if isinstance(node, ast.Import):
-                targets = [alias.name for alias in node.names]
-            elif isinstance(node, ast.ImportFrom):
-                base = node.module or ""
-                if node.level:
-                    base = ".".join(package.split(".")[: len(package.split(".")) - node.level + 1] + ([base] if base else []))
-                targets = [f"{base}.{alias.name}" if f"{base}.{alias.name}" in modules else base for alias in node.names]
-            for target in targets:
-                while target and target not in modules:
-                    target = target.rpartition(".")[0]
-                if target and target != name:
-                    graph[name].add(target)
-    return graph
+S = _structure()
+
+#: The most imports of nnfeat's own modules that may stand inside functions (each with its reason in a comment).
+MAX_FUNCTION_LEVEL_IMPORTS = 15
+MAX_MODULE_LINES = 400
 
 
-def cycles(graph: dict[str, set[str]]) -> list[list[str]]:
-    """Strongly connected components with more than one module (Tarjan)."""
-    index: dict[str, int] = {}
-    low: dict[str, int] = {}
-    stack: list[str] = []
-    on_stack: set[str] = set()
-    found: list[list[str]] = []
-    counter = [0]
-
-    def visit(v: str) -> None:
-        index[v] = low[v] = counter[0]
-        counter[0] += 1
-        stack.append(v)
-        on_stack.add(v)
-        for w in graph[v]:
-            if w not in index:
-                visit(w)
-                low[v] = min(low[v], low[w])
-            elif w in on_stack:
-                low[v] = min(low[v], index[w])
-        if low[v] == index[v]:
-            component = []
-            while True:
-                w = stack.pop()
-                on_stack.discard(w)
-                component.append(w)
-                if w == v:
-                    break
-            if len(component) > 1:
-                found.append(sorted(component))
-
-    sys.setrecursionlimit(max(sys.getrecursionlimit(), 10_000))
-    for v in graph:
-        if v not in index:
-            visit(v)
-    return found
+def test_no_import_circle_anywhere_package_inits_included():
+    imports = S.read_imports(PACKAGE)
+    assert "nnfeat.hooks" in imports.graph and "nnfeat.layouts" in imports.graph["nnfeat.hooks"]
+    assert S.cycles(imports.graph) == []
 
 
-def test_no_import_cycle_among_nnfeat_modules():
-    graph = import_graph()
-    assert "nnfeat.hooks" in graph and "nnfeat.layouts" in graph["nnfeat.hooks"]
-    # package __init__ files re-export their submodules; the cycle check is about the modules that do the work
-    work = {m: {t for t in ts if not _is_package(t)} for m, ts in graph.items() if not _is_package(m)}
-    assert cycles(work) == []
+def test_no_import_runs_back_up_the_layers():
+    """base <- models <- engine <- analysis <- views <- ops <- cli (experiments/structure.py's docstring)."""
+    assert S.upward(S.read_imports(PACKAGE)) == []
 
 
 def test_the_cycle_check_finds_a_cycle():
-    assert cycles({"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a"}}) == [["a", "b", "c"]]
+    assert S.cycles({"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a"}}) == [["a", "b", "c"]]
+
+
+def _planted(tmp_path, module: str, line: str) -> Path:
+    """A copy of the package with ``line`` appended to ``module`` (a path under nnfeat/)."""
+    import shutil
+
+    copy = tmp_path / "nnfeat"
+    shutil.copytree(PACKAGE, copy, ignore=shutil.ignore_patterns("__pycache__"))
+    target = copy / module
+    target.write_text(target.read_text() + "\n" + line + "\n")
+    return copy
+
+
+def test_a_planted_upward_import_and_circle_are_found(tmp_path):
+    """The rules above can fail: an analysis module that imports a view (upward), the sheets module importing a
+    page that imports it (a circle), and a report submodule importing its package (the circle the report had),
+    each planted in a copy of the package."""
+    copy = _planted(tmp_path / "up", "analysis/heatmap.py", "from nnfeat.views.sheets import labelled_sheet")
+    assert ("nnfeat.analysis.heatmap", "nnfeat.views.sheets") in S.upward(S.read_imports(copy))
+    assert "nnfeat.views.sheets" in S.read_imports(PACKAGE).graph["nnfeat.views.heatmap_page"]
+    copy = _planted(tmp_path / "circle", "views/sheets.py", "import nnfeat.views.heatmap_page")
+    assert any({"nnfeat.views.sheets", "nnfeat.views.heatmap_page"} <= set(c)
+               for c in S.cycles(S.read_imports(copy).graph))
+    copy = _planted(tmp_path / "init", "ops/report/stages.py", "from nnfeat.ops.report import report")
+    assert ("nnfeat.ops.report.stages", "nnfeat.ops.report") in S.upward(S.read_imports(copy))
+
+
+def test_imports_inside_functions_are_few_and_say_why():
+    """nnfeat's own modules are imported at module level; the few lazy ones carry their reason."""
+    imports = S.read_imports(PACKAGE)
+    listed = [f"{name}:{line} -> {target}" for name, line, target, _ in imports.in_functions]
+    assert len(listed) < MAX_FUNCTION_LEVEL_IMPORTS, listed
+    assert [f"{name}:{line}" for name, line, _, reason in imports.in_functions if not reason] == []
+
+
+def test_other_imports_inside_functions_are_optional_extras_or_say_why():
+    """timm, onnx, umap, tensorboard, transformers, captum, safetensors are optional; any other lazy import (a heavy
+    library only one path needs) carries its reason in a comment."""
+    assert S.unexplained_lazy_imports(S.read_imports(PACKAGE)) == []
+
+
+def test_no_module_over_400_lines():
+    assert [(path, n) for n, path in S.module_lines(PACKAGE) if n > MAX_MODULE_LINES] == []
 
 
 def test_hooks_and_layouts_depend_on_torch_and_leaves_only():
-    graph = import_graph()
+    graph = S.read_imports(PACKAGE).graph
     assert graph["nnfeat.layouts"] <= {"nnfeat.errors"}
     assert graph["nnfeat.hooks"] <= {"nnfeat.errors", "nnfeat.layouts"}
 
 
-def _is_package(name: str) -> bool:
-    return (ROOT / Path(*name.split(".")) / "__init__.py").is_file()
+def test_every_operation_has_its_module_and_command():
+    """One module per public operation under nnfeat/ops, and cli/X.py maps onto it."""
+    operations = ("render", "microscope", "examples", "atlas", "heatmap", "filters", "project", "saliency",
+                  "attention", "uncertainty", "graph", "report", "spectrum")
+    for name in operations:
+        assert (PACKAGE / "ops" / f"{name}.py").is_file() or (PACKAGE / "ops" / name / "__init__.py").is_file(), name
+        assert (PACKAGE / "cli" / f"{name}.py").is_file(), name
 
 
 def test_every_command_module_is_registered_explicitly():

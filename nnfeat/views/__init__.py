@@ -6,8 +6,9 @@
 * :func:`write_scatter_page`: an interactive 2-D scatter of images (projections), thumbnails on hover.
 * :func:`write_projector`: a TensorBoard Projector folder (tensors, metadata, sprite, config).
 
-The operations whose results these pages show live beside them: :mod:`~nnfeat.ops.heatmap`,
-:mod:`~nnfeat.ops.filters`, :mod:`~nnfeat.ops.project`.
+Every module here draws from plain data (tensors, arrays, dicts, dataclasses of :mod:`nnfeat.analysis`) and never
+imports an operation: the ``<view>_page`` modules hold the sheets, colour bars, captions and pages that the
+operations' results (:mod:`nnfeat.ops`) call.
 
 Their markup, style and scripts are package data in ``nnfeat/views/templates/`` (:mod:`nnfeat.views.templating`).
 """

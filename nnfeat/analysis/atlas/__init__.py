@@ -5,8 +5,10 @@ Stage 1 is the shared activation collection, :mod:`nnfeat.analysis.collect` (act
 disk, also read by projections); the atlas modules are
 :mod:`~nnfeat.analysis.atlas.layout` (whitening, UMAP/t-SNE/PCA, normalization), :mod:`~nnfeat.analysis.atlas.grid`
 (binning, cell summaries), :mod:`~nnfeat.analysis.atlas.icons` (resumable batched icon rendering),
-:mod:`~nnfeat.analysis.atlas.stitch` (mosaic), :mod:`~nnfeat.analysis.atlas.cells` (the cell schema that ``cells.json`` and
-the viewer share) and :mod:`~nnfeat.ops.atlas` (the cached pipeline and :class:`AtlasResult`). The
+:mod:`~nnfeat.analysis.atlas.stitch` (mosaic), :mod:`~nnfeat.analysis.atlas.cells` (the cell schema that ``cells.json``
+and the viewer share), :mod:`~nnfeat.analysis.atlas.settings` (:class:`AtlasSettings`),
+:mod:`~nnfeat.analysis.atlas.classes` (class atlases) and :mod:`~nnfeat.analysis.atlas.stages` (the cached stages'
+checks) and :mod:`~nnfeat.ops.atlas` (the cached pipeline and :class:`AtlasResult`). The
 ``nnfeat atlas`` command is :mod:`nnfeat.cli.atlas`.
 
 ``cells.json`` is ``{header..., "cells": [...]}``. The header holds ``model``, ``layer``, ``layer_shape``,
