@@ -283,3 +283,17 @@ def test_cli_bad_weights_file_is_one_line_exit_2_and_writes_nothing(tmp_path, ca
     assert len(lines) == 1 and lines[0].startswith(f"nnfeat: error: weights file {bad} does not fit digits-cnn"), lines
     assert "fc.weight: file (3, 3), model (10, 64)" in lines[0]
     assert not out.exists()
+
+
+def test_a_result_from_python_names_its_weights_file_in_its_command(source):
+    """The equivalent command of a result made in Python replays the same weights: the file, not the default."""
+    import nnfeat
+
+    files, _ = source
+    path = str(files["under-model"])
+    model = load_model("digits-cnn", weights=path, device="cpu")
+    images = nnfeat.load_images("digits").sample(4, 0)
+    result = nnfeat.heatmap(model, "conv2", images)
+    assert f"--weights {path}" in result.command
+    random = nnfeat.heatmap(load_model("digits-cnn", weights="random", device="cpu"), "conv2", images)
+    assert "--weights random" in random.command

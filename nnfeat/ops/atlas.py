@@ -61,7 +61,7 @@ from nnfeat.distributed import Ranks, current
 from nnfeat.errors import NnfeatError
 from nnfeat.io import read_json, write_json
 from nnfeat.models.base import Model, as_model
-from nnfeat.ops.results import Result, check_out_dir, cli_command
+from nnfeat.ops.results import Result, check_out_dir, cli_command, weights_flag
 from nnfeat.views.atlas_viewer import write_atlas_html
 from nnfeat.views.sheets import labelled_sheet
 
@@ -324,7 +324,7 @@ def build_atlas(model: Model, layer: str, images: ImageSet, out: str | Path, set
                           icon_size=s.icon_size, steps=s.steps, batch=s.batch, seed=s.seed, class_=s.class_,
                           cossim_pow=s.cossim_pow, spatial_weight=s.spatial_weight, transforms=s.transforms,
                           precision=s.precision if s.precision != "auto" else None,
-                          weights="random" if getattr(model, "weights", None) == "random" else None, out=out)
+                          weights=weights_flag(model), out=out)
     if not s.whiten:
         command += " --no-whiten"
     return AtlasResult(out=out, mosaic=mosaic, cells_json=cells_json, html=html, header=header, cells=cells,

@@ -29,7 +29,7 @@ from nnfeat.errors import NnfeatError
 from nnfeat.io import atomic_path, save_image
 from nnfeat.layouts import OUTPUT
 from nnfeat.models.base import Model, as_model
-from nnfeat.ops.results import Result, cli_command
+from nnfeat.ops.results import Result, cli_command, weights_flag
 from nnfeat.views import attention_page as page
 from nnfeat.views.attention_page import SHEET_TILE, colorbar  # noqa: F401 - public here too (see __all__)
 
@@ -260,7 +260,7 @@ def attention(model: Model, images: ImageSet | torch.Tensor, *, layers: str | Se
                           rollout=rollout, grad_rollout=grad_rollout,
                           target=None if target in (None, "pred") else target,
                           fusion=None if fusion == "mean" else fusion,
-                          weights="random" if getattr(model, "weights", None) == "random" else None)
+                          weights=weights_flag(model))
     return AttentionResult(
         model=model.name, layers=[layer.name for layer in selected], heads=heads, head=head, head_labels=head_labels,
         query=query, layout=layout, maps=maps, inputs=inputs, overlays=overlays.cpu(), scale=scale,

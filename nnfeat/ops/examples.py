@@ -21,7 +21,7 @@ from nnfeat.analysis.examples import (SCORES, ChannelExamples, Example, Receptiv
 from nnfeat.data import ImageSet, load_images
 from nnfeat.io import save_image
 from nnfeat.models.base import Model, as_model
-from nnfeat.ops.results import Result, cli_command
+from nnfeat.ops.results import Result, cli_command, weights_flag
 from nnfeat.units import Units, format_units
 from nnfeat.views.sheets import labelled_sheet
 
@@ -155,7 +155,7 @@ def examples(model: Model, units: str | Units, images: ImageSet | str, *, k: int
                for c, r in found.items() for which in ("top", "bottom")}
     command = cli_command("examples", model.name, str(parsed), **image_set.command_options(), k=k,
                           score=None if score == "mean" else score,
-                          weights="random" if getattr(model, "weights", None) == "random" else None)
+                          weights=weights_flag(model))
     return ExamplesResult(model=model.name, layer=parsed.layer, units=str(parsed), found=found, top=top,
                           bottom=bottom, patches=patches, field=field,
                           source=image_set.name, classes=image_set.classes, score=score, k_requested=k,

@@ -30,7 +30,7 @@ from nnfeat.engine.objectives import channel
 from nnfeat.errors import NnfeatError
 from nnfeat.models.base import Model, as_model
 from nnfeat.ops.render import render
-from nnfeat.ops.results import Result, cli_command
+from nnfeat.ops.results import Result, cli_command, weights_flag
 from nnfeat.units import Units, format_units, parse_units
 from nnfeat.views import filters_page as page
 from nnfeat.views.filters_page import CAPTIONED_CHANNELS, ROW_TILE  # noqa: F401 - their old home
@@ -255,7 +255,7 @@ def filters(model: Model, layer: str | Units | None = None, *, units: Sequence[i
                           steps=steps if with_renders and steps != STEPS else None,
                           images=source, k=k if source and k != 4 else None,
                           max_filters=max_filters if capped and max_filters != MAX_FILTERS else None,
-                          weights="random" if getattr(model, "weights", None) == "random" else None)
+                          weights=weights_flag(model))
     return FiltersResult(model=getattr(model, "name", type(model).__name__), layer=name,
                          module=type(conv).__name__, shape=tuple(full.shape), conv=conv_info, rgb=rgb, scale=scale,
                          weight=weight, tiles=tiles, channel_tiles=grey, bounds=bounds, indices=indices,

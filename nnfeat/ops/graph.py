@@ -36,7 +36,7 @@ from nnfeat.analysis.graph import ModelGraph, model_graph
 from nnfeat.analysis.onnx_export import export_onnx
 from nnfeat.io import write_text
 from nnfeat.models.base import Model, as_model
-from nnfeat.ops.results import Result, cli_command
+from nnfeat.ops.results import Result, cli_command, weights_flag
 from nnfeat.views.graph_page import (PAGE_MAX_NODES, PAGE_NAME, PNG_MAX_NODES, graph_csp,  # noqa: F401
                                      graph_page, human, initial_collapsed, overview)
 
@@ -96,6 +96,6 @@ def graph(model: Model, *, size: tuple[int, int] | None = None, method: str = "a
         onnx = str(export_onnx(model, onnx, size=size))
     g = model_graph(model, size, method=method)
     command = cli_command("graph", model.name, onnx=onnx,
-                          weights="random" if getattr(model, "weights", None) == "random" else None)
+                          weights=weights_flag(model))
     return GraphResult(graph=g, device=str(model.device), onnx=onnx, elapsed=time.perf_counter() - started,
                        command=command, links=links)

@@ -23,7 +23,7 @@ from nnfeat.distributed import shard_map
 from nnfeat.errors import NnfeatError
 from nnfeat.finite import check_finite
 from nnfeat.models.base import Model, as_model
-from nnfeat.ops.results import Result, cli_command
+from nnfeat.ops.results import Result, cli_command, weights_flag
 from nnfeat.units import Units, format_channels
 from nnfeat.views import heatmap_page as page
 
@@ -147,7 +147,7 @@ def heatmap(model: Model, units: str | Units, images: ImageSet | torch.Tensor, *
                           reduce=None if reduce == "channels" else reduce,
                           top=None if top == min(8, len(channels_all)) else top,
                           scale=None if scale == "figure" else scale,
-                          weights="random" if getattr(model, "weights", None) == "random" else None)
+                          weights=weights_flag(model))
     return HeatmapResult(model=model.name, layer=parsed.layer, units=units_text, channels=list(channels),
                          labels=names, reduce=reduce, maps=maps.cpu(), inputs=inputs.cpu(), overlays=overlays.cpu(),
                          scale=ColorScale(cs.vmin.cpu(), cs.vmax.cpu(), cs.signed, cs.mode, cs.dead.cpu()),

@@ -43,7 +43,7 @@ from nnfeat.io import read_json, save_image, write_json
 from nnfeat.models.base import Model, as_model
 from nnfeat.progress import progress_bar
 from nnfeat.ops.render import render
-from nnfeat.ops.results import Result, check_out_dir, cli_command
+from nnfeat.ops.results import Result, check_out_dir, cli_command, weights_flag
 from nnfeat.units import Units, format_units
 from nnfeat.views.microscope_page import write_microscope_page
 
@@ -288,7 +288,7 @@ def _command(model: Model, units: Units, batch: int, render_kwargs: dict, images
                        steps=render_kwargs.get("steps"), seed=render_kwargs.get("seed"), images=images, n=n,
                        param=render_kwargs.get("param"), lr=render_kwargs.get("lr"),
                        precision={None: None, False: "fp32", True: "bf16"}.get(autocast),
-                       weights="random" if getattr(model, "weights", None) == "random" else None)
+                       weights=weights_flag(model))
 
 
 __all__ = ["MicroscopeResult", "microscope", "BATCHES_DIR", "batch_seed", "settings_key", "batch_record_path"]

@@ -33,7 +33,7 @@ from nnfeat.data import ImageSet
 from nnfeat.errors import NnfeatError
 from nnfeat.io import atomic_path, read_json, save_image, write_json
 from nnfeat.models.base import as_model
-from nnfeat.ops.results import Result, cli_command
+from nnfeat.ops.results import Result, cli_command, weights_flag
 from nnfeat.views import projection_page as page
 from nnfeat.views.projection_page import PALETTE
 from nnfeat.views.projector import Embedding, sprite_layout, write_projector
@@ -239,7 +239,7 @@ def project(model, layers: str | Sequence[str], images: ImageSet, *, method: str
     command = cli_command("project", model.name, ",".join(names), images=images.name, n=n, method=method,
                           pool=None if pool == "mean" else pool, k=None if k == 10 else k,
                           seed=None if seed == 0 else seed, thumbnails=thumbnails,
-                          weights="random" if weights == "random" else None)
+                          weights=weights_flag(weights))
     result = ProjectionResult(model=model.name, layers=names, method=method, pool=pool, source=images.name, xy=xy,
                               vectors=vectors, indices=images.source_indices, labels=labels, label_names=label_names,
                               scores=scores, k=k, seed=seed, thumbs=thumbs, thumbnails_on_plot=thumbnails,

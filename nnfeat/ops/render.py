@@ -24,7 +24,7 @@ from nnfeat.engine.settings import RenderOptions
 from nnfeat.errors import NnfeatError
 from nnfeat.io import save_image
 from nnfeat.models.base import Model, as_model
-from nnfeat.ops.results import Result, cli_command
+from nnfeat.ops.results import Result, cli_command, weights_flag
 from nnfeat.views.sheets import labelled_sheet
 
 
@@ -178,7 +178,7 @@ def _render_command(model: Model, objective: Objective, settings: dict, options:
                        transforms=None if settings["transforms"] == "auto" else settings["transforms"],
                        lr=settings["lr"] if options.lr is not None else None, precision=precision,
                        thresholds=",".join(map(str, settings["thresholds"])) if len(settings["thresholds"]) > 1 else None,
-                       weights="random" if settings.get("weights") == "random" else None)
+                       weights=weights_flag(settings.get("weights")))
 
 
 def evaluate(model: nn.Module | Model, objective: Objective, images: torch.Tensor,

@@ -30,6 +30,7 @@ from PIL import Image
 
 from nnfeat.errors import NnfeatError
 from nnfeat.io import save_image, write_json
+from nnfeat.models.checkpoint import weights_option
 from nnfeat.views.sheets import labelled_sheet
 
 
@@ -52,6 +53,12 @@ def cli_command(command: str, *positional: Any, **options: Any) -> str:
         flag = "--" + name.rstrip("_").replace("_", "-")
         words.append(flag) if value is True else words.extend([flag, str(value)])
     return shlex.join(words)
+
+
+def weights_flag(model: Any) -> str | None:
+    """The ``--weights`` value of a result's equivalent command: ``random``, the weights file's path, or None
+    (pretrained, the default). ``model`` is a :class:`~nnfeat.models.base.Model` or its ``weights`` text."""
+    return weights_option(model if isinstance(model, str) or model is None else getattr(model, "weights", None))
 
 
 def check_out_dir(out: str | os.PathLike) -> Path:
@@ -172,4 +179,4 @@ class Result:
         return f"<{type(self).__name__} {self.title()!r}: images {shape}>"
 
 
-__all__ = ["Result", "versions", "cli_command", "check_out_dir", "png_bytes"]
+__all__ = ["Result", "versions", "cli_command", "check_out_dir", "png_bytes", "weights_flag"]

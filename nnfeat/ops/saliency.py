@@ -36,7 +36,7 @@ from nnfeat.errors import NnfeatError, nearest
 from nnfeat.finite import check_finite
 from nnfeat.io import save_image
 from nnfeat.models.base import as_model
-from nnfeat.ops.results import Result, cli_command
+from nnfeat.ops.results import Result, cli_command, weights_flag
 from nnfeat.views import saliency_page as page
 from nnfeat.views.saliency_page import slug
 
@@ -267,7 +267,7 @@ def saliency(model, images: ImageSet | torch.Tensor, methods: str | Sequence[str
                           target=None if target_index is None else target,
                           method=",".join(parse_methods(methods)),
                           layer=layer, sanity=sanity,
-                          weights="random" if getattr(model, "weights", None) == "random" else None)
+                          weights=weights_flag(model))
     return SaliencyResult(model=getattr(model, "name", "model"), methods=results, inputs=inputs.cpu(),
                           targets=targets.tolist(), target_names=tnames,
                           target_mode="pred" if target_index is None else "class", indices=indices,

@@ -34,7 +34,7 @@ from nnfeat.errors import NnfeatError
 from nnfeat.finite import check_finite
 from nnfeat.io import atomic_path, save_image
 from nnfeat.models.base import as_model
-from nnfeat.ops.results import Result, cli_command
+from nnfeat.ops.results import Result, cli_command, weights_flag
 from nnfeat.views import uncertainty_page as page
 from nnfeat.views.uncertainty_page import SHOWN_MAPS
 
@@ -265,7 +265,7 @@ def uncertainty(models, images: ImageSet | torch.Tensor, method: str = "ensemble
     command = cli_command("uncertainty", ",".join(names), **options, method=method, samples=samples,
                           top=None if top == 8 else top,
                           flip=None if not kind.augments or flip == flip_safe(classes) else ("yes" if flip else "no"),
-                          weights="random" if getattr(first, "weights", None) == "random" else None)
+                          weights=weights_flag(first))
     return UncertaintyResult(models=names, method=method, samples=samples_used, seed=seed, flip=flip, source=source,
                              labels_note=labels_note, classes=classes, summary=summary, labels=y, indices=indices,
                              singles=singles, metrics=metrics, combined_name=combined, top=order,

@@ -22,7 +22,7 @@ from nnfeat.ops.report.manifest import (outputs_ok, read_records, record_key, wr
 from nnfeat.ops.report.pages import read_png
 from nnfeat.ops.report.plan import Stage, plan, stage_owners, sync_points
 from nnfeat.ops.report.result import ReportResult
-from nnfeat.ops.results import check_out_dir, cli_command
+from nnfeat.ops.results import check_out_dir, cli_command, weights_flag
 
 STOP_ENV = "NNFEAT_REPORT_STOP_AFTER"
 ACTIVATIONS = (nn.ReLU, nn.GELU, nn.SiLU, nn.LeakyReLU, nn.ELU, nn.Tanh, nn.Sigmoid)
@@ -131,7 +131,7 @@ def report(model, images: ImageSet, out: str | Path, *, layers: Sequence[str] | 
     command = cli_command("report", model.name, images=images.name, n=(images.drawn or (None,))[0],
                           layers=",".join(names), units_per_layer=units_per_layer, steps=steps, seed=seed or None,
                           atlas=",".join(atlas_layers) or None,
-                          weights="random" if getattr(model, "weights", None) == "random" else None)
+                          weights=weights_flag(model))
     return ReportResult(model=model.name, out=out, layers=channels, key_images=torch.stack(key), settings=settings,
                         timings=timings, notes=notes, elapsed=time.perf_counter() - started, command=command)
 
