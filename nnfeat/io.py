@@ -8,6 +8,7 @@ after its k-th finished file (``k:before``: just before the k-th rename, so a te
 
 from __future__ import annotations
 
+import io
 import json
 import math
 import os
@@ -124,6 +125,18 @@ def write_text(path: str | os.PathLike, text: str) -> Path:
     return path
 
 
+def save_torch(path: str | os.PathLike, obj: Any) -> Path:
+    """``torch.save(obj)`` to ``path`` atomically, with the same bytes for the same ``obj`` whatever the path: the
+    archive is written in memory first (``torch.save`` to a file names the archive's inner folder after the file,
+    here a random temporary name)."""
+    buffer = io.BytesIO()
+    torch.save(obj, buffer)
+    path = Path(path)
+    with atomic_path(path) as tmp:
+        tmp.write_bytes(buffer.getvalue())
+    return path
+
+
 def is_existing_file(path: str | os.PathLike) -> bool:
     """Whether ``path`` is a file; a name no file system can hold (too long, a NUL byte) is simply not one."""
     try:
@@ -159,7 +172,7 @@ def nnfeat_home() -> Path:
     return Path(home).expanduser() if home else Path("~/.cache/nnfeat").expanduser()
 
 
-__all__: Sequence[str] = ["nnfeat_home", 
-    "atomic_path", "is_existing_file", "to_uint8", "save_image", "make_grid", "save_grid", "write_json", "write_text", "read_json",
+__all__: Sequence[str] = [
+    "nnfeat_home", "save_torch", "atomic_path", "is_existing_file", "to_uint8", "save_image", "make_grid", "save_grid", "write_json", "write_text", "read_json",
     "upscale_nearest",
 ]

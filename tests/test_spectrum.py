@@ -197,3 +197,15 @@ def test_spectrum_operation_returns_a_result(tmp_path):
     assert set(record["files"]) == {"spectrum.png", "spectrum.pt"} and record["cache"] is None
     torch.testing.assert_close(load_spectrum(tmp_path / "out" / "spectrum.pt"), result.magnitude)
     assert "spectrum" in result._repr_html_() and spectrum(str(path), 8, cache=False).magnitude.shape == (3, 8, 5)
+
+
+def test_a_saved_spectrum_has_the_same_bytes_wherever_it_is_written(tmp_path):
+    """``torch.save`` to a path names the archive's inner folder after the (temporary) file; the spectrum file is
+    written so that the same spectrum gives the same bytes under any name."""
+    from nnfeat.engine.spectrum import load_spectrum, save_spectrum
+
+    magnitude = torch.rand((3, 8, 5), generator=torch.Generator().manual_seed(0))
+    a = save_spectrum(tmp_path / "a.pt", magnitude, {"size": 8})
+    b = save_spectrum(tmp_path / "other-name.npz", magnitude, {"size": 8})
+    assert a.read_bytes() == b.read_bytes()
+    assert torch.equal(load_spectrum(b), magnitude)

@@ -32,7 +32,7 @@ import torch
 from nnfeat.data import ImageSet, load_images
 from nnfeat.engine.param import decorrelation_matrix, fourier_scale
 from nnfeat.errors import NnfeatError
-from nnfeat.io import atomic_path, nnfeat_home
+from nnfeat.io import nnfeat_home, save_torch
 from nnfeat.layouts import size2
 from nnfeat.progress import progress_bar
 
@@ -153,11 +153,9 @@ def dataset_spectrum(source, size, *, space: str = "param", limit: int | None = 
 
 
 def save_spectrum(path: str | os.PathLike, magnitude: torch.Tensor, info: dict | None = None) -> Path:
-    """Write ``{"magnitude": (3, H, W//2+1), **info}`` with ``torch.save``, atomically."""
-    path = Path(path)
-    with atomic_path(path) as tmp:
-        torch.save({"magnitude": magnitude.detach().cpu().float(), **(info or {})}, tmp)
-    return path
+    """Write ``{"magnitude": (3, H, W//2+1), **info}`` with ``torch.save``, atomically (same bytes for the same
+    spectrum)."""
+    return save_torch(path, {"magnitude": magnitude.detach().cpu().float(), **(info or {})})
 
 
 def load_spectrum(path: str | os.PathLike) -> torch.Tensor:
