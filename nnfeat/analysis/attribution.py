@@ -1,7 +1,10 @@
-"""What every attribution method stands on (tensors in, tensors out): the class logits of a batch, its target
-classes, the input gradient of the target logit, the reference images of a perturbation, and chunked passes.
+"""What every attribution method stands on (tensors in, tensors out): the class logits of a batch, its resolved
+targets, the input gradient of the target score, the reference images of a perturbation, and chunked passes.
 
-The class score is the network's output (:data:`nnfeat.layouts.OUTPUT`, the logits) at the target class.
+The score explained is :func:`nnfeat.analysis.targets.target_scores` of the network's output: by default the
+logit (:data:`nnfeat.layouts.OUTPUT`) of the target class; a :class:`~nnfeat.analysis.targets.Target` can name a
+part of a dict / tuple output, a region of a segmentation map or a regression value. ``targets`` everywhere is
+(B,) class indices or a resolved ``Target`` (both slice and repeat alike).
 Captures use :class:`nnfeat.hooks.ActivationCapture`, so hooks are gone after every call, also on error.
 Every pass runs over chunks of ``batch_size`` images; chunk i runs on rank i % world under torchrun
 (:func:`nnfeat.distributed.shard_map`).
@@ -9,11 +12,13 @@ Every pass runs over chunks of ``batch_size`` images; chunk i runs on rank i % w
 
 from __future__ import annotations
 
-from typing import Iterator
+from typing import Any, Iterator, Sequence
 
 import torch
 from torch import nn
 
+from nnfeat.analysis.targets import (Target, as_target, cat_targets, check_classes, describe_output, parse_target,
+                                     resolve_target, select_output, target_scores)
 from nnfeat.distributed import shard_map
 from nnfeat.errors import NnfeatError
 from nnfeat.hooks import ActivationCapture
@@ -29,9 +34,29 @@ def class_logits(model: nn.Module, images: torch.Tensor) -> torch.Tensor:
     """(N, 3, H, W) -> (N, K) logits (the model's output, element 0 if it returns a tuple)."""
     with ActivationCapture(model, [OUTPUT]) as capture:
         out = capture(images)[OUTPUT]
-    if out.dim() != 2:
-        raise NnfeatError(f"saliency needs a model whose output is (B, classes) logits; got {tuple(out.shape)}")
+    if isinstance(out, dict):
+        select_output(out, Target())  # a one-line error naming the keys, e.g. --target out:3@mask
+    if not torch.is_tensor(out) or out.dim() != 2:
+        hint = ("" if torch.is_tensor(out) and out.dim() < 4 else
+                " (for a (B, K, H, W) map give a target such as 3@mask, see --target)")
+        raise NnfeatError(f"saliency needs a model whose output is (B, classes) logits; got "
+                          f"{describe_output(out)}{hint}")
     return out
+
+
+def output_and_acts(model: nn.Module, images: torch.Tensor, layers: Sequence[str] = ()) -> tuple[Any, dict]:
+    """One forward pass of (N, 3, H, W) ``images`` -> (the model's output as it returns it: a tensor, a dict or a
+    tuple; {layer: activation} of ``layers``)."""
+    if not layers:
+        return model(images), {}
+    returned: list = []
+    handle = model.register_forward_hook(lambda _m, _i, out: returned.append(out))
+    try:
+        with ActivationCapture(model, [*layers, OUTPUT]) as capture:
+            acts = capture(images)
+    finally:
+        handle.remove()
+    return returned[-1], acts
 
 
 def chunks(n: int, size: int) -> Iterator[slice]:
@@ -48,8 +73,27 @@ def predicted_classes(model: nn.Module, images: torch.Tensor, batch_size: int = 
     return torch.cat(shard_map(lambda i: class_logits(model, images[parts[i]]).argmax(1), len(parts))).to(images.device)
 
 
-def resolve_targets(model: nn.Module, images: torch.Tensor, targets, batch_size: int = BATCH_SIZE) -> torch.Tensor:
-    """``targets`` (None = predicted, an int for every image, or (B,) indices) -> (B,) long on the images' device."""
+def resolve_targets(model: nn.Module, images: torch.Tensor, targets, batch_size: int = BATCH_SIZE
+                    ) -> torch.Tensor | Target:
+    """``targets`` (None = predicted, an int for every image, or (B,) indices) -> (B,) long on the images' device;
+    a :class:`Target` or target text (``"out:3@mask"``) -> the Target resolved for these images (classes and
+    regions from one no-grad pass over the unperturbed images, in chunks of ``batch_size``).
+
+    Raises:
+        NnfeatError: one line for a target the output does not fit (see
+            :func:`nnfeat.analysis.targets.resolve_target`) or a count of targets that is not 1 or B.
+    """
+    if isinstance(targets, str):
+        targets = parse_target(targets)
+    if isinstance(targets, Target):
+        if targets.resolved:
+            if len(targets) != len(images):
+                raise NnfeatError(f"targets must be one per image ({len(images)}); got {len(targets)}")
+            return targets.to(images.device)
+        parts = list(chunks(len(images), batch_size))
+        with torch.no_grad():
+            done = shard_map(lambda i: resolve_target(model(images[parts[i]]), targets).to("cpu"), len(parts))
+        return cat_targets(done).to(images.device)
     if targets is None:
         return predicted_classes(model, images, batch_size)
     t = torch.as_tensor(targets, device=images.device).long().reshape(-1)
@@ -60,27 +104,19 @@ def resolve_targets(model: nn.Module, images: torch.Tensor, targets, batch_size:
     return t.contiguous()
 
 
-def check_classes(logits: torch.Tensor, targets: torch.Tensor) -> None:
-    """A one-line error when a target class is not one of the (N, K) ``logits``' K classes."""
-    k = logits.shape[1]
-    if bool((targets < 0).any()) or bool((targets >= k).any()):
-        bad = int(targets[(targets < 0) | (targets >= k)][0])
-        raise NnfeatError(f"target class {bad} out of range: the model has {k} classes (0..{k - 1})")
-
-
-def input_gradients(model: nn.Module, images: torch.Tensor, targets: torch.Tensor,
+def input_gradients(model: nn.Module, images: torch.Tensor, targets: torch.Tensor | Target,
                     batch_size: int = BATCH_SIZE) -> torch.Tensor:
-    """(N, 3, H, W) images, (N,) classes -> (N, 3, H, W) d logit[target] / d image, one forward and one
-    backward pass per chunk of ``batch_size`` images (chunk i on rank i % world under torchrun)."""
+    """(N, 3, H, W) images, (N,) classes or a resolved :class:`Target` of N images -> (N, 3, H, W)
+    d score / d image (score: :func:`~nnfeat.analysis.targets.target_scores`, by default the target logit), one
+    forward and one backward pass per chunk of ``batch_size`` images (chunk i on rank i % world under torchrun)."""
     parts = list(chunks(len(images), batch_size))
+    targets = as_target(targets)
 
     def chunk_gradient(i: int) -> torch.Tensor:
         s = parts[i]
         x = images[s].detach().clone().requires_grad_(True)
         with torch.enable_grad():
-            logits = class_logits(model, x)
-            check_classes(logits, targets[s])
-            (grad,) = torch.autograd.grad(logits.gather(1, targets[s, None]).sum(), x)
+            (grad,) = torch.autograd.grad(target_scores(model(x), targets[s]).sum(), x)
         return grad
 
     return torch.cat(shard_map(chunk_gradient, len(parts))).to(images.device)
@@ -100,5 +136,6 @@ def baseline_images(images: torch.Tensor, baseline: str = "black", *, sigma: flo
     raise NnfeatError(f"unknown baseline '{baseline}': use {', '.join(BASELINES)}")
 
 
-__all__ = ["BASELINES", "BATCH_SIZE", "class_logits", "chunks", "predicted_classes", "resolve_targets",
+__all__ = ["BASELINES", "BATCH_SIZE", "class_logits", "output_and_acts", "chunks", "predicted_classes",
+           "resolve_targets",
            "check_classes", "input_gradients", "baseline_images"]

@@ -1,6 +1,7 @@
 """Class activation maps (tensors in, tensors out): the CAM family as one base and one weighting step each.
 
-With A the (B, C, h, w) activation of a spatial layer and G = d logit[target] / d A, every CAM is
+With A the (B, C, h, w) activation of a spatial layer and G = d score / d A (the target's score,
+:mod:`nnfeat.analysis.targets`: by default the target class's logit), every CAM is
 ReLU(sum_c W_c * A_c), upsampled bilinearly to the input; the members differ only in the weights W
 (:meth:`CAM.weights`, (B, C, 1, 1) per channel or (B, C, h, w) per position):
 
@@ -23,24 +24,35 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from nnfeat.analysis.attribution import BATCH_SIZE, check_classes, chunks
+from nnfeat.analysis.attribution import BATCH_SIZE, chunks, output_and_acts
 from nnfeat.analysis.heatmap import no_spatial_map
 from nnfeat.analysis.registry import Registry
+from nnfeat.analysis.targets import Target, as_target, select_output, target_scores
 from nnfeat.analysis.tokens import fold_tokens
 from nnfeat.distributed import shard_map
 from nnfeat.errors import NnfeatError
-from nnfeat.hooks import ActivationCapture, layer_root
-from nnfeat.layouts import OUTPUT
+from nnfeat.hooks import layer_root
 
 #: the CAM family by name (registration order is page order)
 CAMS = Registry("CAM method")
 
 
 # -- the layer ---------------------------------------------------------------------------------------------
-def _probe_spatial_layers(model: nn.Module, size: Sequence[int]) -> list[tuple[str, bool]]:
+def _probe_output(out, part: str | None) -> torch.Tensor:
+    """The tensor of a probe's output the top score is read from: ``part`` of a dict / tuple output; else the
+    output, element 0 of a tuple, or the first tensor of a dict."""
+    if part is not None:
+        return select_output(out, Target(part=part))
+    if isinstance(out, dict):
+        return next(v for v in out.values() if torch.is_tensor(v))
+    return out[0] if isinstance(out, (tuple, list)) else out
+
+
+def _probe_spatial_layers(model: nn.Module, size: Sequence[int], part: str | None = None) -> list[tuple[str, bool]]:
     """(name, whether the top logit's gradient reaches its spatial positions) of every module whose output is a
     map with more than one position or a token sequence, in the order the modules finish in one forward pass of
-    a grey image of ``size`` (one backward pass from the arg-max logit; token layers folded, extra tokens out)."""
+    a grey image of ``size`` (one backward pass from the arg-max logit of output ``part``, see
+    :func:`_probe_output`; token layers folded, extra tokens out)."""
     root = layer_root(model)
     aspect = size[0] / size[1]
     seen: dict[str, torch.Tensor] = {}
@@ -62,8 +74,7 @@ def _probe_spatial_layers(model: nn.Module, size: Sequence[int]) -> list[tuple[s
         device = next((t.device for t in list(model.parameters()) + list(model.buffers())), torch.device("cpu"))
         x = torch.full((1, 3, *size), 0.5, device=device, requires_grad=True)
         with torch.enable_grad():
-            out = model(x)
-            out = out[0] if isinstance(out, (tuple, list)) else out
+            out = _probe_output(model(x), part)
             names = [n for n, t in seen.items() if t.requires_grad]
             grads = torch.autograd.grad(out.flatten(1).max(1).values.sum(), [seen[n] for n in names],
                                         allow_unused=True) if names else []
@@ -81,33 +92,36 @@ def _probe_spatial_layers(model: nn.Module, size: Sequence[int]) -> list[tuple[s
     return [(name, reached.get(name, False)) for name in seen]
 
 
-def default_cam_layer(model: nn.Module, size: Sequence[int] | None = None) -> str:
+def default_cam_layer(model: nn.Module, size: Sequence[int] | None = None, part: str | None = None) -> str:
     """The last spatial layer before the head: the last layer, in forward order, whose output is a map (h * w > 1)
     or a token sequence and whose positions the top logit's gradient reaches (for a CIFAR ResNet ``layer3``; for a
-    class-token ViT not the final norm, whose patch tokens the head never reads, but the last block's input)."""
+    class-token ViT not the final norm, whose patch tokens the head never reads, but the last block's input).
+    ``part``: the dict key / tuple element of the output the target explains (default: the first)."""
     size = tuple(size or getattr(model, "input_size", (224, 224)))
-    layers = _probe_spatial_layers(model, size)
+    layers = _probe_spatial_layers(model, size, part)
     if not layers:
         raise NnfeatError("the model has no layer with a spatial map or tokens: CAM methods need one (pass --layer)")
     reached = [name for name, ok in layers if ok]
     return (reached or [layers[-1][0]])[-1]
 
 
-def layer_act_and_grad(model: nn.Module, images: torch.Tensor, targets: torch.Tensor, layer: str,
+def layer_act_and_grad(model: nn.Module, images: torch.Tensor, targets: torch.Tensor | Target, layer: str,
                        batch_size: int = BATCH_SIZE) -> tuple[torch.Tensor, torch.Tensor]:
-    """(B, C, h, w) activation of ``layer`` and d logit[target] / d activation (token layers folded)."""
+    """(B, C, h, w) activation of ``layer`` and d score / d activation (token layers folded); ``targets``: (B,)
+    classes or a resolved :class:`~nnfeat.analysis.targets.Target`."""
     parts = list(chunks(len(images), batch_size))
+    targets = as_target(targets)
 
     def chunk_act_and_grad(i: int) -> tuple[torch.Tensor, torch.Tensor]:
         s = parts[i]
         x = images[s].detach().clone().requires_grad_(True)
-        with torch.enable_grad(), ActivationCapture(model, [layer, OUTPUT]) as capture:
-            out = capture(x)
-            act, logits = out[layer], out[OUTPUT]
+        with torch.enable_grad():
+            output, acts = output_and_acts(model, x, [layer])
+            act = acts[layer]
             if not (act.dim() == 3 or (act.dim() == 4 and act.shape[-1] * act.shape[-2] > 1)):
                 raise no_spatial_map(layer, tuple(act.shape[1:]))
-            check_classes(logits, targets[s])
-            (grad,) = torch.autograd.grad(logits.gather(1, targets[s, None]).sum(), act, allow_unused=True)
+            score = target_scores(output, targets[s])
+            (grad,) = torch.autograd.grad(score.sum(), act, allow_unused=True)
         grad = torch.zeros_like(act) if grad is None else grad
         if act.dim() == 3:
             act, grad = fold_tokens(act, model, images.shape[-2:]), fold_tokens(grad, model, images.shape[-2:])
@@ -128,11 +142,12 @@ class CAM:
         """(B, C, h, w) activations and their gradients -> W, (B, C, 1, 1) or (B, C, h, w)."""
         raise NotImplementedError
 
-    def __call__(self, model: nn.Module, images: torch.Tensor, targets: torch.Tensor, *, layer: str | None = None,
+    def __call__(self, model: nn.Module, images: torch.Tensor, targets: torch.Tensor | Target, *,
+                 layer: str | None = None,
                  batch_size: int = BATCH_SIZE, upsample: bool = True) -> torch.Tensor:
-        """(B, 3, H, W) images, (B,) classes -> (B, H, W) maps (``upsample``, bilinear) or (B, h, w) at the layer's
-        grid."""
-        layer = layer or default_cam_layer(model, images.shape[-2:])
+        """(B, 3, H, W) images, (B,) classes or a resolved Target -> (B, H, W) maps (``upsample``, bilinear) or
+        (B, h, w) at the layer's grid."""
+        layer = layer or default_cam_layer(model, images.shape[-2:], getattr(targets, "part", None))
         a, g = layer_act_and_grad(model, images, targets, layer, batch_size)
         cam = (self.weights(a, g) * a).sum(1).clamp_min(0)
         if upsample:
@@ -181,7 +196,7 @@ for _name in CAMS:
     CAMS[_name].name = _name
 
 
-def cam_maps(model: nn.Module, images: torch.Tensor, targets: torch.Tensor, method: str = "gradcam", *,
+def cam_maps(model: nn.Module, images: torch.Tensor, targets: torch.Tensor | Target, method: str = "gradcam", *,
              layer: str | None = None, batch_size: int = BATCH_SIZE, upsample: bool = True) -> torch.Tensor:
     """The CAM ``method`` (see the module docstring) of ``layer`` (default :func:`default_cam_layer`):
     (B, 3, H, W) -> (B, H, W) (``upsample``, bilinear) or (B, h, w) at the layer's grid."""

@@ -20,8 +20,10 @@ sign, options); :data:`METHODS` lists them in page order:
 * ``edge`` -- a model-independent control: the Sobel gradient magnitude of the input's luma. Any sanity check
   worth its name must flag it (it ignores the model).
 
-The class score is the network's output (:data:`nnfeat.layouts.OUTPUT`, the logits) at the target class
-(:mod:`nnfeat.analysis.attribution`). No Python loop runs over images, samples or alphas; only over chunks of
+The score explained is the target's (:mod:`nnfeat.analysis.targets`): by default the network's output (the
+logits) at the target class; a target text such as ``out:3@mask`` explains class 3 of a segmentation map summed
+over its predicted mask, ``value`` a regression output. Every method, gradient, path, perturbation or CAM, takes
+the gradient or the drop of that one score. No Python loop runs over images, samples or alphas; only over chunks of
 ``batch_size`` images. A new method is one function and one :func:`register` call in this module (a new CAM, one
 subclass in :mod:`nnfeat.analysis.cam`).
 """
@@ -33,10 +35,11 @@ from typing import Callable, Sequence
 
 import torch
 
-from nnfeat.analysis.attribution import (BASELINES, BATCH_SIZE, baseline_images, chunks, class_logits,
-                                         input_gradients, predicted_classes, resolve_targets)
+from nnfeat.analysis.attribution import (BASELINES, BATCH_SIZE, baseline_images, chunks, input_gradients,
+                                         predicted_classes, resolve_targets)
 from nnfeat.analysis.cam import CAMS, cam_maps, default_cam_layer
 from nnfeat.analysis.registry import Registry
+from nnfeat.analysis.targets import Target, as_target, target_scores
 from nnfeat.distributed import shard_map
 from nnfeat.errors import NnfeatError
 from nnfeat.imageops import luma
@@ -143,9 +146,9 @@ def _window_masks(h: int, w: int, window: int, stride: int, device) -> torch.Ten
 def occlusion(model, images: torch.Tensor, targets: torch.Tensor, *, window: int | None = None,
               stride: int | None = None, baseline: str = "black", sigma: float | None = None, seed: int = 0,
               batch_size: int = BATCH_SIZE) -> torch.Tensor:
-    """Occlusion maps (B, H, W): logit(x) - logit(x with a window set to the baseline), averaged over the
-    windows covering each pixel. ``window`` default min(H, W) // 8, ``stride`` default window // 2. Every
-    (image, window) pair is one image of a batched pass."""
+    """Occlusion maps (B, H, W): score(x) - score(x with a window set to the baseline), averaged over the
+    windows covering each pixel (score: the target's, by default the class logit). ``window`` default
+    min(H, W) // 8, ``stride`` default window // 2. Every (image, window) pair is one image of a batched pass."""
     b, _, h, w = images.shape
     window = int(window or max(1, min(h, w) // 8))
     stride = int(stride or max(1, window // 2))
@@ -154,7 +157,8 @@ def occlusion(model, images: torch.Tensor, targets: torch.Tensor, *, window: int
     masks = _window_masks(h, w, window, stride, images.device)  # (P, H, W)
     p = len(masks)
     base = baseline_images(images, baseline, sigma=sigma, seed=seed)
-    clean = class_logits(model, images).gather(1, targets[:, None])[:, 0]
+    targets = as_target(targets)
+    clean = target_scores(model(images), targets)
     parts = list(chunks(b * p, batch_size))
 
     def chunk_drops(c: int) -> torch.Tensor:
@@ -162,7 +166,7 @@ def occlusion(model, images: torch.Tensor, targets: torch.Tensor, *, window: int
         i, j = idx // p, idx % p
         m = masks[j].unsqueeze(1)
         batch = images[i] * (1 - m) + base[i] * m
-        return clean[i] - class_logits(model, batch).gather(1, targets[i, None])[:, 0]
+        return clean[i] - target_scores(model(batch), targets[i])
 
     drops = torch.cat(shard_map(chunk_drops, len(parts))).to(images.device).view(b, p)
     return torch.einsum("bp,phw->bhw", drops, masks) / masks.sum(0).clamp_min(1)
@@ -226,10 +230,11 @@ def parse_methods(text: str | Sequence[str]) -> list[str]:
 
 
 # -- the one entry point ----------------------------------------------------------------------------------
-def saliency_maps(model, images: torch.Tensor, targets: torch.Tensor | None = None, method: str = "gradient", *,
-                  layer: str | None = None, **options) -> torch.Tensor:
+def saliency_maps(model, images: torch.Tensor, targets: torch.Tensor | Target | str | None = None,
+                  method: str = "gradient", *, layer: str | None = None, **options) -> torch.Tensor:
     """(B, 3, H, W) images in [0, 1] -> (B, H, W) float maps at input resolution (signed where the method is);
-    targets (B,) class indices, None = the predicted class.
+    targets (B,) class indices, None = the predicted class, or a target text / :class:`Target` (``"out:3@mask"``,
+    ``"value"``; see :mod:`nnfeat.analysis.targets`).
 
     ``layer``: the CAM methods' layer (default :func:`default_cam_layer`; an error for other methods).
     ``options`` (each method takes only its own, plus ``batch_size``, images per pass, default 256):

@@ -2,7 +2,9 @@
 
 * :func:`deletion_insertion` -- the causal metrics of RISE (Petsiuk et al. 2018). Pixels are ranked by the
   map, most salient first. *Deletion* replaces them, ``steps`` equal fractions at a time, by a baseline
-  and tracks the softmax probability of the target class; *insertion* starts from a blurred copy of the
+  and tracks the softmax probability of the target class (of another target, what
+  :func:`nnfeat.analysis.targets.target_probabilities` gives: a map's class averaged over its region, a value as
+  it is); *insertion* starts from a blurred copy of the
   image (Gaussian, sigma = min(H, W) / 8 px by default) and puts the original pixels back in the same order.
   The deletion baseline defaults to that same blurred copy (``blur``); ``black`` (0, as in RISE) is offered.
   Pixels are perturbed in ``patch`` x ``patch`` regions (region perturbation, Samek et al. 2017; default
@@ -35,8 +37,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from nnfeat.analysis.attribution import baseline_images, chunks, class_logits, resolve_targets
+from nnfeat.analysis.attribution import baseline_images, chunks, resolve_targets
 from nnfeat.analysis.saliency import saliency_maps
+from nnfeat.analysis.targets import Target, as_target, target_probabilities
 from nnfeat.distributed import shard_map
 from nnfeat.errors import NnfeatError
 from nnfeat.hooks import layer_root
@@ -106,9 +109,10 @@ def region_ranks(maps: torch.Tensor, patch: int = 1, seed: int = 0) -> tuple[tor
 
 @torch.no_grad()
 def _curves(model, start: torch.Tensor, end: torch.Tensor, ranks: torch.Tensor, n_regions: int,
-            targets: torch.Tensor, steps: int, batch_size: int) -> torch.Tensor:
-    """Probability of ``targets`` as the pixels whose region rank < k_s switch from ``start`` to ``end`` (k_s =
-    s/steps of the regions, s = 0..steps); all (image, step) pairs batched. -> (B, steps + 1)."""
+            targets: Target, steps: int, batch_size: int) -> torch.Tensor:
+    """Probability of ``targets`` (:func:`~nnfeat.analysis.targets.target_probabilities`) as the pixels whose
+    region rank < k_s switch from ``start`` to ``end`` (k_s = s/steps of the regions, s = 0..steps); all
+    (image, step) pairs batched. -> (B, steps + 1)."""
     b, _, h, w = start.shape
     counts = torch.round(torch.linspace(0, n_regions, steps + 1, device=start.device)).long()  # (S,)
     parts = list(chunks(b * (steps + 1), batch_size))
@@ -118,16 +122,19 @@ def _curves(model, start: torch.Tensor, end: torch.Tensor, ranks: torch.Tensor, 
         i, k = idx // (steps + 1), idx % (steps + 1)
         mask = (ranks[i] < counts[k, None]).view(-1, 1, h, w).to(start.dtype)
         batch = start[i] * (1 - mask) + end[i] * mask
-        return torch.softmax(class_logits(model, batch).float(), 1).gather(1, targets[i, None])[:, 0]
+        return target_probabilities(model(batch), targets[i])
 
     return torch.cat(shard_map(chunk_probs, len(parts))).to(start.device).view(b, steps + 1)
 
 
-def deletion_insertion(model, images: torch.Tensor, maps: torch.Tensor, targets: torch.Tensor, *, steps: int = 32,
-                       baseline: str = "blur", insertion_sigma: float | None = None, rank_by: str = "value",
-                       patch: int | None = None, seed: int = 0, batch_size: int = 256) -> CausalScores:
+def deletion_insertion(model, images: torch.Tensor, maps: torch.Tensor, targets: torch.Tensor | Target, *,
+                       steps: int = 32, baseline: str = "blur", insertion_sigma: float | None = None,
+                       rank_by: str = "value", patch: int | None = None, seed: int = 0,
+                       batch_size: int = 256) -> CausalScores:
     """RISE deletion and insertion (see the module docstring) of (B, H, W) ``maps`` for (B, 3, H, W) ``images``
-    and (B,) ``targets``. ``rank_by``: ``value`` (most positive first) or ``abs`` (largest |map| first).
+    and (B,) ``targets`` (or a resolved :class:`~nnfeat.analysis.targets.Target`: the same score the maps explain,
+    tracked as :func:`~nnfeat.analysis.targets.target_probabilities`). ``rank_by``: ``value`` (most positive
+    first) or ``abs`` (largest |map| first).
     ``patch``: perturb ``patch`` x ``patch`` regions ranked by their mean map value (region perturbation,
     Samek et al. 2017; default min(H, W) // 16, i.e. about 256 regions) or single pixels (1, RISE's own
     granularity); the random map is then a random region order."""
@@ -148,7 +155,7 @@ def deletion_insertion(model, images: torch.Tensor, maps: torch.Tensor, targets:
     sigma = float(insertion_sigma or min(images.shape[-2:]) / 8)
     removed = baseline_images(images, baseline, sigma=sigma)
     blurred = baseline_images(images, "blur", sigma=sigma)
-    targets = targets.to(images.device).long()
+    targets = as_target(targets).to(images.device)
     dele = _curves(model, images, removed, ranks, n_regions, targets, steps, batch_size)
     ins = _curves(model, blurred, images, ranks, n_regions, targets, steps, batch_size)
     dx = 1.0 / steps
@@ -247,7 +254,7 @@ class RandomizationResult:
                 "verdict": "passes" if self.passes else "FAILS", "constant_maps": self.constant}
 
 
-def randomization_test(model, images: torch.Tensor, method: str, targets: torch.Tensor | None = None, *,
+def randomization_test(model, images: torch.Tensor, method: str, targets: torch.Tensor | Target | None = None, *,
                        layer: str | None = None, ks: Sequence[int] | None = None, seed: int = 0, repeats: int = 1,
                        threshold: float = THRESHOLD, maps: torch.Tensor | None = None,
                        saliency: Callable | None = None, options: dict | None = None) -> RandomizationResult:

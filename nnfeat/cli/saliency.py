@@ -31,8 +31,11 @@ def register(sub) -> None:
                            "source: a sample drawn from --seed)")
     p.add_argument("--method", default="gradient", metavar="M[,M2,...]",
                    help=f"one or more of: {', '.join(SALIENCY.names())} (default gradient)")
-    p.add_argument("--target", default="pred", metavar="CLASS|pred",
-                   help="the class to explain: a class name or index, or pred (each image's prediction; default)")
+    p.add_argument("--target", default="pred", metavar="[PART:]CLASS|pred|value[@mask|@Y0:Y1,X0:X1]",
+                   help="what to explain: a class name or index, or pred (each image's prediction; default); "
+                        "PART: a key of a dict output or an element of a tuple output (out:3); @mask: a "
+                        "segmentation map's class summed over its predicted mask (out:3@mask), @Y0:Y1,X0:X1 over "
+                        "a box in output pixels (out:3@8:24,16:40); value: a (B,) or (B, 1) regression output")
     p.add_argument("--layer", default=None,
                    help="the CAM methods' layer (conv or token layer; default: the last spatial layer)")
     p.add_argument("--sanity", action="store_true",

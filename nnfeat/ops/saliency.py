@@ -20,7 +20,7 @@ flagged; stable hooks ``#methods``, ``section.method[data-method][data-verdict]`
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import ClassVar, Sequence
 
@@ -29,6 +29,8 @@ import torch
 
 from nnfeat.analysis.saliency import CAM_METHODS, SALIENCY, default_cam_layer, parse_methods, resolve_targets, \
     saliency_maps
+from nnfeat.analysis.targets import Target, describe_target
+from nnfeat.analysis.targets import parse_target as parse_target_text
 from nnfeat.analysis.sanity import (DISPLAY_PERCENTILE, CausalScores, MethodMaps, cascade_depths, deletion_insertion,
                                     display_scale, random_maps, randomization_test)
 from nnfeat.data import ImageSet
@@ -41,9 +43,12 @@ from nnfeat.views import saliency_page as page
 from nnfeat.views.saliency_page import slug
 
 
-def parse_target(model, target) -> int | None:
-    """``None``/``"pred"`` -> None (each image's predicted class); an index or a class name -> its index; a
-    one-line error naming the nearest class names."""
+def parse_target(model, target) -> int | Target | None:
+    """``None``/``"pred"`` -> None (each image's predicted class); an index or a class name -> its index; any other
+    target text (``out:3@mask``, ``value``; :mod:`nnfeat.analysis.targets`) or a :class:`Target` -> the Target, its
+    class name looked up. A one-line error naming the nearest class names."""
+    if isinstance(target, Target):
+        return _class_of(model, target)
     if target is None or (isinstance(target, str) and target.strip().lower() in ("pred", "predicted", "")):
         return None
     classes = list(getattr(model, "classes", None) or [])
@@ -59,15 +64,33 @@ def parse_target(model, target) -> int | None:
     folded = [c.lower() for c in classes]
     if text.lower() in folded:
         return folded.index(text.lower())
+    if ":" in text or "@" in text or text == "value":
+        return _class_of(model, parse_target_text(text))
     near = nearest(text, classes)
     hint = f"; nearest: {', '.join(near)}" if near else (f"; classes: {', '.join(classes[:10])}" if classes else "")
     raise NnfeatError(f"unknown class '{text}'{hint} (or give a class index, or 'pred')")
 
 
+def _class_of(model, target: Target) -> Target:
+    """``target`` with a class name replaced by its index (a one-line error naming the nearest names)."""
+    if not isinstance(target.cls, str):
+        return target
+    classes = list(getattr(model, "classes", None) or [])
+    folded = [c.lower() for c in classes]
+    if target.cls.lower() in folded:
+        return replace(target, cls=folded.index(target.cls.lower()))
+    near = nearest(target.cls, classes)
+    hint = f"; nearest: {', '.join(near)}" if near else ""
+    raise NnfeatError(f"unknown class '{target.cls}' in target '{target}'{hint} (or give a class index, pred or "
+                      "value)")
+
+
 @dataclass(repr=False)
 class SaliencyResult(Result):
     """What :func:`saliency` returns: per method a :class:`MethodMaps`; ``inputs`` (B, 3, H, W); ``targets``
-    (B,) the explained classes; ``random`` the random map's deletion / insertion scores (with sanity)."""
+    (B,) the explained classes (None for a value); ``random`` the random map's deletion / insertion scores (with
+    sanity); ``target_text`` the target as given (``pred``, ``3``, ``out:3@mask``); ``target`` its record
+    (:func:`~nnfeat.analysis.targets.describe_target`) for a target other than a class logit, else None."""
 
     model: str
     methods: list[MethodMaps]
@@ -84,6 +107,8 @@ class SaliencyResult(Result):
     device: str = "cpu"
     elapsed: float = 0.0
     command: str | None = None
+    target_text: str = ""
+    target: dict | None = None
     kind: ClassVar[str] = "saliency"
     run_fields: ClassVar[tuple[str, ...]] = ("timings_seconds",)
 
@@ -101,7 +126,8 @@ class SaliencyResult(Result):
         return len(self.methods) + 1
 
     def image_caption(self, i: int) -> str:
-        return page.image_caption(self.indices[i], self.target_mode, self.target_names[i], self.image_labels[i])
+        return page.image_caption(self.indices[i], self.target_mode, self.target_names[i], self.image_labels[i],
+                                  self.target_text if self.target is not None else None)
 
     def map_caption(self, i: int, j: int) -> str:
         return page.map_caption(self.methods[j], i, self.random)
@@ -145,6 +171,7 @@ class SaliencyResult(Result):
 
     def record(self) -> dict:
         rec = {"model": self.model, "source": self.source, "target": self.target_mode,
+               "target_text": self.target_text or self.target_mode,
                "images": [{"index": idx, "label": lab, "target": t, "target_name": name}
                           for idx, lab, t, name in zip(self.indices, self.image_labels, self.targets,
                                                        self.target_names)],
@@ -154,6 +181,8 @@ class SaliencyResult(Result):
                                 "display_scale": f"p{DISPLAY_PERCENTILE:g} of |map| over all images, per method"},
                "methods": [self.method_record(m) for m in self.methods],
                "timings_seconds": {m.method: round(m.elapsed, 3) for m in self.methods}}
+        if self.target is not None:
+            rec["target_spec"] = self.target
         if self.random is not None:
             rec["random_map"] = {**self.random.summary(), "seed": self.settings.get("seed", 0)}
         return rec
@@ -176,6 +205,7 @@ def write_saliency_page(path, result: SaliencyResult, *, sheet: str) -> Path:
     return page.write_page(path, title=result.title(), methods=result.methods, random=result.random,
                            n_images=len(result.inputs), source=result.source, target_mode=result.target_mode,
                            target_name=result.target_names[0] if result.target_names else "",
+                           target_description=result.target["score"] if result.target is not None else None,
                            settings=result.settings, sheet=sheet)
 
 
@@ -220,7 +250,9 @@ def saliency(model, images: ImageSet | torch.Tensor, methods: str | Sequence[str
              seed: int = 0, alpha: float = 0.6) -> SaliencyResult:
     """Saliency maps of ``methods`` (``"gradient,gradcam"`` or a list) for ``images`` (an :class:`ImageSet` or
     (B, 3, H, W) in [0, 1] at the model's input size), explaining ``target`` (None/"pred": each image's
-    predicted class; a class index or name). ``layer``: the CAM layer (default: the last spatial layer).
+    predicted class; a class index or name; a target text such as ``out:3@mask``, ``out:3@8:24,16:40`` or
+    ``value``, or a :class:`~nnfeat.analysis.targets.Target`: see :mod:`nnfeat.analysis.targets`; every method and
+    the sanity numbers explain that one score). ``layer``: the CAM layer (default: the last spatial layer).
     ``sanity``: add deletion / insertion AUC (``steps``, ``deletion_baseline``) beside a random map's and the
     randomization test (``cascade`` depths evenly spread over 1..all, default all; ``repeats`` random
     networks) and the ``edge`` control. ``alphas``/``baseline``: Integrated Gradients; ``samples``: the
@@ -232,14 +264,15 @@ def saliency(model, images: ImageSet | torch.Tensor, methods: str | Sequence[str
         names.append("edge")
     target_index = parse_target(model, target)
     inputs, source, indices, labels, options = _inputs(model, images, batch_size)
+    targets = resolve_targets(model, inputs, target_index, batch_size)  # a bad target: an error before any map
+    spec = target_index if isinstance(target_index, Target) else None
     if any(n in CAM_METHODS for n in names):
-        cam_layer = layer or default_cam_layer(model, inputs.shape[-2:])
+        cam_layer = layer or default_cam_layer(model, inputs.shape[-2:], None if spec is None else spec.part)
     elif layer is not None:
         raise NnfeatError(f"--layer is for the CAM methods ({', '.join(CAM_METHODS)}); "
                           f"none of {', '.join(names)} is one")
     else:
         cam_layer = None
-    targets = resolve_targets(model, inputs, target_index, batch_size)
     given = {"alphas": alphas, "baseline": baseline, "samples": samples, "window": window, "seed": seed}
     checks = (dict(steps=steps, deletion_baseline=deletion_baseline, patch=patch, cascade=cascade, repeats=repeats,
                    seed=seed) if sanity else None)
@@ -254,7 +287,7 @@ def saliency(model, images: ImageSet | torch.Tensor, methods: str | Sequence[str
                                     targets, steps=steps, baseline=deletion_baseline, patch=patch, seed=seed,
                                     batch_size=batch_size)
     classes = list(getattr(model, "classes", None) or [])
-    tnames = [classes[t] if t < len(classes) else str(t) for t in targets.tolist()]
+    tnames = ["value" if t is None else classes[t] if t < len(classes) else str(t) for t in targets.tolist()]
     settings = {"methods": names, "layer": cam_layer, "sanity": sanity, "batch_size": batch_size, "seed": seed,
                 "integrated_gradients": {"alphas": alphas, "baseline": baseline, "rule": "midpoint"},
                 "smoothgrad": {"samples": samples, "noise": 0.15}, "occlusion": {"window": window}}
@@ -264,15 +297,24 @@ def saliency(model, images: ImageSet | torch.Tensor, methods: str | Sequence[str
                         randomization="cascading re-initialization from the logits down (Adebayo et al. 2018), "
                                       "Spearman of |map|, fails at median >= 0.3 after full randomization")
     command = cli_command("saliency", model.name, **options,
-                          target=None if target_index is None else target,
+                          target=None if target_index is None else str(target),
                           method=",".join(parse_methods(methods)),
                           layer=layer, sanity=sanity,
                           weights=weights_flag(model))
     return SaliencyResult(model=getattr(model, "name", "model"), methods=results, inputs=inputs.cpu(),
                           targets=targets.tolist(), target_names=tnames,
-                          target_mode="pred" if target_index is None else "class", indices=indices,
+                          target_mode=_target_mode(target_index), indices=indices,
                           image_labels=labels, source=source, random=random, settings=settings, alpha=alpha,
-                          device=str(inputs.device), elapsed=time.perf_counter() - started, command=command)
+                          device=str(inputs.device), elapsed=time.perf_counter() - started, command=command,
+                          target_text="pred" if target_index is None else str(target),
+                          target=None if spec is None else describe_target(spec))
+
+
+def _target_mode(target: int | Target | None) -> str:
+    """``pred`` (each image's predicted class), ``class`` (one given class) or ``value`` (a regression output)."""
+    if isinstance(target, Target):
+        return "value" if target.value else "pred" if target.cls is None else "class"
+    return "pred" if target is None else "class"
 
 
 __all__ = ["SaliencyResult", "MethodMaps", "saliency", "write_saliency_page", "parse_target", "display_scale",

@@ -46,10 +46,13 @@ def overlays(inputs: torch.Tensor, methods: Sequence[MethodMaps], alpha: float, 
     return overlay(inputs, maps, -1.0, 1.0, "signed", alpha)
 
 
-def image_caption(index: int, target_mode: str, target_name: str, label: str | None) -> str:
-    """The caption of an input image: its index and the class explained (and its label where that differs)."""
+def image_caption(index: int, target_mode: str, target_name: str, label: str | None,
+                  target_text: str | None = None) -> str:
+    """The caption of an input image: its index and the class explained (and its label where that differs);
+    ``target_text``: a target other than a class logit (``out:3@mask``) as a third line."""
     return f"image {index}\n{target_mode} {target_name}" + \
-        (f" (label {label})" if label is not None and label != target_name else "")
+        (f" (label {label})" if label is not None and label != target_name else "") + \
+        (f"\ntarget {target_text}" if target_text else "")
 
 
 def map_caption(m: MethodMaps, i: int, random: CausalScores | None) -> str:
@@ -160,20 +163,25 @@ def method_section(m: MethodMaps, random: CausalScores | None) -> str:
 
 
 def write_page(path, *, title: str, methods: Sequence[MethodMaps], random: CausalScores | None, n_images: int,
-               source: str, target_mode: str, target_name: str, settings: dict, sheet: str) -> Path:
+               source: str, target_mode: str, target_name: str, settings: dict, sheet: str,
+               target_description: str | None = None) -> Path:
     """Write the saliency page (images linked relatively, no script) and return its path. ``target_name``: the
-    explained class when ``target_mode`` is ``class``; ``settings``: the operation's (``sanity``,
-    ``deletion_baseline``, ``steps``, ``seed``)."""
+    explained class when ``target_mode`` is ``class``; ``target_description``: in words, a target other than a
+    class logit (``class 3 of output part 'out' summed over its predicted mask ...``); ``settings``: the
+    operation's (``sanity``, ``deletion_baseline``, ``steps``, ``seed``)."""
     s = settings
     bits = [f"{n_images} images from {html.escape(source)}",
-            "explaining " + ("each image's predicted class" if target_mode == "pred"
+            "explaining " + (html.escape(target_description) if target_description else
+                             "each image's predicted class" if target_mode == "pred"
                              else f"class {html.escape(target_name)}")]
+    tracked = ("softmax probability of the target" if not target_description else
+               "the target's score (its class's softmax probability averaged over its region; a value as it is)")
     if s.get("sanity"):
         bits.append(f"deletion baseline: {html.escape(str(s.get('deletion_baseline')))} (sigma "
                     f"{random.insertion_sigma:g} px), insertion from that blurred copy, {s.get('steps')} steps "
                     f"of "
                     f"{random.patch}x{random.patch} px regions, "
-                    f"softmax probability of the target; random map: uniform noise, seed {s.get('seed')}")
+                    f"{tracked}; random map: uniform noise, seed {s.get('seed')}")
     scale = (f"colour: one scale per figure, each method's maps divided by their p{DISPLAY_PERCENTILE:g} |map|; "
              "absolute view 0..1 (viridis), signed view -1..1 (blue-white-red)")
     document = fill_page("saliency.html", title=title, css="saliency.css", csp=CSP_RELATIVE,
