@@ -119,6 +119,7 @@ def inputs(tmp_path_factory) -> Path:
     (d / "corrupt" / "cat").mkdir(parents=True)
     (d / "corrupt" / "cat" / "x.png").write_bytes(b"not a png")
     (d / "afile").write_text("a file, not a folder")
+    (d / "empty.txt").write_text("\n")
     # weights for cifar10-resnet20 (the file name carries the SHA-256 prefix 12fca82f)
     name = "resnet20-12fca82f.th"
     for kind in ("empty", "truncated", "wrongarch"):
@@ -144,6 +145,7 @@ def snapshot(folder: Path) -> dict[str, int]:
 
 
 R = ["render", "digits-cnn", "conv1:0"]  # a valid render (every case fails before it starts)
+HM = ["heatmap", "{d}/net.py:make", "conv", "--images", "{d}/good.npz"]  # a valid heatmap of a user's model
 LONG = "a" * 90_000
 
 #: (id, argv ({d}: the inputs folder; --out {out} is added), words the one line must hold, extra env)
@@ -235,6 +237,15 @@ CASES = [
      ["gave NaN or Inf in the maps of layer 'conv' (first at image"], {}),
     ("saliency-nan-on-images", ["saliency", "{d}/net.py:make_nan_on_black", "--images", "digits", "--n", "3"],
      ["gave NaN or Inf in its gradient saliency maps (first at image"], {}),
+    # saliency targets beyond a class logit (nnfeat.analysis.targets)
+    ("saliency-target-bad-region", ["saliency", "digits-cnn", "--images", "{d}/good.npz", "--target", "3@maks"],
+     ["bad region 'maks' in target '3@maks'", "expected @mask or @Y0:Y1,X0:X1"], {}),
+    ("saliency-target-empty-box", ["saliency", "digits-cnn", "--images", "{d}/good.npz", "--target", "3@5:2,0:4"],
+     ["empty or huge box '5:2,0:4'", "Y0 < Y1 and X0 < X1"], {}),
+    ("saliency-target-part-of-logits", ["saliency", "digits-cnn", "--images", "{d}/good.npz", "--target",
+                                        "out:3@mask"], ["names output part 'out'", "one tensor", "drop 'out:'"], {}),
+    ("saliency-target-value-of-logits", ["saliency", "digits-cnn", "--images", "{d}/good.npz", "--target", "value"],
+     ["asks for a value", "(B,) or (B, 1)", "give a class index instead"], {}),
     ("uncertainty-nan-on-images", ["uncertainty", "{d}/net.py:make_nan_on_black", "--method", "tta", "--images",
                                    "digits", "--n", "3"], ["gave NaN or Inf in its predicted probabilities"], {}),
     ("examples-nan-on-images", ["examples", "{d}/net.py:make_nan_on_black", "conv:0", "--images", "digits", "--n",
@@ -309,6 +320,19 @@ CASES = [
     ("long-images", ["examples", "digits-cnn", "conv1:0", "--images", LONG], ["(90000 characters)", "not found"], {}),
     ("long-model-name", ["render", LONG, "conv1:0"], ["unknown model", "(90000 characters)"], {}),
     ("long-model-file", ["render", LONG + ".py:make", "conv1:0"], ["not found", "characters)"], {}),
+    # input spec options (--normalize, --classes, --size for a model nnfeat does not know)
+    ("normalize-unknown", [*HM, "--normalize", "imagenett"],
+     ["bad --normalize 'imagenett'", "imagenet, cifar, none or MEAN/STD", "0.5/0.25"], {}),
+    ("normalize-std-zero", [*HM, "--normalize", "0.5/0"], ["bad --normalize '0.5/0'", "every std must be positive"], {}),
+    ("normalize-value-count", [*HM, "--normalize", "0.5,0.5/0.2,0.2"], ["takes 3 channels", "give 3 values (or one)"],
+     {}),
+    ("normalize-preset-grey-model", [*R, "--normalize", "imagenet"],
+     ["--normalize imagenet is for 3-channel (RGB) models", "use --normalize MEAN/STD"], {}),
+    ("classes-not-file-or-list", [*HM, "--classes", "{d}/nope.txt"], ["is neither a file nor a comma list", "a,b,c"], {}),
+    ("classes-empty-name", [*HM, "--classes", "a,,c"], ["bad --classes 'a,,c'", "an empty class name"], {}),
+    ("classes-empty-file", [*HM, "--classes", "{d}/empty.txt"], ["holds no class names", "one name a line"], {}),
+    ("classes-count", [*HM, "--classes", "a,b"], ["2 class names from --classes", "gives 3 outputs", "give 3 names"], {}),
+    ("input-size-zero", [*HM, "--size", "0"], ["--size must be at least 2"], {}),
 ]
 
 
@@ -360,12 +384,12 @@ def test_user_code_error_has_no_traceback_and_debug_reraises(inputs, tmp_path):
 
 def test_nnfeat_bug_keeps_its_traceback(monkeypatch, tmp_path, capsys):
     """An exception raised outside the user's files is nnfeat's own bug: it is not dressed up as a user error."""
-    import nnfeat.ops.render
+    import nnfeat.cli.render
 
     def broken(*_args, **_kwargs):
         raise ZeroDivisionError("an nnfeat bug")
 
-    monkeypatch.setattr(nnfeat.ops.render, "render", broken)
+    monkeypatch.setattr(nnfeat.cli.render, "render", broken)  # the render operation as the command calls it
     with pytest.raises(ZeroDivisionError):
         main([*R, "--steps", "2", "--quiet", "--out", str(tmp_path / "out")])
 

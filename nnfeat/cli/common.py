@@ -1,12 +1,15 @@
 """What every command shares: the one-line-error parser, the shared options, model loading, running.
 
 Shared options (each command adds the ones it uses, always with the same name, default and help):
-``MODEL``, ``--weights``, ``--device`` (default ``auto``), ``--precision``, ``--seed``, ``--out``, ``--quiet``.
+``MODEL``, ``--weights``, ``--device`` (default ``auto``), ``--precision``, ``--seed``, ``--out``, ``--quiet``, and
+the input spec options ``--normalize``, ``--classes`` and (for a command without its own) ``--size``
+(see :mod:`nnfeat.models.spec`; :func:`load_model` applies them and prints the spec line).
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import math
 import os
 import shlex
@@ -21,6 +24,7 @@ from nnfeat.engine.param import PARAM_KINDS
 from nnfeat.engine.spectrum import load_spectrum
 from nnfeat.engine.transforms import TRANSFORM_PRESETS
 from nnfeat.errors import NnfeatError, shorten
+from nnfeat.models.spec import CLASSES_HELP, NORMALIZE_HELP, NORMALIZE_PRESETS, check_input, parse_classes, parse_normalize
 from nnfeat.models.zoo import load_model as load_named_model
 
 MODEL_HELP = ("a model name (see `nnfeat models`): cifar10-resnet20, digits-cnn, digits-vit, inceptionv1, "
@@ -57,6 +61,12 @@ def add_shared(p: argparse.ArgumentParser, *, out: str | None, weights: str = "p
     if out is not None:
         p.add_argument("--out", default=out, help=f"output folder (default {out})")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
+    p.add_argument("--normalize", default=None, metavar="SPEC", help=NORMALIZE_HELP)
+    p.add_argument("--classes", default=None, metavar="FILE|a,b,c", help=CLASSES_HELP)
+    if "--size" not in p._option_string_actions:  # a command with its own --size keeps it (its meaning, its help)
+        p.add_argument("--size", type=int, default=None, dest="input_size",
+                       help="input size in px (default: the model's; for a model nnfeat does not know, the images' "
+                            "own size)")
 
 
 def add_images(p: argparse.ArgumentParser, *, required: bool = True) -> None:
@@ -73,13 +83,71 @@ def load_images_from_args(args, model):
     for a missing source or an ``--n`` out of range, before any work."""
     if getattr(args, "images", None) is None:
         return None
-    return load_images(args.images, size=model.input_size).sample(args.n, getattr(args, "seed", 0))
+    images = getattr(args, "image_set", None) or load_images(args.images)
+    images.size = tuple(model.input_size)
+    return images.sample(args.n, getattr(args, "seed", 0))
 
 
 def load_model(args):
-    """The model named by ``args.model`` on ``args.device`` (checked first: a one-line error, no loading)."""
+    """The model named by ``args.model`` on ``args.device`` (checked first: a one-line error, no loading), with
+    its input spec settled (:func:`input_spec`), checked by a probe forward (:func:`check_input`) and printed
+    as one line; ``args.input_spec`` keeps it for the JSON record (:func:`finish`)."""
     device = resolve_device(getattr(args, "device", "auto"))
-    return load_named_model(args.model, weights=getattr(args, "weights", "pretrained"), device=device)
+    model = load_named_model(args.model, weights=getattr(args, "weights", "pretrained"), device=device)
+    spec = input_spec(args, model)
+    if spec != model.spec:
+        model.use_spec(spec)
+    if not spec.from_card():
+        count = check_input(model)
+        if spec.classes and spec.sources["classes"] == "images" and count != len(spec.classes):
+            model.use_spec(dataclasses.replace(spec, classes=None, sources={**spec.sources, "classes": "default"}))
+        args.input_spec = model.spec
+    if current().writer:
+        print(model.spec.describe())
+    return model
+
+
+def input_spec(args, model):
+    """``model.spec`` with the input options of ``args`` applied (``--normalize``, ``--classes``, ``--size``;
+    a command's own ``--size`` only for a model nnfeat does not know) and, for a spec of any size, the size
+    (and class names, if it has none) of ``--images``; one-line errors for bad values."""
+    spec, sources = model.spec, dict(model.spec.sources)
+    changes: dict = {}
+    if getattr(args, "normalize", None) is not None:
+        changes["mean"], changes["std"] = parse_normalize(args.normalize, model.in_channels) or (None, None)
+        sources["normalize"] = "--normalize"
+        changes["preset"] = args.normalize.strip().lower() if changes["mean"] is not None and \
+            args.normalize.strip().lower() in NORMALIZE_PRESETS else None
+    if getattr(args, "classes", None) is not None:
+        changes["classes"] = parse_classes(args.classes)
+        sources["classes"] = "--classes"
+    own_size = getattr(args, "size", None) if sources["size"] not in ("card", "model") else None
+    size = getattr(args, "input_size", None)
+    size = own_size if size is None else size
+    if size is not None:
+        positive("size", size, 2)
+        if size > LIMITS["size"][1]:
+            raise NnfeatError(f"--size {size} is out of range: valid is at most {LIMITS['size'][1]}")
+        changes["size"] = (size, size)
+        sources["size"] = "--size"
+    source = getattr(args, "images", None)
+    wants_classes = sources["classes"] == "default" and source is not None and _is_folder(source)
+    if source is not None and ((spec.size is None and size is None) or wants_classes):
+        args.image_set = load_images(source)
+    if spec.size is None and size is None and source is not None:
+        changes["working_size"] = tuple(args.image_set.native_size)
+        sources["size"] = "images"
+    if wants_classes and args.image_set.classes:
+        changes["classes"] = tuple(args.image_set.classes)
+        sources["classes"] = "images"
+    return dataclasses.replace(spec, **changes, sources=sources) if changes else spec
+
+
+def _is_folder(source: str) -> bool:
+    try:
+        return os.path.isdir(os.path.expanduser(source))
+    except (OSError, ValueError):
+        return False
 
 
 def command_line(argv: Sequence[str]) -> str:
@@ -197,6 +265,8 @@ def _flag(name: str) -> str:
 def finish(result, args, out=None) -> int:
     """Record the command on ``result``, save it into ``out`` (default ``args.out``) and say where it went."""
     result.command = args.command_line
+    if getattr(args, "input_spec", None) is not None:  # a model nnfeat does not know, or input options given
+        result.input_spec = args.input_spec.record()
     path = result.save(out if out is not None else args.out)
     if current().writer:  # under torchrun only rank 0 writes the shared files, and says so
         print(f"wrote {path.parent}/ ({result.title()})")
@@ -253,6 +323,6 @@ def render_kwargs(args) -> dict:
 
 
 __all__ = ["OneLineParser", "MODEL_HELP", "UNITS_HELP", "add_model", "add_shared", "add_images",
-           "load_images_from_args", "load_model", "command_line",
+           "load_images_from_args", "load_model", "input_spec", "command_line",
            "positive", "finish", "LIMITS", "RENDER_PIXELS", "check_option_ranges", "check_render_pixels", "check_k", "STEPS", "add_render_options", "render_kwargs",
            "user_files", "user_code_error", "out_of_memory_error"]

@@ -16,6 +16,7 @@ from nnfeat.errors import NnfeatError
 from nnfeat.hooks import ActivationCapture, check_layer, find_module
 from nnfeat.imageops import LUMA
 from nnfeat.layouts import OUTPUT, channel_count
+from nnfeat.models.spec import InputSpec, infer_channels, linear_size
 from nnfeat.units import Units, parse_units
 
 if TYPE_CHECKING:
@@ -36,6 +37,9 @@ class Model(nn.Module):
             initialisation), ``"file:PATH sha256:PREFIX"`` (a user's weights file, see
             :mod:`nnfeat.models.checkpoint`), or ``None`` when nnfeat does not know (a user's own network).
         card: the :class:`~nnfeat.models.registry.ModelCard` the model was built from, or ``None``.
+
+    ``spec`` (:class:`~nnfeat.models.spec.InputSpec`) says the same facts and where they came from (the card's,
+    or the model's own for a ``Model`` made by user code); :func:`as_model` of a bare module finds them.
     """
 
     def __init__(
@@ -60,6 +64,11 @@ class Model(nn.Module):
         self.classes = list(classes) if classes is not None else None
         self.weights = weights
         self.card = card
+        source = "card" if card is not None else "model"
+        self.spec = InputSpec(channels=self.in_channels, size=self.input_size,
+                              mean=None if mean is None else tuple(mean), std=None if std is None else tuple(std),
+                              classes=None if classes is None else tuple(classes), working_size=self.input_size,
+                              sources=dict.fromkeys(("channels", "size", "normalize", "classes"), source))
         mean = [0.0] * self.in_channels if mean is None else list(mean)
         std = [1.0] * self.in_channels if std is None else list(std)
         if len(mean) != self.in_channels or len(std) != self.in_channels:
@@ -86,6 +95,20 @@ class Model(nn.Module):
         elif self.in_channels == 3 and images.shape[1] == 1:
             images = images.expand(-1, 3, -1, -1)
         return (images - self.mean) / self.std
+
+    def use_spec(self, spec: InputSpec) -> None:
+        """Take ``spec``'s normalization, class names and size (its ``size``, else its ``working_size``) as this
+        model's input contract (``spec.channels`` must be :attr:`in_channels`)."""
+        count = self.in_channels
+        mean = torch.tensor(spec.mean if spec.mean is not None else [0.0] * count, dtype=torch.float32)
+        std = torch.tensor(spec.std if spec.std is not None else [1.0] * count, dtype=torch.float32)
+        self.mean = mean.view(1, -1, 1, 1).to(self.device)
+        self.std = std.view(1, -1, 1, 1).to(self.device)
+        self.classes = list(spec.classes) if spec.classes is not None else None
+        self.input_size = tuple(spec.size or spec.working_size or self.input_size)
+        self._shape_cache.clear()
+        self.__dict__.pop("_accepts_size", None)
+        self.spec = spec
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         """(B, 3, H, W) RGB in [0,1] -> the network's output, e.g. logits (B, classes)."""
@@ -196,6 +219,30 @@ class Model(nn.Module):
         return rows
 
 
+def wrap_module(net: nn.Module, name: str) -> Model:
+    """A network nnfeat does not know, as a :class:`Model` whose input spec is found, not assumed: channels from
+    its first conv/linear layer (1 or 3; else 3), any size (working size 224 px, or the size a flatten head's
+    first ``nn.Linear`` needs), no normalization, no class names (see :mod:`nnfeat.models.spec`)."""
+    channels = infer_channels(net)
+    model = Model(net, name=name, in_channels=channels or 3)
+    size, size_source = None, "any"
+    if not _runs_at(model, (224, 224)):
+        found = linear_size(model, net)
+        size, size_source = ((found, found), "found") if found else (None, "any")
+    model.use_spec(InputSpec(channels=model.in_channels, size=size, working_size=size or (224, 224),
+                             sources={"channels": "found" if channels else "default", "size": size_source,
+                                      "normalize": "default", "classes": "default"}))
+    return model
+
+
+def _runs_at(model: Model, size: tuple[int, int]) -> bool:
+    try:
+        model.layer_shapes([OUTPUT], size)
+    except Exception:  # noqa: BLE001 - any failure of the user's network at this size: it does not run there
+        return False
+    return True
+
+
 def as_model(model: nn.Module | Model) -> Model:
-    """Wrap a bare ``nn.Module`` (RGB, no normalization, 224 px) unless it already is a :class:`Model`."""
-    return model if isinstance(model, Model) else Model(model, name=type(model).__name__)
+    """Wrap a bare ``nn.Module`` (its input spec found: :func:`wrap_module`) unless it already is a :class:`Model`."""
+    return model if isinstance(model, Model) else wrap_module(model, type(model).__name__)

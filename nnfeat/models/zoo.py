@@ -8,7 +8,8 @@ lists them):
 * ``inceptionv1``: GoogLeNet as in Lucid (see :mod:`nnfeat.models.inceptionv1`).
 * ``torchvision:NAME``: any torchvision classification model (``torchvision:resnet18``).
 * ``timm:NAME``: any timm model (``timm:vit_tiny_patch16_224``; needs ``pip install timm``).
-* ``FILE.py:FACTORY``: ``FACTORY()`` from a Python file, returning an ``nn.Module`` or a ``Model``.
+* ``FILE.py:FACTORY``: ``FACTORY()`` from a Python file, returning an ``nn.Module`` (its input spec found, not
+  assumed: :func:`~nnfeat.models.base.wrap_module`) or a ``Model``.
 
 ``weights="random"`` gives randomly initialised weights, drawn from a fixed seed so the same name
 always gives the same net; the global torch RNG is left untouched. ``weights=PATH`` (an existing file: a
@@ -43,7 +44,7 @@ from torchvision.models import ResNet18_Weights, get_model_weights, list_models
 from nnfeat.device import resolve_device
 from nnfeat.errors import NnfeatError, nearest, shorten
 from nnfeat.io import is_existing_file
-from nnfeat.models.base import Model
+from nnfeat.models.base import Model, wrap_module
 from nnfeat.models.checkpoint import load_weights_file
 from nnfeat.models.registry import PUBLISHED, TRAINED, ModelCard, find_card, known_models
 from nnfeat.models.weights import fetch_weights, hash_prefix_from_name, weights_dir
@@ -258,7 +259,8 @@ def _imagenet_classes() -> tuple[str, ...]:
 # ---------------------------------------------------------------------------------------------------
 def _load_file_factory(_card: ModelCard, name: str, _weights: str) -> Model:
     """Import ``FILE`` of ``name`` (``FILE.py:FACTORY``) as a fresh module and call ``FACTORY()``; wrap an
-    ``nn.Module`` with default settings (its ``weights`` and ``card`` unknown: ``None``)."""
+    ``nn.Module`` with its input spec found (:func:`~nnfeat.models.base.wrap_module`; its ``weights`` and ``card``
+    unknown: ``None``)."""
     file, _, factory = name.rpartition(":")
     path = Path(file).expanduser()
     if not is_existing_file(path):
@@ -291,7 +293,7 @@ def _load_file_factory(_card: ModelCard, name: str, _weights: str) -> Model:
     if isinstance(made, Model):
         return made
     if isinstance(made, nn.Module):
-        return Model(made, name=f"{path.stem}:{factory}")
+        return wrap_module(made, name=f"{path.stem}:{factory}")
     raise NnfeatError(
         f"{file}:{factory}() returned {type(made).__name__}; expected a torch.nn.Module or an nnfeat Model"
     )

@@ -110,6 +110,9 @@ class Result:
 
     command: str | None = None
     elapsed: float = 0.0
+    #: the model's input spec (:meth:`nnfeat.models.spec.InputSpec.record`), recorded as ``input`` when set:
+    #: the CLI sets it for a model nnfeat does not know, or when input options were given
+    input_spec: dict | None = None
 
     # -- what a subclass provides ----------------------------------------------------------------
     @property
@@ -146,6 +149,8 @@ class Result:
         ``timing=False`` leaves out the elapsed time and the :attr:`run_fields`."""
         own = {k: v for k, v in self.record().items() if timing or k not in self.run_fields}
         record = {"kind": self.kind, **own, "command": self.command, "versions": versions()}
+        if self.input_spec is not None:
+            record["input"] = self.input_spec
         if timing:
             record["elapsed_seconds"] = round(float(self.elapsed), 3)
         return {**record, "files": list(files)}
