@@ -79,20 +79,26 @@ def pictures(out: Path) -> dict[str, bytes]:
 
 def test_cifar_resnet_from_a_file_runs_at_the_images_size_and_matches_the_zoo(files, tmp_path, capsys):
     common = ["layer1", "--images", files / "cifar.npz", "--weights", files / "resnet20.pt"]
-    assert run("heatmap", f"{files}/nets.py:cifar", *common, "--normalize", "cifar", "--out", tmp_path / "file") == 0
+    # the zoo's CIFAR ResNets were trained on ImageNet-normalized images
+    assert run("heatmap", f"{files}/nets.py:cifar", *common, "--normalize", "imagenet", "--out", tmp_path / "file") == 0
     line = next(s for s in capsys.readouterr().out.splitlines() if s.startswith("input:"))
-    assert "size as the images (32x32)" in line and "cifar normalization from --normalize" in line
+    assert "size as the images (32x32)" in line and "imagenet normalization from --normalize" in line
     record = json.loads((tmp_path / "file" / "heatmap.json").read_text())["input"]
     assert record["size"] == "any" and record["working_size"] == [32, 32] and record["sources"]["size"] == "images"
-    assert record["mean"] == list(NORMALIZE_PRESETS["cifar"][0]) and record["sources"]["normalize"] == "--normalize"
+    assert record["mean"] == list(NORMALIZE_PRESETS["imagenet"][0]) and record["sources"]["normalize"] == "--normalize"
     assert run("heatmap", "cifar10-resnet20", *common, "--out", tmp_path / "zoo") == 0
     assert "input" not in json.loads((tmp_path / "zoo" / "heatmap.json").read_text())  # zoo records stay as they were
     assert pictures(tmp_path / "file") == pictures(tmp_path / "zoo") and pictures(tmp_path / "zoo")
 
 
-def test_cifar_normalize_preset_is_the_zoo_cards():
+def test_normalize_presets_are_the_zoo_cards_and_the_datasets_statistics(shared_dir):
     zoo = load_model("cifar10-resnet20", weights="random", device="cpu")
-    assert zoo.spec.mean == NORMALIZE_PRESETS["cifar"][0] and zoo.spec.std == NORMALIZE_PRESETS["cifar"][1]
+    assert zoo.spec.mean == NORMALIZE_PRESETS["imagenet"][0] and zoo.spec.std == NORMALIZE_PRESETS["imagenet"][1]
+    # the cifar preset is CIFAR-10's own per-channel statistics: a sample of the shared test set agrees within 0.01
+    images = np.load(shared_dir / "data" / "cifar10_test.npz")["images"][::10].astype(np.float64) / 255
+    mean, std = images.mean((0, 1, 2)), images.std((0, 1, 2))
+    assert np.abs(mean - NORMALIZE_PRESETS["cifar"][0]).max() < 0.01, mean
+    assert np.abs(std - NORMALIZE_PRESETS["cifar"][1]).max() < 0.01, std
     assert zoo.spec.from_card()
 
 

@@ -26,12 +26,13 @@ import torch
 from torch import nn
 
 from nnfeat.errors import NnfeatError, shorten
-from nnfeat.models.cifar_resnet import CIFAR10_MEAN, CIFAR10_STD
 
-#: ``--normalize`` presets: name -> (mean, std) per RGB channel. ``cifar`` is what the zoo's CIFAR-10 ResNets use.
+#: ``--normalize`` presets: name -> (mean, std) per RGB channel. ``imagenet``: the ImageNet training set's statistics
+#: (torchvision's, and also what the zoo's CIFAR-10 ResNets were trained with); ``cifar``: the CIFAR-10 training set's
+#: per-channel mean and standard deviation, as most CIFAR training scripts normalize.
 NORMALIZE_PRESETS: dict[str, tuple[tuple[float, ...], tuple[float, ...]] | None] = {
     "imagenet": ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225)),
-    "cifar": (tuple(CIFAR10_MEAN), tuple(CIFAR10_STD)),
+    "cifar": ((0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616)),
     "none": None,
 }
 NORMALIZE_HELP = ("input normalization, (x - mean) / std of [0, 1] images: imagenet, cifar, none, or MEAN/STD as "
