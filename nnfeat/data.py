@@ -14,8 +14,8 @@
   downloaded into ``$NNFEAT_HOME/datasets`` (default ``~/.cache/nnfeat/datasets``) when missing.
 
 Every image comes out as RGB uint8 (grey is repeated, alpha dropped). :meth:`ImageSet.iter_batches`
-gives float tensors (B, 3, H, W) in [0, 1], resized to the size the caller asks for (the model's
-input size). Every failure is a one-line :class:`NnfeatError`.
+gives float tensors (B, 3, H, W) in [0, 1] at the size the caller asks for (the model's input size),
+fitted by ``ImageSet.fit`` (:mod:`nnfeat.imagefit`). Every failure is a one-line :class:`NnfeatError`.
 """
 
 from __future__ import annotations
@@ -32,6 +32,7 @@ import torchvision.datasets as tvd
 from PIL import Image, UnidentifiedImageError
 
 from nnfeat.errors import NnfeatError, shorten
+from nnfeat.imagefit import FIT_POLICIES, Size, fit_image, same_shape, survey_files  # noqa: F401 (re-exported)
 from nnfeat.io import nnfeat_home
 
 #: File suffixes a folder source picks up (lower case).
@@ -48,8 +49,6 @@ TORCHVISION_DATASETS = {
     "stl10": ("STL10", "split"),
 }
 
-Size = tuple[int, int]
-
 
 # ------------------------------------------------------------------------------------------------
 @dataclass
@@ -63,6 +62,8 @@ class ImageSet:
         labels: (N,) int64 labels or None.
         classes: class names, index-aligned with ``labels``, or None.
         size: (H, W) to which file images are resized when read; None means the first file's size.
+        fit: how an image of another aspect ratio than ``size`` is fitted (``pad``, ``crop``, ``stretch``).
+        root: the folder of a folder or file source (:attr:`names` are relative to it), else None.
     """
 
     name: str
@@ -75,6 +76,8 @@ class ImageSet:
     drawn: tuple[int, int] | None = None
     #: (N,) int64 indices of these images in the source they were taken from (:meth:`subset`), or None: 0..N-1
     origin: np.ndarray | None = None
+    fit: str = "pad"
+    root: Path | None = None
     _first_size: Size | None = field(default=None, repr=False)
 
     def __len__(self) -> int:
@@ -103,11 +106,13 @@ class ImageSet:
         """The images at ``indices`` as (B, H, W, 3) uint8; file images are resized to ``size``/``native_size``."""
         indices = np.asarray(list(indices) if not isinstance(indices, np.ndarray) else indices, dtype=np.int64)
         if self.array is not None:
-            return self.array[indices]
+            if size is None or same_shape(self.native_size, size):
+                return self.array[indices]
+            return np.stack([np.asarray(fit_image(Image.fromarray(a), size, self.fit)) for a in self.array[indices]])
         target = tuple(size) if size is not None else self.native_size
         out = np.empty((len(indices), *target, 3), dtype=np.uint8)
         for row, index in enumerate(indices):
-            out[row] = _read_file(self.files[int(index)], target)
+            out[row] = _read_file(self.files[int(index)], target, self.fit)
         return out
 
     def tensors(self, indices: Sequence[int] | np.ndarray, size: Size | int | None = None,
@@ -147,7 +152,7 @@ class ImageSet:
             files=[self.files[i] for i in indices] if self.files is not None else None,
             labels=self.labels[indices] if self.labels is not None else None,
             classes=self.classes, size=self.size,
-            origin=self.source_indices[indices],
+            origin=self.source_indices[indices], fit=self.fit, root=self.root,
         )
 
     def sample(self, n: int | None, seed: int = 0) -> "ImageSet":
@@ -166,14 +171,25 @@ class ImageSet:
 
     def command_options(self) -> dict:
         """How a recorded command names this set: ``images`` (the source) and ``n`` / ``seed`` when it is a
-        seeded sample (``seed`` left out when 0, the default)."""
+        seeded sample (``seed`` left out when 0, the default), ``fit`` when not the default."""
         n, seed = self.drawn if self.drawn is not None else (None, 0)
-        return {"images": self.name, "n": n, "seed": seed or None}
+        return {"images": self.name, "n": n, "seed": seed or None, "fit": None if self.fit == "pad" else self.fit}
 
     @property
     def source_indices(self) -> np.ndarray:
         """(N,) int64: each image's index in the original source (0..N-1 unless this set is a subset)."""
         return self.origin if self.origin is not None else np.arange(len(self), dtype=np.int64)
+
+    @property
+    def names(self) -> list[str] | None:
+        """Each image's path relative to the source folder (``cat/003.png``) for folder and file sources, else None."""
+        return None if self.files is None or self.root is None else [p.relative_to(self.root).as_posix() for p in self.files]
+
+    def survey(self, size: Size) -> dict:
+        """``{"fitted": images of another aspect ratio than ``size`` (H, W), "grey": files, "colour": files}``."""
+        if self.array is not None:
+            return {"fitted": 0 if same_shape(self.native_size, size) else len(self), "grey": 0, "colour": 0}
+        return survey_files(self.files, size, _read_file)
 
     def label_name(self, label: int) -> str:
         """The class name of ``label`` when known, else the number as text."""
@@ -204,7 +220,7 @@ def load_images(source: str | os.PathLike, *, limit: int | None = None, size: Si
         if path.suffix.lower() == ".npz":
             images = _from_npz(path)
         elif path.suffix.lower() in IMAGE_SUFFIXES:
-            images = ImageSet(name=str(path), files=[path])
+            images = ImageSet(name=str(path), files=[path], root=path.parent)
             _read_file(path, None)  # fail now, with a clear line, if unreadable
         else:
             raise NnfeatError(f"cannot read images from '{shown}': expected a folder, an .npz file or an image file "
@@ -239,16 +255,16 @@ def _from_folder(root: Path) -> ImageSet:
         classes = sorted({parts[0] for parts in tops})
         index = {name: i for i, name in enumerate(classes)}
         labels = np.array([index[parts[0]] for parts in tops], dtype=np.int64)
-    return ImageSet(name=str(root), files=files, labels=labels, classes=classes)
+    return ImageSet(name=str(root), files=files, labels=labels, classes=classes, root=root)
 
 
-def _read_file(path: Path, size: Size | None) -> np.ndarray:
-    """One image file -> (H, W, 3) uint8, resized to ``size`` (H, W) if given."""
+def _read_file(path: Path, size: Size | None, fit: str = "pad") -> np.ndarray:
+    """One image file -> (H, W, 3) uint8, fitted to ``size`` (H, W) if given (:func:`fit_image`)."""
     try:
         with Image.open(path) as image:
             image = image.convert("RGB")
-            if size is not None and image.size != (size[1], size[0]):
-                image = image.resize((size[1], size[0]), Image.BILINEAR)
+            if size is not None:
+                image = fit_image(image, size, fit)
             return np.asarray(image, dtype=np.uint8)
     except (OSError, UnidentifiedImageError, ValueError) as err:
         raise NnfeatError(f"cannot read image '{path}': {type(err).__name__}: {str(err).splitlines()[0] if str(err) else 'unreadable'}"
@@ -381,4 +397,4 @@ def _dataset_to_imageset(dataset, name: str) -> ImageSet:
     return ImageSet(name=name, array=images, labels=labels, classes=classes)
 
 
-__all__ = ["ImageSet", "load_images", "nnfeat_home", "as_rgb_uint8", "IMAGE_SUFFIXES", "TORCHVISION_DATASETS"]
+__all__ = ["ImageSet", "load_images", "FIT_POLICIES", "nnfeat_home", "as_rgb_uint8", "IMAGE_SUFFIXES", "TORCHVISION_DATASETS"]

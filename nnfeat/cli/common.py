@@ -17,7 +17,7 @@ import sys
 import traceback
 from typing import Sequence
 
-from nnfeat.data import load_images
+from nnfeat.data import FIT_POLICIES, load_images
 from nnfeat.device import DEVICES_HELP, PRECISIONS, autocast_for, resolve_device
 from nnfeat.distributed import current
 from nnfeat.engine.param import PARAM_KINDS
@@ -76,16 +76,37 @@ def add_images(p: argparse.ArgumentParser, *, required: bool = True) -> None:
                         "name" + ("" if required else " (optional)"))
     p.add_argument("--n", type=int, default=None, metavar="N",
                    help="how many images to use (default: all; fewer than the source: a sample drawn from --seed)")
+    p.add_argument("--fit", choices=FIT_POLICIES, default=FIT_POLICIES[0],
+                   help="how an image of another aspect ratio than the model's input is fitted: pad (default: "
+                        "scaled to fit inside, centred on its own mean colour, so nothing is lost or distorted and "
+                        "the border adds no edge), crop (scaled to cover, the centre kept) or stretch")
 
 
 def load_images_from_args(args, model):
     """The ``--images``/``--n`` image set at ``model``'s input size (None without ``--images``); one-line errors
-    for a missing source or an ``--n`` out of range, before any work."""
+    for a missing source or an ``--n`` out of range, before any work. Says in one line each when images are
+    fitted (``--fit``; then ``args.image_fit`` records it) or converted between grey and RGB."""
     if getattr(args, "images", None) is None:
         return None
     images = getattr(args, "image_set", None) or load_images(args.images)
     images.size = tuple(model.input_size)
-    return images.sample(args.n, getattr(args, "seed", 0))
+    images.fit = getattr(args, "fit", None) or FIT_POLICIES[0]
+    images = images.sample(args.n, getattr(args, "seed", 0))
+    survey, (h, w), n = images.survey(images.size), images.size, len(images)
+    notes = []
+    if survey["fitted"]:
+        args.image_fit = {"policy": images.fit, "fitted": survey["fitted"], "of": n, "size": [h, w]}
+        how = {"pad": "keeps the aspect ratio", "crop": "keeps the centre", "stretch": "distorts the aspect ratio"}
+        notes.append(f"{survey['fitted']} of {n} images are not {h}x{w} in shape; fitted by {images.fit} "
+                     f"({how[images.fit]}; --fit)")
+    grey, colour = survey["grey"], survey["colour"]
+    if model.in_channels == 1 and colour and images.files is not None:
+        notes.append(f"{colour} of {n} images are colour; converted to grey (Rec. 601 luma) for a 1-channel model")
+    elif model.in_channels == 3 and grey:
+        notes.append(f"{grey} of {n} images are grey; repeated to RGB" + ("" if colour else " for a 3-channel model"))
+    for note in notes if current().writer else ():
+        print(f"note: {note}")
+    return images
 
 
 def load_model(args):
@@ -216,6 +237,18 @@ def check_k(k: int, images, source: str | None) -> None:
                           f"use --k {len(images)} or less (or more images)")
 
 
+def resolve_k(k: int | None, images, source: str | None, default: int) -> int:
+    """Dataset examples per unit: a given ``k`` (a one-line error when larger than the source), or ``default``
+    capped at the source's size when ``--k`` was not given (said in a note line)."""
+    if k is not None:
+        check_k(k, images, source)
+        return k
+    k = default if images is None else min(default, len(images))
+    if k < default and current().writer:
+        print(f"note: --k {k} (the source has {len(images)} images; the default is {default})")
+    return k
+
+
 def user_files(args) -> list[str]:
     """The user's own Python files the command runs (``FILE.py:FACTORY`` models, ``--objective-file``)."""
     texts = [str(v) for k, v in vars(args).items() if isinstance(v, str) and k in ("model", "objective_file")]
@@ -267,6 +300,7 @@ def finish(result, args, out=None) -> int:
     result.command = args.command_line
     if getattr(args, "input_spec", None) is not None:  # a model nnfeat does not know, or input options given
         result.input_spec = args.input_spec.record()
+    result.image_fit = getattr(args, "image_fit", None)  # set by load_images_from_args when images were fitted
     path = result.save(out if out is not None else args.out)
     if current().writer:  # under torchrun only rank 0 writes the shared files, and says so
         print(f"wrote {path.parent}/ ({result.title()})")
@@ -324,5 +358,5 @@ def render_kwargs(args) -> dict:
 
 __all__ = ["OneLineParser", "MODEL_HELP", "UNITS_HELP", "add_model", "add_shared", "add_images",
            "load_images_from_args", "load_model", "input_spec", "command_line",
-           "positive", "finish", "LIMITS", "RENDER_PIXELS", "check_option_ranges", "check_render_pixels", "check_k", "STEPS", "add_render_options", "render_kwargs",
+           "positive", "finish", "LIMITS", "RENDER_PIXELS", "check_option_ranges", "check_render_pixels", "check_k", "resolve_k", "STEPS", "add_render_options", "render_kwargs",
            "user_files", "user_code_error", "out_of_memory_error"]

@@ -5,13 +5,17 @@ from __future__ import annotations
 import sys
 
 from nnfeat.cli.atlas import safe_name
-from nnfeat.cli.common import UNITS_HELP, add_images, add_model, add_shared, check_k, finish, \
-    load_images_from_args, load_model, positive
+from nnfeat.cli.common import UNITS_HELP, add_images, add_model, add_shared, finish, \
+    load_images_from_args, load_model, positive, resolve_k
 from nnfeat.distributed import current
 from nnfeat.finite import probe_finite
 from nnfeat.ops.examples import examples
 from nnfeat.ops.results import check_out_dir
 from nnfeat.units import parse_units
+
+
+#: Examples per unit and direction when --k is not given (fewer when the source has fewer images).
+DEFAULT_K = 9
 
 
 def register(sub) -> None:
@@ -22,7 +26,8 @@ def register(sub) -> None:
     add_model(p)
     p.add_argument("units", metavar="UNITS", help=UNITS_HELP)
     add_images(p)
-    p.add_argument("--k", type=int, default=9, help="examples per unit and direction (default 9)")
+    p.add_argument("--k", type=int, default=None,
+                   help=f"examples per unit and direction (default {DEFAULT_K}, or every image of a smaller source)")
     p.add_argument("--score", choices=("mean", "max"), default="mean",
                    help="rank images by the unit's spatial mean (default) or max")
     p.add_argument("--batch", type=int, default=128, help="images per forward pass (default 128)")
@@ -41,7 +46,7 @@ def cmd_examples(args) -> int:
     model.units(units)
     probe_finite(model, [units.layer], channels=units.channels)
     images = load_images_from_args(args, model)
-    check_k(args.k, images, args.images)
+    args.k = resolve_k(args.k, images, args.images, DEFAULT_K)
     result = examples(model, units, images, k=args.k, score=args.score, batch_size=args.batch,
                       progress=not args.quiet and sys.stderr.isatty(), cache=out / "cache")
     if current().writer:  # under torchrun rank 0 speaks for the group

@@ -3,8 +3,8 @@ render (``--with-renders``) and top dataset examples (``--images``)."""
 
 from __future__ import annotations
 
-from nnfeat.cli.common import add_images, add_model, add_shared, check_k, finish, load_images_from_args, \
-    load_model, positive
+from nnfeat.cli.common import add_images, add_model, add_shared, finish, load_images_from_args, \
+    load_model, positive, resolve_k
 from nnfeat.ops.filters import check_filters, filters
 from nnfeat.ops.results import check_out_dir
 
@@ -31,8 +31,8 @@ def register(sub) -> None:
     p.add_argument("--with-renders", action="store_true", help="render each shown filter's unit beside it")
     p.add_argument("--steps", type=int, default=STEPS, help=f"render steps with --with-renders (default {STEPS})")
     add_images(p, required=False)
-    p.add_argument("--k", type=int, default=DEFAULT_K, help=f"top dataset examples per filter with --images "
-                                                            f"(default {DEFAULT_K})")
+    p.add_argument("--k", type=int, default=None, help=f"top dataset examples per filter with --images "
+                                                       f"(default {DEFAULT_K}, or every image of a smaller source)")
     add_shared(p, out="out/filters", precision=False)
     p.set_defaults(func=cmd_filters)
 
@@ -46,7 +46,7 @@ def cmd_filters(args) -> int:
     model = load_model(args)
     check_filters(model, args.layer, scale=args.scale, max_filters=args.max_filters)
     images = load_images_from_args(args, model)
-    check_k(args.k, images, args.images)
+    args.k = resolve_k(args.k, images, args.images, DEFAULT_K)
     result = filters(model, args.layer, scale=args.scale, max_filters=args.max_filters,
                      with_renders=args.with_renders, images=images, steps=args.steps, k=args.k, seed=args.seed,
                      progress=not args.quiet)

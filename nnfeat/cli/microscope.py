@@ -3,11 +3,15 @@
 
 from __future__ import annotations
 
-from nnfeat.cli.common import UNITS_HELP, add_images, add_model, add_render_options, add_shared, check_k, \
-    check_render_pixels, finish, load_images_from_args, load_model, positive, render_kwargs
+from nnfeat.cli.common import UNITS_HELP, add_images, add_model, add_render_options, add_shared, \
+    check_render_pixels, finish, load_images_from_args, load_model, positive, render_kwargs, resolve_k
 from nnfeat.finite import probe_finite
 from nnfeat.ops.microscope import microscope
 from nnfeat.ops.results import check_out_dir
+
+
+#: Dataset examples per unit with --images when --k is not given.
+DEFAULT_K = 4
 
 
 def register(sub) -> None:
@@ -18,7 +22,9 @@ def register(sub) -> None:
     p.add_argument("units", metavar="UNITS", help=UNITS_HELP)
     p.add_argument("--batch", type=int, default=16, help="units rendered together (default 16)")
     add_images(p, required=False)
-    p.add_argument("--k", type=int, default=4, help="dataset examples per unit with --images (default 4)")
+    p.add_argument("--k", type=int, default=None,
+                   help=f"dataset examples per unit with --images (default {DEFAULT_K}, or every image of a smaller "
+                        "source)")
     add_render_options(p)
     add_shared(p, out="out/microscope")
     p.set_defaults(func=cmd_microscope)
@@ -36,7 +42,7 @@ def cmd_microscope(args) -> int:
     check_render_pixels(min(args.batch, len(channels)), kwargs["size"], model.input_size[0])
     probe_finite(model, [parsed.layer], size)  # a NaN model fails now, not after the first finished batches
     images = load_images_from_args(args, model)  # a bad source fails now, not after the renders
-    check_k(args.k, images, args.images)
+    args.k = resolve_k(args.k, images, args.images, DEFAULT_K)
     result = microscope(model, args.units, out=out, batch=args.batch, images=images, examples_k=args.k,
                         progress=not args.quiet, **kwargs)
     return finish(result, args)

@@ -27,7 +27,8 @@ def register(sub) -> None:
     p.add_argument("--pool", choices=POOLS, default="mean",
                    help="how a map becomes one vector per image: spatial mean (default), max, or the centre "
                         "position (token layers: the class token)")
-    p.add_argument("--k", type=int, default=10, help="neighbours for trustworthiness and k-NN accuracy (default 10)")
+    p.add_argument("--k", type=int, default=None,
+                   help="neighbours for trustworthiness and k-NN accuracy (default 10, fewer for under 21 images)")
     p.add_argument("--thumbnails", action="store_true", help="paste image thumbnails on the PNG scatter")
     p.add_argument("--thumb-size", type=int, default=32, help="thumbnail size in px (default 32; sprites shrink to fit)")
     p.add_argument("--tensorboard", default=None, metavar="DIR",
@@ -39,7 +40,8 @@ def register(sub) -> None:
 
 def cmd_project(args) -> int:
     layers = parse_layers(args.layers)
-    positive("k", args.k)
+    if args.k is not None:
+        positive("k", args.k)
     positive("n", args.n, 3)
     positive("batch", args.batch)
     positive("thumb_size", args.thumb_size, 2)
@@ -51,6 +53,10 @@ def cmd_project(args) -> int:
         model.units(layer)
     probe_finite(model, layers)
     images = load_images_from_args(args, model)
+    if args.k is None:  # the default adapts to a small source: k must stay below half the images
+        args.k = min(10, max(1, (len(images) + 1) // 2 - 1))
+        if args.k != 10:
+            print(f"note: --k {args.k} (neighbours for the scores; the default 10 needs at least 21 images)")
     result = project(model, layers, images, method=args.method, pool=args.pool, k=args.k, seed=args.seed,
                      batch_size=args.batch, cache=out / "cache", thumbnails=args.thumbnails,
                      thumb_size=args.thumb_size, tensorboard=args.tensorboard,

@@ -74,6 +74,8 @@ class AttentionResult(Result):
     device: str = "cpu"
     elapsed: float = 0.0
     command: str | None = None
+    #: each image's name (a folder source's relative file paths), shown instead of its index; None: indices
+    image_names: list[str] | None = None
     kind: ClassVar[str] = "attention"
 
     # -- the Result protocol -------------------------------------------------------------------------
@@ -95,7 +97,7 @@ class AttentionResult(Result):
     def image_caption(self, i: int) -> str:
         """Two lines: the image (and its label), its prediction."""
         prediction = self._class_text(self.predictions[i]) if self.predictions is not None else None
-        return page.image_caption(self.indices[i], self.image_labels[i], prediction)
+        return page.image_caption((self.image_names or self.indices)[i], self.image_labels[i], prediction)
 
     def _view(self) -> page.AttentionFigure:
         """The figures' data (:class:`nnfeat.views.attention_page.AttentionFigure`)."""
@@ -122,7 +124,8 @@ class AttentionResult(Result):
                 for k in range(self.maps.shape[2]):
                     peak, top = _peak(self.maps[i, l, k])
                     entries.append({"layer": layer, "head": self.head_labels[k], "max": top, "peak_patch": peak})
-            entry = {"index": self.indices[i], "label": self.image_labels[i],
+            entry = {"index": self.indices[i], **({"name": self.image_names[i]} if self.image_names else {}),
+                     "label": self.image_labels[i],
                      "prediction": None if self.predictions is None else self._class_text(self.predictions[i]),
                      "maps": entries, "file": f"image-{i}.png"}
             for name, values in (("rollout", self.rollout), ("grad_rollout", self.grad_rollout)):
@@ -211,13 +214,14 @@ def attention(model: Model, images: ImageSet | torch.Tensor, *, layers: str | Se
     if isinstance(images, ImageSet):
         batches = list(images.iter_batches(batch_size, model.input_size, device=model.device))
         source, indices, options = images.name, images.source_indices.tolist(), images.command_options()
+        image_names = images.names
         labels = [images.label_name(int(l)) for l in images.labels] if images.labels is not None else [None] * len(images)
     else:
         if images.dim() != 4:
             raise NnfeatError(f"images must have shape (B, 3, H, W); got {tuple(images.shape)}")
         images = images.to(model.device)
         batches = list(images.split(batch_size))
-        source, indices, labels = "tensor", list(range(len(images))), [None] * len(images)
+        source, indices, labels, image_names = "tensor", list(range(len(images))), [None] * len(images), None
         options = {"images": source, "n": len(images)}
     size = tuple(batches[0].shape[-2:])
     selected, head, layout = _check_request(model, layers, head, query, grad_rollout=grad_rollout, target=target,
@@ -268,7 +272,7 @@ def attention(model: Model, images: ImageSet | torch.Tensor, *, layers: str | Se
         rollout_scales=roll_scales, fusion=fusion, targets=torch.cat(targets).tolist() if grad_rollout else None,
         predictions=torch.cat(preds).tolist() if preds else None, class_names=model.classes, indices=indices,
         image_labels=labels, source=source, device=str(model.device), elapsed=time.perf_counter() - started,
-        command=command)
+        command=command, image_names=image_names)
 
 
 __all__ = ["AttentionResult", "attention", "check_request", "colorbar", "SHEET_TILE"]

@@ -49,6 +49,8 @@ class HeatmapResult(Result):
     device: str = "cpu"
     elapsed: float = 0.0
     command: str | None = None
+    #: each image's name (a folder source's relative file paths), shown instead of its index; None: indices
+    image_names: list[str] | None = None
     kind: ClassVar[str] = "heatmap"
 
     @property
@@ -66,10 +68,15 @@ class HeatmapResult(Result):
         return page.map_caption(self.maps, self.scale, self.labels, i, j)
 
     def image_caption(self, i: int) -> str:
-        return page.image_caption(self.indices[i], self.image_labels[i])
+        return page.image_caption(self.shown_indices[i], self.image_labels[i])
 
     def captions(self) -> list[str]:
-        return page.heatmap_captions(self.maps, self.scale, self.labels, self.indices, self.image_labels)
+        return page.heatmap_captions(self.maps, self.scale, self.labels, self.shown_indices, self.image_labels)
+
+    @property
+    def shown_indices(self) -> list[int | str]:
+        """What captions name each image by: its name when known, else its index."""
+        return self.image_names or self.indices
 
     def title(self) -> str:
         return page.heatmap_title(self.model, self.units, self.reduce, self.source)
@@ -94,7 +101,8 @@ class HeatmapResult(Result):
                                 "mean": float(m.mean()), "vmin": float(self.scale.vmin[i, j]),
                                 "vmax": float(self.scale.vmax[i, j]), "dead": bool(self.scale.dead[i, j]),
                                 "peak_yx": list(divmod(peak, big.shape[-1]))})
-            per_image.append({"index": self.indices[i], "label": self.image_labels[i], "maps": entries,
+            named = {"name": self.image_names[i]} if self.image_names else {}
+            per_image.append({"index": self.indices[i], **named, "label": self.image_labels[i], "maps": entries,
                               "files": [f"image-{i}.png", f"image-{i}-channels.png"]})
         scale = {"mode": self.scale.mode, "signed": self.scale.signed, "colormap": self.scale.colormap}
         if self.scale.mode == "figure":
@@ -126,11 +134,12 @@ def heatmap(model: Model, units: str | Units, images: ImageSet | torch.Tensor, *
     if isinstance(images, ImageSet):
         batches = list(images.iter_batches(batch_size, model.input_size, device=model.device))
         source, indices, options = images.name, images.source_indices.tolist(), images.command_options()
+        image_names = images.names
         labels = [images.label_name(int(l)) for l in images.labels] if images.labels is not None else [None] * len(images)
     else:
         images = images.to(model.device)
         batches = list(images.split(batch_size))
-        source, indices, labels = "tensor", list(range(len(images))), [None] * len(images)
+        source, indices, labels, image_names = "tensor", list(range(len(images))), [None] * len(images), None
         options = {"images": source, "n": len(images)}
     inputs = torch.cat(batches)
     # the dataset pass: batch i on rank i % world under torchrun (every rank gets every batch's maps)
@@ -152,7 +161,7 @@ def heatmap(model: Model, units: str | Units, images: ImageSet | torch.Tensor, *
                          labels=names, reduce=reduce, maps=maps.cpu(), inputs=inputs.cpu(), overlays=overlays.cpu(),
                          scale=ColorScale(cs.vmin.cpu(), cs.vmax.cpu(), cs.signed, cs.mode, cs.dead.cpu()),
                          indices=indices, image_labels=labels, source=source, device=str(model.device),
-                         elapsed=time.perf_counter() - started, command=command)
+                         elapsed=time.perf_counter() - started, command=command, image_names=image_names)
 
 
 __all__ = ["HeatmapResult", "heatmap"]

@@ -113,6 +113,9 @@ class Result:
     #: the model's input spec (:meth:`nnfeat.models.spec.InputSpec.record`), recorded as ``input`` when set:
     #: the CLI sets it for a model nnfeat does not know, or when input options were given
     input_spec: dict | None = None
+    #: how images of another aspect ratio were fitted to the input (``{"policy", "fitted", "of", "size"}``),
+    #: recorded as ``image_fit`` when set: the CLI sets it when any image needed fitting (``--fit``)
+    image_fit: dict | None = None
 
     # -- what a subclass provides ----------------------------------------------------------------
     @property
@@ -151,6 +154,8 @@ class Result:
         record = {"kind": self.kind, **own, "command": self.command, "versions": versions()}
         if self.input_spec is not None:
             record["input"] = self.input_spec
+        if self.image_fit is not None:
+            record["image_fit"] = self.image_fit
         if timing:
             record["elapsed_seconds"] = round(float(self.elapsed), 3)
         return {**record, "files": list(files)}

@@ -109,6 +109,8 @@ class SaliencyResult(Result):
     command: str | None = None
     target_text: str = ""
     target: dict | None = None
+    #: each image's name (a folder source's relative file paths), shown instead of its index; None: indices
+    image_names: list[str] | None = None
     kind: ClassVar[str] = "saliency"
     run_fields: ClassVar[tuple[str, ...]] = ("timings_seconds",)
 
@@ -126,7 +128,8 @@ class SaliencyResult(Result):
         return len(self.methods) + 1
 
     def image_caption(self, i: int) -> str:
-        return page.image_caption(self.indices[i], self.target_mode, self.target_names[i], self.image_labels[i],
+        return page.image_caption((self.image_names or self.indices)[i], self.target_mode, self.target_names[i],
+                                  self.image_labels[i],
                                   self.target_text if self.target is not None else None)
 
     def map_caption(self, i: int, j: int) -> str:
@@ -307,7 +310,8 @@ def saliency(model, images: ImageSet | torch.Tensor, methods: str | Sequence[str
                           image_labels=labels, source=source, random=random, settings=settings, alpha=alpha,
                           device=str(inputs.device), elapsed=time.perf_counter() - started, command=command,
                           target_text="pred" if target_index is None else str(target),
-                          target=None if spec is None else describe_target(spec))
+                          target=None if spec is None else describe_target(spec),
+                          image_names=images.names if isinstance(images, ImageSet) else None)
 
 
 def _target_mode(target: int | Target | None) -> str:

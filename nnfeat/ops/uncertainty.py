@@ -76,6 +76,8 @@ class UncertaintyResult(Result):
     device: str = "cpu"
     elapsed: float = 0.0
     command: str | None = None
+    #: each image's name (a folder source's relative file paths), shown instead of its index; None: indices
+    image_names: list[str] | None = None
     kind: ClassVar[str] = "uncertainty"
 
     # -- pictures (drawn by nnfeat.views.uncertainty_page) ----------------------------------------
@@ -104,8 +106,8 @@ class UncertaintyResult(Result):
         return self._tiles().flatten(0, 1) if len(self.top) else torch.zeros(0, 3, 8, 8)
 
     def captions(self) -> list[str]:
-        return page.captions(self.summary, self.top.tolist(), self.labels, self.indices, self.classes,
-                             self.maps.shape[0], self.map_names, self.shown, self.spearman)
+        return page.captions(self.summary, self.top.tolist(), self.labels, self.image_names or self.indices,
+                             self.classes, self.maps.shape[0], self.map_names, self.shown, self.spearman)
 
     def title(self) -> str:
         return page.title(self.models, self.method, self.source, len(self.indices),
@@ -130,7 +132,7 @@ class UncertaintyResult(Result):
         top = []
         for j, i in enumerate(self.top.tolist()):
             order = s.mean[i].argsort(descending=True)[:3].tolist()
-            top.append({"index": self.indices[i],
+            top.append({"index": self.indices[i], **({"name": self.image_names[i]} if self.image_names else {}),
                         "label": None if self.labels is None else self._class(int(self.labels[i])),
                         "prediction": self._class(int(s.prediction[i])), "confidence": float(s.confidence[i]),
                         "entropy": float(s.entropy[i]), "mutual_information": float(s.mutual_information[i]),
@@ -228,9 +230,11 @@ def uncertainty(models, images: ImageSet | torch.Tensor, method: str = "ensemble
     if isinstance(images, ImageSet):
         inputs = torch.cat(list(images.iter_batches(batch_size, tuple(first.input_size))))
         source, indices, options = images.name, images.source_indices.tolist(), images.command_options()
+        image_names = images.names
     else:
         inputs = fit_images(first, images.detach().float().cpu())
         source, indices, options = "tensor", list(range(len(images))), {"images": "tensor", "n": len(images)}
+        image_names = None
     if len(inputs) == 0:
         raise NnfeatError("no images to measure: give --images a source with at least one image")
 
@@ -271,7 +275,7 @@ def uncertainty(models, images: ImageSet | torch.Tensor, method: str = "ensemble
                              singles=singles, metrics=metrics, combined_name=combined, top=order,
                              inputs=picked.cpu(), maps=maps_t,
                              map_names=map_names, spearman=spearman, std_maps=std_maps, device=str(device),
-                             elapsed=time.perf_counter() - started, command=command)
+                             elapsed=time.perf_counter() - started, command=command, image_names=image_names)
 
 
 __all__ = ["UncertaintyResult", "uncertainty", "saliency_across", "check_method", "SALIENCY_MAPS"]

@@ -33,10 +33,11 @@ def head_label(head: int | str, index: int) -> str:
     return f"head {index}" if head == "all" else (f"head {head}" if isinstance(head, int) else f"{head} of heads")
 
 
-def image_caption(index: int, label: str | None, prediction: str | None) -> str:
-    """Two lines: the image (and its label), its prediction (blank when there is none)."""
+def image_caption(index: int | str, label: str | None, prediction: str | None) -> str:
+    """Two lines: the image (``image <index>``, or its name as it is) and its label, its prediction (blank when
+    there is none)."""
     pred = f"pred {prediction}" if prediction is not None else ""
-    return f"image {index}" + (f" ({label})" if label is not None else "") + f"\n{pred}"
+    return (index if isinstance(index, str) else f"image {index}") + (f" ({label})" if label is not None else "") + f"\n{pred}"
 
 
 def colorbar(scale: ColorScale, width: int, label: str) -> np.ndarray:

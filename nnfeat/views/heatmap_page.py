@@ -37,12 +37,12 @@ def map_caption(maps: torch.Tensor, scale: ColorScale, labels: Sequence[str], i:
     return f"{labels[j]}\nmax {_fmt(float(m.max()))}"
 
 
-def image_caption(index: int, label: str | None) -> str:
-    """``image <index>`` and, on a second line, its label."""
-    return f"image {index}" + (f"\n{label}" if label is not None else "")
+def image_caption(index: int | str, label: str | None) -> str:
+    """``image <index>`` (an image's name, such as a file's relative path, as it is) and, on a second line, its label."""
+    return (index if isinstance(index, str) else f"image {index}") + (f"\n{label}" if label is not None else "")
 
 
-def heatmap_captions(maps: torch.Tensor, scale: ColorScale, labels: Sequence[str], indices: Sequence[int],
+def heatmap_captions(maps: torch.Tensor, scale: ColorScale, labels: Sequence[str], indices: Sequence[int | str],
                      image_labels: Sequence[str | None]) -> list[str]:
     """One caption per sheet tile: per image, the image's, then each of its K maps'."""
     out = []

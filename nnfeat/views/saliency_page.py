@@ -46,11 +46,11 @@ def overlays(inputs: torch.Tensor, methods: Sequence[MethodMaps], alpha: float, 
     return overlay(inputs, maps, -1.0, 1.0, "signed", alpha)
 
 
-def image_caption(index: int, target_mode: str, target_name: str, label: str | None,
+def image_caption(index: int | str, target_mode: str, target_name: str, label: str | None,
                   target_text: str | None = None) -> str:
-    """The caption of an input image: its index and the class explained (and its label where that differs);
-    ``target_text``: a target other than a class logit (``out:3@mask``) as a third line."""
-    return f"image {index}\n{target_mode} {target_name}" + \
+    """The caption of an input image: its index (or its name as it is) and the class explained (and its label where
+    that differs); ``target_text``: a target other than a class logit (``out:3@mask``) as a third line."""
+    return (index if isinstance(index, str) else f"image {index}") + f"\n{target_mode} {target_name}" + \
         (f" (label {label})" if label is not None and label != target_name else "") + \
         (f"\ntarget {target_text}" if target_text else "")
 

@@ -69,7 +69,7 @@ def tiles(inputs: torch.Tensor, maps: torch.Tensor, std_maps: torch.Tensor, show
     return torch.cat([inputs[:, None], over_mean[:, None], over_each, std[:, None]], 1)
 
 
-def captions(s: Summary, top: Sequence[int], labels: torch.Tensor | None, indices: Sequence[int],
+def captions(s: Summary, top: Sequence[int], labels: torch.Tensor | None, indices: Sequence[int | str],
              classes: Sequence[str] | None, n_maps: int, map_names: Sequence[str], shown: int,
              spearman: torch.Tensor) -> list[str]:
     """The captions of :func:`tiles`, row by row: each top image's numbers, the mean map's prediction, the maps'
@@ -78,7 +78,8 @@ def captions(s: Summary, top: Sequence[int], labels: torch.Tensor | None, indice
     for j, i in enumerate(top):
         pred = int(s.prediction[i])
         label = "no label" if labels is None else f"label {class_name(classes, int(labels[i]))}"
-        out.append(f"image {indices[i]}\n{label}\nH {s.entropy[i]:.2f} MI {s.mutual_information[i]:.2f}")
+        name = indices[i] if isinstance(indices[i], str) else f"image {indices[i]}"  # a file's name, as it is
+        out.append(f"{name}\n{label}\nH {s.entropy[i]:.2f} MI {s.mutual_information[i]:.2f}")
         out.append(f"mean |grad| of {n_maps}\npred {class_name(classes, pred)}\np {s.mean[i, pred]:.2f} ± "
                    f"{s.std[i, pred]:.2f}")
         out.extend(f"{name}" for name in map_names[:shown])
