@@ -18,6 +18,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -68,7 +69,7 @@ def main() -> int:
         for repeat in range(args.repeats):
             for name, extra in rows.items():  # alternated, so load changes hit both alike
                 times[name].append(run([*common, *extra, "--out", str(tmp / f"out-{repeat}-{len(times[name])}")], env))
-    medians = {name: sorted(t)[len(t) // 2] for name, t in times.items()}
+    medians = {name: statistics.median(t) for name, t in times.items()}
     before, now = medians.values()
     print(f"nnfeat project FILE.py:make layer3 over {args.n} CIFAR-10 test images, pca, 1 thread, "
           f"median of {args.repeats}")
