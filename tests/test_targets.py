@@ -356,3 +356,35 @@ def test_target_class_resolved_once_from_the_clean_image():
     t = resolve_target(model(images()), parse_target("out:3@mask"))
     assert isinstance(t, Target) and t.resolved and len(t.repeat(3)) == 6 and t.repeat(3).weights.shape[0] == 6
     assert torch.equal(t[1:].classes, t.classes[1:])
+
+
+# -- uncertainty of a part of the output -----------------------------------------------------------------------
+def test_uncertainty_of_a_segmentation_box_knows_where_the_map_is_sure():
+    """SquareSeg is sure (class 3 by ~7 logits) inside SQUARE and unsure outside: the distribution averaged over
+    the square has near-zero entropy and predicts 3; a corner box has a large entropy and predicts one of 0..2."""
+    from nnfeat.ops.uncertainty import uncertainty
+
+    y0, y1, x0, x1 = SQUARE
+    inside = uncertainty(seg_model(), images(3), "tta", samples=2, target=f"out:pred@{y0}:{y1},{x0}:{x1}", top=0)
+    corner = uncertainty(seg_model(), images(3), "tta", samples=2, target="out:pred@0:6,0:6", top=0)
+    assert inside.summary.prediction.tolist() == [3, 3, 3]
+    assert float(inside.summary.entropy.max()) < 0.05
+    assert all(int(c) in (0, 1, 2) for c in corner.summary.prediction)
+    assert float(corner.summary.entropy.min()) > 0.3
+    assert f"--target out:pred@{y0}:{y1},{x0}:{x1}" in inside.command
+
+
+@pytest.mark.parametrize("target, needle", [
+    (None, "outputs a dict out (B, 4, 32, 32): say which part holds the class scores, e.g. --target out:pred"),
+    ("out:3", "uncertainty measures the whole class distribution"),
+    ("out:pred@mask", "uncertainty measures the whole class distribution"),
+    ("out:pred@0:40,0:4", "leaves the 32x32 output map"),
+])
+def test_cli_uncertainty_bad_target_is_one_line(target, needle, cli_inputs, tmp_path, capsys):
+    out = tmp_path / "o"
+    extra = [] if target is None else ["--target", target]
+    code = cli.main(["uncertainty", f"{cli_inputs}/nets.py:make_seg", "--images", f"{cli_inputs}/images.npz",
+                     "--size", str(SIZE), "--method", "tta", "--samples", "2", *extra, "--quiet", "--out", str(out)])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and len(err) == 1 and needle in err[0], err
+    assert not out.exists()

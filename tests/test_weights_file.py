@@ -297,3 +297,59 @@ def test_a_result_from_python_names_its_weights_file_in_its_command(source):
     assert f"--weights {path}" in result.command
     random = nnfeat.heatmap(load_model("digits-cnn", weights="random", device="cpu"), "conv2", images)
     assert "--weights random" in random.command
+
+
+# ---------------------------------------------------------------------------------------------------
+def _cifar_folder(root: Path) -> Path:
+    """Two labelled sub-folders of 32 px PNGs (the README's worked example's shape of data)."""
+    import numpy as np
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    for label in ("cat", "dog"):
+        (root / label).mkdir(parents=True)
+        for i in range(2):
+            Image.fromarray((rng.random((32, 32, 3)) * 255).astype("uint8")).save(root / label / f"{i}.png")
+    return root
+
+
+def test_a_torchvision_network_fine_tuned_to_ten_classes(tmp_path):
+    """torchvision:resnet18 --weights FILE with a 10-class head: the head is rebuilt to the file's count, the
+    logits equal the saved network's, and the spec is the user's (no 1000 ImageNet names, no 224 px)."""
+    import torchvision
+
+    torch.manual_seed(1)
+    net = torchvision.models.resnet18(num_classes=10).eval()
+    file = tmp_path / "resnet18_cifar.pt"
+    torch.save(net.state_dict(), file)
+    model = load_model("torchvision:resnet18", weights=str(file), device="cpu")
+    assert model.net.fc.out_features == 10 and model.classes is None
+    assert model.spec.size is None and model.spec.mean is None
+    x = torch.rand(2, 3, 32, 32)
+    with torch.no_grad():
+        assert torch.equal(model(x), net(x))
+    other = tmp_path / "wrong_width.pt"
+    state = net.state_dict()
+    state["fc.weight"] = torch.zeros(10, 256)  # not the same layer retrained: its input width differs
+    torch.save(state, other)
+    assert "shapes differ at fc.weight: file (10, 256), model (1000, 512)" in one_line_error("torchvision:resnet18",
+                                                                                             str(other))
+
+
+def test_the_readme_worked_example_from_the_command_line(tmp_path, capsys):
+    import torchvision
+
+    torch.manual_seed(2)
+    file = tmp_path / "resnet18_cifar.pt"
+    torch.save(torchvision.models.resnet18(num_classes=10).state_dict(), file)
+    names = "airplane,automobile,bird,cat,deer,dog,frog,horse,ship,truck"
+    out = tmp_path / "out"
+    assert main(["saliency", "torchvision:resnet18", "--weights", str(file), "--normalize", "cifar", "--classes",
+                 names, "--images", str(_cifar_folder(tmp_path / "imgs")), "--quiet", "--out", str(out)]) == 0
+    said = capsys.readouterr().out
+    assert "input: 3 channels, size as the images (32x32), cifar normalization from --normalize, 10 classes from " \
+           "--classes" in said
+    record = json.loads((out / "saliency.json").read_text())
+    assert record["input"]["working_size"] == [32, 32] and record["input"]["classes"] == names.split(",")
+    assert record["input"]["mean"] == [0.4914, 0.4822, 0.4465]
+    assert "--weights" in record["command"]

@@ -215,7 +215,7 @@ def select_output(output: Any, target: Target) -> torch.Tensor:
     return chosen
 
 
-def _kind(scores: torch.Tensor, target: Target) -> str:
+def output_kind(scores: torch.Tensor, target: Target) -> str:
     """``vector`` (B, K), ``map`` (B, K, h, w) or ``value`` (B,) / (B, 1), checked against what ``target`` asks."""
     shape = describe_output(scores)
     if target.value:
@@ -263,7 +263,7 @@ def resolve_target(output: Any, target: Target) -> Target:
     if isinstance(target.cls, str):
         raise NnfeatError(f"unknown class '{target.cls}' in target '{target}': give a class index")
     scores = select_output(output, target).detach()
-    kind = _kind(scores, target)
+    kind = output_kind(scores, target)
     n = scores.shape[0]
     if kind == "value":
         return replace(target, classes=torch.full((n,), -1, dtype=torch.long, device=scores.device), weights=None)
@@ -320,7 +320,7 @@ def target_scores(output: Any, target: Target | torch.Tensor) -> torch.Tensor:
     """
     target = as_target(target)
     scores = select_output(output, target)
-    kind = _kind(scores, target)
+    kind = output_kind(scores, target)
     if kind == "value":
         return scores.reshape(len(scores))
     check_classes(scores, target.classes, target)
@@ -337,7 +337,7 @@ def target_probabilities(output: Any, target: Target | torch.Tensor) -> torch.Te
     softmax probability averaged over the region weights (a map); the value itself (a regression output)."""
     target = as_target(target)
     scores = select_output(output, target)
-    kind = _kind(scores, target)
+    kind = output_kind(scores, target)
     if kind == "value":
         return scores.float().reshape(len(scores))
     probs = torch.softmax(scores.float(), 1)

@@ -29,6 +29,7 @@ No Python loop runs over images.
 
 from __future__ import annotations
 
+import copy
 import math
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -40,6 +41,7 @@ from torch import nn
 
 from nnfeat.analysis.calibration import (ECE_BINS, Calibration, auroc, calibration, entropy, rankdata,
                                          set_metrics)
+from nnfeat.analysis.targets import Target, describe_output, output_kind, select_output
 from nnfeat.distributed import shard_map
 from nnfeat.engine.transforms import affine_resample
 from nnfeat.errors import NnfeatError
@@ -92,11 +94,71 @@ def _name(model: nn.Module) -> str:
 
 def _logits(model: nn.Module, images: torch.Tensor) -> torch.Tensor:
     out = model(images)
+    if isinstance(out, dict):
+        key = next(iter(out), "KEY")
+        raise NnfeatError(f"model '{_name(model)}' outputs a {describe_output(out)}: say which part holds the "
+                          f"class scores, e.g. --target {key}:pred (a map: {key}:pred@Y0:Y1,X0:X1 for a box)")
     out = out[0] if isinstance(out, (tuple, list)) else out
     if out.dim() != 2:
         raise NnfeatError(f"model '{_name(model)}' outputs shape {tuple(out.shape)}, not (B, classes) logits: "
                           "uncertainty needs a classifier")
     return out.float()
+
+
+def check_distribution_target(target: Target) -> Target:
+    """``target`` if it names a class distribution (for uncertainty): ``pred``, ``PART:pred``, or
+    ``PART:pred@Y0:Y1,X0:X1`` on a map; else one line saying what to write."""
+    if target.cls is not None or target.value or target.region == "mask":
+        raise NnfeatError(f"target '{target}' names one class, a value or a mask; uncertainty measures the whole class "
+                          "distribution: write pred, PART:pred, or PART:pred@Y0:Y1,X0:X1 for a map's box")
+    return target
+
+
+def class_log_distribution(output: Any, target: Target) -> torch.Tensor:
+    """The class distribution ``target`` (:func:`check_distribution_target`) names in ``output``, as (N, K) scores
+    whose softmax is it: the logits of a (N, K) output; for a (N, K, h, w) map, the log of its per-pixel softmax
+    probabilities averaged over the box (or every pixel).
+
+    Raises:
+        NnfeatError: one line for a part the output lacks, an output of another shape, or a box outside the map.
+    """
+    scores = select_output(output, check_distribution_target(target))
+    if output_kind(scores, target) == "vector":
+        return scores.float()
+    h, w = scores.shape[-2:]
+    probs = torch.softmax(scores.float(), 1)
+    if target.region is not None:
+        y0, y1, x0, x1 = target.region
+        if y1 > h or x1 > w:
+            raise NnfeatError(f"box {y0}:{y1},{x0}:{x1} of target '{target}' leaves the {h}x{w} output map: rows "
+                              f"must lie in 0..{h}, columns in 0..{w}")
+        probs = probs[..., y0:y1, x0:x1]
+    return probs.mean((2, 3)).clamp_min(1e-30).log()
+
+
+class _Distribution(nn.Module):
+    """A network whose output is the class distribution a :class:`Target` names (see
+    :func:`~nnfeat.analysis.targets.class_log_distribution`): (B, C, H, W) -> (B, K) scores."""
+
+    def __init__(self, net: nn.Module, target: Target) -> None:
+        super().__init__()
+        self.net, self.target = net, target
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return class_log_distribution(self.net(x), self.target)
+
+
+def distribution_model(model: nn.Module, target: Target | None) -> nn.Module:
+    """``model`` (an :class:`~nnfeat.models.base.Model`) as a classifier of the distribution ``target`` names (a
+    dict or tuple output's part, a segmentation map averaged over a box or every pixel); ``model`` itself for no
+    target. The copy shares the network, its spec, name and weights; its output is (B, K) scores."""
+    if target is None or isinstance(getattr(model, "net", None), _Distribution):
+        return model
+    made = copy.copy(model)
+    made._modules = {**model._modules, "net": _Distribution(model.net, target)}
+    made._shape_cache = {}
+    made.__dict__.pop("_accepts_size", None)
+    return made
 
 
 def fit_images(model: nn.Module, images: torch.Tensor) -> torch.Tensor:

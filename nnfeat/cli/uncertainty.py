@@ -4,7 +4,8 @@ saliency maps of the most uncertain images across members / dropout samples / au
 
 from __future__ import annotations
 
-from nnfeat.analysis.uncertainty import check_same_classes
+from nnfeat.analysis.targets import parse_target
+from nnfeat.analysis.uncertainty import check_distribution_target, check_same_classes, distribution_model
 from nnfeat.analysis.uncertainty_methods import UNCERTAINTY, check_method
 from nnfeat.cli.common import MODEL_HELP, add_images, add_shared, finish, load_images_from_args, load_model, positive
 from nnfeat.errors import NnfeatError
@@ -36,6 +37,10 @@ def register(sub) -> None:
     p.add_argument("--top", type=int, default=8,
                    help="how many of the most uncertain images to show with their saliency maps (default 8)")
     p.add_argument("--batch", type=int, default=256, help="images per forward pass (default 256)")
+    p.add_argument("--target", default=None, metavar="[PART:]pred[@Y0:Y1,X0:X1]",
+                   help="which class distribution of the output to measure: pred (the logits, default), PART:pred "
+                        "for a dict or tuple output (out:pred), PART:pred@Y0:Y1,X0:X1 for a segmentation map's "
+                        "per-pixel distribution averaged over a box (without a box: over every pixel)")
     add_shared(p, out="out/uncertainty", precision=False)
     p.set_defaults(func=cmd_uncertainty)
 
@@ -64,11 +69,12 @@ def cmd_uncertainty(args) -> int:
     positive("n", args.n)
     positive("top", args.top, 0)
     positive("batch", args.batch)
+    explained = None if args.target is None else check_distribution_target(parse_target(args.target))
     out = check_out_dir(args.out)
     models = []
     for name in names:
         args.model = name
-        models.append(load_model(args))
+        models.append(distribution_model(load_model(args), explained))
     args.model = ",".join(names)
     check_same_classes(models)
     for model in models:
@@ -77,5 +83,5 @@ def cmd_uncertainty(args) -> int:
     images = load_images_from_args(args, models[0])
     flip = None if args.flip == "auto" else args.flip == "yes"
     result = uncertainty(models, images, method, samples=args.samples, top=args.top, seed=args.seed, flip=flip,
-                         batch_size=args.batch)
+                         batch_size=args.batch, target=args.target)
     return finish(result, args, out)

@@ -66,6 +66,9 @@ class WeightsFile:
     path: Path
     sha256: str
     kind: str
+    #: ``(module name, class count)`` when the file's output layer had another class count than the built
+    #: network's and that layer was rebuilt to fit it (``load_weights_file(..., fit_head=True)``), else None
+    head: tuple[str, int] | None = None
 
     @property
     def label(self) -> str:
@@ -83,13 +86,17 @@ def weights_option(weights: str | None) -> str | None:
     return None
 
 
-def load_weights_file(net: nn.Module, path: str | os.PathLike, *, name: str = "the model") -> WeightsFile:
+def load_weights_file(net: nn.Module, path: str | os.PathLike, *, name: str = "the model",
+                      fit_head: bool = False) -> WeightsFile:
     """Load the weights file at ``path`` into ``net`` (in place; parameters keep their device and dtype).
 
     Args:
         net: the built network; its ``state_dict()`` names and shapes are what the file must match.
         path: the weights file (any format of the module docstring).
         name: the network's name, for messages (``"torchvision:resnet18"``).
+        fit_head: when the only difference is the class count of the network's last ``nn.Linear`` (or 1x1
+            ``nn.Conv2d``) output layer (a network fine-tuned to other classes), rebuild that layer with the
+            file's count first (:func:`fit_output_layer`); the result's ``head`` says so.
 
     Returns:
         The :class:`WeightsFile` (path, SHA-256 and what it held).
@@ -102,9 +109,47 @@ def load_weights_file(net: nn.Module, path: str | os.PathLike, *, name: str = "t
     path = Path(path)
     state, kind = read_state_dict(path)
     state = strip_wrappers(state)
+    head = fit_output_layer(net, state) if fit_head else None
     check_fits(state, net, path, name)
     net.load_state_dict(state, strict=False)  # check_fits allowed only absent num_batches_tracked counters
-    return WeightsFile(path, sha256_of(path), kind)
+    return WeightsFile(path, sha256_of(path), kind, head)
+
+
+def fit_output_layer(net: nn.Module, state: Mapping[str, torch.Tensor]) -> tuple[str, int] | None:
+    """Rebuild ``net``'s output layer (in place) when ``state`` holds the same network with another class count.
+
+    The output layer is the last ``nn.Linear`` or 1x1 ``nn.Conv2d`` registered in ``net``. It is rebuilt only
+    when every name of ``state`` is one of ``net``'s, the shapes differ nowhere else, and the file's layer takes
+    the same input width: ``weight`` (K, C[, 1, 1]) and ``bias`` (K,) -> a layer with K outputs.
+
+    Returns:
+        ``(the layer's name, K)`` when it was rebuilt, else None (then :func:`check_fits` says what differs).
+    """
+    want = net.state_dict()
+    clashes = {k for k in want if k in state and tuple(state[k].shape) != tuple(want[k].shape)}
+    if not clashes or any(k not in want for k in state):
+        return None
+    layers = [(n, m) for n, m in net.named_modules()
+              if isinstance(m, nn.Linear) or (isinstance(m, nn.Conv2d) and m.kernel_size == (1, 1) and m.groups == 1)]
+    if not layers or not layers[-1][0]:
+        return None
+    layer_name, layer = layers[-1]
+    prefix = f"{layer_name}."
+    if not clashes <= {f"{prefix}weight", f"{prefix}bias"}:
+        return None
+    weight = state.get(f"{prefix}weight")
+    width = layer.in_features if isinstance(layer, nn.Linear) else layer.in_channels
+    if weight is None or weight.dim() < 2 or weight.shape[1] != width or tuple(weight.shape[2:]) != \
+            tuple(layer.weight.shape[2:]):
+        return None
+    count = int(weight.shape[0])
+    factory = dict(device=layer.weight.device, dtype=layer.weight.dtype)
+    bias = layer.bias is not None
+    new = (nn.Linear(width, count, bias=bias, **factory) if isinstance(layer, nn.Linear)
+           else nn.Conv2d(width, count, 1, bias=bias, **factory))
+    parent = net.get_submodule(layer_name.rpartition(".")[0]) if "." in layer_name else net
+    setattr(parent, layer_name.rpartition(".")[2], new)
+    return layer_name, count
 
 
 def read_state_dict(path: str | os.PathLike) -> tuple[dict[str, torch.Tensor], str]:

@@ -46,10 +46,14 @@ from nnfeat.errors import NnfeatError, nearest, shorten
 from nnfeat.io import is_existing_file
 from nnfeat.models.base import Model, wrap_module
 from nnfeat.models.checkpoint import load_weights_file
+from nnfeat.models.spec import InputSpec
 from nnfeat.models.registry import PUBLISHED, TRAINED, ModelCard, find_card, known_models
 from nnfeat.models.weights import fetch_weights, hash_prefix_from_name, weights_dir
 
 WEIGHT_CHOICES = ("pretrained", "random")
+#: Model families whose weights file may hold a network fine-tuned to another class count (the output layer is
+#: rebuilt to fit it: :func:`~nnfeat.models.checkpoint.fit_output_layer`).
+_HEAD_FAMILIES = ("torchvision", "timm")
 #: The kinds of weights file ``weights=PATH`` takes, in words (see :mod:`nnfeat.models.checkpoint`).
 WEIGHT_FILE_KINDS = "state_dict, checkpoint, safetensors, TorchScript, .pt2"
 RANDOM_SEED = 0
@@ -74,7 +78,10 @@ def load_model(name: str, *, weights: str | os.PathLike = "pretrained",
     target = None if device is None else resolve_device(device)
     model = _LOADERS[card.family](card, arg, "random" if file is not None else str(weights))
     if file is not None:
-        model.weights = load_weights_file(model.net, file, name=model.name).label
+        loaded = load_weights_file(model.net, file, name=model.name, fit_head=card.family in _HEAD_FAMILIES)
+        model.weights = loaded.label
+        if loaded.head is not None:
+            _fine_tuned(model)
     return model if target is None else _to_device(model, target)
 
 
@@ -89,6 +96,15 @@ def _weights_path(weights: str | os.PathLike) -> Path | None:
     found = f"'{shown}' is a folder" if path is not None and _is_folder(path) else f"there is no file '{shown}'"
     raise NnfeatError(f"unknown weights '{shown}'; expected one of {', '.join(WEIGHT_CHOICES)}, or a weights file "
                       f"({WEIGHT_FILE_KINDS}), but {found}")
+
+
+def _fine_tuned(model: Model) -> None:
+    """``model`` after its output layer was rebuilt for a file fine-tuned to another class count: the card's
+    training set no longer says what the network takes, so its spec is that of a network nnfeat does not know
+    (any size, no normalization, no class names unless options give them), keeping the card's channels."""
+    model.use_spec(InputSpec(channels=model.in_channels, size=None, working_size=tuple(model.input_size),
+                             sources={"channels": "card", "size": "any", "normalize": "default",
+                                      "classes": "default"}))
 
 
 def _is_folder(path: Path) -> bool:

@@ -26,8 +26,9 @@ import numpy as np
 import torch
 
 from nnfeat.analysis.calibration import ECE_BINS, set_metrics
-from nnfeat.analysis.uncertainty import (Summary, check_same_classes, fit_images, flip_safe, map_agreement,
-                                         summarize)
+from nnfeat.analysis.targets import parse_target
+from nnfeat.analysis.uncertainty import (Summary, check_distribution_target, check_same_classes, distribution_model,
+                                         fit_images, flip_safe, map_agreement, summarize)
 from nnfeat.analysis.uncertainty_methods import UNCERTAINTY, check_method, model_device, saliency_across
 from nnfeat.data import ImageSet
 from nnfeat.errors import NnfeatError
@@ -207,15 +208,19 @@ def _labels(images: ImageSet | torch.Tensor, labels, classes: list[str] | None,
 
 def uncertainty(models, images: ImageSet | torch.Tensor, method: str = "ensemble", *, samples: int | None = None,
                 labels: torch.Tensor | None = None, top: int = 8, seed: int = 0, flip: bool | None = None,
-                batch_size: int = 256) -> UncertaintyResult:
+                batch_size: int = 256, target: str | None = None) -> UncertaintyResult:
     """Uncertainty of ``models`` (a list for ``ensemble``; one model, or a list of one, otherwise) on ``images``
     (an :class:`ImageSet`, labels taken from it, or (N, 3, H, W) in [0, 1] with optional ``labels`` (N,)).
 
     ``method``: ``ensemble`` | ``mc-dropout`` | ``tta``; ``samples``: T for mc-dropout / tta (default 20 / 8);
     ``top``: how many of the most uncertain images the sheet shows with their saliency maps; ``flip``: whether
-    TTA mirrors images (None: unless the classes are glyphs such as digits, :func:`flip_safe`)."""
+    TTA mirrors images (None: unless the classes are glyphs such as digits, :func:`flip_safe`); ``target``: which
+    class distribution of the output to measure (``pred``; ``out:pred`` of a dict output; ``out:pred@Y0:Y1,X0:X1``,
+    a segmentation map's per-pixel distribution averaged over a box; see :mod:`nnfeat.analysis.targets`)."""
     started = time.perf_counter()
-    models = [as_model(m) for m in (models if isinstance(models, (list, tuple)) else [models])]
+    explained = None if target is None else check_distribution_target(parse_target(target))
+    models = [distribution_model(as_model(m), explained)
+              for m in (models if isinstance(models, (list, tuple)) else [models])]
     samples_used = check_method(method, models, samples)
     kind = UNCERTAINTY[method]()
     if top < 0:
@@ -269,7 +274,7 @@ def uncertainty(models, images: ImageSet | torch.Tensor, method: str = "ensemble
     command = cli_command("uncertainty", ",".join(names), **options, method=method, samples=samples,
                           top=None if top == 8 else top,
                           flip=None if not kind.augments or flip == flip_safe(classes) else ("yes" if flip else "no"),
-                          weights=weights_flag(first))
+                          weights=weights_flag(first), target=target)
     return UncertaintyResult(models=names, method=method, samples=samples_used, seed=seed, flip=flip, source=source,
                              labels_note=labels_note, classes=classes, summary=summary, labels=y, indices=indices,
                              singles=singles, metrics=metrics, combined_name=combined, top=order,
