@@ -23,6 +23,9 @@ from nnfeat.ops.examples import ExamplesResult, examples
 from nnfeat.engine.expr import parse_objective
 from nnfeat.ops.microscope import MicroscopeResult, microscope
 from nnfeat.models.base import Model
+from nnfeat.models.text import TokenBatch, TokenModel
+from nnfeat.models.tokenizers import CallableTokenizer, CharTokenizer, Tokenizer, WordTokenizer
+from nnfeat.texts import TextSet, load_texts
 from nnfeat.models.zoo import load_model
 from nnfeat.ops.render import RenderResult, evaluate, render
 from nnfeat.units import Units, parse_units
@@ -38,7 +41,8 @@ from nnfeat.ops.uncertainty import UncertaintyResult, uncertainty
 
 __version__ = "0.1.0"
 
-__all__ = ["AtlasResult", "AtlasSettings", "AttentionResult", "ExamplesResult", "FiltersResult", "GraphResult",
+__all__ = ["CallableTokenizer", "CharTokenizer", "TextSet", "TokenBatch", "TokenModel", "Tokenizer", "WordTokenizer",
+           "load_texts", "AtlasResult", "AtlasSettings", "AttentionResult", "ExamplesResult", "FiltersResult", "GraphResult",
            "HeatmapResult", "ImageSet", "MicroscopeResult", "Model", "NnfeatError", "ProjectionResult", "RenderResult",
            "ReportResult", "SaliencyResult", "SpectrumResult", "UncertaintyResult", "Units", "attention", "build_atlas", "evaluate",
            "examples", "filters", "graph", "heatmap", "load_images", "load_model", "microscope", "objectives",

@@ -194,7 +194,7 @@ def _force_weights(_module, args, kwargs):
 
 
 @contextlib.contextmanager
-def _weights_requested(modules: Sequence[nn.Module]) -> Iterator[None]:
+def weights_requested(modules: Sequence[nn.Module]) -> Iterator[None]:
     handles = []
     try:
         for module in modules:
@@ -275,7 +275,7 @@ def capture_attention(model: nn.Module, images: torch.Tensor, layers: str | Sequ
         wanted.append(OUTPUT)
     grad_mode = torch.enable_grad() if gradients else torch.no_grad()
     with contextlib.ExitStack() as stack:
-        stack.enter_context(_weights_requested([modules[l.name] for l in selected if l.kind == MHA]))
+        stack.enter_context(weights_requested([modules[l.name] for l in selected if l.kind == MHA]))
         stack.enter_context(_unfused(run_unfused))
         capture = stack.enter_context(ActivationCapture(model, wanted))
         stack.enter_context(grad_mode)

@@ -1,20 +1,87 @@
 """Tracing a network into graph nodes (see :mod:`nnfeat.analysis.graph`): with ``torch.fx`` where it traces
 (:func:`fx_graph`: one node per leaf-module call and per tensor function, the real data flow), else with forward
 hooks on the leaf modules (:func:`hook_graph`: edges by tensor provenance). Every node carries its output shape,
-its parameters and its FLOPs (:mod:`torch.utils.flop_counter`)."""
+its parameters and its FLOPs (:mod:`torch.utils.flop_counter`).
+
+The input is one tensor (an image batch, (1, 3, H, W)) or :class:`TraceInputs`: the positional and keyword
+arguments of a call, e.g. a token model's (1, T) int64 ids with its (1, T) mask (:func:`token_inputs`); the
+first tensor is the graph's input node, and every tensor argument counts as input."""
 
 from __future__ import annotations
 
+import contextlib
 import operator
-from typing import Any, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Iterator, Sequence
 
 import torch
 from torch import nn
 
 from nnfeat.analysis.graph_types import INPUT_ID, GraphNode
 from nnfeat.layouts import OUTPUT
+from nnfeat.models.text import TokenModel
 
-__all__ = ["fx_graph", "hook_graph", "group_shapes", "shape_of", "parent_name", "own_params"]
+__all__ = ["fx_graph", "hook_graph", "group_shapes", "shape_of", "parent_name", "own_params", "TraceInputs",
+           "token_inputs", "fused_attention_off"]
+
+
+@dataclass(frozen=True)
+class TraceInputs:
+    """The arguments of one call of a network: ``args`` positional, ``kwargs`` keyword (tensors or None).
+    ``first`` is the tensor drawn as the graph's input (a token model's (1, T) ids)."""
+
+    args: tuple = ()
+    kwargs: dict = field(default_factory=dict)
+
+    @property
+    def first(self) -> torch.Tensor:
+        return next(t for t in (*self.args, *self.kwargs.values()) if torch.is_tensor(t))
+
+    def tensors(self) -> list[torch.Tensor]:
+        return [t for t in (*self.args, *self.kwargs.values()) if torch.is_tensor(t)]
+
+    def call(self, net: nn.Module) -> Any:
+        return net(*self.args, **self.kwargs)
+
+
+def token_inputs(model: TokenModel, ids: torch.Tensor, mask: torch.Tensor | None = None,
+                 decoder_ids: torch.Tensor | None = None) -> TraceInputs:
+    """How ``model`` (a :class:`~nnfeat.models.text.TokenModel`) calls its network on (B, T) int64 ``ids``
+    (and (B, T) bool ``mask``; seq2seq: (B, T') ``decoder_ids``), as :class:`TraceInputs`: ``net(ids)``,
+    ``net(ids, mask)``, ``net(input_ids=ids, attention_mask=mask)`` (int64) or ``net(src, tgt, src_mask)``."""
+    mask = torch.ones_like(ids, dtype=torch.bool) if mask is None else mask
+    if model.kind == "seq2seq":
+        return TraceInputs((ids, decoder_ids, mask))
+    if model.call == "ids_mask":
+        return TraceInputs((ids, mask))
+    if model.call == "hf":
+        return TraceInputs((), {"input_ids": ids, "attention_mask": mask.long()})
+    return TraceInputs((ids,))
+
+
+def _call(net: nn.Module, x: Any) -> Any:
+    return x.call(net) if isinstance(x, TraceInputs) else net(x)
+
+
+#: torch.nn modules with children that token graphs still draw as one node (their children are parameters'
+#: holders that the module's own function reads, never calls)
+_TOKEN_LEAVES = (nn.MultiheadAttention,)
+
+
+def _token_leaf(m: nn.Module) -> bool:
+    return isinstance(m, _TOKEN_LEAVES) or next(iter(m.children()), None) is None
+
+
+@contextlib.contextmanager
+def fused_attention_off() -> Iterator[None]:
+    """PyTorch's fused transformer inference path off for the duration: with it, ``nn.TransformerEncoderLayer``
+    calls none of its submodules, so neither hooks nor a graph would see them."""
+    was = torch.backends.mha.get_fastpath_enabled()
+    torch.backends.mha.set_fastpath_enabled(False)
+    try:
+        yield
+    finally:
+        torch.backends.mha.set_fastpath_enabled(was)
 
 
 def _first_tensor(value: Any) -> torch.Tensor | None:
@@ -48,6 +115,14 @@ class _LeafTracer(torch.fx.Tracer):
         return super().is_leaf_module(m, qualname) or next(iter(m.children()), None) is None
 
 
+class _TokenTracer(torch.fx.Tracer):
+    """fx tracer for token networks: traces into torch.nn's containers (``nn.TransformerEncoder``), so their
+    layers are nodes; leaves are modules without children and ``nn.MultiheadAttention``."""
+
+    def is_leaf_module(self, m: nn.Module, qualname: str) -> bool:
+        return _token_leaf(m)
+
+
 def _flops(fn, *args, **kwargs) -> tuple[Any, int]:
     from torch.utils.flop_counter import FlopCounterMode  # lazy: importing it loads triton (~0.3 s)
 
@@ -65,10 +140,13 @@ def _op_name(node: torch.fx.Node) -> str:
     return name
 
 
-def fx_graph(net: nn.Module, x: torch.Tensor) -> tuple[list[GraphNode], list[tuple[str, str]], list[str]]:
-    """Trace ``net`` with fx and run it node by node on ``x``: (nodes, raw edges, the parameters and buffers
-    that functions read directly)."""
-    graph = _LeafTracer().trace(net)
+def fx_graph(net: nn.Module, x: torch.Tensor | TraceInputs
+             ) -> tuple[list[GraphNode], list[tuple[str, str]], list[str]]:
+    """Trace ``net`` with fx and run it node by node on ``x`` (a tensor, or positional :class:`TraceInputs`):
+    (nodes, raw edges, the parameters and buffers that functions read directly)."""
+    if isinstance(x, TraceInputs) and x.kwargs:
+        raise ValueError("keyword inputs are traced with hooks")
+    graph = (_TokenTracer() if isinstance(x, TraceInputs) else _LeafTracer()).trace(net)
     gm = torch.fx.GraphModule(net, graph)
     modules = dict(net.named_modules())
     counts: dict[str, int] = {}
@@ -84,7 +162,10 @@ def fx_graph(net: nn.Module, x: torch.Tensor) -> tuple[list[GraphNode], list[tup
             results[n.name] = (out, flops)
             return out
 
-    Probe(gm).run(x)
+    if isinstance(x, TraceInputs):
+        Probe(gm).run(*x.args)
+    else:
+        Probe(gm).run(x)
     drawn: dict[str, list[str]] = {}  # fx node name -> the drawn ids it stands for
     extra_params: dict[str, int] = {}
     nodes: list[GraphNode] = []
@@ -138,14 +219,21 @@ def _fx_attr(net: nn.Module, target: str) -> Any:
     return obj
 
 
-def hook_graph(net: nn.Module, x: torch.Tensor) -> tuple[list[GraphNode], list[tuple[str, str]]]:
-    """Run ``net`` once on ``x`` with hooks on its leaf modules: (nodes, raw edges) by tensor provenance."""
+def hook_graph(net: nn.Module, x: torch.Tensor | TraceInputs) -> tuple[list[GraphNode], list[tuple[str, str]]]:
+    """Run ``net`` once on ``x`` (a tensor or :class:`TraceInputs`) with hooks on its leaf modules: (nodes, raw
+    edges) by tensor provenance."""
     from torch.utils.flop_counter import FlopCounterMode  # lazy: importing it loads triton (~0.3 s)
 
-    leaves = [(name, m) for name, m in net.named_modules() if name and next(iter(m.children()), None) is None]
+    if isinstance(x, TraceInputs):  # token networks: nn.MultiheadAttention is one node, its out_proj inside it
+        inside = [n for n, m in net.named_modules() if n and isinstance(m, _TOKEN_LEAVES)]
+        leaves = [(name, m) for name, m in net.named_modules() if name and _token_leaf(m)
+                  and not any(name.startswith(o + ".") for o in inside)]
+    else:
+        leaves = [(name, m) for name, m in net.named_modules() if name and next(iter(m.children()), None) is None]
     records: list[tuple[str, str, list[int], list[int] | None, int]] = []  # (name, type, input ids, shape, flops)
-    producer: dict[int, int] = {id(x): -1}
-    keep: list[Any] = [x]
+    given = x.tensors() if isinstance(x, TraceInputs) else [x]
+    producer: dict[int, int] = {id(t): -1 for t in given}
+    keep: list[Any] = list(given)
     active: list[FlopCounterMode] = []
     handles = []
 
@@ -178,7 +266,7 @@ def hook_graph(net: nn.Module, x: torch.Tensor) -> tuple[list[GraphNode], list[t
         for name, m in leaves:
             handles.append(m.register_forward_pre_hook(pre(name)))
             handles.append(m.register_forward_hook(post(name, m)))
-        out = net(x)
+        out = _call(net, x)
     finally:
         for h in handles:
             h.remove()
@@ -188,7 +276,7 @@ def hook_graph(net: nn.Module, x: torch.Tensor) -> tuple[list[GraphNode], list[t
     modules = dict(net.named_modules())
     seen: dict[str, int] = {}
     ids: list[str] = []
-    nodes = [GraphNode(INPUT_ID, None, "input", "input", "", shape_of(x))]
+    nodes = [GraphNode(INPUT_ID, None, "input", "input", "", shape_of(given[0]))]
     edges: list[tuple[str, str]] = []
     for i, (name, kind, inputs, shape, flops) in enumerate(records):
         k = seen.get(name, 0)
@@ -207,7 +295,7 @@ def hook_graph(net: nn.Module, x: torch.Tensor) -> tuple[list[GraphNode], list[t
     return nodes, edges
 
 
-def group_shapes(net: nn.Module, x: torch.Tensor, names: Sequence[str]) -> dict[str, list[int] | None]:
+def group_shapes(net: nn.Module, x: torch.Tensor | TraceInputs, names: Sequence[str]) -> dict[str, list[int] | None]:
     """First-call output shape of each named module (one hooked forward pass)."""
     shapes: dict[str, list[int] | None] = {}
     modules = dict(net.named_modules())
@@ -217,7 +305,7 @@ def group_shapes(net: nn.Module, x: torch.Tensor, names: Sequence[str]) -> dict[
             shapes.setdefault(name, shape_of(out))
         handles.append(modules[name].register_forward_hook(hook))
     try:
-        net(x)
+        _call(net, x)
     finally:
         for h in handles:
             h.remove()

@@ -4,21 +4,30 @@ and gradient-weighted rollout -- over images."""
 from __future__ import annotations
 
 from nnfeat.cli.common import add_images, add_model, add_shared, finish, load_images_from_args, load_model, positive
+from nnfeat.cli.text_options import add_texts, check_inputs, texts_from_args
+from nnfeat.errors import NnfeatError
+from nnfeat.models.text import TokenModel
 from nnfeat.ops.attention import attention, check_request
 from nnfeat.ops.results import check_out_dir
+from nnfeat.ops.token_attention import token_attention
 
 DEFAULT_N = 4
 
 
 def register(sub) -> None:
     p = sub.add_parser(
-        "attention", help="attention maps of a vision transformer: per layer and head, rollout, gradient rollout",
-        description="Overlay the class token's attention over the patch tokens on --images, per attention layer "
-                    "and head (torchvision and timm ViTs, digits-vit, any nn.MultiheadAttention model); add "
+        "attention", help="attention of a vision transformer over images, or of a token model over text",
+        description="Images: overlay the class token's attention over the patch tokens on --images, per attention "
+                    "layer and head (torchvision and timm ViTs, digits-vit, any nn.MultiheadAttention model); add "
                     "attention rollout (Abnar & Zuidema 2020) and gradient-weighted rollout for a class (Chefer "
-                    "et al. 2021). One colour scale per figure.")
+                    "et al. 2021). Text (token models: minilm, dates-seq2seq, tiny-lm, hf:PATH, FILE.py:FACTORY): "
+                    "per text the layers x heads model view, the head view (an offline page of token-to-token "
+                    "lines), for encoder-decoder models the source x target cross attention, and every head's "
+                    "scores (previous-token, induction, diagonal, first-token sink, alignment). One colour scale "
+                    "per figure.")
     add_model(p)
-    add_images(p)
+    add_images(p, required=False)
+    add_texts(p, target=True)
     for action in p._actions:
         if action.dest == "n":  # default None: "at most 4", so a smaller source is not an --n error
             action.help = (f"how many images (default: {DEFAULT_N}, or all of a smaller source; fewer than the "
@@ -47,6 +56,11 @@ def cmd_attention(args) -> int:
     positive("batch", args.batch)
     out = check_out_dir(args.out)
     model = load_model(args)
+    check_inputs(args, model)
+    if isinstance(model, TokenModel):
+        return _token_attention(args, model, out)
+    if args.images is None:
+        raise NnfeatError("attention needs --images SRC for an image model")
     check_request(model, args.layer, args.head, args.query, grad_rollout=args.grad_rollout, target=args.target,
                   fusion=args.fusion)
     images = load_images_from_args(args, model)
@@ -54,4 +68,16 @@ def cmd_attention(args) -> int:
         images = images.sample(DEFAULT_N, args.seed)
     result = attention(model, images, layers=args.layer, head=args.head, query=args.query, rollout=args.rollout,
                        grad_rollout=args.grad_rollout, target=args.target, fusion=args.fusion, batch_size=args.batch)
+    return finish(result, args, out)
+
+
+def _token_attention(args, model, out) -> int:
+    if args.grad_rollout or args.query is not None or args.head != "all":
+        raise NnfeatError("--grad-rollout, --query and --head are for image models; a token model's figures show "
+                          "every query and head")
+    texts = texts_from_args(args, default_n=DEFAULT_N)
+    result = token_attention(model, texts, target_texts=args.target_text, layers=args.layer, rollout=args.rollout,
+                             seed=args.seed)
+    for note in result.notes:
+        print(f"note: {note}")
     return finish(result, args, out)

@@ -25,6 +25,7 @@ from nnfeat.engine.spectrum import load_spectrum
 from nnfeat.engine.transforms import TRANSFORM_PRESETS
 from nnfeat.errors import NnfeatError, shorten
 from nnfeat.models.spec import CLASSES_HELP, NORMALIZE_HELP, NORMALIZE_PRESETS, check_input, parse_classes, parse_normalize
+from nnfeat.models.text import TokenModel
 from nnfeat.models.zoo import load_model as load_named_model
 
 MODEL_HELP = ("a model name (see `nnfeat models`): cifar10-resnet20, digits-cnn, digits-vit, inceptionv1, "
@@ -115,6 +116,11 @@ def load_model(args):
     as one line; ``args.input_spec`` keeps it for the JSON record (:func:`finish`)."""
     device = resolve_device(getattr(args, "device", "auto"))
     model = load_named_model(args.model, weights=getattr(args, "weights", "pretrained"), device=device)
+    if isinstance(model, TokenModel):  # text in: the tokenizer is the spec; image options do not apply
+        args.input_spec = model.spec
+        if current().writer:
+            print(model.spec.describe())
+        return model
     spec = input_spec(args, model)
     if spec != model.spec:
         model.use_spec(spec)

@@ -5,9 +5,13 @@ from __future__ import annotations
 from nnfeat.analysis.heatmap import check_spatial
 from nnfeat.cli.common import UNITS_HELP, add_images, add_model, add_shared, finish, load_images_from_args, \
     load_model, positive
+from nnfeat.cli.text_options import add_texts, check_inputs, texts_from_args
+from nnfeat.errors import NnfeatError
 from nnfeat.finite import probe_finite
+from nnfeat.models.text import TokenModel
 from nnfeat.ops.heatmap import heatmap
 from nnfeat.ops.results import check_out_dir
+from nnfeat.ops.token_heatmap import token_heatmap
 from nnfeat.units import parse_units
 
 DEFAULT_N = 8
@@ -17,10 +21,13 @@ def register(sub) -> None:
     p = sub.add_parser(
         "heatmap", help="activation heatmaps of a layer's channels over images",
         description="Overlay the maps of a conv or token layer on --images: the --top strongest channels "
-                    "(by mean activation), the units given, or their sum / norm; one colour scale per figure.")
+                    "(by mean activation), the units given, or their sum / norm; one colour scale per figure. "
+                    "A token model (--text/--text-file): per text, its tokens in a row and under them a strip of "
+                    "the layer's --top strongest channels (by mean |activation| over the text's tokens).")
     add_model(p)
     p.add_argument("layer", metavar="LAYER", help=UNITS_HELP)
-    add_images(p)
+    add_images(p, required=False)
+    add_texts(p, target=True)
     for action in p._actions:
         if action.dest == "n":  # default None: "at most 8", so a smaller source is not an --n error
             action.help = (f"how many images (default: {DEFAULT_N}, or all of a smaller source; fewer than the "
@@ -44,6 +51,11 @@ def cmd_heatmap(args) -> int:
     positive("batch", args.batch)
     out = check_out_dir(args.out)
     model = load_model(args)
+    check_inputs(args, model)
+    if isinstance(model, TokenModel):
+        return _token_heatmap(args, model, units, out)
+    if args.images is None:
+        raise NnfeatError("heatmap needs --images SRC for an image model")
     model.units(units)
     check_spatial(model, units.layer)
     probe_finite(model, [units.layer], channels=units.channels)
@@ -51,4 +63,13 @@ def cmd_heatmap(args) -> int:
     if args.n is None and len(images) > DEFAULT_N:
         images = images.sample(DEFAULT_N, args.seed)
     result = heatmap(model, units, images, reduce=args.reduce, top=args.top, scale=args.scale, batch_size=args.batch)
+    return finish(result, args, out)
+
+
+def _token_heatmap(args, model: TokenModel, units, out) -> int:
+    texts = texts_from_args(args, default_n=DEFAULT_N)
+    result = token_heatmap(model, units, texts, top=args.top, reduce=args.reduce, scale=args.scale,
+                           target_texts=args.target_text)
+    for note in result.notes:
+        print(f"note: {note}")
     return finish(result, args, out)

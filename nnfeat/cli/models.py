@@ -7,6 +7,7 @@ import json
 from nnfeat.cli.common import add_model, add_shared, load_model, positive
 from nnfeat.errors import NnfeatError
 from nnfeat.models.registry import cards
+from nnfeat.models.text import TokenModel
 
 
 def register(sub) -> None:
@@ -41,14 +42,22 @@ def cmd_models(args) -> int:
 def cmd_layers(args) -> int:
     positive("size", args.size)
     model = load_model(args)
+    if isinstance(model, TokenModel):
+        if args.size:
+            raise NnfeatError(f"{model.name} is a token model: --size is for image models")
+        _print_rows(model.describe_layers())
+        return 0
     size = (args.size, args.size) if args.size else None
     if size is not None and not model.accepts_size(size):
         raise NnfeatError(f"{model.name} does not run on {args.size}x{args.size} px input: use a larger --size "
                           f"(its native size is {model.input_size[0]})")
-    rows = model.describe_layers(size)
+    _print_rows(model.describe_layers(size))
+    return 0
+
+
+def _print_rows(rows) -> None:
     width = max(len(r[0]) for r in rows)
     print(f"{'layer':<{width}}  {'output shape':<18} channels")
     for name, shape, channels in rows:
         shape_text = "not called" if shape is None else "x".join(map(str, shape))
         print(f"{name:<{width}}  {shape_text:<18} {'' if channels is None else channels}")
-    return 0

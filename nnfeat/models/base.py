@@ -181,42 +181,52 @@ class Model(nn.Module):
         Shared modules called k>1 times are listed once per call as ``name#i``.
         """
         size = tuple(size or self.input_size)
-        records: list[tuple[str, tuple[int, ...] | None]] = []
-        calls: dict[str, int] = {}
-        handles = []
+        return describe_modules(self.net, lambda: self.net(self.preprocess(torch.full((1, 3, *size), 0.5,
+                                                                                        device=self.device))))
 
-        def make_hook(name: str):
-            def hook(_m, _inp, out):
-                out = out[0] if isinstance(out, (tuple, list)) else out
-                if not torch.is_tensor(out):
-                    return
-                i = calls.get(name, 0)
-                calls[name] = i + 1
-                records.append((f"{name}#{i}", tuple(out.shape[1:])))
 
-            return hook
+@torch.no_grad()
+def describe_modules(net: nn.Module, run) -> list[tuple[str, tuple[int, ...] | None, int | None]]:
+    """Run ``run()`` (one forward of ``net``) with a hook on every submodule -> (name, output shape without batch,
+    channel count) per call, in registration order (``name#i`` for a module called more than once; shape
+    ``None`` for one never called), and ``output`` last when the forward returns a tensor."""
+    records: list[tuple[str, tuple[int, ...] | None]] = []
+    calls: dict[str, int] = {}
+    handles = []
 
-        try:
-            for name, mod in self.net.named_modules():
-                if name:
-                    handles.append(mod.register_forward_hook(make_hook(name)))
-            out = self.net(self.preprocess(torch.full((1, 3, *size), 0.5, device=self.device)))
-        finally:
-            for h in handles:
-                h.remove()
-        rows: list[tuple[str, tuple[int, ...] | None, int | None]] = []
-        seen = set()
-        for key, shape in records:
-            name, i = key.rsplit("#", 1)
-            shown = name if calls[name] == 1 else key
-            seen.add(name)
-            rows.append((shown, shape, channel_count(shape)))
-        order = {n: i for i, n in enumerate(self.layer_names())}
-        rows.sort(key=lambda r: (order.get(r[0].split("#")[0], 0), r[0]))
-        rows += [(n, None, None) for n in self.layer_names() if n not in seen]
-        if torch.is_tensor(out):
-            rows.append((OUTPUT, tuple(out.shape[1:]), channel_count(tuple(out.shape[1:]))))
-        return rows
+    def make_hook(name: str):
+        def hook(_m, _inp, out):
+            out = out[0] if isinstance(out, (tuple, list)) and out else out
+            if not torch.is_tensor(out):
+                return
+            i = calls.get(name, 0)
+            calls[name] = i + 1
+            records.append((f"{name}#{i}", tuple(out.shape[1:])))
+
+        return hook
+
+    names = [n for n, _ in net.named_modules() if n]
+    try:
+        for name, mod in net.named_modules():
+            if name:
+                handles.append(mod.register_forward_hook(make_hook(name)))
+        out = run()
+    finally:
+        for h in handles:
+            h.remove()
+    rows: list[tuple[str, tuple[int, ...] | None, int | None]] = []
+    seen = set()
+    for key, shape in records:
+        name, i = key.rsplit("#", 1)
+        shown = name if calls[name] == 1 else key
+        seen.add(name)
+        rows.append((shown, shape, channel_count(shape)))
+    order = {n: i for i, n in enumerate(names)}
+    rows.sort(key=lambda r: (order.get(r[0].split("#")[0], 0), r[0]))
+    rows += [(n, None, None) for n in names if n not in seen]
+    if torch.is_tensor(out):
+        rows.append((OUTPUT, tuple(out.shape[1:]), channel_count(tuple(out.shape[1:]))))
+    return rows
 
 
 def wrap_module(net: nn.Module, name: str) -> Model:

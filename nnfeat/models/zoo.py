@@ -46,7 +46,9 @@ from nnfeat.errors import NnfeatError, nearest, shorten
 from nnfeat.io import is_existing_file
 from nnfeat.models.base import Model, wrap_module
 from nnfeat.models.checkpoint import load_weights_file
+from nnfeat.models.hf import load_hf, minilm_path
 from nnfeat.models.spec import InputSpec
+from nnfeat.models.text import TokenModel
 from nnfeat.models.registry import PUBLISHED, TRAINED, ModelCard, find_card, known_models
 from nnfeat.models.weights import fetch_weights, hash_prefix_from_name, weights_dir
 
@@ -306,13 +308,39 @@ def _load_file_factory(_card: ModelCard, name: str, _weights: str) -> Model:
         made = make()
     except Exception as err:  # noqa: BLE001
         raise NnfeatError(f"{file}:{factory}() failed: {_one_line(err)}") from err
-    if isinstance(made, Model):
+    if isinstance(made, (Model, TokenModel)):
         return made
     if isinstance(made, nn.Module):
+        if _takes_tokens(made):
+            raise NnfeatError(f"{file}:{factory}() returned a network that takes token ids (its first layer is an "
+                              "nn.Embedding): return nnfeat.TokenModel(net, tokenizer=..., kind=..., max_length=...) "
+                              "with its tokenizer (nnfeat.WordTokenizer('vocab.txt') or nnfeat.CallableTokenizer(fn))")
         return wrap_module(made, name=f"{path.stem}:{factory}")
     raise NnfeatError(
         f"{file}:{factory}() returned {type(made).__name__}; expected a torch.nn.Module or an nnfeat Model"
     )
+
+
+def _load_hf_card(card: ModelCard, path: str | None, weights: str) -> TokenModel:
+    """``minilm`` (the installed package's folder) or ``hf:PATH``: a Hugging Face folder, loaded offline.
+    ``weights="random"`` re-initialises every module that has a ``reset_parameters`` (PyTorch's default
+    initialisation of its linear, embedding and norm layers) from the fixed seed."""
+    model = load_hf(minilm_path() if path is None else path, name=card.name if path is None else f"hf:{path}")
+    model.card = card
+    model.weights = weights if path is None or weights == "random" else f"folder:{path}"
+    if weights == "random":
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(RANDOM_SEED)
+            for module in model.net.modules():
+                if hasattr(module, "reset_parameters"):
+                    module.reset_parameters()
+    return model
+
+
+def _takes_tokens(net: nn.Module) -> bool:
+    """Whether the first of its embedding, convolution and linear layers is an ``nn.Embedding``."""
+    first = next((m for m in net.modules() if isinstance(m, (nn.Embedding, nn.Conv1d, nn.Conv2d, nn.Linear))), None)
+    return isinstance(first, nn.Embedding)
 
 
 def _one_line(err: BaseException) -> str:
@@ -326,6 +354,7 @@ _LOADERS: dict[str | None, Callable[[ModelCard, str | None, str], Model]] = {
     "torchvision": _load_torchvision,
     "timm": _load_timm,
     "file": _load_file_factory,
+    "hf": _load_hf_card,
 }
 
 __all__ = ["WEIGHT_CHOICES", "known_models", "load_model"]

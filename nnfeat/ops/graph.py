@@ -33,9 +33,12 @@ import numpy as np
 import torch
 
 from nnfeat.analysis.graph import ModelGraph, model_graph
+from nnfeat.analysis.graph_trace import TraceInputs, fused_attention_off, token_inputs
 from nnfeat.analysis.onnx_export import export_onnx
+from nnfeat.errors import NnfeatError
 from nnfeat.io import write_text
 from nnfeat.models.base import Model, as_model
+from nnfeat.models.text import TokenModel
 from nnfeat.ops.results import Result, cli_command, weights_flag
 from nnfeat.views.graph_page import (PAGE_MAX_NODES, PAGE_NAME, PNG_MAX_NODES, graph_csp,  # noqa: F401
                                      graph_page, human, initial_collapsed, overview)
@@ -84,12 +87,21 @@ class GraphResult(Result):
         return [PAGE_NAME]
 
 
-def graph(model: Model, *, size: tuple[int, int] | None = None, method: str = "auto", onnx: str | None = None,
-          links: dict | None = None) -> GraphResult:
+def graph(model: Model | TokenModel, *, size: tuple[int, int] | None = None, method: str = "auto",
+          onnx: str | None = None, links: dict | None = None, text: str | None = None) -> GraphResult:
     """The architecture of ``model`` (an nnfeat Model) at input ``size`` (default native): its graph
     (:func:`~nnfeat.analysis.graph.model_graph`) and, with ``onnx`` (a file path), an ONNX export of the
     wrapper (input: (B, 3, H, W) RGB in [0, 1], like every nnfeat command) written there. ``links``
-    ({layer name: URL}): the side panel of a selected layer links to its URL (``#panel-report-link``)."""
+    ({layer name: URL}): the side panel of a selected layer links to its URL (``#panel-report-link``).
+
+    A token model (:class:`~nnfeat.models.text.TokenModel`) is traced on ``text`` (default: a probe text of
+    its vocabulary) as (1, T) int64 ids (with its mask where the network takes one; seq2seq: with its decoder
+    side starting with bos); its ONNX file takes ``ids`` (B, T) int64 and ``mask`` (B, T)."""
+    if isinstance(model, TokenModel):
+        return _token_graph(model, method=method, onnx=onnx, links=links, text=text)
+    if text is not None:
+        raise NnfeatError(f"{getattr(model, 'name', type(model).__name__)} takes images, not text: leave text out "
+                          "(it is for token models)")
     started = time.perf_counter()
     model = as_model(model)
     if onnx is not None:
@@ -97,5 +109,45 @@ def graph(model: Model, *, size: tuple[int, int] | None = None, method: str = "a
     g = model_graph(model, size, method=method)
     command = cli_command("graph", model.name, onnx=onnx,
                           weights=weights_flag(model))
+    return GraphResult(graph=g, device=str(model.device), onnx=onnx, elapsed=time.perf_counter() - started,
+                       command=command, links=links)
+
+
+class _TracedTokens:
+    """A token model as :func:`~nnfeat.analysis.graph.model_graph` reads a model: its network, name and device,
+    and a ``preprocess`` that gives the token call's :class:`TraceInputs` in place of an image."""
+
+    def __init__(self, model: TokenModel, inputs: TraceInputs) -> None:
+        self.net, self.name, self.device, self.inputs = model.net, model.name, model.device, inputs
+        self.input_size = tuple(inputs.first.shape)
+
+    def preprocess(self, _images: torch.Tensor) -> TraceInputs:
+        return self.inputs
+
+
+def _token_graph(model: TokenModel, *, method: str, onnx: str | None, links: dict | None, text: str | None
+                 ) -> GraphResult:
+    started = time.perf_counter()
+    batch = model.encode([text if text is not None else model.probe_text()])
+    decoder = None
+    if model.kind == "seq2seq":
+        bos = (model.target_tokenizer or model.tokenizer).id_of("bos") or 0
+        decoder = torch.full((1, 4), bos, dtype=torch.long, device=batch.ids.device)
+    inputs = token_inputs(model, batch.ids, batch.mask, decoder)
+    try:  # a network that does not run on its own tokens fails here, in one line, before any tracing
+        with torch.no_grad():
+            model.forward(batch.ids, batch.mask, decoder)
+    except NnfeatError:
+        raise
+    except Exception as err:  # noqa: BLE001 - the user's network: any failure is reported as one line
+        reason = " ".join(str(err).split())[:160]
+        raise NnfeatError(f"{model.name} does not run on the (1, {batch.ids.shape[1]}) ids of its tokens "
+                          f"({type(err).__name__}: {reason})") from None
+    if onnx is not None:
+        onnx = str(export_onnx(model, onnx, text=batch.texts[0]))
+    with fused_attention_off():
+        g = model_graph(_TracedTokens(model, inputs), method=method)
+    g.input_shape = [int(s) for s in batch.ids.shape]
+    command = cli_command("graph", model.name, text=text, onnx=onnx, weights=weights_flag(model))
     return GraphResult(graph=g, device=str(model.device), onnx=onnx, elapsed=time.perf_counter() - started,
                        command=command, links=links)
