@@ -35,6 +35,9 @@ from nnfeat.ops.filters import FiltersResult, filters
 from nnfeat.ops.graph import GraphResult, graph
 from nnfeat.ops.heatmap import HeatmapResult, heatmap
 from nnfeat.ops.project import ProjectionResult, project
+from nnfeat.ops.project_tokens import TokenProjectionResult, project_tokens
+from nnfeat.ops.token_attention import TokenAttentionResult, token_attention
+from nnfeat.models.embedding_file import read_embedding_file, write_word2vec
 from nnfeat.ops.saliency import SaliencyResult, saliency
 from nnfeat.ops.spectrum import SpectrumResult, spectrum
 from nnfeat.ops.uncertainty import UncertaintyResult, uncertainty
@@ -42,7 +45,8 @@ from nnfeat.ops.uncertainty import UncertaintyResult, uncertainty
 __version__ = "0.1.0"
 
 __all__ = ["CallableTokenizer", "CharTokenizer", "TextSet", "TokenBatch", "TokenModel", "Tokenizer", "WordTokenizer",
-           "load_texts", "AtlasResult", "AtlasSettings", "AttentionResult", "ExamplesResult", "FiltersResult", "GraphResult",
+           "load_texts", "TokenProjectionResult", "project_tokens", "TokenAttentionResult", "token_attention",
+           "read_embedding_file", "write_word2vec", "AtlasResult", "AtlasSettings", "AttentionResult", "ExamplesResult", "FiltersResult", "GraphResult",
            "HeatmapResult", "ImageSet", "MicroscopeResult", "Model", "NnfeatError", "ProjectionResult", "RenderResult",
            "ReportResult", "SaliencyResult", "SpectrumResult", "UncertaintyResult", "Units", "attention", "build_atlas", "evaluate",
            "examples", "filters", "graph", "heatmap", "load_images", "load_model", "microscope", "objectives",

@@ -90,7 +90,7 @@ def test_a_users_transformer_encoder_from_a_file(mha_file, tmp_path, capsys):
     """nn.TransformerEncoder's fused inference path forms no weights; nnfeat turns it off for the capture, and
     texts of different lengths (the network takes no mask) run at their own lengths."""
     out = tmp_path / "out"
-    assert main(["attention", mha_file, "--text", "w1 w2 w3", "--text", "w4 w5 w6 w7 w8 w9", "--quiet",
+    assert main(["attention", mha_file, "--text", "w1 w2 w3", "--text", "w4 w5 w6 w7 w8 w9", "--quiet", "--save-weights",
                  "--out", str(out)]) == 0
     record = json.loads((out / "attention.json").read_text())
     assert [layer["name"] for layer in record["layers"]] == ["encoder.layers.0.self_attn", "encoder.layers.1.self_attn"]

@@ -105,6 +105,22 @@ def test_cli_graph_and_onnx_with_int64_tokens(mha_file, tmp_path, capsys):
         assert got.shape == want.shape and np.abs(got - want).max() < 1e-4
 
 
+def test_torchscript_onnx_is_fixed_at_the_texts_shape(mha_file, tmp_path, capsys):
+    """torchscript's tracer records nn.MultiheadAttention's reshapes as constants: its file states fixed axes."""
+    ort = pytest.importorskip("onnxruntime")
+    pytest.importorskip("onnx")
+    file = tmp_path / "m.onnx"
+    assert main(["graph", mha_file, "--text", "w1 w2", "--onnx", str(file), "--exporter", "torchscript", "--quiet",
+                 "--out", str(tmp_path / "o")]) == 0
+    session = ort.InferenceSession(str(file), providers=["CPUExecutionProvider"])
+    assert session.get_inputs()[0].shape == [1, 4]
+    model = load_model(mha_file)
+    batch = model.encode(["w5 w9"])
+    with torch.no_grad():
+        want = model(batch.ids).numpy()
+    assert np.abs(session.run(None, {"ids": batch.ids.numpy()})[0] - want).max() < 1e-4
+
+
 @pytest.mark.parametrize("argv, needle", [
     (["--text", ""], "--text number 1 is empty"),
     (["--text", "a", "--text", "b"], "graph traces one text; got 2"),

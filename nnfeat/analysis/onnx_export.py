@@ -30,6 +30,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from nnfeat.analysis.graph_trace import fused_attention_off
 from nnfeat.errors import NnfeatError
 from nnfeat.models.base import Model
 from nnfeat.models.text import TokenModel
@@ -153,12 +154,16 @@ def token_signature(model: TokenModel, ids: torch.Tensor, mask: torch.Tensor,
 def _export_tokens(model: TokenModel, path: Path, text: str | None, exporter: str, opset: int | None,
                    dynamic: bool) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
+    # torchscript traces Python ints into reshapes (nn.MultiheadAttention's): its files are valid at the example's
+    # shape only, so they are exported with fixed axes, batch 1; dynamo: symbolic axes, from a batch of 2 (an axis
+    # of size 1 would be fixed to 1)
+    dynamic = dynamic and exporter == "dynamo"
     example = text if text is not None else model.probe_text()
-    batch = model.encode([example, example])  # a batch of 2: an exporter fixes an axis of size 1 to 1
+    batch = model.encode([example] * (2 if dynamic else 1))
     decoder = None
     if model.kind == "seq2seq":
         bos = (model.target_tokenizer or model.tokenizer).id_of("bos") or 0
-        decoder = torch.full((2, 3), bos, dtype=torch.long, device=batch.ids.device)
+        decoder = torch.full((len(batch), 3), bos, dtype=torch.long, device=batch.ids.device)
     names, example = token_signature(model, batch.ids, batch.mask, decoder)
     wrapper = _TokenCall(model.net, model.call, model.kind == "seq2seq").eval()
     tmp = path.with_name(f".{path.name}.part")
@@ -195,7 +200,7 @@ def _export_token_call(wrapper: nn.Module, example: tuple, names: list[str], pat
             kwargs["dynamic_axes"] = {n: {0: "batch", 1: "decoder_tokens" if n == "decoder_ids" else "tokens"}
                                       for n in names}
         kwargs.update(dynamo=False)
-    with warnings.catch_warnings(), _quiet(), torch.no_grad():
+    with warnings.catch_warnings(), _quiet(), torch.no_grad(), fused_attention_off():  # fused ops: no ONNX form
         warnings.simplefilter("ignore")
         torch.onnx.export(wrapper, example, str(path), **kwargs)
 

@@ -47,6 +47,8 @@ def register(sub) -> None:
     p.add_argument("--target", default=None, metavar="C|pred",
                    help="with --grad-rollout: the class (number or name; default pred, each image's prediction)")
     p.add_argument("--batch", type=int, default=16, help="images per forward pass (default 16)")
+    p.add_argument("--save-weights", action="store_true",
+                   help="token models: also write every layer's weights into attention.npz (large for long texts)")
     add_shared(p, out="out/attention", precision=False)
     p.set_defaults(func=cmd_attention)
 
@@ -61,6 +63,8 @@ def cmd_attention(args) -> int:
         return _token_attention(args, model, out)
     if args.images is None:
         raise NnfeatError("attention needs --images SRC for an image model")
+    if args.save_weights:
+        raise NnfeatError("--save-weights is for token models (an image model's attention-maps.npz is always written)")
     check_request(model, args.layer, args.head, args.query, grad_rollout=args.grad_rollout, target=args.target,
                   fusion=args.fusion)
     images = load_images_from_args(args, model)
@@ -77,7 +81,7 @@ def _token_attention(args, model, out) -> int:
                           "every query and head")
     texts = texts_from_args(args, default_n=DEFAULT_N)
     result = token_attention(model, texts, target_texts=args.target_text, layers=args.layer, rollout=args.rollout,
-                             seed=args.seed)
+                             seed=args.seed, save_weights=args.save_weights)
     for note in result.notes:
         print(f"note: {note}")
     return finish(result, args, out)

@@ -77,6 +77,7 @@ def _token_graph(args, model: TokenModel, out) -> int:
     code = finish(result, args, out)
     if onnx:
         names, example = token_signature(model, batch.ids, batch.mask, batch.ids)
-        inputs = ", ".join(f"{n} (B, T) {str(t.dtype).replace('torch.', '')}" for n, t in zip(names, example))
+        axes = "(B, T)" if args.exporter == "dynamo" else f"(1, {batch.ids.shape[1]}), fixed by torchscript"
+        inputs = ", ".join(f"{n} {axes} {str(t.dtype).replace('torch.', '')}" for n, t in zip(names, example))
         print(f"wrote {onnx} (ONNX: inputs {inputs})")
     return code

@@ -38,7 +38,7 @@ def register(sub) -> None:
                    help="with a plain LAYER: the K strongest channels (default 8, or every channel of a smaller layer)")
     p.add_argument("--scale", choices=("figure", "per-map"), default="figure",
                    help="one colour scale for the whole figure (default) or one per map")
-    p.add_argument("--batch", type=int, default=64, help="images per forward pass (default 64)")
+    p.add_argument("--batch", type=int, default=64, help="images (or texts) per forward pass (default 64)")
     add_shared(p, out="out/heatmap", precision=False)
     p.set_defaults(func=cmd_heatmap)
 
@@ -69,7 +69,7 @@ def cmd_heatmap(args) -> int:
 def _token_heatmap(args, model: TokenModel, units, out) -> int:
     texts = texts_from_args(args, default_n=DEFAULT_N)
     result = token_heatmap(model, units, texts, top=args.top, reduce=args.reduce, scale=args.scale,
-                           target_texts=args.target_text)
+                           target_texts=args.target_text, batch_size=args.batch)
     for note in result.notes:
         print(f"note: {note}")
     return finish(result, args, out)

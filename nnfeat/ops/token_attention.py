@@ -72,6 +72,8 @@ class TokenAttentionResult(Result):
     device: str = "cpu"
     command: str | None = None
     elapsed: float = 0.0
+    #: write every layer's (B, H, Tq, Tk) weights into ``attention.npz`` (float32; 70 MB for minilm at 512 tokens)
+    save_weights: bool = False
 
     kind = "attention"
 
@@ -159,6 +161,8 @@ class TokenAttentionResult(Result):
                                     title=f"{layer} head {head} (best aligned)")
                 steps_png(w, tk, tq, out / f"steps-{i}.png", title=f"{layer}: every head, step by step")
                 files += [f"cross-{i}.png", f"steps-{i}.png"]
+        if not self.save_weights:
+            return files
         arrays = {name: w.numpy() for name, w in self.weights.items()}
         with atomic_path(out / "attention.npz") as tmp, open(tmp, "wb") as handle:
             np.savez_compressed(handle, mask=self.mask.numpy(), **arrays)
@@ -170,8 +174,8 @@ def _only(scores: dict, layers: Sequence[str]) -> dict:
 
 
 def token_attention(model: TokenModel, texts: TextSet | Sequence[str], *, target_texts: Sequence[str] | None = None,
-                    layers: str | Sequence[str] | None = None, rollout: bool = False, seed: int = 0
-                    ) -> TokenAttentionResult:
+                    layers: str | Sequence[str] | None = None, rollout: bool = False, seed: int = 0,
+                    save_weights: bool = False) -> TokenAttentionResult:
     """Attention of ``model`` (a :class:`~nnfeat.models.text.TokenModel`) over ``texts``.
 
     Args:
@@ -180,6 +184,7 @@ def token_attention(model: TokenModel, texts: TextSet | Sequence[str], *, target
         layers: attention layer names (comma-separated or a list) to keep; default every layer.
         rollout: add attention rollout over the input side's self-attention layers.
         seed: the induction probe's random tokens.
+        save_weights: ``.save`` also writes the weights (``attention.npz``).
 
     Raises:
         NnfeatError: one line for no texts, a text the tokenizer cannot spell, a model without readable
@@ -210,7 +215,7 @@ def token_attention(model: TokenModel, texts: TextSet | Sequence[str], *, target
         roll = token_rollout(own, batch.mask).cpu() if own else None
     command = cli_command("attention", model.name, **_text_options(texts), seed=seed or None,
                           layer=",".join(layers) if isinstance(layers, (list, tuple)) else layers,
-                          rollout=rollout, weights=weights_flag(model))
+                          rollout=rollout, weights=weights_flag(model), save_weights=save_weights)
     for t in target_texts or ():
         command += f" --target-text {shlex.quote(t)}"
     return TokenAttentionResult(
@@ -219,7 +224,7 @@ def token_attention(model: TokenModel, texts: TextSet | Sequence[str], *, target
         target_tokens=produced, decoder_inputs=None if target is None else target.tokens,
         target_mask=None if target is None else target.mask.cpu(), generated=generated, rollout=roll, notes=notes,
         source=texts.source, indices=texts.indices, device=str(model.device), command=command,
-        elapsed=time.perf_counter() - started)
+        elapsed=time.perf_counter() - started, save_weights=save_weights)
 
 
 def _decoder_inputs(target: TokenBatch, pad: int) -> TokenBatch:

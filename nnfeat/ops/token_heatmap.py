@@ -11,7 +11,7 @@ in a row, under each token a column of K cells on one stated colour scale (the w
 A network that takes no mask runs on each length of text at that length (as
 :meth:`~nnfeat.models.text.TokenModel.forward` does), so padding never changes what a text's tokens get. For an
 encoder-decoder model the decoder side is decoded greedily (or given as target texts), and a decoder layer's
-strip is drawn under the decoder's tokens.
+strip is drawn under the decoder's tokens (bos to eos: every token the decoder takes or produced).
 """
 
 from __future__ import annotations
@@ -71,6 +71,8 @@ class TokenHeatmapResult(Result):
     side: str = "input"
     width: int = 0
     generated: list[str] | None = None
+    #: seq2seq: the decoder side's texts (generated or given); a decoder layer's strips are drawn under them
+    decoder_texts: list[str] | None = None
     notes: list[str] = field(default_factory=list)
     source: str = "text"
     indices: list[int] = field(default_factory=list)
@@ -87,6 +89,8 @@ class TokenHeatmapResult(Result):
     def strip(self, i: int) -> np.ndarray:
         """Text ``i``'s strip, (H, W, 3) uint8."""
         head = f"text {i}: {_short(self.texts[i])}"
+        if self.side == "decoder" and self.decoder_texts is not None:
+            head += f"  -> decoder: {_short(self.decoder_texts[i])}"
         if self.scale == "per-map":
             head += f"  (scale {self.scales[i].low:.3g} .. {self.scales[i].high:.3g})"
         return token_strip(self.tokens[i], self.values[i], self.labels[i], self.scales[i], title=head)
@@ -110,7 +114,7 @@ class TokenHeatmapResult(Result):
         return {"model": self.model, "layer": self.layer, "units": self.units, "reduce": self.reduce,
                 "scale": self.scale, "side": self.side, "width": self.width, "source": self.source,
                 "indices": self.indices, "texts": self.texts, "tokens": self.tokens, "generated": self.generated,
-                "channels": self.channels, "labels": self.labels,
+                "decoder_texts": self.decoder_texts, "channels": self.channels, "labels": self.labels,
                 "strength": [[round(v, 6) for v in row] for row in self.strength],
                 "scales": [{"low": s.low, "high": s.high, "signed": s.signed} for s in self.scales],
                 "notes": self.notes, "device": self.device}
@@ -199,8 +203,8 @@ def rank_channels(act: torch.Tensor, mask: torch.Tensor, k: int) -> tuple[torch.
 
 # -- the operation ------------------------------------------------------------------------------------------
 def token_heatmap(model: TokenModel, units: str | Units, texts: TextSet | Sequence[str], *, top: int | None = None,
-                  reduce: str = "channels", scale: str = "figure", target_texts: Sequence[str] | None = None
-                  ) -> TokenHeatmapResult:
+                  reduce: str = "channels", scale: str = "figure", target_texts: Sequence[str] | None = None,
+                  batch_size: int = 64) -> TokenHeatmapResult:
     """The strongest channels of a token layer over the tokens of ``texts`` (see the module docstring).
 
     Args:
@@ -211,6 +215,7 @@ def token_heatmap(model: TokenModel, units: str | Units, texts: TextSet | Sequen
         reduce: ``channels``, or one row: the channels' ``sum`` or L2 ``norm`` per token.
         scale: ``figure`` (one colour scale) or ``per-map`` (one per text).
         target_texts: seq2seq: the decoder side per text (default greedy decoding).
+        batch_size: texts per forward pass.
 
     Raises:
         NnfeatError: one line for an unknown layer, a layer without one vector per token, a position in the
@@ -225,37 +230,60 @@ def token_heatmap(model: TokenModel, units: str | Units, texts: TextSet | Sequen
         raise NnfeatError(f"reduce must be one of {', '.join(_REDUCES)} and scale one of {', '.join(_SCALES)}")
     if top is not None and top < 1:
         raise NnfeatError(f"--top {top} must be at least 1")
+    if batch_size < 1:
+        raise NnfeatError(f"--batch {batch_size} must be at least 1")
     if units.layer != "output":
         model.module(units.layer)  # an unknown layer: one line, before any work
     texts = texts if isinstance(texts, TextSet) else load_texts(list(texts))
     if target_texts is not None and model.kind != "seq2seq":
         raise NnfeatError(f"{model.name} is a {model.kind} model: target texts are for encoder-decoder models")
-    batch = model.encode(texts.texts)
-    notes = [n for n in (batch.note(model.max_length),) if n]
-    decoder, target, generated = None, None, None
-    if model.kind == "seq2seq":
-        target = (model.encode(list(target_texts), tokenizer=model.target_tokenizer) if target_texts is not None
-                  else model.generate(batch, MAX_NEW))
-        generated = None if target_texts is not None else target.texts
-        decoder = target.ids
-    act = capture_token_layer(model, units.layer, batch, decoder)
-    side, shown = _side(model, units.layer, act, batch, target)
-    act = act.cpu()
-    mask = shown.mask.cpu()
-    act = act * mask[..., None]
-    channels, labels, rows = _rows(act, mask, units, top, reduce)
-    lengths = mask.sum(1).tolist()
-    values = [rows[i, :, :n].contiguous() for i, n in enumerate(lengths)]  # per text: (K, T_i), not a hot loop
-    strength = [[float(v) for v in (r.abs().sum(1) / max(n, 1))] for r, n in zip(values, lengths)]
+    if target_texts is not None and len(target_texts) != len(texts):
+        raise NnfeatError(f"{len(target_texts)} target texts for {len(texts)} texts: give one target text per text")
+    model.encode(texts.texts)  # a text the tokenizer cannot take: one line, before any pass
+    chunks = [_chunk(model, units, texts.texts[s:s + batch_size],
+                     None if target_texts is None else list(target_texts[s:s + batch_size]), top, reduce)
+              for s in range(0, len(texts), batch_size)]  # --batch texts per pass
+    tokens = [t for c in chunks for t in c["tokens"]]
+    channels = [r for c in chunks for r in c["channels"]]
+    labels = [r for c in chunks for r in c["labels"]]
+    values = [v for c in chunks for v in c["values"]]
+    decoded = [t for c in chunks for t in c["decoded"]]
+    cut = [i for c in chunks for i in c["truncated"]]
+    side = chunks[0]["side"]
+    notes = [n for n in (TokenBatch(torch.zeros(0), torch.zeros(0), [], texts.texts, cut).note(model.max_length),)
+             if n]
+    strength = [[float(x) for x in (v.abs().sum(1) / max(v.shape[1], 1))] for v in values]
     scales = _scales(values, scale)
     command = _command(model, units, texts, top, reduce, scale)
     for t in target_texts or ():
         command += f" --target-text {shlex.quote(t)}"
     return TokenHeatmapResult(
-        model=model.name, layer=units.layer, units=str(units), texts=texts.texts, tokens=shown.tokens,
+        model=model.name, layer=units.layer, units=str(units), texts=texts.texts, tokens=tokens,
         channels=channels, labels=labels, values=values, strength=strength, scales=scales, reduce=reduce, scale=scale,
-        side=side, width=int(act.shape[2]), generated=generated, notes=notes, source=texts.source,
+        side=side, width=chunks[0]["width"],
+        generated=decoded if model.kind == "seq2seq" and target_texts is None else None,
+        decoder_texts=decoded if model.kind == "seq2seq" else None, notes=notes, source=texts.source,
         indices=texts.indices, device=str(model.device), command=command, elapsed=time.perf_counter() - started)
+
+
+def _chunk(model: TokenModel, units: Units, texts: list[str], target_texts: list[str] | None, top: int | None,
+           reduce: str) -> dict:
+    """One pass over ``texts``: per text its tokens, channels, labels and (K, T_i) values."""
+    batch = model.encode(texts)
+    decoder, target = None, None
+    if model.kind == "seq2seq":
+        target = (model.encode(target_texts, tokenizer=model.target_tokenizer) if target_texts is not None
+                  else model.generate(batch, MAX_NEW))
+        decoder = target.ids
+    act = capture_token_layer(model, units.layer, batch, decoder)
+    side, shown = _side(model, units.layer, act, batch, target)
+    mask = shown.mask.cpu()
+    act = act.cpu() * mask[..., None]
+    channels, labels, rows = _rows(act, mask, units, top, reduce)
+    values = [rows[i, :, :n].contiguous() for i, n in enumerate(mask.sum(1).tolist())]  # per text: (K, T_i)
+    decoded = [] if target is None else list(target_texts or target.texts)
+    return {"tokens": shown.tokens, "channels": channels, "labels": labels, "values": values, "side": side,
+            "width": int(act.shape[2]), "decoded": decoded, "truncated": batch.truncated}
 
 
 def _command(model: TokenModel, units: Units, texts: TextSet, top, reduce: str, scale: str) -> str:

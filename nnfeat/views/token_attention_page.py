@@ -61,8 +61,9 @@ def _fmt(x: float) -> str:
 
 
 def _shown(token: str) -> str:
-    """A token as it is drawn: whitespace made visible, cut to :data:`_LABEL_CHARS` characters."""
-    text = str(token).replace("\n", "\u23ce").replace("\t", "\u21e5").replace(" ", "\u2423")
+    """A token as it is drawn: whitespace made visible with glyphs Pillow's default font has (a space as a middle
+    dot, a new line as ``\\n``, a tab as ``\\t``), cut to :data:`_LABEL_CHARS` characters."""
+    text = str(token).replace("\n", "\\n").replace("\t", "\\t").replace(" ", "\u00b7")
     return text if len(text) <= _LABEL_CHARS else text[:_LABEL_CHARS - 1] + "\u2026"
 
 
