@@ -54,7 +54,7 @@ EMBED_SCALE = 0.1
 INDUCTION_AT_LEAST = 0.5
 WEIGHT_DECAY = 0.01
 PERIODIC_SHARE = 0.5  # sequences that repeat their first segment throughout
-MIN_SEGMENT, MAX_SEGMENT = 4, 20  # lengths of the repeated segment in training
+MIN_DISTANCE, MAX_DISTANCE = 4, 30  # how far back repeated words come from in training  # lengths of the repeated segment in training
 
 
 def tokenizer() -> WordTokenizer:
@@ -100,20 +100,20 @@ class TinyLM(nn.Module):
 
 
 def repeated_segments(batch: int, length: int, generator: torch.Generator) -> torch.Tensor:
-    """Training data: (batch, length) ids, ``<bos>`` then random words in which a random segment of
-    4-20 words appears a second time later on (no overlap), or, for a share ``PERIODIC_SHARE`` of rows,
-    repeats throughout."""
-    words = torch.randint(len(SPECIALS), len(VOCAB), (batch, length - 1), generator=generator)
-    span = torch.randint(MIN_SEGMENT, MAX_SEGMENT + 1, (batch, 1), generator=generator)
-    room = (length - 1) - 2 * span  # free positions outside the two copies
-    first = (torch.rand(batch, 1, generator=generator) * (room + 1)).long()
-    gap = (torch.rand(batch, 1, generator=generator) * (room - first + 1)).long()
-    second = first + span + gap
-    pos = torch.arange(length - 1)[None, :]
-    copied = (pos >= second) & (pos < second + span)
-    words = torch.where(copied, words.gather(1, (pos - second + first).clamp(0, length - 2)), words)
-    periodic = torch.rand(batch, 1, generator=generator) < PERIODIC_SHARE  # the first span words, over and over
-    words = torch.where(periodic, words.gather(1, pos % span), words)
+    """Training data: (batch, length) ids, ``<bos>`` then random words in which, from a random position on, the
+    words of ``distance`` (4-30) positions before come back: for a share ``PERIODIC_SHARE`` of rows until the end
+    (the text turns periodic), for the others for one segment of 4..``distance`` words."""
+    count = length - 1
+    words = torch.randint(len(SPECIALS), len(VOCAB), (batch, count), generator=generator)
+    distance = torch.randint(MIN_DISTANCE, MAX_DISTANCE + 1, (batch, 1), generator=generator)
+    start = distance + (torch.rand(batch, 1, generator=generator) * (count - MIN_DISTANCE - distance + 1)).long()
+    once = MIN_DISTANCE + (torch.rand(batch, 1, generator=generator) * (distance - MIN_DISTANCE + 1)).long()
+    periodic = torch.rand(batch, 1, generator=generator) < PERIODIC_SHARE
+    run = torch.where(periodic, torch.full_like(once, count), once)
+    pos = torch.arange(count)[None, :]
+    copied = (pos >= start) & (pos < start + run)
+    source = pos - ((pos - start).clamp_min(0) // distance + 1) * distance  # the original, before the run
+    words = torch.where(copied, words.gather(1, source.clamp(0, count - 1)), words)
     return torch.cat([torch.full((batch, 1), 1, dtype=torch.long), words], 1)
 
 

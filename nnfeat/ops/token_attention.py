@@ -152,6 +152,12 @@ class TokenAttentionResult(Result):
                                title=f"{self.model}: {stem.replace('-', ' ')} of text {i}")
                 head_view_svg(stack[-1], tq, tk, out / f"{stem}-{i}.svg", title=f"{layers[-1]}, every head")
                 files += [f"{stem}-{i}.png", f"{stem}-{i}.html", f"{stem}-{i}.svg"]
+            if self.rollout is not None:
+                n = int(self.mask[i].sum())
+                roll = self.rollout[i, :n, :n][None, None]
+                model_view_png(roll, self.tokens[i], self.tokens[i], out / f"rollout-{i}.png",
+                               layer_names=["rollout (Abnar & Zuidema 2020)"])
+                files.append(f"rollout-{i}.png")
             best = self.best_cross_head()
             if best is not None:
                 layer, head = best
