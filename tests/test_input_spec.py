@@ -169,3 +169,12 @@ def test_parse_normalize_and_classes(tmp_path):
     (tmp_path / "names.txt").write_text("cat\ndog\n\n")
     assert parse_classes(str(tmp_path / "names.txt")) == ("cat", "dog")
     assert parse_classes("cat, dog") == ("cat", "dog")
+
+
+def test_an_ensemble_records_each_members_own_spec(files, tmp_path, capsys):
+    """Two models from files, one grey at 28 px and one CIFAR ResNet at 32 px: the JSON keeps both specs."""
+    out = tmp_path / "u"
+    assert run("uncertainty", f"{files}/nets.py:gray,{files}/nets.py:cifar", "--images", f"{files}/rgb28.npz",
+               "--method", "ensemble", "--size", 28, "--top", 0, "--quiet", "--out", out) == 0
+    members = json.loads((out / "uncertainty.json").read_text())["input"]["members"]
+    assert [m["channels"] for m in members.values()] == [1, 3]

@@ -84,4 +84,8 @@ def cmd_uncertainty(args) -> int:
     flip = None if args.flip == "auto" else args.flip == "yes"
     result = uncertainty(models, images, method, samples=args.samples, top=args.top, seed=args.seed, flip=flip,
                          batch_size=args.batch, target=args.target)
+    specs = {m.name: m.spec.record() for m in models if not m.spec.from_card()}
+    if len(models) > 1 and specs:  # each member's own spec, not the last one loaded
+        args.input_spec = None
+        result.input_spec = {"members": {m.name: m.spec.record() for m in models}}
     return finish(result, args, out)

@@ -46,7 +46,7 @@ DIM = 64
 HEADS = 4
 DEPTH = 2
 SEED = 0
-STEPS = 1000
+STEPS = 1200
 BATCH_SIZE = 32
 LEARNING_RATE = 3e-3
 EMBED_SCALE = 0.1
@@ -54,7 +54,7 @@ EMBED_SCALE = 0.1
 INDUCTION_AT_LEAST = 0.5
 WEIGHT_DECAY = 0.01
 PERIODIC_SHARE = 0.5  # sequences that repeat their first segment throughout
-MIN_DISTANCE, MAX_DISTANCE = 4, 30  # how far back repeated words come from in training  # lengths of the repeated segment in training
+MIN_SEGMENT, MAX_SEGMENT = 4, 30  # lengths of the repeated segment in training  # lengths of the repeated segment in training
 
 
 def tokenizer() -> WordTokenizer:
@@ -100,20 +100,24 @@ class TinyLM(nn.Module):
 
 
 def repeated_segments(batch: int, length: int, generator: torch.Generator) -> torch.Tensor:
-    """Training data: (batch, length) ids, ``<bos>`` then random words in which, from a random position on, the
-    words of ``distance`` (4-30) positions before come back: for a share ``PERIODIC_SHARE`` of rows until the end
-    (the text turns periodic), for the others for one segment of 4..``distance`` words."""
+    """Training data: (batch, length) ids, ``<bos>`` then random words in which a random segment of 4-30 words
+    comes back later. A segment too long to fit twice (over (length - 1) / 2 words) comes back before it has
+    ended, so the words repeat with a shorter period, and positions the copy would take from before the text's
+    start repeat its first word. A share ``PERIODIC_SHARE`` of rows instead repeat their first ``span`` words
+    throughout. (This mix, long overlapping repeats included, grows induction heads within a few hundred steps;
+    non-overlapping repeats of at most 23 words did not within 2,000.)"""
     count = length - 1
     words = torch.randint(len(SPECIALS), len(VOCAB), (batch, count), generator=generator)
-    distance = torch.randint(MIN_DISTANCE, MAX_DISTANCE + 1, (batch, 1), generator=generator)
-    start = distance + (torch.rand(batch, 1, generator=generator) * (count - MIN_DISTANCE - distance + 1)).long()
-    once = MIN_DISTANCE + (torch.rand(batch, 1, generator=generator) * (distance - MIN_DISTANCE + 1)).long()
-    periodic = torch.rand(batch, 1, generator=generator) < PERIODIC_SHARE
-    run = torch.where(periodic, torch.full_like(once, count), once)
+    span = torch.randint(MIN_SEGMENT, MAX_SEGMENT + 1, (batch, 1), generator=generator)
+    room = count - 2 * span  # free positions beside the two copies; negative when they must overlap
+    first = (torch.rand(batch, 1, generator=generator) * (room + 1)).long()  # truncated toward 0
+    gap = (torch.rand(batch, 1, generator=generator) * (room - first + 1)).long()
+    second = first + span + gap
     pos = torch.arange(count)[None, :]
-    copied = (pos >= start) & (pos < start + run)
-    source = pos - ((pos - start).clamp_min(0) // distance + 1) * distance  # the original, before the run
-    words = torch.where(copied, words.gather(1, source.clamp(0, count - 1)), words)
+    copied = (pos >= second) & (pos < second + span)
+    words = torch.where(copied, words.gather(1, (pos - second + first).clamp(0, count - 1)), words)
+    periodic = torch.rand(batch, 1, generator=generator) < PERIODIC_SHARE  # the first span words, over and over
+    words = torch.where(periodic, words.gather(1, pos % span), words)
     return torch.cat([torch.full((batch, 1), 1, dtype=torch.long), words], 1)
 
 

@@ -121,6 +121,8 @@ def report(model, images: ImageSet, out: str | Path, *, layers: Sequence[str] | 
                 "examples_k": examples_k, "heatmap_n": heatmap_n, "projection_n": projection_n,
                 "projection_method": projection_method, "atlas": atlas_layers, "saliency_n": saliency_n,
                 "uncertain_n": uncertain_n, "device": str(model.device),
+                # the input spec when it is not the zoo card's (a model nnfeat does not know, or input options)
+                "input": None if model.spec.from_card() else model.spec.record(),
                 "class_render": None if class_render is None else
                 f"{class_render.__module__}.{getattr(class_render, '__qualname__', class_render.__class__.__name__)}"}
     ctx = ReportContext(model=model, images=images, out=out, settings=settings, channels=channels,
