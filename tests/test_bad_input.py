@@ -137,6 +137,8 @@ def inputs(tmp_path_factory) -> Path:
     torch.save({"state_dict": torch.nn.Conv2d(3, 4, 3).state_dict(), "note": Path("a path is a pickled object")},
                d / "userweights" / "object.pt")
     (d / "home").mkdir()
+    (d / "latin1.txt").write_bytes("caf\xe9 au lait\n".encode("latin-1"))
+    (d / "token_net.py").write_text(TOKEN_FILE)
     return d
 
 
@@ -144,6 +146,15 @@ def snapshot(folder: Path) -> dict[str, int]:
     return {str(p.relative_to(folder)): p.stat().st_size for p in folder.rglob("*")}
 
 
+#: a bare token network from a user's file (its first layer is an nn.Embedding; no tokenizer given)
+TOKEN_FILE = '''
+from torch import nn
+
+
+def bare():
+    return nn.Sequential(nn.Embedding(10, 4), nn.Linear(4, 2))
+'''
+TA = ["attention", "tiny-lm", "--weights", "random"]  # a token model (random weights: nothing to train)
 R = ["render", "digits-cnn", "conv1:0"]  # a valid render (every case fails before it starts)
 HM = ["heatmap", "{d}/net.py:make", "conv", "--images", "{d}/good.npz"]  # a valid heatmap of a user's model
 LONG = "a" * 90_000
@@ -333,6 +344,22 @@ CASES = [
     ("classes-empty-file", [*HM, "--classes", "{d}/empty.txt"], ["holds no class names", "one name a line"], {}),
     ("classes-count", [*HM, "--classes", "a,b"], ["2 class names from --classes", "gives 3 outputs", "give 3 names"], {}),
     ("input-size-zero", [*HM, "--size", "0"], ["--size must be at least 2"], {}),
+    # text for token models
+    ("text-to-image-model", ["attention", "digits-vit", "--weights", "random", "--text", "hello"],
+     ["takes images, not text", "--images SRC"], {}),
+    ("images-to-token-model", [*TA, "--images", "{d}/good.npz"], ["is a token model: give it text", "not --images"], {}),
+    ("no-text", TA, ["is a token model: give it text with --text"], {}),
+    ("text-empty", [*TA, "--text", "the cat", "--text", " "], ["--text number 2 is empty"], {}),
+    ("text-file-missing", [*TA, "--text-file", "{d}/nope.txt"], ["--text-file", "not found", "one text a line"], {}),
+    ("text-file-not-utf8", [*TA, "--text-file", "{d}/latin1.txt"], ["is not UTF-8 (line 1", "save it as UTF-8"], {}),
+    ("word-not-in-vocabulary", [*TA, "--text", "the zebra"], ["word 'zebra'", "not in the vocabulary"], {}),
+    ("target-text-not-seq2seq", [*TA, "--text", "the cat", "--target-text", "x"],
+     ["--target-text is for encoder-decoder (seq2seq) models"], {}),
+    ("target-text-count", ["attention", "dates-seq2seq", "--weights", "random", "--text", "june 5 2009",
+                           "--target-text", "2009-06-05", "--target-text", "2009-06-06"],
+     ["2 --target-text for 1 texts", "one target text per text"], {}),
+    ("bare-token-network", ["layers", "{d}/token_net.py:bare"],
+     ["takes token ids (its first layer is an nn.Embedding)", "nnfeat.TokenModel("], {}),
 ]
 
 

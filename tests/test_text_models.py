@@ -136,7 +136,7 @@ def test_dates_cross_attention_aligns_with_the_source_fields(dates_net):
     assert trained.max() >= 0.90 and random.max() < 0.5
 
 
-# -- tiny-lm ------------------------------------------------------------------------------------------------------------
+# -- tiny-lm ---------------------------------------------------------------------------------------------------------
 def test_tiny_lm_has_an_induction_head_and_a_random_copy_does_not(lm_net):
     trained, random = lm.induction_scores(lm_net), lm.induction_scores(lm.build_random())
     assert trained.max() >= lm.INDUCTION_AT_LEAST and random.max() < 0.15

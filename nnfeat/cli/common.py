@@ -29,7 +29,8 @@ from nnfeat.models.text import TokenModel
 from nnfeat.models.zoo import load_model as load_named_model
 
 MODEL_HELP = ("a model name (see `nnfeat models`): cifar10-resnet20, digits-cnn, digits-vit, inceptionv1, "
-              "torchvision:NAME, timm:NAME or FILE.py:FACTORY")
+              "torchvision:NAME, timm:NAME, FILE.py:FACTORY, or a token model: dates-seq2seq, tiny-lm, minilm, "
+              "hf:PATH")
 UNITS_HELP = ("units (see the README's unit table): LAYER (every channel), LAYER:5, LAYER:0,4,7, LAYER:0..15, "
               "LAYER:5@Y,X")
 

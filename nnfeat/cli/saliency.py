@@ -1,17 +1,22 @@
 """``nnfeat saliency``: which pixels a class depends on (attribution maps), with the numbers that say how far to
-trust each map (deletion / insertion AUC against a random map, the model-randomization test)."""
+trust each map (deletion / insertion AUC against a random map, the model-randomization test); on token models,
+which tokens (and words) a class, a sentence similarity (``--pair``) or each generated token depends on."""
 
 from __future__ import annotations
 
 from nnfeat.analysis.attribution import BASELINES
 from nnfeat.analysis.heatmap import check_spatial
 from nnfeat.analysis.saliency import CAM_METHODS, SALIENCY, parse_methods
+from nnfeat.analysis.token_saliency import TOKEN_BASELINES, TOKEN_SALIENCY, parse_token_methods
 from nnfeat.cli.common import add_images, add_model, add_shared, finish, load_images_from_args, load_model, positive
+from nnfeat.cli.text_options import add_texts, check_inputs, has_texts, texts_from_args
 from nnfeat.errors import NnfeatError
 from nnfeat.finite import probe_finite
 from nnfeat.layouts import OUTPUT
+from nnfeat.models.text import TokenModel
 from nnfeat.ops.results import check_out_dir
 from nnfeat.ops.saliency import parse_target, saliency
+from nnfeat.ops.token_saliency import token_saliency
 
 DEFAULT_N = 8
 
@@ -22,9 +27,16 @@ def register(sub) -> None:
         description="Attribution maps of a class (each image's prediction, or --target) over --images, one "
                     "colour scale per figure (absolute and signed views) and an HTML page; --sanity adds "
                     "deletion / insertion AUC beside a random map and the cascading model-randomization test "
-                    "(Adebayo et al. 2018) with an edge-filter control, flagging methods that fail it.")
+                    "(Adebayo et al. 2018) with an edge-filter control, flagging methods that fail it. Token models (--text / --text-file): per token and word "
+                    "(word pieces summed), for a class (classifiers), the cosine similarity with --pair TEXT "
+                    "(sentence encoders such as minilm) or each generated token (lm and seq2seq: a matrix of "
+                    "output x input tokens); methods: " + ", ".join(TOKEN_SALIENCY.names()) + ".")
     add_model(p)
-    add_images(p)
+    add_images(p, required=False)
+    add_texts(p, target=True)
+    p.add_argument("--pair", default=None, metavar="TEXT",
+                   help="sentence encoders: a second text; the cosine similarity of each --text with it is "
+                        "explained (which tokens make the two alike)")
     for action in p._actions:
         if action.dest == "n":
             action.help = (f"how many images (default: {DEFAULT_N}, or all of a smaller source; fewer than the "
@@ -41,10 +53,13 @@ def register(sub) -> None:
     p.add_argument("--sanity", action="store_true",
                    help="add deletion / insertion AUC vs a random map and the randomization test (slower)")
     p.add_argument("--alphas", type=int, default=32, help="integrated-gradients: path points (default 32)")
-    p.add_argument("--baseline", choices=BASELINES, default="black",
-                   help="integrated-gradients baseline (default black)")
+    p.add_argument("--baseline", choices=tuple(BASELINES) + TOKEN_BASELINES, default=None,
+                   help="integrated-gradients baseline: images black (default), blur or noise; token models (also "
+                        "what occlusion puts in) pad (default), mask ([MASK]) or zero (a zero embedding)")
     p.add_argument("--samples", type=int, default=16, help="smoothgrad family: noisy samples (default 16)")
-    p.add_argument("--window", type=int, default=None, help="occlusion window in px (default: input side / 8)")
+    p.add_argument("--window", type=int, default=None,
+                   help="occlusion window in px (default: input side / 8); token models: occlusion-span's window "
+                        "in tokens (default 3)")
     p.add_argument("--steps", type=int, default=32, help="--sanity: deletion / insertion steps (default 32)")
     p.add_argument("--deletion-baseline", choices=("blur", "black"), default="blur",
                    help="--sanity: what deleted pixels become (default blur, the insertion start)")
@@ -60,6 +75,8 @@ def register(sub) -> None:
 
 
 def cmd_saliency(args) -> int:
+    if has_texts(args) or args.images is None:
+        return _token_or_missing(args)
     methods = parse_methods(args.method)
     for name in ("n", "alphas", "samples", "window", "steps", "patch", "cascade", "repeats", "batch"):
         positive(name, getattr(args, name))
@@ -67,6 +84,8 @@ def cmd_saliency(args) -> int:
         positive("samples", args.samples, 2)
     out = check_out_dir(args.out)
     model = load_model(args)
+    check_inputs(args, model)
+    _image_only(args)
     target = parse_target(model, args.target)
     if args.layer is not None:
         if not any(m in CAM_METHODS for m in methods):
@@ -83,6 +102,40 @@ def cmd_saliency(args) -> int:
         images = images.sample(DEFAULT_N, args.seed)
     result = saliency(model, images, methods, target=target, layer=args.layer, sanity=args.sanity,
                       steps=args.steps, deletion_baseline=args.deletion_baseline, patch=args.patch,
-                      cascade=args.cascade, repeats=args.repeats, alphas=args.alphas, baseline=args.baseline,
+                      cascade=args.cascade, repeats=args.repeats, alphas=args.alphas, baseline=args.baseline or "black",
                       samples=args.samples, window=args.window, batch_size=args.batch, seed=args.seed)
+    return finish(result, args, out)
+
+
+def _image_only(args) -> None:
+    if args.pair is not None:
+        raise NnfeatError("--pair is for sentence encoders given --text; this is an image model")
+    if args.baseline in TOKEN_BASELINES:
+        raise NnfeatError(f"--baseline {args.baseline} is for token models; an image model takes "
+                          f"{', '.join(BASELINES)}")
+
+
+def _token_or_missing(args) -> int:
+    """Texts given (or no --images): a token model's saliency; an image model without --images is an error."""
+    for name in ("n", "alphas", "samples", "window", "batch"):
+        positive(name, getattr(args, name))
+    out = check_out_dir(args.out)
+    model = load_model(args)
+    check_inputs(args, model)
+    if not isinstance(model, TokenModel):
+        raise NnfeatError("saliency needs --images SRC for an image model")
+    methods = parse_token_methods(args.method)
+    if args.sanity or args.layer is not None or args.patch is not None or args.cascade is not None:
+        raise NnfeatError("--sanity, --layer, --patch and --cascade are for image models; a token model takes "
+                          "--method, --target, --pair, --baseline, --alphas, --samples, --window")
+    if args.baseline is not None and args.baseline not in TOKEN_BASELINES:
+        raise NnfeatError(f"--baseline {args.baseline} is for image models; a token model takes "
+                          f"{', '.join(TOKEN_BASELINES)}")
+    texts = texts_from_args(args, default_n=DEFAULT_N)
+    result = token_saliency(model, texts, methods, target=args.target, pair=args.pair,
+                            target_texts=args.target_text, baseline=args.baseline or "pad", steps=args.alphas,
+                            samples=args.samples, window=args.window or 3, seed=args.seed,
+                            batch_size=args.batch)
+    for note in result.notes:
+        print(f"note: {note}")
     return finish(result, args, out)

