@@ -37,6 +37,7 @@ from nnfeat.ops.heatmap import HeatmapResult, heatmap
 from nnfeat.ops.project import ProjectionResult, project
 from nnfeat.ops.project_tokens import TokenProjectionResult, project_tokens
 from nnfeat.ops.token_attention import TokenAttentionResult, token_attention
+from nnfeat.ops.logit_lens import LogitLensResult, logit_lens
 from nnfeat.models.embedding_file import read_embedding_file, write_word2vec
 from nnfeat.ops.saliency import SaliencyResult, saliency
 from nnfeat.ops.spectrum import SpectrumResult, spectrum
@@ -45,7 +46,7 @@ from nnfeat.ops.uncertainty import UncertaintyResult, uncertainty
 __version__ = "0.1.0"
 
 __all__ = ["CallableTokenizer", "CharTokenizer", "TextSet", "TokenBatch", "TokenModel", "Tokenizer", "WordTokenizer",
-           "load_texts", "TokenProjectionResult", "project_tokens", "TokenAttentionResult", "token_attention",
+           "load_texts", "TokenProjectionResult", "project_tokens", "TokenAttentionResult", "token_attention", "LogitLensResult", "logit_lens",
            "read_embedding_file", "write_word2vec", "AtlasResult", "AtlasSettings", "AttentionResult", "ExamplesResult", "FiltersResult", "GraphResult",
            "HeatmapResult", "ImageSet", "MicroscopeResult", "Model", "NnfeatError", "ProjectionResult", "RenderResult",
            "ReportResult", "SaliencyResult", "SpectrumResult", "UncertaintyResult", "Units", "attention", "build_atlas", "evaluate",

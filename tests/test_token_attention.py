@@ -136,3 +136,50 @@ def test_probe_capture_removes_its_hooks():
     batch = model.encode(["w1 w2"])
     capture_token_attention(model, batch)
     assert not model.net.attn.probs._forward_hooks
+
+
+# -- the known answers, through nnfeat attention's own scores ------------------------------------------
+def _best(result, score: str) -> float:
+    return max(max(row.get(score, [0.0])) for row in result.scores.values())
+
+
+def test_dates_seq2seq_best_cross_head_aligns_and_a_random_copy_does_not():
+    from nnfeat.models import load_model
+
+    trained = token_attention(load_model("dates-seq2seq", device="cpu"), ["25th of June, 2009", "6/25/2009"])
+    assert trained.generated == ["2009-06-25", "2009-06-25"]
+    assert _best(trained, "alignment") >= 0.90  # 200 held-out dates; each output character's field span
+    layer, head = trained.best_cross_head()
+    assert trained.scores[layer]["alignment"][head] == _best(trained, "alignment")
+    random = token_attention(load_model("dates-seq2seq", weights="random", device="cpu"), ["25th of June, 2009"])
+    assert _best(random, "alignment") < 0.6
+
+
+def test_tiny_lm_induction_flags_a_head_and_a_random_copy_has_none():
+    from nnfeat.models import load_model
+
+    text = ["the cat eat the fish and the cat eat the fish"]
+    trained = token_attention(load_model("tiny-lm", device="cpu"), text)
+    random = token_attention(load_model("tiny-lm", weights="random", device="cpu"), text)
+    assert _best(trained, "induction") >= 0.5 and _best(random, "induction") < 0.2
+    assert _best(trained, "previous_token") >= 0.5
+    assert max(trained.scores["blocks.1.attn.probs"]["induction"]) == _best(trained, "induction")  # layer 1, as
+    # an induction head needs a previous-token head below it
+
+
+def test_minilm_attention_equals_transformers_own():
+    pytest.importorskip("transformers")
+    import transformers
+    from nnfeat.models import load_model
+    from nnfeat.models.hf import minilm_path
+
+    model = load_model("minilm", device="cpu")
+    batch = model.encode(["The king spoke to the queen.", "A man eats."])
+    ours = capture_token_attention(model, batch)
+    ref = transformers.AutoModel.from_pretrained(str(minilm_path()), local_files_only=True,
+                                                 attn_implementation="eager").eval()
+    with torch.no_grad():
+        theirs = ref(input_ids=batch.ids, attention_mask=batch.mask.long(), output_attentions=True).attentions
+    assert len(ours) == len(theirs) == 6
+    for mine, other in zip(ours.values(), theirs):
+        assert torch.allclose(mine, other, atol=1e-6)

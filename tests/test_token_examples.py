@@ -131,6 +131,16 @@ def test_a_window_past_the_text_ends_is_cut(planted):
     assert len(entry["values"]) == 5
 
 
+def test_a_text_past_the_maximum_is_truncated_and_said(planted):
+    long = " ".join(["w1"] * 29 + ["zap"] + ["w2"] * 10)  # 32 kept: [CLS], 29 w1, zap, [SEP] (the w2s cut)
+    result = token_examples(planted, "features:3", ["w3 zap", long], k=1, window=2, batch_size=1)
+    entry = result.entries[0]["top"][0]
+    assert (entry["text"], entry["position"], entry["value"]) == (1, 30, 31.0)
+    assert entry["tokens"] == ["w1", "w1", "zap", "[SEP]"]
+    assert result.notes == ["1 of 2 texts are longer than the model's maximum of 32 tokens: truncated (text 1 "
+                            "lost 10 tokens)"]
+
+
 def _saved(result, out: Path) -> dict[str, bytes]:
     result.save(out, timing=False)
     return {name: (out / name).read_bytes() for name in ("examples.json", "examples.html", "examples.png")}

@@ -136,17 +136,19 @@ def test_ig_equals_captums_layer_integrated_gradients_on_tiny_lm():
 
 
 def test_dates_rows_peak_in_their_fields_source_span(dates):
+    """Each output field's row of the (steps, source) matrix peaks (in |value|) inside the source characters that
+    wrote the field, for most fields (on 100 held-out dates: gradient 0.87, integrated gradients 0.85, occlusion
+    0.89; on these 24 about 0.9)."""
     examples = make_examples(24, seed=3, split="heldout")
     queries, _fields, starts, ends = field_span_table(examples, dates.tokenizer, dates.target_tokenizer)
     batch = dates.encode([e.source for e in examples])
     shares = {}
-    for method in ("gradient", "integrated-gradients", "occlusion"):
-        matrix = token_attributions(dates, batch, method, target_texts=[e.target for e in examples])
+    for method, options in (("gradient", {}), ("integrated-gradients", {"steps": 16}), ("occlusion", {})):
+        matrix = token_attributions(dates, batch, method, target_texts=[e.target for e in examples], **options)
         assert matrix.shape[:2] == (24, 11)  # 10 characters and eos
         peak = matrix[:, queries].abs().argmax(-1)  # (N, 8)
         shares[method] = float(((peak >= starts) & (peak < ends)).float().mean())
-    assert shares["gradient"] >= 0.85 and shares["integrated-gradients"] >= 0.85, shares
-    assert shares["occlusion"] >= 0.6, shares
+    assert min(shares.values()) >= 0.85, shares
 
 
 def test_word_pieces_sum_to_words():

@@ -155,21 +155,23 @@ def record_path(directory: Path, index: int) -> Path:
 def collect_token_candidates(compute: Callable[[int], dict[str, Candidates]], chunks: int,
                              directory: str | Path | None,
                              key: str, shapes: dict[str, tuple[int, ...]], k: int,
-                             ranks: Ranks | None = None) -> tuple[dict[str, Candidates], int]:
+                             ranks: Ranks | None = None) -> tuple[dict[str, Candidates], list[dict], int]:
     """The stage: every chunk's candidates from its record in ``directory`` or from ``compute(i)`` (then
     saved, atomically), merged per side.
 
     Args:
-        compute: chunk index -> :func:`chunk_candidates`'s output for that chunk (a forward pass).
+        compute: chunk index -> :func:`chunk_candidates`'s output for that chunk (a forward pass), with any
+            further arrays of the chunk under their own names (recorded and returned as they are).
         chunks: how many chunks.
         directory: the cache folder (``chunks/c-*.npz`` inside); None: nothing read or written.
         key: the settings key (a record of another key is redone).
-        shapes: array name (``top_value``, ``top_context``...) -> its (C, k[, 2W+1]) shape.
+        shapes: array name (``top_value``, ``top_context``..., and the further arrays' names) -> its shape.
         k: candidates per channel and side.
         ranks: default :func:`nnfeat.distributed.current` (a collective call when sharded).
 
     Returns:
-        (``{"top": Candidates, "bottom": Candidates}``, how many chunks were computed in this process).
+        (``{"top": Candidates, "bottom": Candidates}``, per chunk its record (every array by name), how many
+        chunks were computed in this process).
     """
     done = [0]
 
@@ -179,6 +181,7 @@ def collect_token_candidates(compute: Callable[[int], dict[str, Candidates]], ch
         if arrays is None:
             found = compute(i)
             arrays = {name: array for side in SIDES for name, array in found[side].arrays(side).items()}
+            arrays.update({name: np.asarray(value) for name, value in found.items() if name not in SIDES})
             if path is not None:
                 save_npz(path, {"key": np.array(f"{key}/{i}"), **arrays})
             done[0] += 1
@@ -186,4 +189,4 @@ def collect_token_candidates(compute: Callable[[int], dict[str, Candidates]], ch
 
     records = shard_map(one, chunks, ranks)
     merged = {side: merge_candidates([Candidates.of(r, side) for r in records], side, k) for side in SIDES}
-    return merged, done[0]
+    return merged, records, done[0]

@@ -13,8 +13,8 @@ import os
 import sys
 from typing import Sequence
 
-from nnfeat.cli import (atlas, attention, demo, examples, filters, graph, heatmap, microscope, models, project, render,
-                        report, saliency, spectrum, uncertainty)
+from nnfeat.cli import (atlas, attention, demo, examples, filters, graph, heatmap, logit_lens, microscope, models,
+                        project, render, report, saliency, spectrum, uncertainty)
 from nnfeat import distributed
 from nnfeat.cli.common import (OneLineParser, check_option_ranges, command_line, out_of_memory_error, user_code_error,
                                user_files)
@@ -22,7 +22,7 @@ from nnfeat.errors import NnfeatError, nearest, shorten
 
 #: The command modules, in the order ``nnfeat --help`` lists their commands.
 COMMAND_MODULES = (models, graph, render, microscope, examples, atlas, heatmap, filters, project, saliency, attention,
-                   uncertainty, report, spectrum, demo)
+                   logit_lens, uncertainty, report, spectrum, demo)
 
 
 def build_parser() -> OneLineParser:

@@ -222,8 +222,9 @@ def token_attention(model: TokenModel, texts: TextSet | Sequence[str], *, target
     command = cli_command("attention", model.name, **_text_options(texts), seed=seed or None,
                           layer=",".join(layers) if isinstance(layers, (list, tuple)) else layers,
                           rollout=rollout, weights=weights_flag(model), save_weights=save_weights)
-    for t in target_texts or ():
-        command += f" --target-text {shlex.quote(t)}"
+    for flag, values in (("--text", texts.texts if texts.source == "text" else ()), ("--target-text", target_texts or ())):
+        for value in values:
+            command += f" {flag} {shlex.quote(value)}"
     return TokenAttentionResult(
         kind_of_model=model.kind, model=model.name, texts=texts.texts, tokens=batch.tokens, mask=batch.mask.cpu(),
         weights={n: w.cpu() for n, w in captured.items()}, kinds=kinds, scores=scores, probes=probes,

@@ -263,7 +263,6 @@ def token_examples(model: TokenModel, units: str | Units, texts: TextSet | Seque
     if model.kind == "seq2seq":
         raise NnfeatError(f"{model.name} is an encoder-decoder model: contexts over a --text-file are for "
                           "encoders, classifiers and language models; give --text \"...\" for the units view")
-    encoded = model.encode(texts.texts)  # a text the tokenizer cannot take: one line, before any pass
     corpus = _corpus_digest(texts)
     base = corpus_key("token-examples", model.name, model.weights, units.layer, str(units), k, window, batch_size,
                       corpus)
@@ -279,19 +278,27 @@ def token_examples(model: TokenModel, units: str | Units, texts: TextSet | Seque
         part = texts.texts[i * batch_size:(i + 1) * batch_size]
         act, batch = _pass(model, units.layer, part)
         allowed = ~torch.isin(batch.ids.cpu(), specials)
-        return chunk_candidates(act, batch.mask, channels, k, window, offset=i * batch_size, allowed=allowed)
+        found = chunk_candidates(act, batch.mask, channels, k, window, offset=i * batch_size, allowed=allowed)
+        cut = torch.tensor(batch.truncated)
+        first = int(cut.ne(0).long().argmax()) if bool(cut.any()) else -1
+        found["truncated"] = np.array([int(cut.ne(0).sum()), first + i * batch_size if first >= 0 else -1,
+                                       int(cut[first]) if first >= 0 else 0], dtype=np.int64)
+        return found
 
     key = corpus_key(base, channels)
     shapes = {f"{side}_{name}": (len(channels), k, *((2 * window + 1,) if name == "context" else ()))
               for side in SIDES for name in ("value", "text", "position", "context")}
-    found, computed = collect_token_candidates(compute, chunks, folder, key, shapes, k)
-    entries = [{side: _entries(found[side], c, texts, encoded.tokens, window) for side in SIDES}
+    shapes["truncated"] = (3,)  # per chunk: texts cut at the maximum length, the first, its lost tokens
+    found, records, computed = collect_token_candidates(compute, chunks, folder, key, shapes, k)
+    chosen = sorted({int(t) for side in SIDES for t in found[side].text.reshape(-1) if t >= 0})
+    tokens = dict(zip(chosen, model.encode([texts.texts[t] for t in chosen]).tokens)) if chosen else {}
+    entries = [{side: _entries(found[side], c, texts, tokens, window) for side in SIDES}
                for c in range(len(channels))]
     scales = [_scale(np.concatenate([found[side].context[c].reshape(-1) for side in SIDES]))
               for c in range(len(channels))]
     return TokenExamplesResult(model=model.name, layer=units.layer, units=str(units), channels=channels,
                                view="contexts", entries=entries, scales=scales, source=texts.source, count=len(texts),
-                               k=k, window=window, notes=_note(encoded.truncated, len(texts), model.max_length),
+                               k=k, window=window, notes=_truncation_note(records, len(texts), model.max_length),
                                reused=chunks - computed, computed=computed, device=str(model.device),
                                command=_command(model, units, texts, k=k, window=window),
                                elapsed=time.perf_counter() - started)
@@ -312,7 +319,16 @@ def _layer_width(model: TokenModel, layer: str, text: str, folder: Path | None, 
     return int(_pass(model, layer, [text])[0].shape[2]), True
 
 
-def _entries(found: Candidates, c: int, texts: TextSet, tokens: list[list[str]], window: int) -> list[dict]:
+def _truncation_note(records: list[dict], count: int, max_length: int) -> list[str]:
+    cut = np.stack([np.asarray(r["truncated"]) for r in records])  # (chunks, 3)
+    if not cut[:, 0].any():
+        return []
+    first = cut[cut[:, 0] > 0][0]
+    return [f"{int(cut[:, 0].sum())} of {count} texts are longer than the model's maximum of {max_length} tokens: "
+            f"truncated (text {int(first[1])} lost {int(first[2])} tokens)"]
+
+
+def _entries(found: Candidates, c: int, texts: TextSet, tokens: dict[int, list[str]], window: int) -> list[dict]:
     """Channel ``c``'s candidates as JSON-ready entries (the context's tokens cut from the text's tokens)."""
     out = []
     for r in range(found.value.shape[1]):  # k entries of one unit: result assembly
