@@ -258,7 +258,7 @@ def test_tiny_lm_runs_end_to_end(tmp_path):
     corpus.write_text("the cat and the dog\na red sun in the sky\n\nthe sea and the moon\ncold rain and snow\n")
     out = tmp_path / "tiny"
     assert main(["examples", "tiny-lm", "blocks.1:0..1", "--text-file", str(corpus), "--k", "2", "--window", "2",
-                 "--out", str(out), "--quiet"]) == 0
+                 "--weights", "random", "--out", str(out), "--quiet"]) == 0
     record = json.loads((out / "examples.json").read_text())
     assert [len(u["top"]) for u in record["units_found"]] == [2, 2]
 
