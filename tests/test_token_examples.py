@@ -57,8 +57,12 @@ class Planted(nn.Module):
         self.features = Ramp()
         self.head = nn.Linear(8, 2)
 
+    fail_after = None  # a test sets it: the network dies (as a killed run would) after that many calls
+
     def forward(self, ids):
         self.calls += 1
+        if self.fail_after is not None and self.calls > self.fail_after:
+            raise RuntimeError("killed")
         return self.head(self.features(self.embed(ids)).mean(1))
 
 
@@ -173,6 +177,20 @@ def test_the_cache_is_reused_and_a_damaged_record_is_redone(planted, tmp_path):
     assert _saved(redone, tmp_path / "c") == _saved(first, tmp_path / "b")
     other = token_examples(planted, "features:3,5", CORPUS[:-1], k=4, window=2, batch_size=5, cache=cache)
     assert other.computed == 5  # another corpus: another key, nothing reused
+
+
+def test_a_run_killed_midway_resumes_to_the_same_bytes(planted, tmp_path):
+    whole = token_examples(planted, "features:0..7", CORPUS, k=4, window=2, batch_size=5)
+    cache = tmp_path / "cache"
+    planted.net.calls, planted.net.fail_after = 0, 9  # dies in the middle of the corpus
+    with pytest.raises(RuntimeError, match="killed"):
+        token_examples(planted, "features:0..7", CORPUS, k=4, window=2, batch_size=5, cache=cache)
+    kept = len(list(cache.rglob("c-*.npz")))
+    assert 0 < kept < 5
+    planted.net.fail_after = None
+    resumed = token_examples(planted, "features:0..7", CORPUS, k=4, window=2, batch_size=5, cache=cache)
+    assert resumed.computed == 5 - kept and resumed.reused == kept
+    assert _saved(resumed, tmp_path / "r") == _saved(whole, tmp_path / "w")
 
 
 def sharded_worker(model_file: str, out: str) -> None:

@@ -120,8 +120,8 @@ def test_ig_equals_captums_layer_integrated_gradients_on_tiny_lm():
     batch = lm.encode([lm.probe_text(), " ".join(lm.probe_text().split()[:5])])
     target = make_target(lm, batch, steps=2)
     ours = row_attributions(lm, target, "integrated-gradients", baseline="pad", steps=24)
-    base_ids = torch.where(make_baseline(lm, target.ids, target.mask, torch.zeros(*target.ids.shape, 1),
-                                         "pad").keep, target.ids, torch.full_like(target.ids, lm.tokenizer.id_of("pad")))
+    keep = make_baseline(lm, target.ids, target.mask, torch.zeros(*target.ids.shape, 1), "pad").keep
+    base_ids = torch.where(keep, target.ids, torch.full_like(target.ids, lm.tokenizer.id_of("pad")))
     rows = torch.arange(target.rows)
 
     def forward(ids, mask, which):
@@ -133,6 +133,8 @@ def test_ig_equals_captums_layer_integrated_gradients_on_tiny_lm():
     assert theirs.abs().max() > 1e-3
     assert torch.allclose(ours, theirs.float(), atol=1e-4, rtol=1e-3), (ours - theirs).abs().max()
     assert torch.allclose(ig_alphas(4), torch.tensor([0.125, 0.375, 0.625, 0.875]))
+    later = torch.arange(target.ids.shape[1])[None] > target.position[:, None]  # causal: no later token counts
+    assert float(ours[later].abs().max()) == 0 and float(ours[~later & target.mask].abs().sum()) > 0
 
 
 def test_dates_rows_peak_in_their_fields_source_span(dates):

@@ -171,22 +171,21 @@ def collect_token_candidates(compute: Callable[[int], dict[str, Candidates]], ch
 
     Returns:
         (``{"top": Candidates, "bottom": Candidates}``, per chunk its record (every array by name), how many
-        chunks were computed in this process).
+        chunks were computed, on any rank).
     """
-    done = [0]
-
-    def one(i: int) -> dict[str, np.ndarray]:
+    def one(i: int) -> tuple[dict[str, np.ndarray], bool]:
         path = None if directory is None else record_path(Path(directory), i)
         arrays = None if path is None else read_batch(path, f"{key}/{i}", shapes)
-        if arrays is None:
+        fresh = arrays is None
+        if fresh:
             found = compute(i)
             arrays = {name: array for side in SIDES for name, array in found[side].arrays(side).items()}
             arrays.update({name: np.asarray(value) for name, value in found.items() if name not in SIDES})
             if path is not None:
                 save_npz(path, {"key": np.array(f"{key}/{i}"), **arrays})
-            done[0] += 1
-        return arrays
+        return arrays, fresh
 
-    records = shard_map(one, chunks, ranks)
+    results = shard_map(one, chunks, ranks)
+    records = [r for r, _ in results]
     merged = {side: merge_candidates([Candidates.of(r, side) for r in records], side, k) for side in SIDES}
-    return merged, records, done[0]
+    return merged, records, sum(fresh for _, fresh in results)

@@ -63,11 +63,19 @@ def _register(name: str, signed: bool):
 # -- the embedding hook ---------------------------------------------------------------------------------
 @contextmanager
 def embedding_hook(model: TokenModel, replace: Callable[[torch.Tensor], torch.Tensor]):
-    """While open, the output of ``model``'s input embedding is ``replace(output)``."""
+    """While open, the first output of ``model``'s input embedding is ``replace(output)`` (open it once per
+    forward pass: a later call of the same module, e.g. an embedding an encoder-decoder model shares with its
+    decoder, passes through unchanged)."""
     if not model.embedding:
         raise NnfeatError(f"{model.name} names no input embedding: token saliency needs one (a TokenModel's "
                           "embedding=MODULE)")
-    handle = model.module(model.embedding).register_forward_hook(lambda _m, _i, out: replace(out))
+    calls = []
+
+    def hook(_module, _inputs, out):
+        calls.append(1)
+        return replace(out) if len(calls) == 1 else out
+
+    handle = model.module(model.embedding).register_forward_hook(hook)
     try:
         yield
     finally:

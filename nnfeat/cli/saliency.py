@@ -27,10 +27,11 @@ def register(sub) -> None:
         description="Attribution maps of a class (each image's prediction, or --target) over --images, one "
                     "colour scale per figure (absolute and signed views) and an HTML page; --sanity adds "
                     "deletion / insertion AUC beside a random map and the cascading model-randomization test "
-                    "(Adebayo et al. 2018) with an edge-filter control, flagging methods that fail it. Token models (--text / --text-file): per token and word "
-                    "(word pieces summed), for a class (classifiers), the cosine similarity with --pair TEXT "
-                    "(sentence encoders such as minilm) or each generated token (lm and seq2seq: a matrix of "
-                    "output x input tokens); methods: " + ", ".join(TOKEN_SALIENCY.names()) + ".")
+                    "(Adebayo et al. 2018) with an edge-filter control, flagging methods that fail it. "
+                    "Token models (--text / --text-file): per token and word (word pieces summed), for a class "
+                    "(classifiers), the cosine similarity with --pair TEXT (sentence encoders such as minilm) or "
+                    "each generated token (lm and seq2seq: a matrix of output x input tokens); methods: "
+                    + ", ".join(TOKEN_SALIENCY.names()) + ".")
     add_model(p)
     add_images(p, required=False)
     add_texts(p, target=True)
@@ -102,8 +103,9 @@ def cmd_saliency(args) -> int:
         images = images.sample(DEFAULT_N, args.seed)
     result = saliency(model, images, methods, target=target, layer=args.layer, sanity=args.sanity,
                       steps=args.steps, deletion_baseline=args.deletion_baseline, patch=args.patch,
-                      cascade=args.cascade, repeats=args.repeats, alphas=args.alphas, baseline=args.baseline or "black",
-                      samples=args.samples, window=args.window, batch_size=args.batch, seed=args.seed)
+                      cascade=args.cascade, repeats=args.repeats, alphas=args.alphas,
+                      baseline=args.baseline or "black", samples=args.samples, window=args.window,
+                      batch_size=args.batch, seed=args.seed)
     return finish(result, args, out)
 
 

@@ -57,7 +57,7 @@ class TokenExamplesResult(Result):
             ``position``, ``tokens`` (the context or the whole text), ``values`` (the unit on those tokens,
             None past a text's end), ``centre`` (the entry's token among ``tokens``).
         scales: per unit its colour scale (over every value its rows show).
-        reused, computed: chunks read from the cache / computed in this process (contexts).
+        reused, computed: chunks read from the cache / computed, on any rank (contexts).
     """
 
     model: str

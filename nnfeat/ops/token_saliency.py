@@ -105,8 +105,8 @@ class TokenSaliencyResult(Result):
         for i, text in enumerate(self.texts):  # the record: one entry per text
             entry = {"text": text, "tokens": self.tokens[i],
                      "words": [{"word": w, "tokens": g} for w, g in self.words[i]],
-                     "scores": {m: np.round(self.values[m][i], 6).tolist() for m in self.methods},
-                     "word_scores": {m: np.round(self.word_values[m][i], 6).tolist() for m in self.methods}}
+                     "scores": {m: _rounded(self.values[m][i]) for m in self.methods},
+                     "word_scores": {m: _rounded(self.word_values[m][i]) for m in self.methods}}
             if self.step_tokens is not None:
                 entry["explained_tokens"] = self.step_tokens[i]
             per_text.append(entry)
@@ -197,6 +197,10 @@ def token_saliency(model: TokenModel, texts: TextSet | Sequence[str], methods: s
         words=words, word_values=word_values, target=resolved.record, describe=resolved.describe, settings=settings,
         step_tokens=resolved.step_tokens, notes=notes, source=texts.source, indices=texts.indices,
         device=str(model.device), command=command, elapsed=time.perf_counter() - started)
+
+
+def _rounded(values: np.ndarray) -> list:
+    return np.round(values.astype(np.float64), 6).tolist()
 
 
 def _per_text(matrix: torch.Tensor, target) -> list[np.ndarray]:
