@@ -26,6 +26,7 @@ from nnfeat.io import write_text
 from nnfeat.views.sheets import colour_bar, stack_rows, wrap_text
 from nnfeat.views.templating import fill_template
 from nnfeat.views.token_strip import StripScale, strip_colours
+from nnfeat.views.token_text import drawn_token
 
 __all__ = ["LENS_NOTE", "lens_colour_bar", "lens_figure", "lens_table_html", "shown_token"]
 
@@ -62,9 +63,8 @@ _SMALL, _TEXT = _font(10), _font(12)
 
 
 def shown_token(token: str, limit: int | None = _TOKEN_CHARS) -> str:
-    """A token with its whitespace made visible, cut to ``limit`` characters with an ellipsis."""
-    text = str(token).replace("\n", "\u23ce").replace("\t", "\u21e5").replace(" ", "\u2423")
-    return text if limit is None or len(text) <= limit else text[:limit - 1] + "\u2026"
+    """A token as figures draw it (:func:`~nnfeat.views.token_text.drawn_token`), cut to ``limit`` characters."""
+    return drawn_token(token, limit)
 
 
 def _width(text: str, font) -> int:

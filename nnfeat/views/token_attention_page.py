@@ -31,6 +31,7 @@ from nnfeat.analysis.heatmap import COLORMAPS
 from nnfeat.errors import NnfeatError
 from nnfeat.io import save_image
 from nnfeat.views.sheets import colour_bar, stack_rows
+from nnfeat.views.token_text import drawn_token
 
 __all__ = ["LABEL_TOKENS", "MODEL_SCALES", "ModelViewFigure", "as_attention", "cross_attention_figure", "cross_attention_png",
            "model_view_figure", "model_view_png", "score_table", "steps_figure", "steps_png"]
@@ -61,10 +62,8 @@ def _fmt(x: float) -> str:
 
 
 def _shown(token: str) -> str:
-    """A token as it is drawn: whitespace made visible with glyphs Pillow's default font has (a space as a middle
-    dot, a new line as ``\\n``, a tab as ``\\t``), cut to :data:`_LABEL_CHARS` characters."""
-    text = str(token).replace("\n", "\\n").replace("\t", "\\t").replace(" ", "\u00b7")
-    return text if len(text) <= _LABEL_CHARS else text[:_LABEL_CHARS - 1] + "\u2026"
+    """A token as it is drawn (:func:`~nnfeat.views.token_text.drawn_token`), cut to :data:`_LABEL_CHARS`."""
+    return drawn_token(token, _LABEL_CHARS)
 
 
 def as_attention(weights, what: str = "weights") -> torch.Tensor:

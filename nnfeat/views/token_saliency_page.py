@@ -23,6 +23,7 @@ from nnfeat.errors import NnfeatError
 from nnfeat.io import atomic_path, save_image
 from nnfeat.views.sheets import colour_bar, stack_rows
 from nnfeat.views.token_strip import StripScale, scale_note, strip_colours, token_strip, token_strips_sheet
+from nnfeat.views.token_text import drawn_token
 
 __all__ = ["normalised", "saliency_html", "saliency_matrix_figure", "saliency_matrix_png", "saliency_scale",
            "saliency_tokens_figure", "saliency_tokens_png", "SCALE_NOTE"]
@@ -116,8 +117,7 @@ def _shown(token: str) -> str:
 
 
 def _cut(token: str, n: int = 10) -> str:
-    t = _shown(token).replace(" ", "\u2423")
-    return t if len(t) <= n else t[:n - 1] + "\u2026"
+    return drawn_token(token, n)
 
 
 def saliency_matrix_figure(values, source_tokens: Sequence[str], target_tokens: Sequence[str], *, signed: bool,

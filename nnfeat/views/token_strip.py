@@ -22,6 +22,7 @@ from PIL import Image, ImageDraw, ImageFont
 from nnfeat.analysis.heatmap import COLORMAPS
 from nnfeat.errors import NnfeatError
 from nnfeat.views.sheets import colour_bar, stack_rows, wrap_text
+from nnfeat.views.token_text import drawn_token
 
 __all__ = ["StripScale", "strip_colours", "token_strip", "token_strips_sheet", "scale_note"]
 
@@ -70,8 +71,7 @@ def strip_colours(values: torch.Tensor, scale: StripScale) -> np.ndarray:
 
 
 def _shown(token: str) -> str:
-    text = str(token).replace("\n", "\u23ce").replace("\t", "\u21e5").replace(" ", "\u2423")
-    return text if len(text) <= _TOKEN_CHARS else text[:_TOKEN_CHARS - 1] + "\u2026"
+    return drawn_token(token, _TOKEN_CHARS)
 
 
 def _width(text: str, font) -> int:

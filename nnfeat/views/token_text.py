@@ -1,0 +1,18 @@
+"""Tokens as figures draw them: whitespace made visible with glyphs that Pillow's default font has (a space as a
+middle dot, a new line and a tab as ``\\n`` and ``\\t``), cut to a number of characters with an ellipsis.
+
+Example:
+    >>> drawn_token("june 25", 6)
+    'june·…'
+"""
+
+from __future__ import annotations
+
+
+def drawn_token(token: str, limit: int | None = None) -> str:
+    """``token`` with visible whitespace, at most ``limit`` characters (None: uncut)."""
+    text = str(token).replace("\n", "\\n").replace("\t", "\\t").replace(" ", "\u00b7")
+    return text if limit is None or len(text) <= limit else text[:limit - 1] + "\u2026"
+
+
+__all__ = ["drawn_token"]
