@@ -183,3 +183,4 @@ def test_minilm_attention_equals_transformers_own():
     assert len(ours) == len(theirs) == 6
     for mine, other in zip(ours.values(), theirs):
         assert torch.allclose(mine, other, atol=1e-6)
+        assert float(mine[1][..., ~batch.mask[1]].abs().max()) == 0  # the short text's padded keys

