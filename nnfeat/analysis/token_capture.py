@@ -17,13 +17,11 @@ Every result is ``{layer: (B, H, T_query, T_key) float}`` in module order; padde
 
 from __future__ import annotations
 
-import contextlib
-from typing import Iterator
-
 import torch
 from torch import nn
 
 from nnfeat.analysis.attention import weights_requested
+from nnfeat.analysis.graph_trace import fused_attention_off
 from nnfeat.analysis.hf_attention import hf_attentions
 from nnfeat.analysis.token_attention import capture_probes, probe_layers
 from nnfeat.errors import NnfeatError
@@ -64,17 +62,6 @@ def capture_token_attention(model: TokenModel, batch: TokenBatch, decoder_ids: t
     return _mha_attention(model, batch)
 
 
-@contextlib.contextmanager
-def _no_fast_path() -> Iterator[None]:
-    """PyTorch's fused ``nn.TransformerEncoderLayer`` inference path skips ``self_attn`` (no weights): off."""
-    was = torch.backends.mha.get_fastpath_enabled()
-    torch.backends.mha.set_fastpath_enabled(False)
-    try:
-        yield
-    finally:
-        torch.backends.mha.set_fastpath_enabled(was)
-
-
 def _mha_attention(model: TokenModel, batch: TokenBatch) -> dict[str, torch.Tensor]:
     layers = [(n, m) for n, m in model.net.named_modules() if isinstance(m, nn.MultiheadAttention)]
     calls: dict[str, list[torch.Tensor]] = {name: [] for name, _ in layers}
@@ -87,7 +74,7 @@ def _mha_attention(model: TokenModel, batch: TokenBatch) -> dict[str, torch.Tens
 
     handles = [m.register_forward_hook(keep(n)) for n, m in layers]
     try:
-        with _no_fast_path(), weights_requested([m for _, m in layers]):
+        with fused_attention_off(), weights_requested([m for _, m in layers]):
             model(batch.ids, batch.mask)
     finally:
         for handle in handles:

@@ -19,13 +19,14 @@ from typing import Sequence
 
 import numpy as np
 import torch
-from PIL import Image, ImageDraw, ImageFont
+from PIL import Image, ImageDraw
 
 from nnfeat.errors import NnfeatError
 from nnfeat.io import write_text
 from nnfeat.views.sheets import colour_bar, stack_rows, wrap_text
 from nnfeat.views.templating import fill_template
 from nnfeat.views.token_strip import StripScale, strip_colours
+from nnfeat.views.sheets import font as _font
 from nnfeat.views.token_text import drawn_token
 
 __all__ = ["LENS_NOTE", "lens_colour_bar", "lens_figure", "lens_table_html", "shown_token"]
@@ -52,11 +53,6 @@ code{background:#f4f4f4;padding:0 3px}
 """
 
 
-def _font(size: int):
-    try:
-        return ImageFont.load_default(size=size)
-    except TypeError:  # Pillow < 10.1: the fixed bitmap font
-        return ImageFont.load_default()
 
 
 _SMALL, _TEXT = _font(10), _font(12)

@@ -28,11 +28,15 @@ def upscale_factor(height: int, width: int, min_tile: int = MIN_TILE) -> int:
     return max(1, math.ceil(min_tile / max(1, height, width)))
 
 
-def _font(size: int = _FONT_SIZE):
+def font(size: int = _FONT_SIZE):
+    """Pillow's default font at ``size`` px (the fixed bitmap font on Pillow < 10.1)."""
     try:
         return ImageFont.load_default(size=size)
     except TypeError:  # Pillow < 10.1: the fixed bitmap font
         return ImageFont.load_default()
+
+
+_font = font
 
 
 def _fit(text: str, font, width: int, draw: ImageDraw.ImageDraw) -> str:

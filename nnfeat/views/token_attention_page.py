@@ -25,12 +25,13 @@ from typing import Mapping, Sequence
 import numpy as np
 import torch
 import torch.nn.functional as F
-from PIL import Image, ImageDraw, ImageFont
+from PIL import Image, ImageDraw
 
 from nnfeat.analysis.heatmap import COLORMAPS
 from nnfeat.errors import NnfeatError
 from nnfeat.io import save_image
 from nnfeat.views.sheets import colour_bar, stack_rows
+from nnfeat.views.sheets import font as _font
 from nnfeat.views.token_text import drawn_token
 
 __all__ = ["LABEL_TOKENS", "MODEL_SCALES", "ModelViewFigure", "as_attention", "cross_attention_figure", "cross_attention_png",
@@ -47,11 +48,6 @@ _BG = (255, 255, 255)
 _INK = (40, 40, 40)
 
 
-def _font(size: int):
-    try:
-        return ImageFont.load_default(size=size)
-    except TypeError:  # Pillow < 10.1: the fixed bitmap font
-        return ImageFont.load_default()
 
 
 _SMALL, _TEXT = _font(10), _font(12)

@@ -17,12 +17,13 @@ from typing import Sequence
 
 import numpy as np
 import torch
-from PIL import Image, ImageDraw, ImageFont
+from PIL import Image, ImageDraw
 
 from nnfeat.errors import NnfeatError
 from nnfeat.io import atomic_path, save_image
 from nnfeat.views.sheets import colour_bar, stack_rows
 from nnfeat.views.token_strip import StripScale, scale_note, strip_colours, token_strip, token_strips_sheet
+from nnfeat.views.sheets import font as _font
 from nnfeat.views.token_text import drawn_token
 
 __all__ = ["normalised", "saliency_html", "saliency_matrix_figure", "saliency_matrix_png", "saliency_scale",
@@ -31,11 +32,6 @@ __all__ = ["normalised", "saliency_html", "saliency_matrix_figure", "saliency_ma
 SCALE_NOTE = "each method's values divided by their largest |value| on this text"
 
 
-def _font(size: int):
-    try:
-        return ImageFont.load_default(size=size)
-    except TypeError:  # Pillow < 10.1: the fixed bitmap font
-        return ImageFont.load_default()
 
 
 _TEXT = _font(12)

@@ -17,11 +17,12 @@ from typing import Sequence
 
 import numpy as np
 import torch
-from PIL import Image, ImageDraw, ImageFont
+from PIL import Image, ImageDraw
 
 from nnfeat.analysis.heatmap import COLORMAPS
 from nnfeat.errors import NnfeatError
 from nnfeat.views.sheets import colour_bar, stack_rows, wrap_text
+from nnfeat.views.sheets import font as _font
 from nnfeat.views.token_text import drawn_token
 
 __all__ = ["StripScale", "strip_colours", "token_strip", "token_strips_sheet", "scale_note"]
@@ -33,11 +34,6 @@ _TOKEN_CHARS = 12       # tokens are cut to this many characters
 _PAD = 6
 
 
-def _font(size: int):
-    try:
-        return ImageFont.load_default(size=size)
-    except TypeError:  # Pillow < 10.1: the fixed bitmap font
-        return ImageFont.load_default()
 
 
 _SMALL, _TEXT = _font(10), _font(12)
