@@ -222,7 +222,8 @@ def token_attention(model: TokenModel, texts: TextSet | Sequence[str], *, target
     command = cli_command("attention", model.name, **_text_options(texts), seed=seed or None,
                           layer=",".join(layers) if isinstance(layers, (list, tuple)) else layers,
                           rollout=rollout, weights=weights_flag(model), save_weights=save_weights)
-    for flag, values in (("--text", texts.texts if texts.source == "text" else ()), ("--target-text", target_texts or ())):
+    given = texts.texts if texts.source == "text" else ()
+    for flag, values in (("--text", given), ("--target-text", target_texts or ())):
         for value in values:
             command += f" {flag} {shlex.quote(value)}"
     return TokenAttentionResult(
@@ -243,9 +244,6 @@ def _decoder_inputs(target: TokenBatch, pad: int) -> TokenBatch:
     ids = torch.where(keep, target.ids, torch.full_like(target.ids, pad))[:, :width]
     tokens = [t[:int(n)] for t, n in zip(target.tokens, lengths)]
     return TokenBatch(ids, keep[:, :width], tokens, target.texts, [])
-
-
-
 
 
 def _text_options(texts: TextSet) -> dict:
