@@ -154,11 +154,6 @@ class ActivationCapture:
         try:
             out = self.model(images)
             if self.need_output:
-                if isinstance(out, dict):
-                    keys = ", ".join(f"'{k}'" for k in list(out)[:4])
-                    raise NnfeatError(f"the model's output is a dict (keys {keys}): the 'output' layer needs one "
-                                      "tensor; name the module that makes the part instead (nnfeat layers MODEL "
-                                      "lists them, e.g. a segmentation head's last convolution: classifier.4:3)")
                 self._acts[OUTPUT] = out[0] if isinstance(out, (tuple, list)) else out
         except _StopForward:
             pass

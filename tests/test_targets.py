@@ -389,14 +389,3 @@ def test_cli_uncertainty_bad_target_is_one_line(target, needle, cli_inputs, tmp_
     assert code == 2 and len(err) == 1 and needle in err[0], err
     assert not out.exists()
 
-
-def test_cli_render_of_a_dict_output_names_the_way_to_a_part(cli_inputs, tmp_path, capsys):
-    """An objective on 'output' needs one tensor: a dict output is one line pointing at the module that makes it."""
-    out = tmp_path / "o"
-    code = cli.main(["render", f"{cli_inputs}/nets.py:make_seg", "output:3", "--steps", "2", "--size", str(SIZE),
-                     "--quiet", "--out", str(out)])
-    err = capsys.readouterr().err.strip().splitlines()
-    assert code == 2 and len(err) == 1 and "the model's output is a dict (keys 'out')" in err[0], err
-    assert not out.exists()
-    assert cli.main(["render", f"{cli_inputs}/nets.py:make_seg", "three:0", "--steps", "2", "--size", str(SIZE),
-                     "--quiet", "--out", str(out)]) == 0  # the module that makes class 3's map renders
