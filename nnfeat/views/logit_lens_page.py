@@ -27,7 +27,7 @@ from nnfeat.views.sheets import colour_bar, stack_rows, wrap_text
 from nnfeat.views.templating import fill_template
 from nnfeat.views.token_strip import StripScale, strip_colours
 from nnfeat.views.sheets import font as _font
-from nnfeat.views.token_text import drawn_token
+from nnfeat.views.token_text import drawn_token, wrap_cells
 
 __all__ = ["LENS_NOTE", "lens_colour_bar", "lens_figure", "lens_table_html", "shown_token"]
 
@@ -105,14 +105,7 @@ def lens_figure(top: Sequence[Sequence[str]], probs, ranks, tokens: Sequence[str
     shown_next = [shown_token(t) + ("*" if i == n_tokens - 1 else "") for i, t in enumerate(targets)]
     widths = [max(_MIN_CELL_W, 8 + max(_width(s, _TEXT) for s in (shown_in[t], shown_next[t], *cells[t])))
               for t in range(n_tokens)]
-    panels: list[list[int]] = [[]]
-    used = label_w
-    for t, w in enumerate(widths):  # wrapping positions into panels: drawing, once per figure
-        if panels[-1] and used + w > max_width:
-            panels.append([])
-            used = label_w
-        panels[-1].append(t)
-        used += w
+    panels = wrap_cells(widths, label_w, max_width)
     parts = []
     width = max(label_w + sum(widths[t] for t in p) for p in panels) + _PAD
     if title:

@@ -23,7 +23,7 @@ from nnfeat.analysis.heatmap import COLORMAPS
 from nnfeat.errors import NnfeatError
 from nnfeat.views.sheets import colour_bar, stack_rows, wrap_text
 from nnfeat.views.sheets import font as _font
-from nnfeat.views.token_text import drawn_token
+from nnfeat.views.token_text import drawn_token, wrap_cells
 
 __all__ = ["StripScale", "strip_colours", "token_strip", "token_strips_sheet", "scale_note"]
 
@@ -96,14 +96,7 @@ def token_strip(tokens: Sequence[str], values, labels: Sequence[str], scale: Str
     shown = [_shown(t) for t in tokens]
     label_w = 8 + max((_width(str(s), _SMALL) for s in labels), default=0)
     widths = [max(_MIN_CELL_W, _width(s, _TEXT) + 6) for s in shown]
-    rows: list[list[int]] = [[]]
-    used = label_w
-    for t, w in enumerate(widths):  # wrapping tokens into rows: drawing, once per figure
-        if rows[-1] and used + w > max_width:
-            rows.append([])
-            used = label_w
-        rows[-1].append(t)
-        used += w
+    rows = wrap_cells(widths, label_w, max_width)
     colours = strip_colours(values, scale)
     k = len(labels)
     row_h = 16 + k * _CELL_H + _PAD

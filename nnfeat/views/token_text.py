@@ -15,4 +15,18 @@ def drawn_token(token: str, limit: int | None = None) -> str:
     return text if limit is None or len(text) <= limit else text[:limit - 1] + "\u2026"
 
 
-__all__ = ["drawn_token"]
+def wrap_cells(widths: list[int], start: int, max_width: int) -> list[list[int]]:
+    """Cells of ``widths`` px laid left to right after a ``start`` px label, wrapped into rows no wider than
+    ``max_width`` (a row always takes at least one cell) -> each row's cell indices."""
+    rows: list[list[int]] = [[]]
+    used = start
+    for i, w in enumerate(widths):  # laying out cells: drawing, once per figure
+        if rows[-1] and used + w > max_width:
+            rows.append([])
+            used = start
+        rows[-1].append(i)
+        used += w
+    return rows
+
+
+__all__ = ["drawn_token", "wrap_cells"]
