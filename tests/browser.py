@@ -100,3 +100,21 @@ def headless_chromium(width: int = 1280, height: int = 800) -> Iterator["object"
 
 def file_url(path: str | os.PathLike) -> str:
     return Path(path).resolve().as_uri()
+
+
+def broken_images(browser, timeout: float = 20.0) -> list[str]:
+    """The ``src`` of every image of the open page that did not load. Lazy images (``loading="lazy"``) below
+    the fold are made eager first and every image is waited for (up to ``timeout`` s), so an image that is
+    merely not yet fetched is never mistaken for a broken one."""
+    from selenium.common.exceptions import TimeoutException
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    browser.execute_script("for (const i of document.images) i.loading = 'eager';")
+    try:
+        WebDriverWait(browser, timeout).until(
+            lambda d: d.execute_script("return Array.from(document.images).every(i => i.complete);"))
+    except TimeoutException:  # the images still pending are reported as broken below
+        pass
+    return browser.execute_script(
+        "return Array.from(document.images).filter(i => !(i.complete && i.naturalWidth > 0))"
+        ".map(i => i.getAttribute('src'));")

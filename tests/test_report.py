@@ -19,9 +19,9 @@ import pytest
 from nnfeat.errors import NnfeatError
 
 try:
-    from tests.browser import file_url, headless_chromium
+    from tests.browser import broken_images, file_url, headless_chromium
 except ImportError:  # tests/ not importable as a package: pytest put tests/ itself on sys.path
-    from browser import file_url, headless_chromium
+    from browser import broken_images, file_url, headless_chromium
 
 SMALL = dict(layers="conv2,output", units_per_layer=2, steps=6, batch=2, thresholds=3, diversity=2, examples_k=3,
              heatmap_n=2, projection_n=20, saliency_n=2, uncertain_n=16, progress=False)
@@ -233,9 +233,7 @@ def test_every_page_in_headless_chromium(small):
         for page in pages:
             browser.get_log("browser")
             browser.get(file_url(page))
-            broken = browser.execute_script(
-                "return Array.from(document.images).filter(i => !(i.complete && i.naturalWidth > 0))"
-                ".map(i => i.getAttribute('src'));")
+            broken = broken_images(browser)
             assert broken == [], (page, broken)
             severe = [e["message"] for e in browser.get_log("browser") if e["level"] == "SEVERE"]
             assert severe == [], (page, severe)

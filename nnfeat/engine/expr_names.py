@@ -78,6 +78,7 @@ _ARGUMENTS: dict[str, Callable[[object], str | None]] = {
     "decay_ratio": _in_range(1, MAX_NUMBER, " (far neighbours weigh less)"),
     "constant": _in_range(-MAX_NUMBER, MAX_NUMBER),
     "sigma": _in_range(0.1, 8, " pixels"),
+    "target": lambda v: None if isinstance(v, str) and v.strip() else 'a target in quotes, e.g. "out:3@mask"',
     "group": lambda v: None if _index_ok(v) and v >= 2 else f"an integer 2..{MAX_NUMBER}",
 }
 

@@ -14,7 +14,7 @@ from typing import Callable, Sequence
 import torch
 
 from nnfeat.errors import NnfeatError
-from nnfeat.layouts import IMAGE, channel_count
+from nnfeat.layouts import IMAGE, OUTPUT, channel_count
 from nnfeat.units import check_position
 
 Acts = dict[str, torch.Tensor]
@@ -151,6 +151,10 @@ class Objective:
         for unit in self.units:
             if unit.layer == IMAGE:
                 continue
+            if unit.layer not in shapes:
+                part = 'target("KEY:3")' if unit.layer == OUTPUT else "a layer inside it"
+                raise NnfeatError(f"objective '{self.description}' reads channels of '{unit.layer}', which is not a "
+                                  f"tensor (a dict or tuple output): name the part with {part}")
             shape = tuple(shapes[unit.layer][1:])
             n_channels = channel_count(shape)
             for c in unit.channels:

@@ -36,6 +36,7 @@ from nnfeat.engine.objective import (Acts, Objective, ScoreFn, UnitRef, _BatchMa
 from nnfeat.engine.regularizers import alignment, blur, diversity, l1, total_variation
 from nnfeat.errors import NnfeatError, shorten
 from nnfeat.layouts import IMAGE, OUTPUT, at_position, channels_first  # noqa: F401 - IMAGE: the pseudo-layer
+from nnfeat.targets import EXAMPLES, parse_target, resolve_target, target_scores
 from nnfeat.units import format_units
 
 
@@ -180,6 +181,35 @@ def softmax(cls: int | Sequence[int], batch: int | None = None) -> Objective:
     return Objective(_batch_mask(fn, batch), [OUTPUT], _batch_desc(f"softmax({_chan_arg(classes)})", batch),
                      [UnitRef(OUTPUT, classes)], _units_batch(classes))
 
+def target(target: str, batch: int | None = None) -> Objective:
+    """The score of the network output that ``target`` names, in the target grammar saliency and uncertainty
+    read (:mod:`nnfeat.targets`): ``"out:3"`` (class 3 of the dict output's ``out``; on a (B, K, H, W) map its
+    sum over every pixel), ``"out:3@mask"`` (summed over the pixels class 3 wins), ``"out:3@8:24,16:40"`` (over
+    a box of output pixels), ``"0:3"`` (element 0 of a tuple output), ``"value"`` / ``"head:value"`` (a
+    regression output, (B,) or (B, 1)), ``"pred"`` (the predicted class).
+
+    A mask or predicted class is found afresh from each step's output (no gradient flows through the choice);
+    an image whose class wins no pixel yet (a render starting from noise) scores the class over its whole map.
+    Class names are not looked up here: give a class index.
+
+    Raises:
+        NnfeatError: one line for a target the grammar does not read, or a class name.
+
+    >>> target("out:3@mask").description
+    'target("out:3@mask")'
+    """
+    parsed = parse_target(target)
+    if isinstance(parsed.cls, str):
+        raise NnfeatError(f"target(\"{target}\") names class '{parsed.cls}': an objective takes a class index "
+                          f"(e.g. {EXAMPLES})")
+
+    def fn(acts: Acts) -> torch.Tensor:
+        output = acts[OUTPUT]
+        return target_scores(output, resolve_target(output, parsed, empty_mask="all"))
+
+    return Objective(_batch_mask(fn, batch), [OUTPUT], _batch_desc(f'target("{target}")', batch))
+
+
 def _as_vectors(vectors) -> torch.Tensor:
     vec = torch.as_tensor(vectors, dtype=torch.float32)
     if vec.dim() not in (1, 2):
@@ -211,6 +241,7 @@ CONSTRUCTORS: dict[str, Callable[..., Objective]] = {
     "direction_neuron_cossim": direction_neuron_cossim,
     "logit": logit,
     "softmax": softmax,
+    "target": target,
     "diversity": diversity,
     "alignment": alignment,
     "l1": l1,

@@ -18,8 +18,9 @@ from nnfeat.device import resolve_device
 from nnfeat.engine.objective import Objective
 from nnfeat.engine.param import ImageParam
 from nnfeat.errors import NnfeatError
-from nnfeat.layouts import IMAGE, size2
+from nnfeat.layouts import IMAGE, OUTPUT, size2
 from nnfeat.models.base import Model
+from nnfeat.targets import EXAMPLES, describe_output
 from nnfeat.units import format_units
 
 
@@ -92,8 +93,22 @@ def plan_render(model: Model, objective: Objective, options: RenderOptions) -> R
     if isinstance(options.param, ImageParam) and batch is None:
         batch = options.param().shape[0]
     batch = batch or objective.min_batch
+    _check_output_is_read_as_a_tensor(model, objective, shapes, input_size)
     objective.validate(shapes, batch)
     return RenderPlan(device, size, input_size, batch, options.steps, _thresholds(options.thresholds, options.steps))
+
+
+@torch.no_grad()
+def _check_output_is_read_as_a_tensor(model: Model, objective: Objective, shapes: dict, size: tuple[int, int]) -> None:
+    """A unit of ``output`` (``output:3``, ``logit(3)``) on a model whose output is a dict or tuple: one line
+    showing the output's parts and the target objective that names one."""
+    if OUTPUT in shapes or not any(u.layer == OUTPUT for u in objective.units):
+        return
+    output = model(torch.full((1, 3, *size), 0.5, device=model.device))
+    first = next(iter(output)) if isinstance(output, dict) and output else 0
+    raise NnfeatError(f"objective '{objective.description}' reads channels of the output, but model '{model.name}' "
+                      f"returns {describe_output(output)}: name the part, e.g. target(\"{first}:3\") "
+                      f"(the target grammar: {EXAMPLES})")
 
 
 def _thresholds(thresholds: Sequence[int] | None, steps: int) -> list[int]:

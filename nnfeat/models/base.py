@@ -162,7 +162,8 @@ class Model(nn.Module):
     def layer_shapes(self, layers: Sequence[str], size: tuple[int, int] | None = None) -> dict[str, torch.Size]:
         """Output shape of each requested layer for a batch of one image of ``size`` (default native).
 
-        Returns ``{layer: torch.Size([1, C, H, W])}`` (or (1, N, C) for tokens, (1, C) for vectors).
+        Returns ``{layer: torch.Size([1, C, H, W])}`` (or (1, N, C) for tokens, (1, C) for vectors); a layer
+        whose output is not a tensor (a dict or tuple output) is left out.
         """
         size = tuple(size or self.input_size)
         key = (size, tuple(sorted(set(layers))))
@@ -170,7 +171,7 @@ class Model(nn.Module):
             probe = torch.full((1, 3, *size), 0.5, device=self.device)
             with ActivationCapture(self, list(layers)) as capture:
                 acts = capture(probe)
-            self._shape_cache[key] = {k: v.shape for k, v in acts.items()}
+            self._shape_cache[key] = {k: v.shape for k, v in acts.items() if isinstance(v, torch.Tensor)}
         return self._shape_cache[key]
 
     @torch.no_grad()
