@@ -7,7 +7,6 @@ and the merge of the records into the memory-mapped ``acts.npy`` / ``attr.npy`` 
 
 from __future__ import annotations
 
-import hashlib
 import shutil
 import zipfile
 from pathlib import Path
@@ -15,19 +14,10 @@ from pathlib import Path
 import numpy as np
 
 from nnfeat.errors import NnfeatError
-from nnfeat.io import atomic_path, read_json, write_json
+from nnfeat.io import atomic_path, file_digest, read_json, write_json  # file_digest: re-exported
 
 META_FILE = "collect.json"
 BATCH_DIR = "batches"
-
-
-def file_digest(path: Path, block: int = 1 << 22) -> str:
-    """sha256 (hex, 16 digits) of a file, read in blocks (recorded beside stage files to detect damage)."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for chunk in iter(lambda: handle.read(block), b""):
-            digest.update(chunk)
-    return digest.hexdigest()[:16]
 
 
 def read_meta(path: Path) -> dict | None:

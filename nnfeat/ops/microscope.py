@@ -5,7 +5,8 @@
 channel), so the images do not depend on how the work was split or resumed. With ``out``, each finished
 batch is written at once: its ``channel-<c>.png`` files, then its resume record ``batches/batch-<first>.json``
 (the settings key, the batch's channels, seed and final values). A re-run with the same settings renders
-only the batches whose record is missing, damaged, of other settings, or whose PNGs do not decode. With
+only the batches whose record is missing, damaged, of other settings, or whose PNGs do not decode, and first
+removes the hidden temporaries a killed run left in ``out`` (:func:`nnfeat.io.remove_stale_temporaries`). With
 ``images``, each unit also gets its top dataset examples.
 
 Under a process group (``torchrun -m nnfeat microscope ...``, see :mod:`nnfeat.distributed`) and with
@@ -39,7 +40,7 @@ from nnfeat.data import ImageSet, load_images
 from nnfeat.device import precision_used
 from nnfeat.errors import NnfeatError
 from nnfeat.engine.expr import units_objective
-from nnfeat.io import read_json, save_image, write_json
+from nnfeat.io import read_json, remove_stale_temporaries, save_image, write_json
 from nnfeat.models.base import Model, as_model
 from nnfeat.progress import progress_bar
 from nnfeat.ops.render import render
@@ -162,7 +163,7 @@ def microscope(model: Model, units: str | Units, *, out: str | Path | None = Non
     Returns:
         :class:`MicroscopeResult`; ``.save(out)`` writes the sheet, the page and the record.
     """
-    started = time.perf_counter()
+    started, began = time.perf_counter(), time.time()
     model = as_model(model)
     if batch < 1:
         raise NnfeatError(f"--batch must be at least 1; got {batch}")
@@ -184,6 +185,11 @@ def microscope(model: Model, units: str | Units, *, out: str | Path | None = Non
     # Chunks are fixed by the channel list, so a resumed run renders exactly the batches an uninterrupted one would.
     chunks = [channel_list[i:i + batch] for i in range(0, len(channel_list), batch)]
     ranks = distributed.current() if out is not None else distributed.Ranks()
+    if out is not None and ranks.writer:  # the hidden temporaries a killed run left in the folders it writes
+        for folder in (out, out / BATCHES_DIR, out / "examples"):
+            remove_stale_temporaries(folder, older_than=began)
+    if ranks.sharded:
+        ranks.barrier()  # no rank writes before rank 0 has cleaned
     key = settings_key(settings)
     values: dict[int, float] = {}
     rendered: dict[int, torch.Tensor] = {}

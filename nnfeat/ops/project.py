@@ -31,7 +31,8 @@ from nnfeat.analysis.projection import METHODS, chance_accuracy, explained_varia
     trustworthiness
 from nnfeat.data import ImageSet
 from nnfeat.errors import NnfeatError
-from nnfeat.io import atomic_path, read_json, save_image, write_json
+from nnfeat import distributed
+from nnfeat.io import atomic_path, file_digest, is_whole, read_json, remove_stale_temporaries, save_image, write_json
 from nnfeat.models.base import as_model
 from nnfeat.ops.results import Result, cli_command, weights_flag
 from nnfeat.views import projection_page as page
@@ -151,15 +152,25 @@ def _thumbnails(images: ImageSet, size: int, batch: int = 512) -> torch.Tensor:
     return torch.cat(list(images.iter_batches(batch, (size, size))))
 
 
-def _cached_layout(cache: Path, name: str, key: str, compute) -> tuple[np.ndarray, bool]:
+def _cached_layout(cache: Path, name: str, key: str, n: int, compute) -> tuple[np.ndarray, bool]:
+    """The layout ``<name>.npy`` (n, 2) from the cache when its record ``<name>.json`` has ``key`` and the file's
+    digest and it loads finite with that shape; else ``compute()``, saved with its record (a truncated or
+    garbage file, or record, is computed again, never a traceback)."""
     path, meta = cache / f"{name}.npy", cache / f"{name}.json"
-    if path.is_file() and meta.is_file() and read_json(meta).get("key") == key:
-        return np.load(path), True
+    try:
+        record = read_json(meta)
+    except (OSError, ValueError):  # missing, truncated or not text: no record
+        record = None
+    if isinstance(record, dict) and record.get("key") == key and is_whole(path, record.get("digest")):
+        value = np.load(path, allow_pickle=False)
+        if value.shape == (n, 2) and np.isfinite(value).all():
+            return value, True
     value = compute()
     with atomic_path(path) as tmp:
         with open(tmp, "wb") as fh:
             np.save(fh, value)
-    write_json(meta, {"key": key})
+        digest = file_digest(tmp)
+    write_json(meta, {"key": key, "digest": digest})
     return value, False
 
 
@@ -181,7 +192,7 @@ def project(model, layers: str | Sequence[str], images: ImageSet, *, method: str
         activations: {layer: (N, C) pooled rows of ``images``, in their order} that the caller already has (e.g.
             taken from the collection of a larger set): those layers skip the collection.
     """
-    started = time.perf_counter()
+    started, began = time.perf_counter(), time.time()
     model = as_model(model)
     names = parse_layers(layers)
     if method not in METHODS:
@@ -199,6 +210,8 @@ def project(model, layers: str | Sequence[str], images: ImageSet, *, method: str
         sprite_layout(n, thumb_size)  # a sprite that cannot fit is an error before any work
     temp = tempfile.TemporaryDirectory(prefix="nnfeat-project-") if cache is None else None
     root = Path(temp.name if temp else cache)
+    if temp is None and distributed.current().writer:  # the layout temporaries a killed run left in the cache
+        remove_stale_temporaries(root, older_than=began, prefix="layout-")
     weights = getattr(model, "weights", None)
     xy, vectors, scores, timings, cached = {}, {}, {}, {}, {}
     labels = np.asarray(images.labels) if images.labels is not None else None
@@ -217,7 +230,7 @@ def project(model, layers: str | Sequence[str], images: ImageSet, *, method: str
             vectors[name] = acts
             t1 = time.perf_counter()
             layout_key = _digest(model.name, weights, name, pool, images_key(images), method, seed)
-            positions, was_layout = _cached_layout(root, f"layout-{_safe(name)}-{pool}-{method}", layout_key,
+            positions, was_layout = _cached_layout(root, f"layout-{_safe(name)}-{pool}-{method}", layout_key, n,
                                                    lambda: project_2d(acts, method, seed=seed))
             xy[name] = positions
             t2 = time.perf_counter()

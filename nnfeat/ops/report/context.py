@@ -7,7 +7,8 @@ This module imports no other module of the report package: the stages, the pages
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
+import time
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
@@ -36,7 +37,8 @@ class ReportContext:
 
     ``settings``: the report's settings (what its records are keyed by: ``layers``, ``steps``, ``seed``,
     ``batch``, ``diversity``, ...); ``channels``: {layer: the unit channels shown}; ``steps_kept``: the render
-    steps each unit's render is kept at; ``class_render``: the class renders' recipe, or None (plain renders).
+    steps each unit's render is kept at; ``class_render``: the class renders' recipe, or None (plain renders);
+    ``started``: the ``time.time()`` of the run (a hidden temporary older than it is a killed run's: removed).
     """
 
     model: Model
@@ -46,6 +48,7 @@ class ReportContext:
     channels: dict[str, list[int]]
     steps_kept: list[int]
     class_render: ClassRender | None = None
+    started: float = field(default_factory=time.time)
 
     def layer_dir(self, layer: str) -> Path:
         """``out/layers/<layer>``: the layer's page and its views."""

@@ -15,9 +15,12 @@ import torch.nn as nn
 from nnfeat import distributed
 from nnfeat.data import ImageSet
 from nnfeat.errors import NnfeatError
+from nnfeat.finite import probe_finite
+from nnfeat.io import remove_stale_temporaries, track_writes
+from nnfeat.layouts import OUTPUT
 from nnfeat.models.base import Model, as_model
 from nnfeat.ops.report.context import ClassRender, ReportContext, slug
-from nnfeat.ops.report.manifest import (outputs_ok, read_records, record_key, write_manifest,
+from nnfeat.ops.report.manifest import (outputs_ok, read_records, record_key, stage_files, write_manifest,
                                         write_record)
 from nnfeat.ops.report.pages import read_png
 from nnfeat.ops.report.plan import Stage, plan, stage_owners, sync_points
@@ -112,6 +115,8 @@ def report(model, images: ImageSet, out: str | Path, *, layers: Sequence[str] | 
             raise NnfeatError(f"--atlas layer '{name}' is not one of the report's layers ({', '.join(names)})")
     channels = {name: model.units(name)[1][:units_per_layer] for name in names}
     out = check_out_dir(out)
+    # a NaN/Inf model fails now in one line, not after the first stages (the classes page reads the logits)
+    probe_finite(model, names + ([OUTPUT] if _has_logits(model) else []))
     out.mkdir(parents=True, exist_ok=True)
     steps_kept = sorted({max(1, round(steps * (i + 1) / thresholds)) for i in range(thresholds)})
     settings = {"model": model.name, "weights": getattr(model, "weights", None), "images": images.name,
@@ -148,6 +153,10 @@ def run_stages(ctx: ReportContext, stages: list[Stage], progress: bool) -> tuple
     key = record_key(settings)
     done = {name: info for name, info in read_records(out, names, key).items() if outputs_ok(ctx, name)}
     stop_after = int(os.environ.get(STOP_ENV, "0") or 0)
+    if ranks.writer:  # the hidden temporaries a killed run left (older than this run: never a write in flight)
+        remove_stale_temporaries(out, older_than=ctx.started, recursive=True)
+    if ranks.sharded:
+        ranks.barrier()  # no rank writes before rank 0 has cleaned
     timings: dict[str, float] = {}
     ran, stop = 0, None
     syncs = sync_points(names)
@@ -170,15 +179,16 @@ def run_stages(ctx: ReportContext, stages: list[Stage], progress: bool) -> tuple
             where = f" (rank {ranks.rank}/{ranks.world})" if ranks.sharded else ""
             print(f"report [{i + 1}/{len(stages)}] {stage.name}{where}", file=sys.stderr, flush=True)
         t0 = time.perf_counter()
-        if owner is None:
-            note = stage.run(ctx)
-        else:
-            with distributed.alone():  # one rank's stage: whatever it calls runs whole here, no collectives
+        with track_writes() as written:
+            if owner is None:
                 note = stage.run(ctx)
+            else:
+                with distributed.alone():  # one rank's stage: whatever it calls runs whole here, no collectives
+                    note = stage.run(ctx)
         timings[stage.name] = time.perf_counter() - t0
         done[stage.name] = {"note": note} if note else {}
         if owner is not None or ranks.writer:
-            write_record(out, stage.name, key, note)
+            write_record(out, stage.name, key, note, stage_files(ctx, stage.name, written))
         if ranks.writer:
             write_manifest(out, settings, names, done)
         ran += 1
