@@ -50,7 +50,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--model", default="cifar10-resnet20")
     p.add_argument("--layer", default="layer2")
     p.add_argument("--data", default=str(DEFAULT_DATA), help="any nnfeat image source (default: the shared CIFAR-10 test npz)")
-    p.add_argument("--n", type=int, default=1000, help="images (the first N of --data; default 1000)")
+    p.add_argument("--n", type=int, default=1000, help="images (a seeded stratified sample of --data; default 1000)")
     p.add_argument("--batch", type=int, default=64, help="images per forward pass (default 64, as the command)")
     p.add_argument("--rounds", type=int, default=5, help="interleaved repeats (default 5; the median is reported)")
     p.add_argument("--save-n", type=int, default=8, help="images in the result whose save() is timed (default 8)")
@@ -81,7 +81,9 @@ def run(args) -> dict:
         if getattr(args, name) < 1:
             raise NnfeatError(f"--{name.replace('_', '-')} must be at least 1; got {getattr(args, name)}")
     model = load_model(args.model, weights=args.weights, device="cpu")
-    source = load_images(args.data, limit=args.n)
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    from _sample import stratified  # the one seeded, stratified way a benchmark draws images
+    source = stratified(load_images(args.data), args.n, 0)
     if len(source) < args.n:
         raise NnfeatError(f"--n {args.n} is more than the {len(source)} images of '{args.data}'")
     images = torch.cat(list(source.iter_batches(args.batch, model.input_size)))  # (N, 3, H, W) in [0, 1]

@@ -62,7 +62,9 @@ def main(argv=None) -> int:
     cache = Path(tempfile.mkdtemp(prefix="bench-project-"))
     try:
         model = load_model(args.model, weights=args.weights, device="cpu")
-        images = load_images(args.data, size=model.input_size).sample(300 if args.quick else args.n, 0)
+        sys.path.insert(0, str(Path(__file__).resolve().parent))
+        from _sample import stratified  # the one seeded, stratified way a benchmark draws images
+        images = stratified(load_images(args.data, size=model.input_size), 300 if args.quick else args.n, 0)
         layers = [name.strip() for name in args.layers.split(",")]
         deep, shallow = layers[-1], layers[0]
         base = peak_mb()

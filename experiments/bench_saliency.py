@@ -1,13 +1,15 @@
 """Issue 11's saliency numbers: deletion / insertion AUC vs a random map, the randomization test, IG's cost.
 
-On cifar10-resnet20 over ``--n`` (500) shared CIFAR-10 test images (the first N), each image explaining its
-predicted class:
+On cifar10-resnet20 over ``--n`` (500) shared CIFAR-10 test images -- a seeded stratified sample in mixed order
+(``experiments/_sample.py``; the file is sorted by class, so its first N would be N airplanes) -- each image
+explaining its predicted class:
 
 1. **deletion / insertion AUC** (:func:`nnfeat.analysis.sanity.deletion_insertion`: softmax probability of the
    target class, trapezoid AUC over the fraction of pixels, ``--steps`` steps; deletion replaces the most salient
    regions by a Gaussian blur of the image, sigma 4 px; insertion starts from that blurred copy) for Grad-CAM
    (``layer3``), Integrated Gradients (32 alphas, black and blur baselines) and a seeded uniform random map.
-   Both granularities: 2x2 px regions (the default, region perturbation) and single pixels (``patch 1``).
+   Both granularities: 2x2 px regions (the default, region perturbation) and single pixels (``patch 1``). All
+   maps of one granularity run as one stream of batched passes (:func:`nnfeat.analysis.sanity.causal_scores`).
 2. **cascading randomization** (Adebayo et al. 2018; Spearman of |map| between the trained and the
    randomized model, re-initializing the top k parameter layers, k in ``--depths``, ``--repeats`` random
    networks pooled) for gradient, Grad-CAM and the model-independent edge control; a method fails at median
@@ -20,6 +22,8 @@ Run::
 
     NNFEAT_WEIGHTS_PATH=../shared/models .venv/bin/python experiments/bench_saliency.py
     NNFEAT_WEIGHTS_PATH=../shared/models .venv/bin/python experiments/bench_saliency.py --quick   # 64 images
+    OMP_NUM_THREADS=1 NNFEAT_WEIGHTS_PATH=../shared/models .venv/bin/python experiments/bench_saliency.py --n 64 \
+        --threads 1 --rounds 3   # what the README's table was measured with
 """
 
 from __future__ import annotations
@@ -36,6 +40,8 @@ import torch
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _sample import describe, stratified  # noqa: E402
 DEFAULT_DATA = REPO.parent / "shared" / "data" / "cifar10_test.npz"
 IG_TARGET = 1.3
 
@@ -44,7 +50,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--model", default="cifar10-resnet20")
     p.add_argument("--data", default=str(DEFAULT_DATA))
-    p.add_argument("--n", type=int, default=500, help="images (the first N of --data; default 500)")
+    p.add_argument("--n", type=int, default=500, help="images (a seeded stratified sample of --data; default 500)")
+    p.add_argument("--seed", type=int, default=0, help="the sample's seed (default 0)")
     p.add_argument("--steps", type=int, default=16, help="deletion / insertion steps (default 16)")
     p.add_argument("--depths", default="1,2,4,8,16,24,32,39", help="cascade depths k (default 1,2,4,8,16,24,32,39)")
     p.add_argument("--repeats", type=int, default=3, help="random networks pooled (default 3)")
@@ -60,7 +67,7 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 def causal(model, x, t, steps: int) -> dict:
     from nnfeat.analysis.saliency import saliency_maps
-    from nnfeat.analysis.sanity import deletion_insertion, random_maps
+    from nnfeat.analysis.sanity import causal_scores, random_maps
 
     maps = {"gradcam": saliency_maps(model, x, t, "gradcam"),
             "integrated-gradients (black)": saliency_maps(model, x, t, "integrated-gradients", alphas=32),
@@ -69,10 +76,8 @@ def causal(model, x, t, steps: int) -> dict:
             "random": random_maps((len(x), *x.shape[-2:]), 0)}
     rows = {}
     for patch in (2, 1):
-        for name, m in maps.items():
-            if patch == 1 and "blur" in name:
-                continue
-            c = deletion_insertion(model, x, m, t, steps=steps, patch=patch)
+        names = [name for name in maps if not (patch == 1 and "blur" in name)]
+        for name, c in zip(names, causal_scores(model, x, [maps[k] for k in names], t, steps=steps, patch=patch)):
             rows[f"{name} @ patch {patch}"] = {"deletion": float(c.deletion.mean()),
                                                "insertion": float(c.insertion.mean()), "patch": patch,
                                                "method": name}
@@ -130,7 +135,8 @@ def main(argv=None) -> int:
 
         model = load_model(args.model)
         images = load_images(args.data, size=model.input_size)
-        x = images.tensors(range(min(args.n, len(images))), model.input_size)
+        sample = stratified(images, args.n, args.seed)
+        x = sample.tensors(range(len(sample)), model.input_size)
         t = predicted_classes(model, x)
         started = time.perf_counter()
         print(f"[1/3] deletion / insertion on {len(x)} images ...", file=sys.stderr, flush=True)
@@ -144,7 +150,8 @@ def main(argv=None) -> int:
         timing = ig_timing(model, x, args.rounds)
     finally:
         torch.set_num_threads(threads)
-    print(f"{args.model}, {len(x)} images from {Path(args.data).name} (the first {len(x)}), predicted classes; "
+    drawn = describe(sample, len(x), args.seed)
+    print(f"{args.model}, {len(x)} images from {Path(args.data).name} ({drawn}), predicted classes; "
           f"deletion to a blur (sigma 4 px), insertion from it, {args.steps} steps")
     print(f"{'map':38s} {'deletion AUC':>13s} {'insertion AUC':>14s}")
     for name, r in rows.items():
@@ -158,7 +165,8 @@ def main(argv=None) -> int:
         ratio = timing["ratio_vs_bare"].get(k)
         print(f"  {k:20s} {v:7.3f} s" + (f"   {ratio:.2f}x bare (median of per-round ratios)" if ratio else "")
               + "   rounds: " + ", ".join(f"{s:.2f}" for s in timing["seconds_per_round"][k]))
-    record = {"model": args.model, "images": len(x), "data": str(args.data), "steps": args.steps,
+    record = {"model": args.model, "images": len(x), "data": str(args.data), "steps": args.steps, "sample": drawn,
+              "source_indices": sample.source_indices.tolist(),
               "deletion_insertion": rows, "randomization": rand, "ig_timing": timing,
               "seconds": {"deletion_insertion": t_causal, "randomization": t_rand},
               "threads": args.threads, "torch": torch.__version__, "python": platform.python_version(),

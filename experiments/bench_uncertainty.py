@@ -44,7 +44,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--models", default="cifar10-resnet20,cifar10-resnet32", help="comma-separated ensemble")
     p.add_argument("--data", default=str(DEFAULT_DATA),
                    help="a labelled nnfeat image source (default: the shared CIFAR-10 test set)")
-    p.add_argument("--n", type=int, default=None, help="the first N images (default: all)")
+    p.add_argument("--n", type=int, default=None, help="images: a seeded stratified sample (default: all)")
     p.add_argument("--batch", type=int, default=256)
     p.add_argument("--bootstrap", type=int, default=500, help="paired bootstrap resamples (default 500; 0: none)")
     p.add_argument("--tta-samples", type=int, default=0,
@@ -113,7 +113,9 @@ def main(argv=None) -> int:
         models = [load_model(name, weights=args.weights, device="cpu") for name in names]
         images = load_images(args.data, size=models[0].input_size)
         if n is not None:
-            images = images.subset(range(min(n, len(images))))
+            sys.path.insert(0, str(Path(__file__).resolve().parent))
+            from _sample import stratified  # the one seeded, stratified way a benchmark draws images
+            images = stratified(images, n, args.seed)
         started = time.perf_counter()
         result = uncertainty(models, images, "ensemble", top=8, seed=args.seed, batch_size=args.batch)
         elapsed = time.perf_counter() - started

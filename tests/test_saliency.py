@@ -261,7 +261,9 @@ def test_cli_writes_maps_numbers_and_page(tmp_path, shared_dir):
     rec = json.loads((out / "saliency.json").read_text())
     assert rec["kind"] == "saliency" and [m["method"] for m in rec["methods"]] == ["gradient", "gradcam", "edge"]
     by = {m["method"]: m for m in rec["methods"]}
-    assert by["gradcam"]["layer"] == "layer3" and by["edge"]["verdict"] == "fails"
+    assert by["gradcam"]["layer"] == "layer3" and by["edge"]["status"] == "fails"
+    assert by["edge"]["checks"]["randomization"] == "fails"
+    assert "randomization: fails (median Spearman " in by["edge"]["verdict"]
     assert "random_deletion_auc" in by["gradcam"]["deletion_insertion"]
     assert by["gradcam"]["randomization"]["depths"] == [13, 26, 39]
     for name in rec["files"]:

@@ -26,10 +26,15 @@ over its predicted mask, ``value`` a regression output. Every method, gradient, 
 the gradient or the drop of that one score. No Python loop runs over images, samples or alphas; only over chunks of
 ``batch_size`` images. A new method is one function and one :func:`register` call in this module (a new CAM, one
 subclass in :mod:`nnfeat.analysis.cam`).
+
+A method's maps travel as a :class:`MethodMaps` (maps, display scale, and the numbers of
+:mod:`nnfeat.analysis.sanity` once computed); its ``verdict`` names each check (:func:`method_checks`: deletion and
+insertion against the random map, randomization) as passed, failed (with the numbers) or not run.
 """
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Callable, Sequence
 
@@ -62,6 +67,8 @@ class SaliencyMethod:
     settings: tuple[str, ...] = ()
 
 
+#: the percentile of |map| each method's maps are divided by for display
+DISPLAY_PERCENTILE = 99.0
 #: every method :func:`saliency_maps` knows, in page order
 SALIENCY = Registry("saliency method")
 
@@ -259,7 +266,96 @@ def saliency_maps(model, images: torch.Tensor, targets: torch.Tensor | Target | 
     return entry.compute(model, images, targets, layer=layer, batch_size=batch_size, **options)
 
 
+# -- a method's maps and how far to trust them ------------------------------------------------------------
+def display_scale(maps: torch.Tensor, percentile: float = DISPLAY_PERCENTILE) -> float:
+    """The ``percentile`` of |maps| over every pixel of every image (1.0 for all-zero maps)."""
+    flat = maps.detach().abs().flatten().float()
+    k = max(1, min(len(flat), int(math.ceil(percentile / 100 * len(flat)))))
+    value = float(flat.kthvalue(k).values) if len(flat) else 0.0
+    if value <= 0:
+        value = float(flat.max()) if len(flat) else 0.0
+    return value if value > 0 else 1.0
+
+
+@dataclass(frozen=True)
+class Check:
+    """One named check of a method: ``name`` (deletion | insertion | randomization), ``outcome`` (passes | fails |
+    not run) and ``text``, its part of the verdict (``deletion: worse than random (0.837 vs 0.759)``)."""
+
+    name: str
+    outcome: str
+    text: str
+
+
+def method_checks(causal: CausalScores | None, chance: CausalScores | None,
+                  randomization: RandomizationResult | None) -> list[Check]:
+    """Deletion, insertion (mean AUC vs the random map's ``chance``) and randomization, each named as passed, failed
+    (with the numbers that failed it) or not run."""
+    out = []
+    for name, lower in (("deletion", True), ("insertion", False)):
+        if causal is None or chance is None:
+            out.append(Check(name, "not run", f"{name}: not run"))
+            continue
+        mine, rnd = float(getattr(causal, name).mean()), float(getattr(chance, name).mean())
+        if mine < rnd if lower else mine > rnd:
+            out.append(Check(name, "passes", f"{name}: better than random"))
+        else:
+            word = "no better than" if mine == rnd else "worse than"
+            out.append(Check(name, "fails", f"{name}: {word} random ({mine:.3f} vs {rnd:.3f})"))
+    r = randomization
+    if r is None:
+        out.append(Check("randomization", "not run", "randomization: not run (--sanity)"))
+    elif r.passes:
+        out.append(Check("randomization", "passes", "randomization: passes"))
+    else:
+        why = (f"median Spearman {r.final_median:.3f} >= {r.threshold:g}: the map ignores the model"
+               if r.final_median == r.final_median else "every map of the randomized model was constant")
+        out.append(Check("randomization", "fails", f"randomization: fails ({why})"))
+    return out
+
+
+@dataclass(repr=False)
+class MethodMaps:
+    """One saliency method's maps and how far to trust them: raw ``maps`` (B, H, W), ``scale`` (what they are
+    divided by for display), ``signed``, the CAM ``layer`` (or None), and the numbers when computed: ``causal``
+    (its deletion / insertion), ``chance`` (the random map's), ``randomization``."""
+
+    method: str
+    maps: torch.Tensor
+    scale: float
+    signed: bool
+    layer: str | None = None
+    causal: CausalScores | None = None
+    randomization: RandomizationResult | None = None
+    elapsed: float = 0.0
+    chance: CausalScores | None = None
+
+    @property
+    def normalized(self) -> torch.Tensor:
+        """(B, H, W) maps / scale, clamped to [-1, 1]."""
+        return (self.maps / self.scale).clamp(-1, 1)
+
+    @property
+    def checks(self) -> list[Check]:
+        return method_checks(self.causal, self.chance, self.randomization)
+
+    @property
+    def verdict(self) -> str:
+        """Each check named as passed, failed or not run: ``deletion: worse than random (0.837 vs 0.759);
+        insertion: better than random; randomization: passes``."""
+        return "; ".join(c.text for c in self.checks)
+
+    @property
+    def status(self) -> str:
+        """``fails`` (a check failed), ``passes`` (all three passed), ``partial`` (the run ones passed) or
+        ``untested``."""
+        outcomes = [c.outcome for c in self.checks]
+        return ("fails" if "fails" in outcomes else "untested" if "passes" not in outcomes else
+                "partial" if "not run" in outcomes else "passes")
+
+
 __all__ = ["SALIENCY", "SaliencyMethod", "register", "METHODS", "GRADIENT_METHODS", "CAM_METHODS",
            "CONTROL_METHODS", "SIGNED_METHODS", "RANK_BY_ABS", "BASELINES", "check_method", "parse_methods",
            "saliency_maps", "predicted_classes", "resolve_targets", "input_gradients", "baseline_images",
-           "integrated_gradients", "occlusion", "cam_maps", "default_cam_layer", "edge_map"]
+           "integrated_gradients", "occlusion", "cam_maps", "default_cam_layer", "edge_map", "DISPLAY_PERCENTILE",
+           "display_scale", "Check", "method_checks", "MethodMaps"]

@@ -29,7 +29,6 @@ and get their average rank for Spearman.
 from __future__ import annotations
 
 import copy
-import math
 from dataclasses import dataclass, field
 from typing import Callable, Sequence
 
@@ -47,8 +46,6 @@ from nnfeat.hooks import layer_root
 #: median Spearman after full randomization at or above which a method fails the randomization test
 THRESHOLD = 0.3
 DELETION_BASELINES = ("black", "blur")
-#: the percentile of |map| each method's maps are divided by for display
-DISPLAY_PERCENTILE = 99.0
 
 
 # -- deletion / insertion ---------------------------------------------------------------------------------
@@ -108,36 +105,67 @@ def region_ranks(maps: torch.Tensor, patch: int = 1, seed: int = 0) -> tuple[tor
 
 
 @torch.no_grad()
-def _curves(model, start: torch.Tensor, end: torch.Tensor, ranks: torch.Tensor, n_regions: int,
-            targets: Target, steps: int, batch_size: int) -> torch.Tensor:
+def _curves(model, pairs: list[tuple[torch.Tensor, torch.Tensor]], ranks: torch.Tensor, n_regions: int,
+            targets: Target, steps: int, batch_size: int, check: Callable | None = None) -> torch.Tensor:
     """Probability of ``targets`` (:func:`~nnfeat.analysis.targets.target_probabilities`) as the pixels whose
-    region rank < k_s switch from ``start`` to ``end`` (k_s = s/steps of the regions, s = 0..steps); all
-    (image, step) pairs batched. -> (B, steps + 1)."""
-    b, _, h, w = start.shape
-    counts = torch.round(torch.linspace(0, n_regions, steps + 1, device=start.device)).long()  # (S,)
-    parts = list(chunks(b * (steps + 1), batch_size))
+    region rank < k_s switch from ``start`` to ``end`` (k_s = s/steps of the regions, s = 0..steps), for each
+    (start, end) pair of (B, 3, H, W) images and each map's (M, B, H*W) ``ranks`` -> (P, M, B, steps + 1).
+    The end points do not depend on the map (s = 0 is ``start``, s = steps is ``end``): each distinct end image
+    is scored once; the (pair, map, image, inner step) items of every map run as one stream of batched passes.
+    ``check(probs, kinds, maps, images)``: called on each chunk's (N,) probabilities (e.g. to stop at NaN) with
+    what each row is: ``kinds`` its pair's index or ``"end <e>"`` for distinct end image ``e`` (``maps`` None
+    there), ``maps`` its map, ``images`` its image."""
+    b, _, h, w = pairs[0][0].shape
+    device = pairs[0][0].device
+    m_maps, inner = ranks.shape[0], steps - 1
+    ends = list({id(t): t for pair in pairs for t in pair}.values())  # distinct images, in order
+    which = torch.tensor([[next(j for j, t in enumerate(ends) if t is x) for x in pair] for pair in pairs])
+    stack = torch.stack(ends)  # (E, B, 3, H, W)
+    counts = torch.round(torch.linspace(0, n_regions, steps + 1, device=device)).long()  # (S + 1,)
+    n_end, n_inner = len(ends) * b, len(pairs) * m_maps * b * inner
+    parts = list(chunks(n_end, batch_size)) + list(chunks(n_inner, batch_size))
+    n_end_parts = len(list(chunks(n_end, batch_size)))
 
     def chunk_probs(c: int) -> torch.Tensor:  # chunk c on rank c % world under torchrun
-        idx = torch.arange(parts[c].start, parts[c].stop, device=start.device)
-        i, k = idx // (steps + 1), idx % (steps + 1)
-        mask = (ranks[i] < counts[k, None]).view(-1, 1, h, w).to(start.dtype)
-        batch = start[i] * (1 - mask) + end[i] * mask
-        return target_probabilities(model(batch), targets[i])
+        if c < n_end_parts:
+            idx = torch.arange(parts[c].start, parts[c].stop, device=device)
+            probs = target_probabilities(model(stack[idx // b, idx % b]), targets[idx % b])
+            if check is not None:
+                check(probs, [f"end {e}" for e in (idx // b).tolist()], None, (idx % b).tolist())
+            return probs
+        idx = torch.arange(parts[c].start, parts[c].stop, device=device)
+        k, rest = idx % inner + 1, idx // inner
+        i, rest = rest % b, rest // b
+        j, p = rest % m_maps, rest // m_maps
+        mask = (ranks[j, i] < counts[k, None]).view(-1, 1, h, w).to(stack.dtype)
+        batch = stack[which[p, 0].to(device), i] * (1 - mask) + stack[which[p, 1].to(device), i] * mask
+        probs = target_probabilities(model(batch), targets[i])
+        if check is not None:
+            check(probs, p.tolist(), j.tolist(), i.tolist())
+        return probs
 
-    return torch.cat(shard_map(chunk_probs, len(parts))).to(start.device).view(b, steps + 1)
+    done = [t.to(device) for t in shard_map(chunk_probs, len(parts))]
+    at_ends = torch.cat(done[:n_end_parts]).view(len(ends), b)
+    out = torch.empty(len(pairs), m_maps, b, steps + 1, device=device)
+    out[..., 0] = at_ends[which[:, 0].to(device)][:, None]
+    out[..., -1] = at_ends[which[:, 1].to(device)][:, None]
+    if inner:
+        out[..., 1:-1] = torch.cat(done[n_end_parts:]).view(len(pairs), m_maps, b, inner)
+    return out
 
 
-def deletion_insertion(model, images: torch.Tensor, maps: torch.Tensor, targets: torch.Tensor | Target, *,
-                       steps: int = 32, baseline: str = "blur", insertion_sigma: float | None = None,
-                       rank_by: str = "value", patch: int | None = None, seed: int = 0,
-                       batch_size: int = 256) -> CausalScores:
-    """RISE deletion and insertion (see the module docstring) of (B, H, W) ``maps`` for (B, 3, H, W) ``images``
-    and (B,) ``targets`` (or a resolved :class:`~nnfeat.analysis.targets.Target`: the same score the maps explain,
-    tracked as :func:`~nnfeat.analysis.targets.target_probabilities`). ``rank_by``: ``value`` (most positive
-    first) or ``abs`` (largest |map| first).
+def causal_scores(model, images: torch.Tensor, maps: Sequence[torch.Tensor], targets: torch.Tensor | Target, *,
+                  steps: int = 16, baseline: str = "blur", insertion_sigma: float | None = None,
+                  rank_by: str | Sequence[str] = "value", patch: int | None = None, seed: int = 0,
+                  batch_size: int = 256, check: Callable | None = None) -> list[CausalScores]:
+    """RISE deletion and insertion (see the module docstring) of each of the (B, H, W) ``maps`` for (B, 3, H, W)
+    ``images`` and (B,) ``targets`` (or a resolved :class:`~nnfeat.analysis.targets.Target`: the same score the
+    maps explain, tracked as :func:`~nnfeat.analysis.targets.target_probabilities`), every map's steps in one
+    stream of batched passes. ``rank_by`` (one, or one per map): ``value`` (most positive first) or ``abs``
+    (largest |map| first).
     ``patch``: perturb ``patch`` x ``patch`` regions ranked by their mean map value (region perturbation,
     Samek et al. 2017; default min(H, W) // 16, i.e. about 256 regions) or single pixels (1, RISE's own
-    granularity); the random map is then a random region order."""
+    granularity); the random map is then a random region order. ``check``: see :func:`_curves`."""
     if steps < 1:
         raise NnfeatError(f"deletion/insertion needs steps >= 1; got {steps}")
     patch = max(1, min(images.shape[-2:]) // 16) if patch is None else int(patch)
@@ -145,22 +173,37 @@ def deletion_insertion(model, images: torch.Tensor, maps: torch.Tensor, targets:
         raise NnfeatError(f"deletion/insertion patch must be 1..{min(images.shape[-2:])} px; got {patch}")
     if baseline not in DELETION_BASELINES:
         raise NnfeatError(f"unknown deletion baseline '{baseline}': use {', '.join(DELETION_BASELINES)}")
-    if rank_by not in ("value", "abs"):
-        raise NnfeatError(f"rank_by must be 'value' or 'abs'; got '{rank_by}'")
-    if tuple(maps.shape) != (images.shape[0], *images.shape[-2:]):
-        raise NnfeatError(f"maps must be (B, H, W) = {(images.shape[0], *images.shape[-2:])}; got {tuple(maps.shape)}")
+    orders = [rank_by] * len(maps) if isinstance(rank_by, str) else list(rank_by)
+    if len(orders) != len(maps) or any(r not in ("value", "abs") for r in orders):
+        raise NnfeatError(f"rank_by must be 'value' or 'abs' (one, or one per map); got {rank_by}")
+    for m in maps:
+        if tuple(m.shape) != (images.shape[0], *images.shape[-2:]):
+            raise NnfeatError(f"maps must be (B, H, W) = {(images.shape[0], *images.shape[-2:])}; got "
+                              f"{tuple(m.shape)}")
     images = images.detach().float()
-    maps = maps.to(images.device).float()
-    ranks, n_regions = region_ranks(maps.abs() if rank_by == "abs" else maps, patch, seed)
+    ranked = [region_ranks(m.to(images.device).float().abs() if r == "abs" else m.to(images.device).float(),
+                           patch, seed) for m, r in zip(maps, orders)]
+    n_regions = ranked[0][1]
     sigma = float(insertion_sigma or min(images.shape[-2:]) / 8)
-    removed = baseline_images(images, baseline, sigma=sigma)
     blurred = baseline_images(images, "blur", sigma=sigma)
+    removed = blurred if baseline == "blur" else baseline_images(images, baseline, sigma=sigma)
     targets = as_target(targets).to(images.device)
-    dele = _curves(model, images, removed, ranks, n_regions, targets, steps, batch_size)
-    ins = _curves(model, blurred, images, ranks, n_regions, targets, steps, batch_size)
-    dx = 1.0 / steps
-    return CausalScores(torch.trapezoid(dele, dx=dx, dim=1).cpu(), torch.trapezoid(ins, dx=dx, dim=1).cpu(),
-                        dele.cpu(), ins.cpu(), torch.linspace(0, 1, steps + 1), baseline, sigma, rank_by, patch)
+    curves = _curves(model, [(images, removed), (blurred, images)], torch.stack([r for r, _ in ranked]), n_regions,
+                     targets, steps, batch_size, check).cpu()  # (2, M, B, S + 1)
+    auc = torch.trapezoid(curves, dx=1.0 / steps, dim=-1)  # (2, M, B)
+    fractions = torch.linspace(0, 1, steps + 1)
+    return [CausalScores(auc[0, j], auc[1, j], curves[0, j], curves[1, j], fractions, baseline, sigma, orders[j],
+                         patch) for j in range(len(maps))]
+
+
+def deletion_insertion(model, images: torch.Tensor, maps: torch.Tensor, targets: torch.Tensor | Target, *,
+                       steps: int = 16, baseline: str = "blur", insertion_sigma: float | None = None,
+                       rank_by: str = "value", patch: int | None = None, seed: int = 0,
+                       batch_size: int = 256) -> CausalScores:
+    """:func:`causal_scores` of one (B, H, W) map."""
+    return causal_scores(model, images, [maps], targets, steps=steps, baseline=baseline,
+                         insertion_sigma=insertion_sigma, rank_by=rank_by, patch=patch, seed=seed,
+                         batch_size=batch_size)[0]
 
 
 # -- Spearman ---------------------------------------------------------------------------------------------
@@ -300,43 +343,6 @@ def randomization_test(model, images: torch.Tensor, method: str, targets: torch.
                                bool(final == final and final < threshold), constant, repeats)
 
 
-def display_scale(maps: torch.Tensor, percentile: float = DISPLAY_PERCENTILE) -> float:
-    """The ``percentile`` of |maps| over every pixel of every image (1.0 for all-zero maps)."""
-    flat = maps.detach().abs().flatten().float()
-    k = max(1, min(len(flat), int(math.ceil(percentile / 100 * len(flat)))))
-    value = float(flat.kthvalue(k).values) if len(flat) else 0.0
-    if value <= 0:
-        value = float(flat.max()) if len(flat) else 0.0
-    return value if value > 0 else 1.0
-
-
-@dataclass(repr=False)
-class MethodMaps:
-    """One saliency method's maps and how far to trust them: raw ``maps`` (B, H, W), ``scale`` (what they are
-    divided by for display), ``signed``, the CAM ``layer`` (or None), and the sanity numbers when computed."""
-
-    method: str
-    maps: torch.Tensor
-    scale: float
-    signed: bool
-    layer: str | None = None
-    causal: CausalScores | None = None
-    randomization: RandomizationResult | None = None
-    elapsed: float = 0.0
-
-    @property
-    def normalized(self) -> torch.Tensor:
-        """(B, H, W) maps / scale, clamped to [-1, 1]."""
-        return (self.maps / self.scale).clamp(-1, 1)
-
-    @property
-    def verdict(self) -> str:
-        if self.randomization is None:
-            return "untested"
-        return "passes" if self.randomization.passes else "fails"
-
-
 __all__ = ["THRESHOLD", "DELETION_BASELINES", "pixel_order", "random_maps", "CausalScores", "deletion_insertion",
            "region_ranks", "average_ranks", "spearman", "parameter_layers", "reinitialize", "RandomizationResult",
-           "randomization_test", "cascade_depths", "MethodMaps",
-           "DISPLAY_PERCENTILE", "display_scale"]
+           "randomization_test", "cascade_depths", "causal_scores"]

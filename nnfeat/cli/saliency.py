@@ -1,5 +1,6 @@
 """``nnfeat saliency``: which pixels a class depends on (attribution maps), with the numbers that say how far to
-trust each map (deletion / insertion AUC against a random map, the model-randomization test); on token models,
+trust each map (deletion / insertion AUC against a random map by default, printed as a table with each method's
+verdict; the model-randomization test with ``--sanity``); on token models,
 which tokens (and words) a class, a sentence similarity (``--pair``) or each generated token depends on."""
 
 from __future__ import annotations
@@ -10,6 +11,7 @@ from nnfeat.analysis.saliency import CAM_METHODS, SALIENCY, parse_methods
 from nnfeat.analysis.token_saliency import TOKEN_BASELINES, TOKEN_SALIENCY, parse_token_methods
 from nnfeat.cli.common import add_images, add_model, add_shared, finish, load_images_from_args, load_model, positive
 from nnfeat.cli.text_options import add_texts, check_inputs, has_texts, texts_from_args
+from nnfeat.distributed import current
 from nnfeat.errors import NnfeatError
 from nnfeat.finite import probe_finite
 from nnfeat.layouts import OUTPUT
@@ -25,9 +27,10 @@ def register(sub) -> None:
     p = sub.add_parser(
         "saliency", help="saliency / attribution maps with deletion, insertion and randomization numbers",
         description="Attribution maps of a class (each image's prediction, or --target) over --images, one "
-                    "colour scale per figure (absolute and signed views) and an HTML page; --sanity adds "
-                    "deletion / insertion AUC beside a random map and the cascading model-randomization test "
-                    "(Adebayo et al. 2018) with an edge-filter control, flagging methods that fail it. "
+                    "colour scale per figure (absolute and signed views) and an HTML page, with deletion / "
+                    "insertion AUC beside a random map's and a verdict naming each check passed or failed "
+                    "(printed as a table; --no-numbers skips them); --sanity adds the cascading "
+                    "model-randomization test (Adebayo et al. 2018) with an edge-filter control. "
                     "Token models (--text / --text-file): per token and word (word pieces summed), for a class "
                     "(classifiers), the cosine similarity with --pair TEXT (sentence encoders such as minilm) or "
                     "each generated token (lm and seq2seq: a matrix of output x input tokens); methods: "
@@ -51,8 +54,11 @@ def register(sub) -> None:
                         "a box in output pixels (out:3@8:24,16:40); value: a (B,) or (B, 1) regression output")
     p.add_argument("--layer", default=None,
                    help="the CAM methods' layer (conv or token layer; default: the last spatial layer)")
+    p.add_argument("--no-numbers", dest="numbers", action="store_false",
+                   help="skip the deletion / insertion AUC beside a random map (on by default: about 4 x --steps "
+                        "forward passes per image and method)")
     p.add_argument("--sanity", action="store_true",
-                   help="add deletion / insertion AUC vs a random map and the randomization test (slower)")
+                   help="add the cascading randomization test and the edge control (slower)")
     p.add_argument("--alphas", type=int, default=32, help="integrated-gradients: path points (default 32)")
     p.add_argument("--baseline", choices=tuple(BASELINES) + TOKEN_BASELINES, default=None,
                    help="integrated-gradients baseline: images black (default), blur or noise; token models (also "
@@ -61,11 +67,12 @@ def register(sub) -> None:
     p.add_argument("--window", type=int, default=None,
                    help="occlusion window in px (default: input side / 8); token models: occlusion-span's window "
                         "in tokens (default 3)")
-    p.add_argument("--steps", type=int, default=32, help="--sanity: deletion / insertion steps (default 32)")
+    p.add_argument("--steps", type=int, default=16, help="deletion / insertion steps (default 16)")
     p.add_argument("--deletion-baseline", choices=("blur", "black"), default="blur",
-                   help="--sanity: what deleted pixels become (default blur, the insertion start)")
+                   help="what deleted pixels become (default blur, the insertion start)")
     p.add_argument("--patch", type=int, default=None,
-                   help="--sanity: perturb PATCH x PATCH px regions (default: input side / 16; 1 = single pixels)")
+                   help="deletion / insertion: perturb PATCH x PATCH px regions (default: input side / 16; 1 = single "
+                        "pixels)")
     p.add_argument("--cascade", type=int, default=None,
                    help="--sanity: evaluate this many cascade depths, evenly spread (default: every layer)")
     p.add_argument("--repeats", type=int, default=1,
@@ -83,6 +90,8 @@ def cmd_saliency(args) -> int:
         positive(name, getattr(args, name))
     if args.samples < 2 and "vargrad" in methods:
         positive("samples", args.samples, 2)
+    if args.sanity and not args.numbers:
+        raise NnfeatError("--sanity needs the deletion / insertion numbers: drop --no-numbers or --sanity")
     out = check_out_dir(args.out)
     model = load_model(args)
     check_inputs(args, model)
@@ -101,12 +110,16 @@ def cmd_saliency(args) -> int:
     images = load_images_from_args(args, model)
     if args.n is None and len(images) > DEFAULT_N:
         images = images.sample(DEFAULT_N, args.seed)
-    result = saliency(model, images, methods, target=target, layer=args.layer, sanity=args.sanity,
+    result = saliency(model, images, methods, target=target, layer=args.layer, numbers=args.numbers,
+                      sanity=args.sanity,
                       steps=args.steps, deletion_baseline=args.deletion_baseline, patch=args.patch,
                       cascade=args.cascade, repeats=args.repeats, alphas=args.alphas,
                       baseline=args.baseline or "black", samples=args.samples, window=args.window,
                       batch_size=args.batch, seed=args.seed)
-    return finish(result, args, out)
+    code = finish(result, args, out)
+    if current().writer:  # under torchrun only rank 0 prints
+        print(result.numbers_table())
+    return code
 
 
 def _image_only(args) -> None:
@@ -127,9 +140,9 @@ def _token_or_missing(args) -> int:
     if not isinstance(model, TokenModel):
         raise NnfeatError("saliency needs --images SRC for an image model")
     methods = parse_token_methods(args.method)
-    if args.sanity or args.layer is not None or args.patch is not None or args.cascade is not None:
-        raise NnfeatError("--sanity, --layer, --patch and --cascade are for image models; a token model takes "
-                          "--method, --target, --pair, --baseline, --alphas, --samples, --window")
+    if args.layer is not None or args.patch is not None or args.cascade is not None:
+        raise NnfeatError("--layer, --patch and --cascade are for image models; a token model takes --method, "
+                          "--target, --pair, --baseline, --alphas, --samples, --window, --sanity, --no-numbers")
     if args.baseline is not None and args.baseline not in TOKEN_BASELINES:
         raise NnfeatError(f"--baseline {args.baseline} is for image models; a token model takes "
                           f"{', '.join(TOKEN_BASELINES)}")
@@ -137,7 +150,10 @@ def _token_or_missing(args) -> int:
     result = token_saliency(model, texts, methods, target=args.target, pair=args.pair,
                             target_texts=args.target_text, baseline=args.baseline or "pad", steps=args.alphas,
                             samples=args.samples, window=args.window or 3, seed=args.seed,
-                            batch_size=args.batch)
+                            batch_size=args.batch, numbers=args.numbers, sanity=args.sanity)
     for note in result.notes:
         print(f"note: {note}")
-    return finish(result, args, out)
+    code = finish(result, args, out)
+    if result.checks and current().writer:  # under torchrun only rank 0 prints
+        print(result.numbers_table())
+    return code

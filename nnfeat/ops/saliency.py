@@ -1,10 +1,12 @@
 """The saliency operation and its result: :func:`saliency` -> :class:`SaliencyResult` (kind ``saliency``).
 
-Per method the result holds the (B, H, W) maps and, with ``sanity=True``, their numbers: deletion and
-insertion AUC (:func:`nnfeat.analysis.sanity.deletion_insertion`) beside the same AUCs of a seeded random
-map, and the cascading model-randomization test (:func:`nnfeat.analysis.sanity.randomization_test`) with
-its verdict. With ``sanity`` the model-independent ``edge`` control is added, so the page shows what a
-failing method looks like.
+Per method the result holds the (B, H, W) maps and, by default (``numbers=True``), their deletion and
+insertion AUC beside the same AUCs of a seeded random map (:func:`nnfeat.analysis.sanity.causal_scores`: every
+method's and the random map's steps in one stream of batched forward passes); ``sanity=True`` adds the cascading
+model-randomization test (:func:`nnfeat.analysis.sanity.randomization_test`) and the model-independent ``edge``
+control, so the page shows what a failing method looks like. Each method's verdict names every check as passed,
+failed (with its numbers) or not run (:func:`nnfeat.analysis.saliency.method_checks`), in the same words on the
+terminal (:meth:`SaliencyResult.numbers_table`), in the record and on the page.
 
 Colour: maps of different methods live on different scales, so each method's maps are divided by their
 99th-percentile |value| over all images (stated in the record as ``display_scale``); then one colour scale
@@ -13,8 +15,12 @@ blue-white-red for the signed view (``signed.png``; one-signed methods use only 
 :mod:`nnfeat.views.saliency_page`.
 
 Files: ``saliency.png`` (absolute view), ``signed.png``, per method ``<method>-abs.png`` and
-``<method>-signed.png``, and ``index.html`` (the page: per method the maps and the numbers, a failing method
-flagged; stable hooks ``#methods``, ``section.method[data-method][data-verdict]``, ``.numbers td.num``).
+``<method>-signed.png``, and ``index.html`` (the page: per method the maps, the numbers and the verdict, each
+failed check flagged; stable hooks ``#methods``, ``section.method[data-method][data-verdict]`` (the status:
+passes, fails, partial or untested), ``.numbers td.num``, ``.verdict``).
+
+A model that gives NaN or Inf is a one-line error before anything is written: a probe of two random images before
+the work, each method's maps after its pass, each chunk of the deletion / insertion stream as it comes.
 """
 
 from __future__ import annotations
@@ -27,15 +33,15 @@ from typing import ClassVar, Sequence
 import numpy as np
 import torch
 
-from nnfeat.analysis.saliency import CAM_METHODS, SALIENCY, default_cam_layer, parse_methods, resolve_targets, \
-    saliency_maps
+from nnfeat.analysis.saliency import (CAM_METHODS, DISPLAY_PERCENTILE, SALIENCY, MethodMaps, default_cam_layer,
+                                     display_scale, parse_methods, resolve_targets, saliency_maps)
 from nnfeat.analysis.targets import Target, describe_target
 from nnfeat.analysis.targets import parse_target as parse_target_text
-from nnfeat.analysis.sanity import (DISPLAY_PERCENTILE, CausalScores, MethodMaps, cascade_depths, deletion_insertion,
-                                    display_scale, random_maps, randomization_test)
+from nnfeat.analysis.sanity import CausalScores, cascade_depths, causal_scores, random_maps, randomization_test
 from nnfeat.data import ImageSet
 from nnfeat.errors import NnfeatError, nearest
-from nnfeat.finite import check_finite
+from nnfeat.finite import ADVICE, check_finite, probe_finite
+from nnfeat.layouts import OUTPUT
 from nnfeat.io import save_image
 from nnfeat.models.base import as_model
 from nnfeat.ops.results import Result, cli_command, weights_flag
@@ -89,7 +95,7 @@ def _class_of(model, target: Target) -> Target:
 class SaliencyResult(Result):
     """What :func:`saliency` returns: per method a :class:`MethodMaps`; ``inputs`` (B, 3, H, W); ``targets``
     (B,) the explained classes (None for a value); ``random`` the random map's deletion / insertion scores (with
-    sanity); ``target_text`` the target as given (``pred``, ``3``, ``out:3@mask``); ``target`` its record
+    the numbers); ``target_text`` the target as given (``pred``, ``3``, ``out:3@mask``); ``target`` its record
     (:func:`~nnfeat.analysis.targets.describe_target`) for a target other than a class logit, else None."""
 
     model: str
@@ -111,6 +117,8 @@ class SaliencyResult(Result):
     target: dict | None = None
     #: each image's name (a folder source's relative file paths), shown instead of its index; None: indices
     image_names: list[str] | None = None
+    #: seconds of the deletion / insertion stream (every method and the random map together)
+    numbers_elapsed: float = 0.0
     kind: ClassVar[str] = "saliency"
     run_fields: ClassVar[tuple[str, ...]] = ("timings_seconds",)
 
@@ -142,6 +150,10 @@ class SaliencyResult(Result):
             out.extend(self.map_caption(i, j) for j in range(len(self.methods)))
         return out
 
+    def numbers_table(self) -> str:
+        """The terminal's table: per method deletion and insertion AUC, the random map's, and the verdict."""
+        return page.numbers_table(self.methods, self.random)
+
     def title(self) -> str:
         return f"{self.model}  saliency ({', '.join(m.method for m in self.methods)})  {self.source}"
 
@@ -158,7 +170,7 @@ class SaliencyResult(Result):
     def method_record(self, m: MethodMaps) -> dict:
         flat = m.maps.flatten(1)
         entry = {"method": m.method, "layer": m.layer, "signed": m.signed, "display_scale": m.scale,
-                 "verdict": m.verdict,
+                 "verdict": m.verdict, "status": m.status, "checks": {c.name: c.outcome for c in m.checks},
                  "per_image": [{"min": float(a), "max": float(b), "abs_mean": float(c)} for a, b, c in
                                zip(flat.min(1).values, flat.max(1).values, flat.abs().mean(1))],
                  "files": [f"{slug(m.method)}-abs.png", f"{slug(m.method)}-signed.png"]}
@@ -173,6 +185,9 @@ class SaliencyResult(Result):
         return entry
 
     def record(self) -> dict:
+        timings = {m.method: round(m.elapsed, 3) for m in self.methods}
+        if self.random is not None:
+            timings["deletion_insertion"] = round(self.numbers_elapsed, 3)
         rec = {"model": self.model, "source": self.source, "target": self.target_mode,
                "target_text": self.target_text or self.target_mode,
                "images": [{"index": idx, "label": lab, "target": t, "target_name": name}
@@ -183,7 +198,7 @@ class SaliencyResult(Result):
                                 "signed": "blue-white-red -1..1 of map / display_scale (one scale for the figure)",
                                 "display_scale": f"p{DISPLAY_PERCENTILE:g} of |map| over all images, per method"},
                "methods": [self.method_record(m) for m in self.methods],
-               "timings_seconds": {m.method: round(m.elapsed, 3) for m in self.methods}}
+               "timings_seconds": timings}
         if self.target is not None:
             rec["target_spec"] = self.target
         if self.random is not None:
@@ -225,28 +240,51 @@ def _inputs(model, images: ImageSet | torch.Tensor, batch_size: int):
 
 def _method_maps(model, name: str, inputs: torch.Tensor, targets: torch.Tensor, opts: dict, layer: str | None,
                  indices: list[int], sanity: dict | None) -> MethodMaps:
-    """One method's maps and, with ``sanity`` (deletion / insertion and randomization settings), its numbers."""
+    """One method's maps (checked for NaN / Inf) and, with ``sanity`` (the randomization settings), its
+    randomization test."""
     t0 = time.perf_counter()
     entry = SALIENCY[name]
     maps = saliency_maps(model, inputs, targets, name, layer=layer, **opts).float()
     check_finite(maps, getattr(model, "name", "model"), f"its {name} saliency maps", indices)
     m = MethodMaps(name, maps.cpu(), display_scale(maps), entry.signed, layer)
     if sanity is not None:
-        seed = sanity["seed"]
-        m.causal = deletion_insertion(model, inputs, maps, targets, steps=sanity["steps"],
-                                      baseline=sanity["deletion_baseline"],
-                                      rank_by="abs" if entry.rank_by_abs else "value", patch=sanity["patch"],
-                                      seed=seed, batch_size=opts["batch_size"])
         cascade = sanity["cascade"]
         ks = None if cascade is None else cascade_depths(model, inputs.shape[-2:], cascade)
-        m.randomization = randomization_test(model, inputs, name, targets, layer=layer, ks=ks, seed=seed,
+        m.randomization = randomization_test(model, inputs, name, targets, layer=layer, ks=ks, seed=sanity["seed"],
                                              repeats=sanity["repeats"], maps=maps, options=opts)
     m.elapsed = time.perf_counter() - t0
     return m
 
 
+def _numbers(model, inputs: torch.Tensor, methods: list[MethodMaps], targets, indices: list[int], *, steps: int,
+             baseline: str, patch: int | None, seed: int, batch_size: int) -> CausalScores:
+    """Deletion / insertion of every method's maps and of a seeded random map in one stream of batched passes,
+    each chunk checked for NaN / Inf as it comes; sets each method's ``causal`` and ``chance``, returns the random
+    map's scores."""
+    name = getattr(model, "name", "model")
+    labels = [m.method for m in methods] + ["the random map"]
+
+    def check(probs, kinds, which, images) -> None:
+        bad = (~torch.isfinite(probs)).nonzero()
+        if len(bad):
+            r = int(bad[0, 0])
+            where = (f"the {('deletion', 'insertion')[kinds[r]]} images of {labels[which[r]]}" if which is not None
+                     else "the images or their blurred copies" if baseline == "blur" else
+                     f"the images, their blurred copies or their {baseline} deletion baseline")
+            raise NnfeatError(f"model '{name}' gave NaN or Inf at its output on {where} (first at image "
+                              f"{indices[images[r]]}): {ADVICE}")
+
+    chance = random_maps((len(inputs), *inputs.shape[-2:]), seed, inputs.device)
+    scores = causal_scores(model, inputs, [m.maps for m in methods] + [chance], targets, steps=steps,
+                           baseline=baseline, patch=patch, seed=seed, batch_size=batch_size, check=check,
+                           rank_by=["abs" if SALIENCY[m.method].rank_by_abs else "value" for m in methods] + ["value"])
+    for m, s in zip(methods, scores):
+        m.causal, m.chance = s, scores[-1]
+    return scores[-1]
+
+
 def saliency(model, images: ImageSet | torch.Tensor, methods: str | Sequence[str] = "gradient", *,
-             target=None, layer: str | None = None, sanity: bool = False, steps: int = 32,
+             target=None, layer: str | None = None, numbers: bool = True, sanity: bool = False, steps: int = 16,
              deletion_baseline: str = "blur", patch: int | None = None, cascade: int | None = None,
              repeats: int = 1, alphas: int = 32,
              baseline: str = "black", samples: int = 16, window: int | None = None, batch_size: int = 256,
@@ -255,18 +293,25 @@ def saliency(model, images: ImageSet | torch.Tensor, methods: str | Sequence[str
     (B, 3, H, W) in [0, 1] at the model's input size), explaining ``target`` (None/"pred": each image's
     predicted class; a class index or name; a target text such as ``out:3@mask``, ``out:3@8:24,16:40`` or
     ``value``, or a :class:`~nnfeat.analysis.targets.Target`: see :mod:`nnfeat.analysis.targets`; every method and
-    the sanity numbers explain that one score). ``layer``: the CAM layer (default: the last spatial layer).
-    ``sanity``: add deletion / insertion AUC (``steps``, ``deletion_baseline``) beside a random map's and the
-    randomization test (``cascade`` depths evenly spread over 1..all, default all; ``repeats`` random
-    networks) and the ``edge`` control. ``alphas``/``baseline``: Integrated Gradients; ``samples``: the
-    SmoothGrad family; ``window``: occlusion."""
+    the numbers explain that one score). ``layer``: the CAM layer (default: the last spatial layer).
+    ``numbers`` (default on): deletion / insertion AUC (``steps``, ``deletion_baseline``, ``patch``) beside a
+    seeded random map's, about 4 * steps forward passes per image and method. ``sanity``: add the randomization
+    test (``cascade`` depths evenly spread over 1..all, default all; ``repeats`` random networks) and the ``edge``
+    control (it needs the numbers). ``alphas``/``baseline``: Integrated Gradients; ``samples``: the SmoothGrad
+    family; ``window``: occlusion."""
     started = time.perf_counter()
     model = as_model(model)
+    if sanity and not numbers:
+        raise NnfeatError("sanity needs the deletion / insertion numbers: drop --no-numbers (numbers=False) or "
+                          "--sanity")
     names = parse_methods(methods)
     if sanity and "edge" not in names:
         names.append("edge")
     target_index = parse_target(model, target)
+    if numbers and steps < 1:
+        raise NnfeatError(f"deletion/insertion needs steps >= 1; got {steps}")
     inputs, source, indices, labels, options = _inputs(model, images, batch_size)
+    probe_finite(model, [OUTPUT] + ([layer] if layer else []), inputs.shape[-2:])  # NaN / Inf: before any work
     targets = resolve_targets(model, inputs, target_index, batch_size)  # a bad target: an error before any map
     spec = target_index if isinstance(target_index, Target) else None
     if any(n in CAM_METHODS for n in names):
@@ -277,32 +322,34 @@ def saliency(model, images: ImageSet | torch.Tensor, methods: str | Sequence[str
     else:
         cam_layer = None
     given = {"alphas": alphas, "baseline": baseline, "samples": samples, "window": window, "seed": seed}
-    checks = (dict(steps=steps, deletion_baseline=deletion_baseline, patch=patch, cascade=cascade, repeats=repeats,
-                   seed=seed) if sanity else None)
+    checks = dict(cascade=cascade, repeats=repeats, seed=seed) if sanity else None
     results = []
     for name in names:
         opts = dict({k: given[k] for k in SALIENCY[name].settings}, batch_size=batch_size)
         lay = cam_layer if name in CAM_METHODS else None
         results.append(_method_maps(model, name, inputs, targets, opts, lay, indices, checks))
-    random = None
-    if sanity:  # the chance level: a seeded random map's deletion / insertion
-        random = deletion_insertion(model, inputs, random_maps((len(inputs), *inputs.shape[-2:]), seed, inputs.device),
-                                    targets, steps=steps, baseline=deletion_baseline, patch=patch, seed=seed,
-                                    batch_size=batch_size)
+    random, t0 = None, time.perf_counter()
+    if numbers:  # beside the chance level: a seeded random map's deletion / insertion
+        random = _numbers(model, inputs, results, targets, indices, steps=steps, baseline=deletion_baseline,
+                          patch=patch, seed=seed, batch_size=batch_size)
+    numbers_elapsed = time.perf_counter() - t0
     classes = list(getattr(model, "classes", None) or [])
     tnames = ["value" if t is None else classes[t] if t < len(classes) else str(t) for t in targets.tolist()]
-    settings = {"methods": names, "layer": cam_layer, "sanity": sanity, "batch_size": batch_size, "seed": seed,
+    settings = {"methods": names, "layer": cam_layer, "numbers": numbers, "sanity": sanity,
+                "batch_size": batch_size, "seed": seed,
                 "integrated_gradients": {"alphas": alphas, "baseline": baseline, "rule": "midpoint"},
                 "smoothgrad": {"samples": samples, "noise": 0.15}, "occlusion": {"window": window}}
+    if numbers:
+        settings.update(steps=steps, deletion_baseline=deletion_baseline, patch=random.patch)
     if sanity:
-        settings.update(steps=steps, deletion_baseline=deletion_baseline, patch=random.patch, cascade=cascade,
-                        repeats=repeats,
+        settings.update(cascade=cascade, repeats=repeats,
                         randomization="cascading re-initialization from the logits down (Adebayo et al. 2018), "
                                       "Spearman of |map|, fails at median >= 0.3 after full randomization")
     command = cli_command("saliency", model.name, **options,
                           target=None if target_index is None else str(target),
                           method=",".join(parse_methods(methods)),
-                          layer=layer, sanity=sanity,
+                          layer=layer, no_numbers=not numbers, sanity=sanity,
+                          steps=None if steps == 16 or not numbers else steps,
                           weights=weights_flag(model))
     return SaliencyResult(model=getattr(model, "name", "model"), methods=results, inputs=inputs.cpu(),
                           targets=targets.tolist(), target_names=tnames,
@@ -311,7 +358,8 @@ def saliency(model, images: ImageSet | torch.Tensor, methods: str | Sequence[str
                           device=str(inputs.device), elapsed=time.perf_counter() - started, command=command,
                           target_text="pred" if target_index is None else str(target),
                           target=None if spec is None else describe_target(spec),
-                          image_names=images.names if isinstance(images, ImageSet) else None)
+                          image_names=images.names if isinstance(images, ImageSet) else None,
+                          numbers_elapsed=numbers_elapsed)
 
 
 def _target_mode(target: int | Target | None) -> str:

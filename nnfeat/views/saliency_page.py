@@ -5,7 +5,8 @@
 Colour: each method's maps are divided by their display scale (the p99 |map|); then one colour scale holds for the
 whole figure: 0..1 viridis-like for the absolute view, -1..1 blue-white-red for the signed view (one-signed
 methods use only its red half). The page (``index.html``, no script) has stable hooks ``#methods``,
-``section.method[data-method][data-verdict]`` and ``.numbers td.num``.
+``section.method[data-method][data-verdict]`` (the method's status), ``.numbers td.num`` and ``.verdict`` (each
+check named as passed, failed or not run: the same words as the terminal's :func:`numbers_table` and the record).
 """
 
 from __future__ import annotations
@@ -20,7 +21,8 @@ import torch
 from PIL import Image, ImageDraw
 
 from nnfeat.analysis.heatmap import COLORMAPS, overlay
-from nnfeat.analysis.sanity import DISPLAY_PERCENTILE, CausalScores, MethodMaps, RandomizationResult
+from nnfeat.analysis.saliency import DISPLAY_PERCENTILE, MethodMaps
+from nnfeat.analysis.sanity import CausalScores, RandomizationResult
 from nnfeat.io import write_text
 from nnfeat.views.sheets import _font, labelled_sheet
 from nnfeat.views.templating import CSP_RELATIVE, fill_page, fill_template
@@ -131,35 +133,62 @@ def cascade_svg(r: RandomizationResult, width: int = 260, height: int = 110) -> 
 
 def _numbers_rows(m: MethodMaps, random: CausalScores | None) -> list[str]:
     rows = []
+    checks = {c.name: c for c in m.checks}
     if m.causal is not None and random is not None:
-        d, rd = float(m.causal.deletion.mean()), float(random.deletion.mean())
-        i, ri = float(m.causal.insertion.mean()), float(random.insertion.mean())
-        rows.append(f'<tr><th>deletion AUC (lower is better)</th><td class="num" data-key="deletion">{fmt(d)}</td>'
-                    f'<td class="num" data-key="random-deletion">{fmt(rd)}</td>'
-                    f'<td class="{"good" if d < rd else "bad"}">{"below" if d < rd else "not below"} random</td></tr>')
-        rows.append(f'<tr><th>insertion AUC (higher is better)</th><td class="num" data-key="insertion">{fmt(i)}</td>'
-                    f'<td class="num" data-key="random-insertion">{fmt(ri)}</td>'
-                    f'<td class="{"good" if i > ri else "bad"}">{"above" if i > ri else "not above"} random</td></tr>')
+        for key, better in (("deletion", "lower"), ("insertion", "higher")):
+            c = checks[key]
+            mine, chance = fmt(float(getattr(m.causal, key).mean())), fmt(float(getattr(random, key).mean()))
+            rows.append(f'<tr><th>{key} AUC ({better} is better)</th><td class="num" data-key="{key}">{mine}</td>'
+                        f'<td class="num" data-key="random-{key}">{chance}</td>'
+                        f'<td class="{"good" if c.outcome == "passes" else "bad"}">'
+                        f'{html.escape(c.text.split(": ", 1)[1])}</td></tr>')
     if m.randomization is not None:
-        r = m.randomization
+        r, c = m.randomization, checks["randomization"]
         rows.append(f'<tr><th>randomization: median Spearman after all {len(r.layers)} layers</th>'
                     f'<td class="num" data-key="spearman">{fmt(r.final_median)}</td><td>threshold {r.threshold:g}</td>'
-                    f'<td class="{"good" if r.passes else "bad"}">'
-                    f'{"passes" if r.passes else "FAILS: map ignores the model"}</td></tr>')
+                    f'<td class="{"good" if r.passes else "bad"}">{html.escape(c.text.split(": ", 1)[1])}</td></tr>')
     return rows
 
 
+def verdict_line(m: MethodMaps) -> str:
+    """The method's verdict as a paragraph: every check named, failed ones marked (the record's words)."""
+    kind = {"passes": "good", "fails": "bad", "not run": "untested"}
+    parts = "; ".join(f'<span class="{kind[c.outcome]}" data-check="{c.name}">{html.escape(c.text)}</span>'
+                      for c in m.checks)
+    return f'<p class="verdict" data-status="{m.status}">verdict: {parts}</p>'
+
+
 def method_section(m: MethodMaps, random: CausalScores | None) -> str:
-    """The page's section of one method: its numbers beside the random map's, the cascade curve, both views."""
+    """The page's section of one method: its verdict, its numbers beside the random map's, the cascade curve, both
+    views."""
     name = html.escape(m.method)
     rows = _numbers_rows(m, random)
     table = ('<table class="numbers"><tr><th></th><th>method</th><th>random map</th><th></th></tr>'
-             + "".join(rows) + "</table>") if rows else '<p class="note">no sanity numbers (run with --sanity)</p>'
+             + "".join(rows) + "</table>") if rows else '<p class="note">no numbers (run without --no-numbers)</p>'
     layer = f' <span class="layer">layer {html.escape(m.layer)}</span>' if m.layer else ""
     svg = cascade_svg(m.randomization) if m.randomization is not None else ""
-    flag = ' <span class="flag">fails the randomization test</span>' if m.verdict == "fails" else ""
-    return fill_template("saliency_method.html", method=name, verdict=m.verdict, layer=layer, flag=flag, table=table,
-                         svg=svg, base=quote(slug(m.method)))
+    failed = [c.name for c in m.checks if c.outcome == "fails"]
+    flag = f' <span class="flag">fails {html.escape(", ".join(failed))}</span>' if failed else ""
+    return fill_template("saliency_method.html", method=name, verdict=m.status, layer=layer, flag=flag, table=table,
+                         svg=svg, base=quote(slug(m.method)), verdict_line=verdict_line(m))
+
+
+def numbers_table(methods: Sequence[MethodMaps], random: CausalScores | None) -> str:
+    """The terminal's table, one row per method: deletion AUC, insertion AUC, the random map's (both) and the
+    verdict (the words of the record and the page)."""
+    head = ("method", "deletion AUC (lower better)", "insertion AUC (higher better)", "random map's (del / ins)",
+            "verdict")
+    rows = [head]
+    for m in methods:
+        d = i = "\u2014"
+        if m.causal is not None:
+            d, i = fmt(float(m.causal.deletion.mean())), fmt(float(m.causal.insertion.mean()))
+        chance = "\u2014" if random is None else \
+            f"{fmt(float(random.deletion.mean()))} / {fmt(float(random.insertion.mean()))}"
+        rows.append((m.method, d, i, chance, m.verdict))
+    widths = [max(len(r[k]) for r in rows) for k in range(4)]
+    return "\n".join("  ".join([r[0].ljust(widths[0])] + [r[k].rjust(widths[k]) for k in (1, 2, 3)] + [r[4]])
+                     for r in rows)
 
 
 def write_page(path, *, title: str, methods: Sequence[MethodMaps], random: CausalScores | None, n_images: int,
@@ -176,7 +205,7 @@ def write_page(path, *, title: str, methods: Sequence[MethodMaps], random: Causa
                              else f"class {html.escape(target_name)}")]
     tracked = ("softmax probability of the target" if not target_description else
                "the target's score (its class's softmax probability averaged over its region; a value as it is)")
-    if s.get("sanity"):
+    if random is not None:
         bits.append(f"deletion baseline: {html.escape(str(s.get('deletion_baseline')))} (sigma "
                     f"{random.insertion_sigma:g} px), insertion from that blurred copy, {s.get('steps')} steps "
                     f"of "
@@ -191,4 +220,4 @@ def write_page(path, *, title: str, methods: Sequence[MethodMaps], random: Causa
 
 
 __all__ = ["fmt", "slug", "overlays", "image_caption", "map_caption", "colorbar", "view_sheet", "method_sheet",
-           "cascade_svg", "method_section", "write_page"]
+           "cascade_svg", "verdict_line", "method_section", "numbers_table", "write_page"]
