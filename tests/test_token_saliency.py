@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 
+import numpy as np
 import pytest
 import torch
 from torch import nn
@@ -206,7 +207,7 @@ def test_cli_minilm_pair(tmp_path):
     ("dates-seq2seq", ["--baseline", "mask"], "has no mask token; use pad or zero"),
     ("dates-seq2seq", ["--target", "3"], "its target is each generated token"),
     ("dates-seq2seq", ["--method", "gradcam"], "unknown token saliency method 'gradcam'"),
-    ("dates-seq2seq", ["--sanity"], "are for image models"),
+    ("dates-seq2seq", ["--patch", "2"], "are for image models"),
     ("dates-seq2seq", ["--baseline", "blur"], "is for image models; a token model takes pad, mask, zero"),
     ("toy", ["--target", "7"], "class 7 is out of range: toy-classifier has 3 classes"),
     ("toy", ["--target", "nope"], "unknown class 'nope'"),
@@ -235,3 +236,60 @@ def _run_one(toy_file, tmp_path) -> str:
     assert main(["saliency", toy_file, "--text", "w4", "--method", "gradient,occlusion", "--quiet", "--out",
                  str(out)]) == 0
     return (out / "saliency.json").read_text()
+
+
+# -- the numbers beside every method ---------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def shortcut() -> TokenModel:
+    from nnfeat.models import shortcut_text as st
+
+    return st.trained_model()
+
+def test_numbers_by_default_flag_a_ranking_worse_than_random(shortcut):
+    """Held-out planted texts: ranking the planted token first deletes the evidence at once (deletion far below
+    the random ranking's, a verdict that passes); ranking it last is worse than random and says FAILED."""
+    from nnfeat.analysis.token_checks import causal_check
+    from nnfeat.analysis.token_sanity import verdicts
+    from nnfeat.analysis.token_targets import make_target
+    from nnfeat.models import shortcut_text as st
+
+    data = st.held_out(24, seed=11)
+    planted = [t for t, y in zip(data.texts, data.labels.tolist()) if y == 1][:8]
+    result = token_saliency(shortcut, planted, "occlusion")
+    numbers = result.checks["occlusion"]
+    assert numbers["deletion"] < numbers["random_deletion"] - 0.2, numbers
+    assert numbers["insertion"] > numbers["random_insertion"], numbers
+    assert numbers["verdicts"][0].startswith("deletion: passed") and "randomization" not in " ".join(
+        numbers["verdicts"])
+    assert "occlusion" in result.numbers_table() and result.record()["checks"]["occlusion"] == numbers
+    batch = shortcut.encode(planted)
+    target = make_target(shortcut, batch, "pred")
+    last = (target.ids != st.PLANTED_ID).float() + torch.arange(target.ids.shape[1]).float() / 1000
+    causal = causal_check(shortcut, target, last)
+    texts = [v.text for v in verdicts(causal)]
+    assert texts[0].startswith("deletion: FAILED, worse than random"), texts
+
+
+def test_sanity_adds_the_randomization_test_and_no_numbers_skips_them(shortcut):
+    from nnfeat.models import shortcut_text as st
+
+    texts = st.held_out(6, seed=12).texts
+    sane = token_saliency(shortcut, texts, "gradient", sanity=True)
+    summary = sane.checks["gradient"]["randomization"]
+    assert summary["layers_top_down"][-1] == "embed" and summary["passes"]
+    assert sane.checks["gradient"]["verdicts"][-1].startswith("randomization: passed")
+    assert "--sanity" in sane.command
+    bare = token_saliency(shortcut, texts, "gradient", numbers=False)
+    assert bare.checks == {} and "--no-numbers" in bare.command and bare.numbers_table() == ""
+    assert np.array_equal(bare.values["gradient"][0], sane.values["gradient"][0])
+
+
+def test_cli_prints_the_numbers_table_and_the_page_names_each_check(tmp_path, capsys):
+    out = tmp_path / "out"
+    assert main(["saliency", "dates-seq2seq", "--text", "june 5 2009", "--method", "gradient", "--quiet",
+                 "--out", str(out)]) == 0
+    printed = capsys.readouterr().out
+    assert "deletion (lower better)" in printed and "vs random" in printed
+    record = json.loads((out / "saliency.json").read_text())
+    verdict = record["checks"]["gradient"]["verdicts"][0]
+    assert verdict.split(":")[0] == "deletion" and verdict in (out / "index.html").read_text()

@@ -91,11 +91,12 @@ def _check(ids: torch.Tensor, mask: torch.Tensor, ranking: torch.Tensor, keep: t
 def token_deletion_insertion(score_fn: ScoreFn, ids: torch.Tensor, mask: torch.Tensor, ranking: torch.Tensor,
                              baseline_id: int, *, steps: int | None = None, keep: torch.Tensor | None = None,
                              targets: torch.Tensor | None = None, rank_by: str = "value", seed: int = 0,
-                             batch_size: int = 256) -> dict:
+                             batch_size: int = 256, with_rows: bool = False) -> dict:
     """Deletion and insertion AUC of (B, T) attributions ``ranking`` for (B, T) ``ids`` / ``mask``.
 
     Args:
-        score_fn: ``(ids (N, T), mask (N, T)) -> (N,)`` probabilities (or (N, K) with ``targets``).
+        score_fn: ``(ids (N, T), mask (N, T)) -> (N,)`` probabilities (or (N, K) with ``targets``); with
+            ``with_rows`` it also takes (N,) long, which of the B texts each of the N rows is.
         baseline_id: the token that replaces deleted tokens and fills the insertion start (pad, ``[MASK]``, ...).
         steps: ``None``: one token at a time (exact); else ``steps`` equal fractions of each text's tokens.
         keep: (B, T) bool, tokens never replaced (special tokens: :func:`special_mask`).
@@ -136,7 +137,7 @@ def token_deletion_insertion(score_fn: ScoreFn, ids: torch.Tensor, mask: torch.T
         chosen = ranks[r] < counts[r, c][:, None]
         replace = torch.where(ins.bool()[:, None], eligible[r] & ~chosen, chosen)
         x = torch.where(replace, torch.full_like(ids[r], int(baseline_id)), ids[r])
-        out = score_fn(x, mask[r])
+        out = score_fn(x, mask[r], r) if with_rows else score_fn(x, mask[r])
         if targets is not None:
             out = out.gather(1, targets.to(out.device)[r][:, None])[:, 0]
         if out.shape != (len(r),):
@@ -160,20 +161,22 @@ def token_deletion_insertion(score_fn: ScoreFn, ids: torch.Tensor, mask: torch.T
 def compare_with_random(score_fn: ScoreFn, ids: torch.Tensor, mask: torch.Tensor, ranking: torch.Tensor,
                         baseline_id: int, *, keep: torch.Tensor | None = None, steps: int | None = None,
                         targets: torch.Tensor | None = None, rank_by: str = "value", seed: int = 0,
-                        repeats: int = 1, batch_size: int = 256) -> dict:
+                        repeats: int = 1, batch_size: int = 256, with_rows: bool = False) -> dict:
     """:func:`token_deletion_insertion` of ``ranking`` and of ``repeats`` seeded random rankings
     (:func:`random_ranking`, seeds ``seed`` .. ``seed + repeats - 1``), in one stream of ``score_fn`` calls.
-    Returns ``{"method": ..., "random": ...}``; the random AUCs (B,) are averaged over the repeats."""
+    Returns ``{"method": ..., "random": ...}``; the random AUCs (B,) are averaged over the repeats. With
+    ``with_rows``, ``score_fn`` gets each row's text index in 0..B-1 (as :func:`token_deletion_insertion`)."""
     if repeats < 1:
         raise NnfeatError(f"random repeats must be at least 1; got {repeats}")
     b = len(ids)
     rand = [random_ranking(mask, seed + r) for r in range(repeats)]
     every = torch.cat([ranking.to(ids.device).float()] + rand)
     tile = 1 + repeats
+    tiled_fn = (lambda x, m, r: score_fn(x, m, r % b)) if with_rows else score_fn
     both = token_deletion_insertion(
-        score_fn, ids.repeat(tile, 1), mask.repeat(tile, 1), every, baseline_id, steps=steps,
+        tiled_fn, ids.repeat(tile, 1), mask.repeat(tile, 1), every, baseline_id, steps=steps,
         keep=None if keep is None else keep.repeat(tile, 1), targets=None if targets is None else targets.repeat(tile),
-        rank_by=rank_by, seed=seed, batch_size=batch_size)
+        rank_by=rank_by, seed=seed, batch_size=batch_size, with_rows=with_rows)
 
     def part(lo: int, hi: int) -> dict:
         reps = (hi - lo) // b

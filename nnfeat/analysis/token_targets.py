@@ -85,6 +85,19 @@ class TokenTarget:
         return logp.gather(1, self.token[rows, None])[:, 0]
 
 
+    @torch.no_grad()
+    def probability(self, model: TokenModel, ids: torch.Tensor, mask: torch.Tensor, rows: torch.Tensor
+                    ) -> torch.Tensor:
+        """(M, T) ids, mask, (M,) row numbers -> (M,) what deletion / insertion track: the softmax probability of
+        the class (``class``), the cosine similarity (``pair``), the probability of the explained token (``next``,
+        ``decoder``)."""
+        if self.kind == "class":
+            out = model(ids, mask)
+            return out.float().softmax(-1)[torch.arange(len(rows), device=out.device), self.classes[rows]]
+        score = self.score(model, ids, mask, rows).float()
+        return score if self.kind == "pair" else score.exp()
+
+
 def mean_pool(vectors: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     """(B, T, D) token vectors, (B, T) bool mask -> (B, D) mean over the real tokens."""
     m = mask.to(vectors.dtype)[..., None]

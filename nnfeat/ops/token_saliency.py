@@ -19,8 +19,10 @@ from typing import Sequence
 import numpy as np
 import torch
 
+from nnfeat.analysis.token_checks import causal_check, randomization_check
 from nnfeat.analysis.token_saliency import BATCH_SIZE, TOKEN_SALIENCY, as_matrix, parse_token_methods, \
     row_attributions
+from nnfeat.analysis.token_sanity import verdicts
 from nnfeat.analysis.token_targets import MAX_STEPS, make_target
 from nnfeat.analysis.token_words import AGGREGATION, aggregate_words, word_groups, word_text
 from nnfeat.errors import NnfeatError
@@ -48,6 +50,9 @@ class TokenSaliencyResult(Result):
         step_tokens: lm / seq2seq: per text the K explained output tokens.
         words: per text ``(word, [token positions])``; ``word_values``: method -> per text (W,) or (K, W).
         target: the target's record; ``describe`` its line.
+        checks: method -> its numbers: mean ``deletion`` / ``insertion`` AUC and the random ranking's
+            (``random_deletion``, ``random_insertion``), per text, the ``randomization`` summary (``sanity``) and
+            ``verdicts`` (one line per check, passed or FAILED).
         settings: baseline, steps, samples, noise, window, seed.
     """
 
@@ -63,6 +68,7 @@ class TokenSaliencyResult(Result):
     describe: str
     settings: dict
     step_tokens: list[list[str]] | None = None
+    checks: dict[str, dict] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
     source: str = "text"
     indices: list[int] = field(default_factory=list)
@@ -115,7 +121,20 @@ class TokenSaliencyResult(Result):
                 "signed": {m: TOKEN_SALIENCY[m].signed for m in self.methods}, "target": self.target,
                 "target_description": self.describe, "settings": self.settings, "aggregation": AGGREGATION,
                 "shape": "per text: (tokens,) or, for lm / seq2seq, (explained tokens, input tokens)",
-                "texts": per_text, "notes": self.notes, "device": self.device}
+                "checks": self.checks, "texts": per_text, "notes": self.notes, "device": self.device}
+
+    def numbers_table(self) -> str:
+        """The numbers as a short terminal table: per method its AUCs beside the random ranking's, and verdicts."""
+        if not self.checks:
+            return ""
+        lines = [f"{'method':<22} {'deletion (lower better)':>24} {'insertion (higher better)':>26}  verdict"]
+        for m, c in self.checks.items():
+            failed = [v.split(":")[0] for v in c["verdicts"] if "FAILED" in v]
+            lines.append(f"{m:<22} {c['deletion']:>9.3f} vs random {c['random_deletion']:.3f} "
+                         f"{c['insertion']:>11.3f} vs random {c['random_insertion']:.3f}  "
+                         + ("FAILED " + ", ".join(failed) if failed else "passed " + ", ".join(
+                             v.split(":")[0] for v in c["verdicts"])))
+        return "\n".join(lines)
 
     def write_files(self, out: Path) -> list[str]:
         files = []
@@ -133,6 +152,7 @@ class TokenSaliencyResult(Result):
                   "rows": {m: self.shown(i)[j] for j, m in enumerate(self.methods)}} for i in range(len(self.texts))]
         notes = [f"Model {self.model} ({self.kind_of_model}); explained: {self._what()}; baseline "
                  f"{self.settings['baseline']}.", f"Words: {AGGREGATION} (in saliency.json)."] + list(self.notes)
+        notes += [f"{m}: " + "; ".join(c["verdicts"]) for m, c in self.checks.items()]
         saliency_html(pages, out / "index.html", title=self.title(), signed=self.signed, notes=notes)
         return [*files, "index.html"]
 
@@ -141,7 +161,8 @@ def token_saliency(model: TokenModel, texts: TextSet | Sequence[str], methods: s
                    target: str | int | None = "pred", pair: str | None = None,
                    target_texts: Sequence[str] | None = None, baseline: str = "pad", steps: int = 32,
                    samples: int = 16, noise: float = 0.1, window: int = 3, seed: int = 0,
-                   max_steps: int = MAX_STEPS, batch_size: int = BATCH_SIZE) -> TokenSaliencyResult:
+                   max_steps: int = MAX_STEPS, batch_size: int = BATCH_SIZE, numbers: bool = True,
+                   sanity: bool = False) -> TokenSaliencyResult:
     """Token saliency of ``model`` over ``texts`` (see :mod:`nnfeat.analysis.token_saliency` for the methods and
     :mod:`nnfeat.analysis.token_targets` for the targets).
 
@@ -152,6 +173,9 @@ def token_saliency(model: TokenModel, texts: TextSet | Sequence[str], methods: s
         target_texts: seq2seq: the decoder text per text; lm: the continuation per text (default: greedy).
         baseline: ``pad``, ``mask`` or ``zero``; steps: integrated-gradients path points; samples, noise:
             smoothgrad; window: occlusion-span; seed: smoothgrad's noise; max_steps: greedy decoding's length.
+        numbers: deletion and insertion AUC over tokens beside a seeded random ranking, per method (default on:
+            a few batched forward passes per text; :func:`nnfeat.analysis.token_checks.causal_check`).
+        sanity: also the cascading randomization test per method (one attribution pass per layer).
 
     Raises:
         NnfeatError: one line for an unknown method or baseline, a target the model does not take, a class out
@@ -170,10 +194,14 @@ def token_saliency(model: TokenModel, texts: TextSet | Sequence[str], methods: s
     notes = [n for n in (batch.note(model.max_length),) if n]
     resolved = make_target(model, batch, target, pair=pair, target_texts=target_texts, steps=max_steps)
     values: dict[str, list[np.ndarray]] = {}
+    checks: dict[str, dict] = {}
+    options = dict(baseline=baseline, steps=steps, samples=samples, noise=noise, seed=seed, window=window,
+                   batch_size=batch_size)
     for name in names:  # one pass set per method
-        rows = row_attributions(model, resolved, name, baseline=baseline, steps=steps, samples=samples, noise=noise,
-                                seed=seed, window=window, batch_size=batch_size)
+        rows = row_attributions(model, resolved, name, **options)
         values[name] = _per_text(as_matrix(rows, resolved).cpu(), resolved)
+        if numbers or sanity:
+            checks[name] = _checks(model, resolved, name, rows, options, sanity)
     tokens = _input_tokens(model, batch, resolved)
     groups = [word_groups(t, model.tokenizer) for t in tokens]
     words = [[(word_text(t, g, model.tokenizer), g) for g in gs] for t, gs in zip(tokens, groups)]
@@ -182,21 +210,38 @@ def token_saliency(model: TokenModel, texts: TextSet | Sequence[str], methods: s
     values = {m: [v[..., :len(t)] for v, t in zip(vals, tokens)] for m, vals in values.items()}
     settings = {"baseline": baseline, "steps": steps, "samples": samples, "noise": noise, "window": window,
                 "seed": seed, "ig_rule": "riemann_middle", "embedding": model.embedding}
-    options = dict(text_file=texts.source if texts.source != "text" else None,
+    flags = dict(text_file=texts.source if texts.source != "text" else None,
                    n=len(texts) if texts.source != "text" else None, method=",".join(names),
                    target=None if target in (None, "pred") else target, pair=pair,
                    baseline=None if baseline == "pad" else baseline, alphas=None if steps == 32 else steps,
                    samples=None if samples == 16 else samples, window=None if window == 3 else window,
-                   seed=seed or None, weights=weights_flag(model))
-    command = cli_command("saliency", model.name, **options)
+                   seed=seed or None, sanity=sanity or None, no_numbers=None if numbers or sanity else True,
+                   weights=weights_flag(model))
+    command = cli_command("saliency", model.name, **flags)
     if texts.source == "text":
         command += "".join(f" --text {shlex.quote(t)}" for t in texts.texts)
     command += "".join(f" --target-text {shlex.quote(t)}" for t in target_texts or ())
     return TokenSaliencyResult(
         model=model.name, kind_of_model=model.kind, texts=texts.texts, tokens=tokens, methods=names, values=values,
         words=words, word_values=word_values, target=resolved.record, describe=resolved.describe, settings=settings,
-        step_tokens=resolved.step_tokens, notes=notes, source=texts.source, indices=texts.indices,
+        step_tokens=resolved.step_tokens, checks=checks, notes=notes, source=texts.source, indices=texts.indices,
         device=str(model.device), command=command, elapsed=time.perf_counter() - started)
+
+
+def _checks(model: TokenModel, target, method: str, rows: torch.Tensor, options: dict, sanity: bool) -> dict:
+    """One method's numbers (:attr:`TokenSaliencyResult.checks`): deletion / insertion beside a random ranking,
+    the randomization test with ``sanity``, and a verdict line per check."""
+    causal = causal_check(model, target, rows, baseline=options["baseline"], seed=options["seed"])
+    randomization = randomization_check(model, target, method, rows, **options) if sanity else None
+    mean = lambda t: round(float(t.nanmean()), 4)  # noqa: E731
+    out = {"deletion": mean(causal["method"]["deletion"]), "insertion": mean(causal["method"]["insertion"]),
+           "random_deletion": mean(causal["random"]["deletion"]), "random_insertion": mean(causal["random"]["insertion"]),
+           "per_row": {k: _rounded(causal["method"][k].cpu().numpy()) for k in ("deletion", "insertion")},
+           "replaced_by": causal["replaced_by"], "steps": causal["method"]["steps"],
+           "verdicts": [v.text for v in verdicts(causal, randomization)]}
+    if randomization is not None:
+        out["randomization"] = randomization.summary()
+    return out
 
 
 def _rounded(values: np.ndarray) -> list:
