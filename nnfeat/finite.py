@@ -1,8 +1,10 @@
 """One check, used wherever a model's numbers become a picture or a table: NaN or Inf is a one-line error naming
 the model, what was computed and the first bad item (never a black image or a bare ``NaN`` in JSON).
 
-:func:`probe_finite` runs before any work (two seeded random images through the layers a command reads);
-:func:`check_finite` checks a finished dataset pass, for a model that breaks only on some inputs.
+:func:`probe_finite` runs before any work (two seeded random images through the layers a command reads, and its
+output); :func:`probe_gradient_finite` does the same for the input gradient a saliency map is made of (a forward
+can be finite where its backward is not: ``sqrt`` at 0); :func:`check_finite` checks each batch of a dataset pass
+as it comes, for a model that breaks only on some inputs, so the first bad batch stops the work.
 """
 
 from __future__ import annotations
@@ -47,8 +49,7 @@ def probe_finite(model, layers: Sequence[str], size: Sequence[int] | None = None
     """Before any work: a one-line error when any of ``model``'s ``layers`` is NaN or Inf on two seeded random
     images of ``size`` (default the model's input size); ``channels``: only these channels (of a (B, C, ...)
     layer) count, for a command that reads only them."""
-    size = tuple(size or model.input_size)
-    probe = torch.rand((2, 3, *size), generator=torch.Generator().manual_seed(0)).to(model.device)
+    probe = _probe_images(model, size)
     with ActivationCapture(model, list(dict.fromkeys(layers))) as capture:
         acts = capture(model.fit(probe))
     for layer in dict.fromkeys(layers):
@@ -60,4 +61,27 @@ def probe_finite(model, layers: Sequence[str], size: Sequence[int] | None = None
             raise NnfeatError(f"model '{model.name}' gives NaN or Inf at {where} on a test image: {ADVICE}")
 
 
-__all__ = ["check_finite", "probe_finite", "ADVICE"]
+def _probe_images(model, size: Sequence[int] | None) -> torch.Tensor:
+    """(2, 3, H, W): the two seeded random probe images at ``size`` (default the model's input size)."""
+    size = tuple(size or model.input_size)
+    return torch.rand((2, 3, *size), generator=torch.Generator().manual_seed(0)).to(model.device)
+
+
+def probe_gradient_finite(model, size: Sequence[int] | None = None, name: str | None = None) -> None:
+    """Before any work: a one-line error when the gradient of ``model``'s top output (a (B, K) classifier; the
+    largest score of each image) with respect to the input is NaN or Inf on the two probe images of
+    :func:`probe_finite` -- what a gradient saliency map of the model would be made of."""
+    probe = _probe_images(model, size).requires_grad_(True)
+    with torch.enable_grad():
+        out = model(model.fit(probe))
+        out = out[0] if isinstance(out, (tuple, list)) else out
+        if not isinstance(out, torch.Tensor) or out.dim() != 2 or not out.is_floating_point():
+            return  # not a (B, K) classifier: the command's own checks say what it needs
+        (grad,) = torch.autograd.grad(out.max(1).values.sum(), probe, allow_unused=True)
+    if grad is not None and not bool(torch.isfinite(grad).all()):
+        raise NnfeatError(f"model '{name or model.name}' gives NaN or Inf in the gradient of its output with respect "
+                          f"to a test image (its forward is finite; its backward is not, e.g. sqrt or log at 0): "
+                          f"{ADVICE}")
+
+
+__all__ = ["check_finite", "probe_finite", "probe_gradient_finite", "ADVICE"]

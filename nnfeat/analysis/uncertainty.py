@@ -45,6 +45,7 @@ from nnfeat.analysis.targets import Target, describe_output, output_kind, select
 from nnfeat.distributed import shard_map
 from nnfeat.engine.transforms import affine_resample
 from nnfeat.errors import NnfeatError
+from nnfeat.finite import check_finite
 from nnfeat.seeds import generator, stage_seed
 
 TTA_ZOOM = (0.9, 1.1)
@@ -198,16 +199,34 @@ def _short(names: Sequence[str], shown: int = 3) -> str:
     return ",".join(map(str, names[:shown])) + (",…" if len(names) > shown else "") + f" ({len(names)})"
 
 
+def _checked(probs: torch.Tensor, model: nn.Module, start: int, items: Sequence | None) -> torch.Tensor:
+    """(T, b, K) probabilities of the chunk of images from position ``start``, unchanged; a one-line error naming
+    the first image with a NaN or Inf (``items``: what the B images are called, e.g. source indices; default
+    their positions), so the first bad chunk of a dataset pass stops it."""
+    names = None if items is None else list(items)[start:start + probs.shape[1]]
+    if names is None:
+        names = list(range(start, start + probs.shape[1]))
+    check_finite(probs.transpose(0, 1), _name(model), "its predicted probabilities", names)
+    return probs
+
+
 @torch.no_grad()
-def ensemble_probs(models: Sequence[nn.Module], images: torch.Tensor, batch_size: int = 256) -> torch.Tensor:
+def ensemble_probs(models: Sequence[nn.Module], images: torch.Tensor, batch_size: int = 256,
+                   items: Sequence | None = None) -> torch.Tensor:
     """(B, 3, H, W) images in [0, 1] -> (M, B, K) softmax probabilities, one row per model (each model gets the
-    images resized to its input size). Chunk i of every model on rank i % world under torchrun."""
+    images resized to its input size). Chunk i of every model on rank i % world under torchrun; a chunk with a
+    NaN or Inf is a one-line error naming its first bad image (``items``: the B images' names, e.g. source
+    indices)."""
     chunks = images.split(batch_size)
     out = []
     for model in models:
         device = next((b.device for b in model.buffers()), images.device)
-        out.append(torch.cat(shard_map(
-            lambda i: _logits(model, fit_images(model, chunks[i].to(device))).softmax(1).cpu(), len(chunks))))
+
+        def chunk_probs(i: int, model=model, device=device) -> torch.Tensor:
+            probs = _logits(model, fit_images(model, chunks[i].to(device))).softmax(1).cpu()
+            return _checked(probs[None], model, i * batch_size, items)[0]
+
+        out.append(torch.cat(shard_map(chunk_probs, len(chunks))))
     return torch.stack(out)
 
 
@@ -242,20 +261,22 @@ def dropout_active(model: nn.Module) -> Iterator[list[nn.Module]]:
 
 @torch.no_grad()
 def mc_dropout_probs(model: nn.Module, images: torch.Tensor, samples: int = 20, seed: int = 0,
-                     batch_size: int = 256) -> torch.Tensor:
+                     batch_size: int = 256, items: Sequence | None = None) -> torch.Tensor:
     """(B, 3, H, W) -> (T, B, K) softmax probabilities of T = ``samples`` dropout masks. Each chunk of images is
     repeated T times and run as one batch (BatchNorm stays in eval, so items do not interact); the masks come from
-    ``(seed, chunk)`` through a forked RNG, so the global RNG is untouched."""
+    ``(seed, chunk)`` through a forked RNG, so the global RNG is untouched. A chunk with a NaN or Inf is a one-line
+    error (``items``: as for :func:`ensemble_probs`)."""
     _check_samples(samples)
     device = next((b.device for b in model.buffers()), images.device)
-    parts = images.split(max(1, batch_size // samples))
+    step = max(1, batch_size // samples)
+    parts = images.split(step)
 
     def chunk_probs(i: int) -> torch.Tensor:  # chunk i on rank i % world under torchrun
         part = fit_images(model, parts[i].to(device))
         with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
             torch.manual_seed(stage_seed(seed, "mc-dropout", i))
             logits = _logits(model, part.repeat(samples, 1, 1, 1))
-        return logits.softmax(1).view(samples, len(part), -1).cpu()
+        return _checked(logits.softmax(1).view(samples, len(part), -1).cpu(), model, i * step, items)
 
     with dropout_active(model):
         return torch.cat(shard_map(chunk_probs, len(parts)), 1)
@@ -312,9 +333,10 @@ def augment(images: torch.Tensor, matrices: torch.Tensor) -> torch.Tensor:
 
 @torch.no_grad()
 def tta_probs(model: nn.Module, images: torch.Tensor, samples: int = 8, seed: int = 0,
-              batch_size: int = 256, flip: bool = True) -> torch.Tensor:
+              batch_size: int = 256, flip: bool = True, items: Sequence | None = None) -> torch.Tensor:
     """(B, 3, H, W) -> (T, B, K) softmax probabilities of T = ``samples`` augmentations (:func:`tta_matrices`;
-    row 0 is the plain image). Chunks of images are augmented T ways and run as one batch."""
+    row 0 is the plain image). Chunks of images are augmented T ways and run as one batch; a chunk with a NaN or
+    Inf is a one-line error (``items``: as for :func:`ensemble_probs`)."""
     device = next((b.device for b in model.buffers()), images.device)
     images = fit_images(model, images)
     mats = tta_matrices(len(images), images.shape[-2:], samples, seed, flip)
@@ -325,7 +347,7 @@ def tta_probs(model: nn.Module, images: torch.Tensor, samples: int = 8, seed: in
         part = images[start:start + chunk].to(device)
         m = mats[:, start:start + len(part)].flatten(0, 1)
         batch = augment(part.repeat(samples, 1, 1, 1), m)
-        return _logits(model, batch).softmax(1).view(samples, len(part), -1).cpu()
+        return _checked(_logits(model, batch).softmax(1).view(samples, len(part), -1).cpu(), model, start, items)
 
     return torch.cat(shard_map(chunk_probs, math.ceil(len(images) / chunk)), 1)
 

@@ -56,13 +56,15 @@ class UncertaintyMethod:
         """Checks the loaded models (a one-line error when the method cannot sample them)."""
 
     def member_probs(self, models, images: torch.Tensor, samples: int, seed: int, batch_size: int,
-                     flip: bool) -> torch.Tensor:
-        """(N, 3, H, W) -> (M, N, K) member probabilities."""
+                     flip: bool, items: Sequence | None = None) -> torch.Tensor:
+        """(N, 3, H, W) -> (M, N, K) member probabilities; a one-line error at the first chunk of images with a NaN
+        or Inf (``items``: the N images' names in it, e.g. source indices)."""
         raise NotImplementedError
 
     def singles(self, models, labels: Sequence[str], member: torch.Tensor, images: torch.Tensor,
-                batch_size: int) -> dict[str, torch.Tensor]:
-        """{name: (N, K) probabilities} of each single model the combined prediction is compared against."""
+                batch_size: int, items: Sequence | None = None) -> dict[str, torch.Tensor]:
+        """{name: (N, K) probabilities} of each single model the combined prediction is compared against (a pass
+        of their own is checked for NaN or Inf like :meth:`member_probs`)."""
         raise NotImplementedError
 
     def combined_name(self, models, samples: int) -> str:
@@ -90,12 +92,26 @@ class Ensemble(UncertaintyMethod):
                               "--method mc-dropout or tta")
         if samples is not None:
             raise NnfeatError("--samples is for mc-dropout and tta; an ensemble has one sample per model")
+        names = [m.strip() for m in models if isinstance(m, str)]
+        twice = next((n for i, n in enumerate(names) if n in names[:i]), None)
+        if twice is not None:
+            raise NnfeatError(f"the ensemble names '{twice}' twice: its copies always agree, so the mutual "
+                              "information would be 0 by construction; name each model once")
         return len(models)
 
-    def member_probs(self, models, images, samples, seed, batch_size, flip):
-        return ensemble_probs(models, images, batch_size)
+    def check_models(self, models):
+        """A one-line error when two members are the same network (the same weights, by value)."""
+        for i, model in enumerate(models):
+            for j in range(i):
+                if _same_weights(models[j], model):
+                    raise NnfeatError(f"ensemble members {j + 1} and {i + 1} ('{_name(models[j])}', "
+                                      f"'{_name(model)}') have the same weights: they always agree, so the mutual "
+                                      "information would be 0 by construction; give models of other weights")
 
-    def singles(self, models, labels, member, images, batch_size):
+    def member_probs(self, models, images, samples, seed, batch_size, flip, items=None):
+        return ensemble_probs(models, images, batch_size, items)
+
+    def singles(self, models, labels, member, images, batch_size, items=None):
         return {name: member[i] for i, name in enumerate(labels)}
 
     def combined_name(self, models, samples):
@@ -121,11 +137,11 @@ class MCDropout(UncertaintyMethod):
     def check_models(self, models):
         check_dropout(models[0])
 
-    def member_probs(self, models, images, samples, seed, batch_size, flip):
-        return mc_dropout_probs(models[0], images, samples, seed, batch_size)
+    def member_probs(self, models, images, samples, seed, batch_size, flip, items=None):
+        return mc_dropout_probs(models[0], images, samples, seed, batch_size, items)
 
-    def singles(self, models, labels, member, images, batch_size):
-        return {f"{_name(models[0])} (dropout off)": ensemble_probs([models[0]], images, batch_size)[0]}
+    def singles(self, models, labels, member, images, batch_size, items=None):
+        return {f"{_name(models[0])} (dropout off)": ensemble_probs([models[0]], images, batch_size, items)[0]}
 
     def combined_name(self, models, samples):
         return f"mc-dropout, {samples} samples"
@@ -148,10 +164,10 @@ class TestTimeAugmentation(UncertaintyMethod):
     augments = True
     default_samples = 8
 
-    def member_probs(self, models, images, samples, seed, batch_size, flip):
-        return tta_probs(models[0], images, samples, seed, batch_size, flip)
+    def member_probs(self, models, images, samples, seed, batch_size, flip, items=None):
+        return tta_probs(models[0], images, samples, seed, batch_size, flip, items)
 
-    def singles(self, models, labels, member, images, batch_size):
+    def singles(self, models, labels, member, images, batch_size, items=None):
         return {f"{_name(models[0])} (no augmentation)": member[0]}
 
     def combined_name(self, models, samples):
@@ -180,6 +196,18 @@ DEFAULT_SAMPLES = {n: UNCERTAINTY[n].default_samples for n in METHODS if UNCERTA
 
 def _name(model: nn.Module) -> str:
     return getattr(model, "name", type(model).__name__)
+
+
+def _same_weights(a: nn.Module, b: nn.Module) -> bool:
+    """Whether two networks hold the same parameters and buffers (names, shapes and values); one object twice
+    counts, a network without any parameters never does."""
+    if a is b:
+        return True
+    sa, sb = a.state_dict(), b.state_dict()
+    if not sa or sa.keys() != sb.keys():
+        return False
+    return all(x.shape == sb[k].shape and x.dtype == sb[k].dtype and
+               (x.data_ptr() == sb[k].data_ptr() or torch.equal(x.cpu(), sb[k].cpu())) for k, x in sa.items())
 
 
 def check_method(method: str, models: Sequence, samples: int | None) -> int:

@@ -8,8 +8,9 @@ from nnfeat.cli.common import UNITS_HELP, add_images, add_model, add_shared, fin
 from nnfeat.cli.text_options import add_texts, check_inputs, texts_from_args
 from nnfeat.errors import NnfeatError
 from nnfeat.finite import probe_finite
+from nnfeat.layouts import OUTPUT
 from nnfeat.models.text import TokenModel
-from nnfeat.ops.heatmap import heatmap
+from nnfeat.ops.heatmap import check_top, heatmap
 from nnfeat.ops.results import check_out_dir
 from nnfeat.ops.token_heatmap import token_heatmap
 from nnfeat.units import parse_units
@@ -47,6 +48,7 @@ def cmd_heatmap(args) -> int:
     units = parse_units(args.layer)
     if args.top is not None:
         positive("top", args.top)
+        check_top(args.top, units)  # before the model loads
     positive("n", args.n)
     positive("batch", args.batch)
     out = check_out_dir(args.out)
@@ -58,7 +60,7 @@ def cmd_heatmap(args) -> int:
         raise NnfeatError("heatmap needs --images SRC for an image model")
     model.units(units)
     check_spatial(model, units.layer)
-    probe_finite(model, [units.layer], channels=units.channels)
+    probe_finite(model, [units.layer, OUTPUT], channels=units.channels)  # the layer and the output, before work
     images = load_images_from_args(args, model)
     if args.n is None and len(images) > DEFAULT_N:
         images = images.sample(DEFAULT_N, args.seed)

@@ -20,6 +20,7 @@ from nnfeat.cli.common import MODEL_HELP, add_images, add_shared, finish, load_i
 from nnfeat.cli.text_options import add_texts, check_inputs, has_texts, texts_from_args
 from nnfeat.errors import NnfeatError
 from nnfeat.finite import probe_finite
+from nnfeat.layouts import OUTPUT
 from nnfeat.models.embedding_file import read_embedding_file, read_token_list
 from nnfeat.models.text import TokenModel
 from nnfeat.ops.project import parse_layers, project
@@ -109,7 +110,7 @@ def cmd_project(args) -> int:
         raise NnfeatError("the following arguments are required: --images (image models; " + TOKEN_USAGE + ")")
     for layer in layers:
         model.units(layer)
-    probe_finite(model, layers)
+    probe_finite(model, [*layers, OUTPUT])  # the layers and the output, before any work
     images = load_images_from_args(args, model)
     if args.k is None:  # the default adapts to a small source: k must stay below half the images
         args.k = min(10, max(1, (len(images) + 1) // 2 - 1))

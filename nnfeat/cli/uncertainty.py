@@ -9,7 +9,7 @@ from nnfeat.analysis.uncertainty import check_distribution_target, check_same_cl
 from nnfeat.analysis.uncertainty_methods import UNCERTAINTY, check_method
 from nnfeat.cli.common import MODEL_HELP, add_images, add_shared, finish, load_images_from_args, load_model, positive
 from nnfeat.errors import NnfeatError
-from nnfeat.finite import probe_finite
+from nnfeat.finite import probe_finite, probe_gradient_finite
 from nnfeat.layouts import OUTPUT
 from nnfeat.models.registry import find_card
 from nnfeat.ops.results import check_out_dir
@@ -77,8 +77,9 @@ def cmd_uncertainty(args) -> int:
         models.append(distribution_model(load_model(args), explained))
     args.model = ",".join(names)
     check_same_classes(models)
-    for model in models:
+    for model in models:  # the output and its input gradient (the saliency maps), before any work
         probe_finite(model, [OUTPUT])
+        probe_gradient_finite(model)
     UNCERTAINTY[method]().check_models(models)
     images = load_images_from_args(args, models[0])
     flip = None if args.flip == "auto" else args.flip == "yes"

@@ -117,6 +117,15 @@ class HeatmapResult(Result):
                                            self.labels)
 
 
+def check_top(top: int | None, units: Units) -> None:
+    """A one-line error when ``top`` (the K strongest channels of a whole layer) is given with ``units`` that
+    name their own channels (``layer2:0..3 --top 2`` would draw all 4 maps, silently)."""
+    if top is not None and units.channels is not None:
+        raise NnfeatError(f"--top {top} picks the strongest channels of a whole layer, but '{units}' names "
+                          f"{len(units.channels)} channels itself: drop --top (to draw those), or give the plain "
+                          f"layer '{units.layer}' with --top {top}")
+
+
 def heatmap(model: Model, units: str | Units, images: ImageSet | torch.Tensor, *, reduce: str = "channels", top: int | None = None,
             scale: str = "figure", batch_size: int = 64, alpha: float = 0.6) -> HeatmapResult:
     """Activation heatmaps of ``units`` (``"layer2"``: the ``top`` strongest channels, default 8 or every channel of
@@ -126,6 +135,7 @@ def heatmap(model: Model, units: str | Units, images: ImageSet | torch.Tensor, *
     parsed, channels = model.units(units)
     channels_all = list(channels)
     check_spatial(model, parsed.layer)
+    check_top(top, parsed)
     if top is None:
         top = min(8, len(channels))
     elif parsed.channels is None and reduce == "channels" and not 1 <= top <= len(channels):
@@ -142,9 +152,15 @@ def heatmap(model: Model, units: str | Units, images: ImageSet | torch.Tensor, *
         source, indices, labels, image_names = "tensor", list(range(len(images))), [None] * len(images), None
         options = {"images": source, "n": len(images)}
     inputs = torch.cat(batches)
+    def batch_maps(i: int) -> torch.Tensor:  # each batch checked as it comes: the first with NaN/Inf stops the pass
+        maps_i = layer_maps(model, parsed.layer, batches[i])
+        start = sum(len(b) for b in batches[:i])
+        check_finite(maps_i[:, channels], model.name, f"the maps of layer '{parsed.layer}'",
+                     indices[start:start + len(maps_i)])
+        return maps_i
+
     # the dataset pass: batch i on rank i % world under torchrun (every rank gets every batch's maps)
-    maps = torch.cat(shard_map(lambda i: layer_maps(model, parsed.layer, batches[i]), len(batches))).to(inputs.device)
-    check_finite(maps[:, channels], model.name, f"the maps of layer '{parsed.layer}'", indices)
+    maps = torch.cat(shard_map(batch_maps, len(batches))).to(inputs.device)
     if parsed.channels is None and reduce == "channels":
         channels = strongest_channels(maps, top)
     maps = reduce_maps(maps, channels, reduce)
@@ -164,4 +180,4 @@ def heatmap(model: Model, units: str | Units, images: ImageSet | torch.Tensor, *
                          elapsed=time.perf_counter() - started, command=command, image_names=image_names)
 
 
-__all__ = ["HeatmapResult", "heatmap"]
+__all__ = ["HeatmapResult", "heatmap", "check_top"]

@@ -243,10 +243,10 @@ def uncertainty(models, images: ImageSet | torch.Tensor, method: str = "ensemble
     if len(inputs) == 0:
         raise NnfeatError("no images to measure: give --images a source with at least one image")
 
-    member = kind.member_probs(models, inputs, samples_used, seed, batch_size, flip)
-    singles = kind.singles(models, labels_of, member, inputs, batch_size)
+    # every chunk of the dataset pass is checked as it comes: the first with a NaN or Inf stops the work
+    member = kind.member_probs(models, inputs, samples_used, seed, batch_size, flip, indices)
+    singles = kind.singles(models, labels_of, member, inputs, batch_size, indices)
     combined = kind.combined_name(models, samples_used)
-    check_finite(member.transpose(0, 1), ",".join(names), "its predicted probabilities", indices)
     summary = summarize(member)
     y, labels_note = _labels(images, labels, classes, k or member.shape[-1])
     if y is not None and len(y) != len(inputs):
@@ -264,6 +264,8 @@ def uncertainty(models, images: ImageSet | torch.Tensor, method: str = "ensemble
         mats = kind.matrices(len(inputs), size, samples_used, seed, flip, order)
         maps_t, map_names = saliency_across(method, models, labels_of, picked, summary.prediction[order],
                                             min(SALIENCY_MAPS, samples_used), seed, mats)
+        check_finite(maps_t.transpose(0, 1), ",".join(names), "its gradient saliency maps",
+                     [indices[i] for i in order.tolist()])
         spearman, std_maps = map_agreement(maps_t)
     else:
         maps_t, map_names = torch.zeros(0, 0, *size), []
