@@ -138,20 +138,28 @@ def test_ig_equals_captums_layer_integrated_gradients_on_tiny_lm():
     assert float(ours[later].abs().max()) == 0 and float(ours[~later & target.mask].abs().sum()) > 0
 
 
-def test_dates_rows_peak_in_their_fields_source_span(dates):
-    """Each output field's row of the (steps, source) matrix peaks (in |value|) inside the source characters that
-    wrote the field, for most fields (on 100 held-out dates: gradient 0.87, integrated gradients 0.85, occlusion
-    0.89; on these 24 about 0.9)."""
-    examples = make_examples(24, seed=3, split="heldout")
-    queries, _fields, starts, ends = field_span_table(examples, dates.tokenizer, dates.target_tokenizer)
+def test_dates_fields_peak_in_their_source_span(dates):
+    """Each output field (year, month, day: its characters' rows of the (steps, source) matrix, |value| summed)
+    peaks inside the source characters that wrote it for >= 90 % of fields with integrated gradients, occlusion
+    and occlusion-span (on 100 held-out dates: 95 %, 95 %, 99 %); the plain gradient and gradient x input reach
+    85 % and 86 % (the README says so), single characters 85-89 %."""
+    examples = make_examples(40, seed=3, split="heldout")
+    queries, fields, starts, ends = field_span_table(examples, dates.tokenizer, dates.target_tokenizer)
     batch = dates.encode([e.source for e in examples])
     shares = {}
-    for method, options in (("gradient", {}), ("integrated-gradients", {"steps": 16}), ("occlusion", {})):
+    for method, options in (("integrated-gradients", {"steps": 16}), ("occlusion", {}), ("occlusion-span", {}),
+                            ("gradient", {})):
         matrix = token_attributions(dates, batch, method, target_texts=[e.target for e in examples], **options)
-        assert matrix.shape[:2] == (24, 11)  # 10 characters and eos
-        peak = matrix[:, queries].abs().argmax(-1)  # (N, 8)
-        shares[method] = float(((peak >= starts) & (peak < ends)).float().mean())
-    assert min(shares.values()) >= 0.85, shares
+        assert matrix.shape[:2] == (40, 11)  # 10 characters and eos
+        rows = matrix[:, queries].abs()  # (N, 8, T)
+        hits = []
+        for field in fields.unique():  # year, month, day
+            chars = (fields == field).nonzero()[:, 0]
+            peak = rows[:, chars].sum(1).argmax(-1)
+            hits.append((peak >= starts[:, chars[0]]) & (peak < ends[:, chars[0]]))
+        shares[method] = float(torch.cat(hits).float().mean())
+    assert min(shares[m] for m in ("integrated-gradients", "occlusion", "occlusion-span")) >= 0.9, shares
+    assert shares["gradient"] < shares["occlusion-span"], shares  # the known gap the README states
 
 
 def test_word_pieces_sum_to_words():
