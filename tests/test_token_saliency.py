@@ -301,3 +301,29 @@ def test_cli_prints_the_numbers_table_and_the_page_names_each_check(tmp_path, ca
     record = json.loads((out / "saliency.json").read_text())
     verdict = record["checks"]["gradient"]["verdicts"][0]
     assert verdict.split(":")[0] == "deletion" and verdict in (out / "index.html").read_text()
+
+
+@pytest.mark.parametrize("name", ["shortcut-text", "tiny-lm", "dates-seq2seq"])
+def test_attention_agreement_is_one_for_the_attention_itself(name):
+    """An attribution equal to the row's own attention (the [CLS] row of the last layer, the predicting position,
+    the decoder step's cross-attention row) agrees with it perfectly (tau 1): the query and the tokens line up."""
+    from nnfeat.analysis.token_capture import capture_token_attention
+    from nnfeat.analysis.token_checks import attention_check
+    from nnfeat.models import shortcut_text as st
+    from nnfeat.models.text import TokenBatch
+
+    model = st.trained_model() if name == "shortcut-text" else load_model(name)
+    texts = {"shortcut-text": st.held_out(6, seed=13).texts, "tiny-lm": ["the cat sit on the", "a dog see"],
+             "dates-seq2seq": ["june 5 2009", "3 march 1999"]}[name]
+    target = make_target(model, model.encode(texts), "pred" if name == "shortcut-text" else None)
+    check = attention_check(model, target, torch.zeros(target.ids.shape))
+    first = [int((target.text == t).nonzero()[0, 0]) for t in range(len(texts))]
+    batch = TokenBatch(target.ids[first], target.mask[first], [[]] * len(texts), [""] * len(texts))
+    captured = capture_token_attention(model, batch, None if target.decoder_ids is None else target.decoder_ids[first])
+    last = captured[check["layer"]].float().mean(1)
+    query = torch.zeros_like(target.text) if name == "shortcut-text" else target.position
+    own = last[target.text, query][:, :target.ids.shape[1]]
+    again = attention_check(model, target, own)
+    eligible = ~again["last"].isnan()
+    assert eligible.sum() >= len(texts) and torch.allclose(again["last"][eligible], torch.ones(int(eligible.sum())))
+    assert (again["rollout"] is None) == (name == "dates-seq2seq")

@@ -8,17 +8,27 @@ never replaced. A ``zero`` baseline has no token: pad stands in (said in the rec
 
 :func:`randomization_check` -- the cascading randomization test (Adebayo et al. 2018) of one method on the same
 rows, the target fixed from the trained model (its classes, its explained tokens).
+
+:func:`attention_check` -- how far attention agrees with the attribution (Jain & Wallace 2019, "Attention is
+not explanation"): per row Kendall's tau-b of |attribution| with the last attention layer's weights (heads
+averaged) and with attention rollout (Abnar & Zuidema 2020), over the row's real, non-special tokens. The
+query is the row's: the ``[CLS]`` token of a classifier or encoder that starts with one (else the mean over
+its real tokens), the predicting position of an lm row, and for seq2seq the decoder step's row of the last
+cross attention (rollout does not apply across encoder and decoder).
 """
 
 from __future__ import annotations
 
 import torch
 
+from nnfeat.analysis.token_attention import layer_kinds, token_rollout
+from nnfeat.analysis.token_capture import attention_source, capture_token_attention
 from nnfeat.analysis.token_saliency import baseline_id, row_attributions, special_mask
-from nnfeat.analysis.token_sanity import TokenRandomization, cascading_randomization, compare_with_random
+from nnfeat.analysis.token_sanity import (TokenRandomization, cascading_randomization, compare_with_random,
+                                          kendall_tau)
 from nnfeat.analysis.token_targets import TokenTarget
 from nnfeat.errors import NnfeatError
-from nnfeat.models.text import TokenModel
+from nnfeat.models.text import TokenBatch, TokenModel
 
 
 def deletion_token(model: TokenModel, baseline: str) -> tuple[int, str]:
@@ -62,4 +72,49 @@ def randomization_check(model: TokenModel, target: TokenTarget, method: str, att
                                    keep=keep, ks=ks, seed=seed, decoder_ids=target.decoder_ids)
 
 
-__all__ = ["causal_check", "deletion_token", "randomization_check"]
+@torch.no_grad()
+def attention_check(model: TokenModel, target: TokenTarget, attributions: torch.Tensor) -> dict | None:
+    """Kendall's tau-b per row of |``attributions``| (N, T) with attention (module docstring).
+
+    Returns:
+        ``last`` (N,) tau with the last attention layer, ``rollout`` (N,) or None (seq2seq), ``layer`` the last
+        layer's name, ``query`` how each row's query was chosen; None for a model without readable attention.
+    """
+    try:
+        attention_source(model)
+    except NnfeatError:
+        return None
+    n_texts = int(target.text.max()) + 1
+    first = torch.full((n_texts,), target.rows, dtype=torch.long).scatter_reduce(
+        0, target.text.cpu(), torch.arange(target.rows), "amin")  # each text's first row
+    first = first.to(target.ids.device)
+    batch = TokenBatch(target.ids[first], target.mask[first], [[] for _ in first], ["" for _ in first])
+    decoder = target.kind == "decoder"
+    captured = capture_token_attention(model, batch, target.decoder_ids[first] if decoder else None)
+    kinds = layer_kinds(captured)
+    wanted = ("cross",) if decoder else ("self",)
+    layers = [name for name, (kind, side) in kinds.items() if kind in wanted and (decoder or side != "decoder")]
+    if not layers:
+        return None
+    rows = target.text
+    keep = special_mask(model, target.ids, target.mask)
+    last = captured[layers[-1]].float().mean(1)  # (B, T_query, T_key)
+    rollout = None if decoder else token_rollout([captured[name] for name in layers], batch.mask)
+    if target.kind in ("decoder", "next"):
+        query, how = target.position, "the decoder step" if decoder else "the predicting position"
+        pick = lambda m: m[rows, query]  # noqa: E731
+    elif bool((keep[:, 0] & target.mask[:, 0]).all()):
+        how = "the first (special) token"
+        pick = lambda m: m[rows, 0]  # noqa: E731
+    else:
+        how = "the mean over real tokens"
+        weights = batch.mask.float()[..., None] / batch.mask.sum(1).clamp_min(1)[:, None, None]
+        pick = lambda m: (m * weights).sum(1)[rows]  # noqa: E731
+    eligible = target.mask & ~keep
+    score = attributions.abs().to(last.device)
+    return {"last": kendall_tau(score, pick(last)[:, :score.shape[1]], eligible).float(), "layer": layers[-1],
+            "rollout": None if rollout is None else kendall_tau(score, pick(rollout), eligible).float(),
+            "query": how}
+
+
+__all__ = ["attention_check", "causal_check", "deletion_token", "randomization_check"]

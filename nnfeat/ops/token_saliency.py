@@ -19,7 +19,7 @@ from typing import Sequence
 import numpy as np
 import torch
 
-from nnfeat.analysis.token_checks import causal_check, randomization_check
+from nnfeat.analysis.token_checks import attention_check, causal_check, randomization_check
 from nnfeat.analysis.token_saliency import BATCH_SIZE, TOKEN_SALIENCY, as_matrix, parse_token_methods, \
     row_attributions
 from nnfeat.analysis.token_sanity import verdicts
@@ -52,7 +52,8 @@ class TokenSaliencyResult(Result):
         target: the target's record; ``describe`` its line.
         checks: method -> its numbers: mean ``deletion`` / ``insertion`` AUC and the random ranking's
             (``random_deletion``, ``random_insertion``), per text, the ``randomization`` summary (``sanity``) and
-            ``verdicts`` (one line per check, passed or FAILED).
+            ``verdicts`` (one line per check, passed or FAILED), ``attention``: median Kendall tau with the last
+            attention layer and rollout (:func:`nnfeat.analysis.token_checks.attention_check`).
         settings: baseline, steps, samples, noise, window, seed.
     """
 
@@ -127,11 +128,15 @@ class TokenSaliencyResult(Result):
         """The numbers as a short terminal table: per method its AUCs beside the random ranking's, and verdicts."""
         if not self.checks:
             return ""
-        lines = [f"{'method':<22} {'deletion (lower better)':>24} {'insertion (higher better)':>26}  verdict"]
+        lines = [f"{'method':<22} {'deletion (lower better)':>24} {'insertion (higher better)':>26} "
+                 f"{'tau attention (last/rollout)':>29}  verdict"]
         for m, c in self.checks.items():
             failed = [v.split(":")[0] for v in c["verdicts"] if "FAILED" in v]
+            tau = c.get("attention", {})
+            taus = "/".join("-" if tau.get(k) is None else f"{tau[k]:.2f}"
+                            for k in ("kendall_tau_last", "kendall_tau_rollout"))
             lines.append(f"{m:<22} {c['deletion']:>9.3f} vs random {c['random_deletion']:.3f} "
-                         f"{c['insertion']:>11.3f} vs random {c['random_insertion']:.3f}  "
+                         f"{c['insertion']:>11.3f} vs random {c['random_insertion']:.3f} {taus:>29}  "
                          + ("FAILED " + ", ".join(failed) if failed else "passed " + ", ".join(
                              v.split(":")[0] for v in c["verdicts"])))
         return "\n".join(lines)
@@ -153,6 +158,10 @@ class TokenSaliencyResult(Result):
         notes = [f"Model {self.model} ({self.kind_of_model}); explained: {self._what()}; baseline "
                  f"{self.settings['baseline']}.", f"Words: {AGGREGATION} (in saliency.json)."] + list(self.notes)
         notes += [f"{m}: " + "; ".join(c["verdicts"]) for m, c in self.checks.items()]
+        notes += [f"{m}: median Kendall tau with attention ({c['attention']['layer']}, query {c['attention']['query']}): "
+                  f"last layer {c['attention']['kendall_tau_last']}, rollout {c['attention']['kendall_tau_rollout']} "
+                  "(agreement, not a check: attention need not explain)" for m, c in self.checks.items()
+                  if "attention" in c]
         saliency_html(pages, out / "index.html", title=self.title(), signed=self.signed, notes=notes)
         return [*files, "index.html"]
 
@@ -241,6 +250,13 @@ def _checks(model: TokenModel, target, method: str, rows: torch.Tensor, options:
            "verdicts": [v.text for v in verdicts(causal, randomization)]}
     if randomization is not None:
         out["randomization"] = randomization.summary()
+    agreement = attention_check(model, target, rows)
+    if agreement is not None:  # per row Kendall tau with attention; its median over rows
+        median = lambda t: None if t is None or bool(t.isnan().all()) else round(float(t.nanmedian()), 4)  # noqa
+        out["attention"] = {"layer": agreement["layer"], "query": agreement["query"],
+                            "kendall_tau_last": median(agreement["last"]),
+                            "kendall_tau_rollout": median(agreement["rollout"]),
+                            "per_row_last": _rounded(agreement["last"].cpu().numpy())}
     return out
 
 
