@@ -39,15 +39,11 @@ from nnfeat.io import nnfeat_home
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".ppm", ".pgm")
 
 #: torchvision dataset names -> (class name, how the split is passed: "train" flag or "split" string).
-TORCHVISION_DATASETS = {
-    "cifar10": ("CIFAR10", "train"),
-    "cifar100": ("CIFAR100", "train"),
-    "mnist": ("MNIST", "train"),
-    "fashionmnist": ("FashionMNIST", "train"),
-    "kmnist": ("KMNIST", "train"),
-    "svhn": ("SVHN", "split"),
-    "stl10": ("STL10", "split"),
-}
+TORCHVISION_DATASETS = {"cifar10": ("CIFAR10", "train"), "cifar100": ("CIFAR100", "train"), "mnist": ("MNIST", "train"),
+                        "fashionmnist": ("FashionMNIST", "train"), "kmnist": ("KMNIST", "train"),
+                        "svhn": ("SVHN", "split"), "stl10": ("STL10", "split")}
+#: Without class names, labels are ids 0..K-1 with K at most this or the image count (more: sparse ids, e.g. keys)
+MAX_CLASS_IDS = 1000
 
 
 # ------------------------------------------------------------------------------------------------
@@ -146,14 +142,10 @@ class ImageSet:
     def subset(self, indices: Sequence[int] | np.ndarray) -> "ImageSet":
         """A new ImageSet with only the images at ``indices`` (labels and classes kept)."""
         indices = np.asarray(indices, dtype=np.int64)
-        return ImageSet(
-            name=self.name,
-            array=self.array[indices] if self.array is not None else None,
-            files=[self.files[i] for i in indices] if self.files is not None else None,
-            labels=self.labels[indices] if self.labels is not None else None,
-            classes=self.classes, size=self.size,
-            origin=self.source_indices[indices], fit=self.fit, root=self.root,
-        )
+        return ImageSet(name=self.name, array=self.array[indices] if self.array is not None else None,
+                        files=[self.files[i] for i in indices] if self.files is not None else None,
+                        labels=self.labels[indices] if self.labels is not None else None, classes=self.classes,
+                        size=self.size, origin=self.source_indices[indices], fit=self.fit, root=self.root)
 
     def sample(self, n: int | None, seed: int = 0) -> "ImageSet":
         """``n`` images drawn without replacement from ``(seed)`` (in source order), or all when ``n`` is None or
@@ -313,13 +305,21 @@ def _uint8_from(images: np.ndarray, what: str) -> np.ndarray:
 
 
 def _labels_and_classes(labels, classes, n: int, what: str) -> tuple[np.ndarray | None, list[str] | None]:
+    """(N,) int64 class ids 0..K-1 and the class names; one line naming bad labels (negative, sparse ids)."""
+    classes = None if classes is None else [str(c) for c in np.asarray(classes).reshape(-1).tolist()]
     if labels is not None:
         labels = np.asarray(labels).reshape(-1)
         if len(labels) != n or not np.issubdtype(labels.dtype, np.integer):
             raise NnfeatError(f"{what}: labels must be {n} integers (one per image); got {labels.dtype} × {len(labels)}")
         labels = labels.astype(np.int64)
-    if classes is not None:
-        classes = [str(c) for c in np.asarray(classes).reshape(-1).tolist()]
+        k = len(classes) if classes is not None else max(MAX_CLASS_IDS, n)
+        bad = np.flatnonzero((labels < 0) | (labels >= k))
+        if len(bad):
+            values = np.unique(labels[bad])
+            accepted = f"one per name of its {k} classes" if classes is not None else f"K at most {k} without names"
+            raise NnfeatError(f"{what}: labels {', '.join(map(str, values[:3]))}{', …' if len(values) > 3 else ''} ("
+                              f"{len(bad)} of {n} images, first at image {bad[0]}) are not class ids 0..K-1 ({accepted}): "
+                              "renumber them, e.g. numpy.unique(labels, return_inverse=True)")
     return labels, classes
 
 
