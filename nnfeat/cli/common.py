@@ -14,7 +14,9 @@ import math
 import os
 import shlex
 import sys
+import tempfile
 import traceback
+from pathlib import Path
 from typing import Sequence
 
 from nnfeat.data import FIT_POLICIES, load_images
@@ -237,6 +239,34 @@ def check_render_pixels(batch: int | None, size: int | None, native: int) -> Non
                           f"(at most {RENDER_PIXELS // 2**20} Mpx per batch): use --batch {most} or less, or a smaller --size")
 
 
+def check_out_file(path: str | os.PathLike, flag: str, example: str) -> Path:
+    """``path`` as a file an option writes (``--onnx FILE``), with the checks ``--out`` gets, before any work: a
+    one-line error when it is a folder, lies under a file, or its folder cannot be made or written to."""
+    path = Path(path).expanduser()
+    if path.is_dir():
+        raise NnfeatError(f"{flag} {path} is a folder: give a file name such as {example}")
+    for parent in path.parents:  # the nearest folder that exists: the file (and any folders above it) go there
+        if parent.exists():
+            if not parent.is_dir():
+                raise NnfeatError(f"{flag} {path} lies under '{parent}', which is a file: choose another {flag}")
+            if not _can_write_in(parent):
+                raise NnfeatError(f"{flag} {path} cannot be written: '{parent}' is not writable; choose another {flag}")
+            break
+    if path.exists() and not os.access(path, os.W_OK):
+        raise NnfeatError(f"{flag} {path} is not writable: choose another {flag}")
+    return path
+
+
+def _can_write_in(folder: Path) -> bool:
+    """Whether a file can be made in the existing ``folder`` (``os.access`` says yes to root on read-only mounts
+    and on /proc): a nameless temporary file is made there and dropped at once."""
+    try:
+        with tempfile.TemporaryFile(dir=folder):
+            return os.access(folder, os.W_OK)
+    except OSError:
+        return False
+
+
 def check_k(k: int, images, source: str | None) -> None:
     """A one-line error when ``k`` examples per unit are asked of fewer images (``images``: an ImageSet or None)."""
     if images is not None and k > len(images):
@@ -365,5 +395,5 @@ def render_kwargs(args) -> dict:
 
 __all__ = ["OneLineParser", "MODEL_HELP", "UNITS_HELP", "add_model", "add_shared", "add_images",
            "load_images_from_args", "load_model", "input_spec", "command_line",
-           "positive", "finish", "LIMITS", "RENDER_PIXELS", "check_option_ranges", "check_render_pixels", "check_k", "resolve_k", "STEPS", "add_render_options", "render_kwargs",
+           "positive", "finish", "LIMITS", "RENDER_PIXELS", "check_option_ranges", "check_render_pixels", "check_out_file", "check_k", "resolve_k", "STEPS", "add_render_options", "render_kwargs",
            "user_files", "user_code_error", "out_of_memory_error"]

@@ -2,10 +2,8 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 from nnfeat.analysis.onnx_export import export_onnx, token_signature
-from nnfeat.cli.common import add_model, add_shared, finish, load_model, positive
+from nnfeat.cli.common import add_model, add_shared, check_out_file, finish, load_model, positive
 from nnfeat.cli.text_options import add_texts, has_texts, texts_from_args
 from nnfeat.errors import NnfeatError
 from nnfeat.models.text import TokenModel
@@ -35,8 +33,8 @@ def register(sub) -> None:
 def cmd_graph(args) -> int:
     positive("size", args.size, 2)
     out = check_out_dir(args.out)
-    if args.onnx is not None and Path(args.onnx).is_dir():
-        raise NnfeatError(f"--onnx {args.onnx} is a folder: give a file name such as model.onnx")
+    if args.onnx is not None:  # the checks --out gets, before any work
+        check_out_file(args.onnx, "--onnx", "model.onnx")
     model = load_model(args)
     if isinstance(model, TokenModel):
         return _token_graph(args, model, out)
