@@ -9,8 +9,11 @@ Every command turns a user mistake into one line on stderr and exit status 2 (no
 from __future__ import annotations
 
 import argparse
+import errno
 import os
+import shutil
 import sys
+from pathlib import Path
 from typing import Sequence
 
 from nnfeat.cli import (atlas, attention, demo, examples, filters, graph, heatmap, logit_lens, microscope, models,
@@ -37,7 +40,7 @@ def build_parser() -> OneLineParser:
 def main(argv: Sequence[str] | None = None) -> int:
     """Run one command. A user mistake is one line on stderr and exit status 2, checked before any work: bad
     options, and exceptions raised inside the user's own files (a ``FILE.py:FACTORY`` model's forward, an
-    ``--objective-file`` recipe). ``NNFEAT_DEBUG=1`` re-raises them with their traceback instead."""
+    ``--objective-file`` recipe); memory or disk running out is one line too. ``NNFEAT_DEBUG=1`` re-raises them with their traceback instead."""
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv[:1] == ["--"]:  # `torchrun ... -m nnfeat -- COMMAND ...` (keeps torchrun from reading --n as its own)
         argv = argv[1:]
@@ -65,8 +68,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("nnfeat: interrupted; run the same command again to resume where it stopped", file=sys.stderr)
         return 130
-    except Exception as err:  # noqa: BLE001 - the user's own code raised, or memory ran out; else re-raised
-        one_line = user_code_error(err, user_files(args)) or out_of_memory_error(err)
+    except Exception as err:  # noqa: BLE001 - the user's own code raised, memory or disk ran out; else re-raised
+        one_line = user_code_error(err, user_files(args)) or out_of_memory_error(err) or disk_full_error(err, args)
         if one_line is None or debug:
             raise
         print(f"nnfeat: error: {one_line}", file=sys.stderr)
@@ -74,6 +77,22 @@ def main(argv: Sequence[str] | None = None) -> int:
     finally:
         if ranks.sharded:
             distributed.finish()
+
+
+def disk_full_error(err: BaseException, args) -> NnfeatError | None:
+    """A one-line error for a full disk (or quota) while writing, naming the folder and the space left there (None
+    for any other exception). ``Result.save`` has already removed the files it wrote (no half set of outputs)."""
+    if not (isinstance(err, OSError) and err.errno in (errno.ENOSPC, errno.EDQUOT)):
+        return None
+    folder = Path(err.filename).parent if isinstance(err.filename, str) else Path(getattr(args, "out", None) or ".")
+    probe = next((p for p in (folder, *folder.parents) if p.exists()), Path("."))
+    try:
+        free = f"{shutil.disk_usage(probe).free / 2**20:.0f} MB free there"
+    except OSError:
+        free = "its free space unknown"
+    what = "the disk is full" if err.errno == errno.ENOSPC else "the disk quota is used up"
+    return NnfeatError(f"{what} while writing into '{folder}' ({free}): free some space there (or choose another "
+                       "--out) and run the command again")
 
 
 def _commands(parser: OneLineParser) -> dict[str, OneLineParser]:

@@ -29,7 +29,7 @@ import torch
 from PIL import Image
 
 from nnfeat.errors import NnfeatError
-from nnfeat.io import save_image, write_json
+from nnfeat.io import save_image, track_writes, write_json
 from nnfeat.models.checkpoint import weights_option
 from nnfeat.views.sheets import labelled_sheet
 
@@ -165,13 +165,31 @@ class Result:
 
         ``timing=False`` leaves the elapsed time out of the record, so the same work always writes the same
         bytes (what a resumed ``nnfeat report`` relies on). Returns the path of the JSON record.
+
+        All or nothing: when a write fails part-way (a full disk), the files this call finished, the folder's
+        earlier record ``<kind>.json`` (it no longer describes the folder) and the folders this call made are
+        removed before the error is raised on, so no half set of outputs is left behind.
         """
         out = check_out_dir(out)
+        made = [p for p in (out, *out.parents) if not p.exists()]  # deepest first
         out.mkdir(parents=True, exist_ok=True)
-        files = self.write_files(out)
-        sheet_name = f"{self.kind}.png"
-        save_image(out / sheet_name, self.sheet())
-        return write_json(out / f"{self.kind}.json", self.full_record([sheet_name, *files], timing=timing))
+        with track_writes() as written:
+            try:
+                files = self.write_files(out)
+                sheet_name = f"{self.kind}.png"
+                save_image(out / sheet_name, self.sheet())
+                return write_json(out / f"{self.kind}.json", self.full_record([sheet_name, *files], timing=timing))
+            except Exception:
+                stale = [*written, out / f"{self.kind}.json"] if written else []
+                for path in stale:
+                    Path(path).unlink(missing_ok=True)
+                subfolders = sorted({Path(p).parent for p in written} - {out}, key=lambda p: -len(p.parts))
+                for folder in [*subfolders, *made]:  # deepest first; only empty ones go (rmdir)
+                    try:
+                        folder.rmdir()
+                    except OSError:
+                        pass
+                raise
 
     def _repr_png_(self) -> bytes:
         return png_bytes(self.sheet())
