@@ -9,6 +9,7 @@ import json
 
 import pytest
 import torch
+from torch import nn
 
 from nnfeat import cli
 from nnfeat.analysis.attribution import baseline_images
@@ -130,6 +131,7 @@ def test_no_numbers_and_the_conflict_with_sanity(tmp_path, capsys, shared_dir):
 NET_FILE = '''
 import torch
 from torch import nn
+from torch import nn
 
 
 class Net(nn.Module):
@@ -205,3 +207,29 @@ def test_the_api_probes_before_any_work(net_file):
     half = Model(module.make_half(), name="half", input_size=16)
     with pytest.raises(NnfeatError, match=r"on the deletion images of gradient \(first at image 0\)"):
         saliency(half, torch.rand(2, 3, 16, 16) * 0.9 + 0.1, "gradient", deletion_baseline="black")
+
+
+class DarkCornerNaN(nn.Module):
+    """Inf (and a non-finite gradient) for an image whose top-left pixel is (nearly) black; finite otherwise."""
+
+    def __init__(self):
+        super().__init__()
+        torch.manual_seed(0)
+        self.conv = nn.Conv2d(3, 4, 3, padding=1)
+        self.head = nn.Linear(4, 3)
+
+    def forward(self, x):
+        y = self.head(self.conv(x).mean((2, 3)))
+        return y / (x[:, 0, 0, 0] >= 0.05).float()[:, None]
+
+
+def test_the_maps_stop_at_the_first_bad_block_of_batches():
+    model = Model(DarkCornerNaN(), name="corner", input_size=8)
+    x = torch.rand(20, 3, 8, 8, generator=torch.Generator().manual_seed(0)) * 0.9 + 0.1
+    x[3, :, 0, 0] = 0.0
+    with_grad = []
+    model.net.register_forward_pre_hook(lambda _m, _i: with_grad.append(torch.is_grad_enabled()))
+    with pytest.raises(NnfeatError, match=r"model 'corner' gave NaN or Inf in its gradient saliency maps \(first at "
+                                          r"image 3\)"):
+        saliency(model, x, "gradient", batch_size=1)
+    assert sum(with_grad) == 8  # the first block: 8 batches of 1 image; the other 12 images never ran

@@ -20,7 +20,8 @@ failed check flagged; stable hooks ``#methods``, ``section.method[data-method][d
 passes, fails, partial or untested), ``.numbers td.num``, ``.verdict``).
 
 A model that gives NaN or Inf is a one-line error before anything is written: a probe of two random images before
-the work, each method's maps after its pass, each chunk of the deletion / insertion stream as it comes.
+the work, each method's maps a block of batches at a time, each chunk of the deletion / insertion stream as it
+comes.
 """
 
 from __future__ import annotations
@@ -238,14 +239,34 @@ def _inputs(model, images: ImageSet | torch.Tensor, batch_size: int):
     return inputs, "tensor", list(range(len(inputs))), [None] * len(inputs), {"images": "tensor", "n": len(inputs)}
 
 
+#: the maps are made and checked for NaN / Inf a block of this many batches at a time (a block's batches shard over
+#: torchrun ranks; the blocks do not depend on the rank count)
+BLOCK_BATCHES = 8
+
+
+def _checked_maps(model, name: str, inputs: torch.Tensor, targets, opts: dict, layer: str | None,
+                  indices: list[int]) -> torch.Tensor:
+    """(B, H, W) maps of method ``name``, made a block of ``BLOCK_BATCHES`` batches at a time, each block checked
+    for NaN / Inf as it comes (a one-line error naming the first bad image); block k > 0 draws its noise from
+    ``seed + k``."""
+    step = BLOCK_BATCHES * opts["batch_size"]
+    parts = []
+    for k, start in enumerate(range(0, len(inputs), step)):
+        part = slice(start, start + step)
+        options = dict(opts, seed=opts["seed"] + k) if "seed" in opts else opts
+        maps = saliency_maps(model, inputs[part], targets[part], name, layer=layer, **options).float()
+        check_finite(maps, getattr(model, "name", "model"), f"its {name} saliency maps", indices[part])
+        parts.append(maps)
+    return torch.cat(parts)
+
+
 def _method_maps(model, name: str, inputs: torch.Tensor, targets: torch.Tensor, opts: dict, layer: str | None,
                  indices: list[int], sanity: dict | None) -> MethodMaps:
     """One method's maps (checked for NaN / Inf) and, with ``sanity`` (the randomization settings), its
     randomization test."""
     t0 = time.perf_counter()
     entry = SALIENCY[name]
-    maps = saliency_maps(model, inputs, targets, name, layer=layer, **opts).float()
-    check_finite(maps, getattr(model, "name", "model"), f"its {name} saliency maps", indices)
+    maps = _checked_maps(model, name, inputs, targets, opts, layer, indices)
     m = MethodMaps(name, maps.cpu(), display_scale(maps), entry.signed, layer)
     if sanity is not None:
         cascade = sanity["cascade"]
