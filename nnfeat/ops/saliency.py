@@ -42,8 +42,8 @@ from nnfeat.analysis.sanity import CausalScores, cascade_depths, causal_scores, 
 from nnfeat.data import ImageSet
 from nnfeat.errors import NnfeatError, nearest
 from nnfeat.finite import ADVICE, check_finite, probe_finite
-from nnfeat.layouts import OUTPUT
 from nnfeat.io import save_image
+from nnfeat.layouts import OUTPUT
 from nnfeat.models.base import as_model
 from nnfeat.ops.results import Result, cli_command, weights_flag
 from nnfeat.views import saliency_page as page
