@@ -256,7 +256,8 @@ def test_microscope_rerun_removes_its_stale_temporaries(digits_model, tmp_path):
 
     out = tmp_path / "out"
     microscope(digits_model, "conv2:0..1", out=out, batch=2, steps=2, progress=False).save(out, timing=False)
-    stale = [_stale(out / ".microscope.png.k3_9zq1a.png"), _stale(out / "batches" / ".batch-0.json.abcdefgh.json")]
+    stale = [_stale(out / ".microscope.png.k3_9zq1a.png"), _stale(out / "batches" / ".batch-0.json.abcdefgh.json"),
+             _stale(out / "cache" / "collect-conv2-mean" / ".acts.npy.abcdefgh.npy")]
     foreign = _stale(out / "notes" / ".keep.abcdefgh")  # a folder microscope does not write: left alone
     before = _digests(out)
     microscope(digits_model, "conv2:0..1", out=out, batch=2, steps=2, progress=False).save(out, timing=False)

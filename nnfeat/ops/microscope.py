@@ -188,6 +188,7 @@ def microscope(model: Model, units: str | Units, *, out: str | Path | None = Non
     if out is not None and ranks.writer:  # the hidden temporaries a killed run left in the folders it writes
         for folder in (out, out / BATCHES_DIR, out / "examples"):
             remove_stale_temporaries(folder, older_than=began)
+        remove_stale_temporaries(out / "cache", older_than=began, recursive=True)  # its examples' collection
     if ranks.sharded:
         ranks.barrier()  # no rank writes before rank 0 has cleaned
     key = settings_key(settings)
