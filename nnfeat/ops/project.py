@@ -11,6 +11,10 @@ chance level. Files:
 * ``projection.npz`` -- ``xy_<i>`` (N, 2) per layer, ``indices`` (N,), ``labels`` (N,) when known;
 * ``projection.json`` -- settings, scores, timings, which stages came from the cache;
 * with ``tensorboard=DIR``: a TensorBoard Projector folder (:mod:`nnfeat.views.projector`).
+
+The ``cache`` folder keeps each layout as ``layout-<layer>-<pool>-<method>.npy`` beside its record (``.json``: the
+key and the file's digest); a layout whose record or file is missing, truncated or garbage is computed again
+(:func:`nnfeat.io.is_whole`), and the hidden temporaries of layouts a killed run left are removed.
 """
 
 from __future__ import annotations
@@ -26,12 +30,12 @@ from typing import ClassVar, Sequence
 import numpy as np
 import torch
 
+from nnfeat import distributed
 from nnfeat.analysis.collect import POOLS, images_key, pooled
 from nnfeat.analysis.projection import METHODS, chance_accuracy, explained_variance, knn_accuracy, project_2d, \
     trustworthiness
 from nnfeat.data import ImageSet
 from nnfeat.errors import NnfeatError
-from nnfeat import distributed
 from nnfeat.io import atomic_path, file_digest, is_whole, read_json, remove_stale_temporaries, save_image, write_json
 from nnfeat.models.base import as_model
 from nnfeat.ops.results import Result, cli_command, weights_flag

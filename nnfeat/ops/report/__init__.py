@@ -18,11 +18,13 @@ sub-folder of ``out``:
   for Saliency Maps"; deletion / insertion, Petsiuk et al. 2018) and the most uncertain images (TTA);
 * the pages: ``index.html`` (search box over layer and unit names), one page per layer, per unit, the classes.
 
-Resumable: each finished stage writes its record ``stages/<stage>.json`` (the settings key and the stage's
-note), and ``report.json`` (rank 0, atomically) lists the finished stages, derived from those records; a
-re-run with the same settings does only the missing ones (a render batch also when one of its PNGs or its
-``render/batch-<first>.json`` does not read back), and the finished folder is byte-identical to an
-uninterrupted run (no times or dates in any file). Progress (stage and layer) goes to stderr. Per-stage
+Resumable: each finished stage writes its record ``stages/<stage>.json`` (the settings key, the stage's
+note and the sha256 digest of every file it wrote outside ``cache/``, whose collections and layouts check
+themselves), and ``report.json`` (rank 0, atomically) lists the finished stages, derived from those records; a
+re-run with the same settings does only the missing ones, and again every stage one of whose files is missing,
+truncated or replaced (:func:`nnfeat.io.is_whole`), after removing the hidden temporaries a killed run left;
+the finished folder is byte-identical to an uninterrupted run (no times or dates in any file). A model that
+gives NaN or Inf at a report layer or its output on a probe image is a one-line error before any work. Progress (stage and layer) goes to stderr. Per-stage
 seconds are kept in memory only (:attr:`ReportResult.timings`). Env ``NNFEAT_REPORT_STOP_AFTER=k`` stops a
 run after k stages (a test hook that stands in for a kill; under a process group at the next sync point).
 
