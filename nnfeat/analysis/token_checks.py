@@ -23,7 +23,8 @@ import torch
 
 from nnfeat.analysis.token_attention import layer_kinds, token_rollout
 from nnfeat.analysis.token_capture import attention_source, capture_token_attention
-from nnfeat.analysis.token_saliency import baseline_id, row_attributions, special_mask
+from nnfeat.analysis.token_embedding import baseline_id, special_mask
+from nnfeat.analysis.token_saliency import row_attributions
 from nnfeat.analysis.token_sanity import (TokenRandomization, cascading_randomization, compare_with_random,
                                           kendall_tau)
 from nnfeat.analysis.token_targets import TokenTarget
@@ -50,6 +51,8 @@ def causal_check(model: TokenModel, target: TokenTarget, attributions: torch.Ten
         ``method`` and ``random``: ``deletion``, ``insertion`` (N,) AUCs per row; ``replaced_by`` the token name;
         ``steps`` (each row's tokens in ``steps`` equal fractions, or one token a step for None); ``calls``.
     """
+    target = target.source_part()  # tokens are deleted from the source (joint rows: its columns)
+    attributions = attributions[:, :target.ids.shape[1]]
     token, name = deletion_token(model, baseline)
     keep = special_mask(model, target.ids, target.mask)
     both = compare_with_random(
@@ -63,12 +66,14 @@ def randomization_check(model: TokenModel, target: TokenTarget, method: str, att
                         seed: int = 0, ks=None, **options) -> TokenRandomization:
     """The cascading randomization test of ``method`` on ``target``'s rows; ``attributions`` (N, T) are the
     trained model's; ``options`` go to :func:`row_attributions` (baseline, steps, ...)."""
-    keep = special_mask(model, target.ids, target.mask)
+    source = target.source_part()  # compared over the source columns
+    width = source.ids.shape[1]
+    keep = special_mask(model, source.ids, source.mask)
 
     def attribute(randomized: TokenModel, ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-        return row_attributions(randomized, target, method, **options)
+        return row_attributions(randomized, target, method, **options)[:, :width]
 
-    return cascading_randomization(model, target.ids, target.mask, attribute, attributions=attributions,
+    return cascading_randomization(model, source.ids, source.mask, attribute, attributions=attributions[:, :width],
                                    keep=keep, ks=ks, seed=seed, decoder_ids=target.decoder_ids)
 
 
@@ -84,6 +89,8 @@ def attention_check(model: TokenModel, target: TokenTarget, attributions: torch.
         attention_source(model)
     except NnfeatError:
         return None
+    target = target.source_part()  # attention runs over the source (joint rows: its columns)
+    attributions = attributions[:, :target.ids.shape[1]]
     n_texts = int(target.text.max()) + 1
     first = torch.full((n_texts,), target.rows, dtype=torch.long).scatter_reduce(
         0, target.text.cpu(), torch.arange(target.rows), "amin")  # each text's first row

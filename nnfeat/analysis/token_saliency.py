@@ -2,7 +2,9 @@
 
 Every method works on the output of the model's input embedding (``model.embedding`` names the module): a
 forward hook records that output (made to require grad, as the parameters are frozen) or replaces it (a path
-point, a noisy copy, an occluded copy). Methods, registered in :data:`TOKEN_SALIENCY` in page order:
+point, a noisy copy, an occluded copy); a seq2seq model that names its decoder embedding
+(``model.target_embedding``) is explained over its source and its decoder's earlier tokens at once (joint rows,
+:mod:`nnfeat.analysis.token_embedding`). Methods, registered in :data:`TOKEN_SALIENCY` in page order:
 
 * ``gradient`` -- the L2 norm over the embedding dimension of d score / d embedding (Simonyan et al. 2014;
   Li et al. 2016 for text);
@@ -26,18 +28,18 @@ per forward and backward pass; no Python loop runs over texts, steps or path poi
 
 from __future__ import annotations
 
-from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Callable, Sequence
 
 import torch
 
 from nnfeat.analysis.registry import Registry
+from nnfeat.analysis.token_embedding import (TOKEN_BASELINES, baseline_id, embed, embedding_hook, make_baseline,
+                                             special_mask)
 from nnfeat.analysis.token_targets import TokenTarget, make_target
 from nnfeat.errors import NnfeatError
 from nnfeat.models.text import TokenBatch, TokenModel
 
-TOKEN_BASELINES = ("pad", "mask", "zero")
 #: rows per forward / backward pass of the batched methods
 BATCH_SIZE = 256
 
@@ -60,39 +62,11 @@ def _register(name: str, signed: bool):
     return lambda fn: TOKEN_SALIENCY.register(name, TokenMethod(name, fn, signed))
 
 
-# -- the embedding hook ---------------------------------------------------------------------------------
-@contextmanager
-def embedding_hook(model: TokenModel, replace: Callable[[torch.Tensor], torch.Tensor]):
-    """While open, the first output of ``model``'s input embedding is ``replace(output)`` (open it once per
-    forward pass: a later call of the same module, e.g. an embedding an encoder-decoder model shares with its
-    decoder, passes through unchanged)."""
-    if not model.embedding:
-        raise NnfeatError(f"{model.name} names no input embedding: token saliency needs one (a TokenModel's "
-                          "embedding=MODULE)")
-    calls = []
-
-    def hook(_module, _inputs, out):
-        calls.append(1)
-        return replace(out) if len(calls) == 1 else out
-
-    handle = model.module(model.embedding).register_forward_hook(hook)
-    try:
-        yield
-    finally:
-        handle.remove()
-
-
-def embed(model: TokenModel, ids: torch.Tensor) -> torch.Tensor:
-    """(M, T) ids -> (M, T, D) the input embedding's output (no grad)."""
-    with torch.no_grad():
-        return model.module(model.embedding)(ids)
-
-
 def _grad(model: TokenModel, target: TokenTarget, rows: torch.Tensor, ids, mask, emb: torch.Tensor
           ) -> tuple[torch.Tensor, torch.Tensor]:
     """Scores (M,) and d score / d embedding (M, T, D) at embedding ``emb`` (one forward, one backward)."""
     emb = emb.detach().requires_grad_(True)
-    with torch.enable_grad(), embedding_hook(model, lambda out: emb):
+    with torch.enable_grad(), embedding_hook(model, emb, target.source_width):
         score = target.score(model, ids, mask, rows)
         (grad,) = torch.autograd.grad(score.sum(), emb)
     return score.detach(), grad
@@ -103,55 +77,17 @@ def _chunked(fn, n: int, batch_size: int) -> list:
     return [fn(slice(i, min(i + batch_size, n))) for i in range(0, n, batch_size)]
 
 
-@dataclass
-class Baseline:
-    """The baseline of some rows: ``emb`` (M, T, D) (special tokens' own embedding kept), ``keep`` (M, T) bool:
-    positions that keep their embedding (special tokens and padding), ``name``."""
-
-    emb: torch.Tensor
-    keep: torch.Tensor
-    name: str
-
-
-def special_mask(model: TokenModel, ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    """(M, T) bool: special tokens of the input tokenizer, and padding."""
-    special = torch.zeros_like(mask)
-    for i in set(model.tokenizer.specials.values()):
-        special |= ids == i
-    return special | ~mask
-
-
-def baseline_id(model: TokenModel, baseline: str) -> int | None:
-    """The token id of ``baseline`` (None for ``zero``), or a one-line error."""
-    if baseline not in TOKEN_BASELINES:
-        raise NnfeatError(f"unknown token baseline '{baseline}': choose one of {', '.join(TOKEN_BASELINES)}")
-    if baseline == "zero":
-        return None
-    i = model.tokenizer.id_of(baseline)
-    if i is None:
-        other = "pad or zero" if baseline == "mask" else "zero"
-        raise NnfeatError(f"--baseline {baseline}: {model.name}'s tokenizer has no {baseline} token; use {other}")
-    return i
-
-
-def make_baseline(model: TokenModel, ids, mask, emb: torch.Tensor, baseline: str) -> Baseline:
-    keep = special_mask(model, ids, mask)
-    i = baseline_id(model, baseline)
-    base = torch.zeros_like(emb) if i is None else embed(model, torch.full_like(ids, i))
-    return Baseline(torch.where(keep[..., None], emb, base), keep, baseline)
-
-
 # -- methods --------------------------------------------------------------------------------------------
 @_register("gradient", signed=False)
 def _gradient(model, target, rows, ids, mask, base, *, batch_size=BATCH_SIZE, **_):
-    emb = embed(model, ids)
+    emb = embed(model, ids, target.source_width)
     return torch.cat(_chunked(lambda s: _grad(model, target, rows[s], ids[s], mask[s], emb[s])[1].norm(dim=-1),
                               len(rows), batch_size))
 
 
 @_register("gradient-x-input", signed=True)
 def _gradient_x_input(model, target, rows, ids, mask, base, *, batch_size=BATCH_SIZE, **_):
-    emb = embed(model, ids)
+    emb = embed(model, ids, target.source_width)
     return torch.cat(_chunked(lambda s: (_grad(model, target, rows[s], ids[s], mask[s], emb[s])[1] * emb[s]).sum(-1),
                               len(rows), batch_size))
 
@@ -163,7 +99,7 @@ def ig_alphas(steps: int, device=None) -> torch.Tensor:
 
 @_register("integrated-gradients", signed=True)
 def _integrated_gradients(model, target, rows, ids, mask, base, *, steps=32, batch_size=BATCH_SIZE, **_):
-    emb = embed(model, ids)
+    emb = embed(model, ids, target.source_width)
     alphas = ig_alphas(steps, emb.device).to(emb.dtype)
     m = len(rows)
     # path rows, alpha-major: point a of row r is flat index a * m + r
@@ -183,7 +119,7 @@ def _integrated_gradients(model, target, rows, ids, mask, base, *, steps=32, bat
 @_register("smoothgrad", signed=False)
 def _smoothgrad(model, target, rows, ids, mask, base, *, samples=16, noise=0.1, seed=0,
                 batch_size=BATCH_SIZE, **_):
-    emb = embed(model, ids)
+    emb = embed(model, ids, target.source_width)
     real = mask[..., None].expand_as(emb)
     span = torch.where(real, emb, emb.new_tensor(float("-inf"))).amax((1, 2)) - \
         torch.where(real, emb, emb.new_tensor(float("inf"))).amin((1, 2))
@@ -205,7 +141,7 @@ def _smoothgrad(model, target, rows, ids, mask, base, *, samples=16, noise=0.1, 
 
 def _scores_at(model, target, rows, ids, mask, emb, batch_size) -> torch.Tensor:
     def part(s):
-        with torch.no_grad(), embedding_hook(model, lambda out: emb[s]):
+        with torch.no_grad(), embedding_hook(model, emb[s], target.source_width):
             return target.score(model, ids[s], mask[s], rows[s])
     return torch.cat(_chunked(part, len(rows), batch_size))
 
@@ -213,7 +149,7 @@ def _scores_at(model, target, rows, ids, mask, emb, batch_size) -> torch.Tensor:
 def _occlude(model, target, rows, ids, mask, base, window: int, batch_size: int) -> torch.Tensor:
     """Each window of ``window`` tokens (starting at every position) set to the baseline: (M, T) mean drop of the
     score over the windows covering each token (0 at kept positions)."""
-    emb = embed(model, ids)
+    emb = embed(model, ids, target.source_width)
     m, t = ids.shape
     full = _scores_at(model, target, rows, ids, mask, emb, batch_size)
     pos = torch.arange(t, device=ids.device)
@@ -225,7 +161,7 @@ def _occlude(model, target, rows, ids, mask, base, window: int, batch_size: int)
     def part(s):
         w, c = which[s], cover[start[s]] & ~base.keep[which[s]]
         occluded = torch.where(c[..., None], base.emb[w], emb[w])
-        with torch.no_grad(), embedding_hook(model, lambda out: occluded):
+        with torch.no_grad(), embedding_hook(model, occluded, target.source_width):
             return target.score(model, ids[w], mask[w], rows[w])
 
     drops = full[which] - torch.cat(_chunked(part, t * m, batch_size))  # (t * m,)
@@ -270,7 +206,8 @@ def row_attributions(model: TokenModel, target: TokenTarget, method: str, *, bas
               else [((lengths == n).nonzero()[:, 0], n) for n in sorted(set(lengths.tolist()))])
     for rows, width in groups:  # one group per distinct length, not per text
         ids, mask = target.ids[rows, :width], target.mask[rows, :width]
-        base = make_baseline(model, ids, mask, embed(model, ids), baseline)
+        base = make_baseline(model, ids, mask, embed(model, ids, target.source_width), baseline,
+                             target.source_width)
         values = entry.compute(model, target, rows, ids, mask, base, batch_size=batch_size, **options)
         out[rows, :width] = values.float() * mask
     return out

@@ -17,7 +17,7 @@ and every step's score is differentiated in the same backward pass.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Sequence
 
 import torch
@@ -44,6 +44,11 @@ class TokenTarget:
             ``token``: (N,) long, the token whose log-probability is scored.
         steps: steps per text; ``step_tokens``: per text the explained output tokens, spelled.
         prompt: lm: per text the length of its own text (before the continuation).
+        source_width: seq2seq explained over the source and the earlier decoder tokens: ``ids`` / ``mask`` are
+            joint (N, T + T'), the first ``source_width`` columns the source, the rest the decoder input (``mask``
+            True at the inputs the row's step sees); None: ``ids`` are the source alone.
+        decoder_tokens: joint rows: per text its decoder input tokens, spelled (``<bos>`` and the tokens before
+            the last).
         describe: one line for pages and records.
     """
 
@@ -62,6 +67,8 @@ class TokenTarget:
     step_tokens: list[list[str]] | None = None
     prompt: list[int] | None = None
     record: dict = field(default_factory=dict)
+    source_width: int | None = None
+    decoder_tokens: list[list[str]] | None = None
 
     @property
     def rows(self) -> int:
@@ -72,7 +79,10 @@ class TokenTarget:
         return self.kind in ("next", "decoder")
 
     def score(self, model: TokenModel, ids: torch.Tensor, mask: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
-        """(M, T) ids, (M, T) mask, (M,) row numbers -> (M,) differentiable scores (see the module docstring)."""
+        """(M, T) ids, (M, T) mask, (M,) row numbers -> (M,) differentiable scores (see the module docstring).
+        Joint rows: the decoder columns of ``ids`` are not read (the embedding hook supplies their embedding)."""
+        if self.source_width is not None:
+            ids, mask = ids[:, :self.source_width], mask[:, :self.source_width]
         if self.kind == "decoder":
             out = model(ids, mask, self.decoder_ids[rows])
         else:
@@ -84,6 +94,13 @@ class TokenTarget:
         logp = out[torch.arange(len(rows), device=out.device), self.position[rows]].log_softmax(-1)
         return logp.gather(1, self.token[rows, None])[:, 0]
 
+
+    def source_part(self) -> "TokenTarget":
+        """The same target with ``ids`` / ``mask`` the source alone (joint rows cut at ``source_width``)."""
+        if self.source_width is None:
+            return self
+        w = self.source_width
+        return replace(self, ids=self.ids[:, :w], mask=self.mask[:, :w], source_width=None, decoder_tokens=None)
 
     @torch.no_grad()
     def probability(self, model: TokenModel, ids: torch.Tensor, mask: torch.Tensor, rows: torch.Tensor
@@ -181,13 +198,19 @@ def _decoder_target(model, batch, target_texts, steps) -> TokenTarget:
     pad = tok.id_of("pad") or 0
     dec = torch.where(torch.arange(k, device=dec.device)[None] < counts[:, None], dec, torch.full_like(dec, pad))
     spelled = [t[1:1 + int(c)] for t, c in zip(full.tokens, counts)]
-    return TokenTarget("decoder", batch.ids[rows], batch.mask[rows], rows, step,
+    ids, mask, width, inputs = batch.ids[rows], batch.mask[rows], None, None
+    if model.target_embedding:  # joint rows: the source, then the decoder inputs each step sees
+        width, inputs = ids.shape[1], [t[:int(c)] for t, c in zip(full.tokens, counts)]
+        seen = torch.arange(k, device=dec.device)[None] <= step[:, None]
+        ids, mask = torch.cat([ids, dec[rows]], 1), torch.cat([mask, seen], 1)
+    return TokenTarget("decoder", ids, mask, rows, step,
                        "log-probability of each decoder token (" + ("given target text" if target_texts is not None
                                                                  else "greedy decoding") + ")",
                        decoder_ids=dec[rows], position=step, token=full.ids[rows, step + 1],
-                       steps=counts.tolist(), step_tokens=spelled,
+                       steps=counts.tolist(), step_tokens=spelled, source_width=width, decoder_tokens=inputs,
                        record={"kind": "decoder", "source": "target text" if target_texts is not None else "greedy",
-                               "decoded": full.texts, "score": "log-probability"})
+                               "decoded": full.texts, "score": "log-probability",
+                               "attributed": "the source" + (" and the earlier decoder tokens" if width else "")})
 
 
 def _next_target(model, batch, target_texts, steps) -> TokenTarget:

@@ -115,13 +115,15 @@ class TokenModel(nn.Module):
         weights, card: as for :class:`~nnfeat.models.base.Model`.
         unembed: lm: the dotted name of the module that maps the residual stream to vocabulary logits.
         target_max_length: seq2seq: the most decoder tokens (bos and eos included); greedy decoding stops there.
+        target_embedding: seq2seq: the dotted name of the decoder's token embedding (the same as ``embedding``
+            when the decoder shares it); token saliency then attributes each step to the earlier decoder tokens too.
     """
 
     def __init__(self, net: nn.Module, *, name: str, tokenizer: Tokenizer, kind: str, max_length: int,
                  call: str = "ids", embedding: str | None = None, target_tokenizer: Tokenizer | None = None,
                  classes: Sequence[str] | None = None, weights: str | None = None, card: Any = None,
                  unembed: str | None = None, sources: dict[str, str] | None = None,
-                 target_max_length: int | None = None) -> None:
+                 target_max_length: int | None = None, target_embedding: str | None = None) -> None:
         super().__init__()
         if kind not in KINDS or call not in CALLS:
             raise ValueError(f"kind must be one of {KINDS} and call one of {CALLS}; got {kind!r}, {call!r}")
@@ -131,7 +133,7 @@ class TokenModel(nn.Module):
         self.name, self.kind, self.call, self.weights, self.card = name, kind, call, weights, card
         self.tokenizer, self.target_tokenizer = tokenizer, target_tokenizer
         self.max_length, self.embedding, self.unembed = int(max_length), embedding, unembed
-        self.target_max_length = target_max_length
+        self.target_max_length, self.target_embedding = target_max_length, target_embedding
         self.classes = list(classes) if classes is not None else None
         self.spec = TextSpec(tokenizer, self.max_length, kind, target_tokenizer,
                              tuple(classes) if classes is not None else None, dict(sources or {}))

@@ -18,7 +18,7 @@ def dates_model(net: nn.Module, weights: str | None, card: Any) -> TokenModel:
     """``dates-seq2seq``: lower-cased characters in, ISO date characters out; decoded greedily."""
     return TokenModel(net, name=card.name, tokenizer=ds.source_tokenizer(), target_tokenizer=ds.target_tokenizer(),
                       kind="seq2seq", call="seq2seq", max_length=ds.MAX_SOURCE, target_max_length=ds.MAX_TARGET,
-                      embedding="src_embed",
+                      embedding="src_embed", target_embedding="tgt_embed",
                       weights=weights, card=card, sources=dict(_SOURCES))
 
 

@@ -212,11 +212,13 @@ def token_saliency(model: TokenModel, texts: TextSet | Sequence[str], methods: s
         if numbers or sanity:
             checks[name] = _checks(model, resolved, name, rows, options, sanity)
     tokens = _input_tokens(model, batch, resolved)
-    groups = [word_groups(t, model.tokenizer) for t in tokens]
-    words = [[(word_text(t, g, model.tokenizer), g) for g in gs] for t, gs in zip(tokens, groups)]
+    values = {m: [_columns(v, resolved, i, len(t)) for i, (v, t) in enumerate(zip(vals, tokens))]
+              for m, vals in values.items()}
+    own = _input_tokens(model, batch, resolved.source_part())  # words: over the (source) text's own tokens
+    groups = [word_groups(t, model.tokenizer) for t in own]
+    words = [[(word_text(t, g, model.tokenizer), g) for g in gs] for t, gs in zip(own, groups)]
     word_values = {m: [aggregate_words(torch.from_numpy(v[..., :len(t)].copy()), g).numpy()
-                       for v, t, g in zip(vals, tokens, groups)] for m, vals in values.items()}
-    values = {m: [v[..., :len(t)] for v, t in zip(vals, tokens)] for m, vals in values.items()}
+                       for v, t, g in zip(vals, own, groups)] for m, vals in values.items()}
     settings = {"baseline": baseline, "steps": steps, "samples": samples, "noise": noise, "window": window,
                 "seed": seed, "ig_rule": "riemann_middle", "embedding": model.embedding}
     flags = dict(text_file=texts.source if texts.source != "text" else None,
@@ -272,9 +274,23 @@ def _per_text(matrix: torch.Tensor, target) -> list[np.ndarray]:
 
 
 def _input_tokens(model: TokenModel, batch, target) -> list[list[str]]:
-    if target.kind != "next":
-        return batch.tokens
-    return [p + s for p, s in zip(batch.tokens, target.step_tokens)]
+    """Per text the tokens its values run over: the text's, then (lm) its continuation or (joint seq2seq rows)
+    the decoder's input tokens."""
+    if target.kind == "next":
+        return [p + s for p, s in zip(batch.tokens, target.step_tokens)]
+    if target.source_width is not None:
+        return [p + d for p, d in zip(batch.tokens, target.decoder_tokens)]
+    return batch.tokens
+
+
+def _columns(values: np.ndarray, target, i: int, n: int) -> np.ndarray:
+    """Text ``i``'s (..., T) values cut to its ``n`` tokens; joint rows: its source tokens, then its decoder
+    inputs (taken from the columns after ``source_width``)."""
+    if target.source_width is None:
+        return values[..., :n]
+    source = n - len(target.decoder_tokens[i])
+    return np.concatenate([values[..., :source], values[..., target.source_width:target.source_width + n - source]],
+                          -1)
 
 
 __all__ = ["TokenSaliencyResult", "token_saliency"]
