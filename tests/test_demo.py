@@ -1,5 +1,6 @@
-"""`nnfeat demo`, the offline main job: the reports of the embedded digits-cnn and digits-vit (few steps), with
-every link and image of every page resolving, and a re-run that reuses everything."""
+"""`nnfeat demo`, the offline main job: the reports of the embedded digits-cnn and digits-vit (few steps) and the
+text reports of dates-seq2seq (and minilm with the text extra), with every link and image of every page
+resolving, and a re-run that reuses everything."""
 
 import json
 import re
@@ -10,8 +11,10 @@ from nnfeat import cli
 
 try:
     from tests.test_report import check_links
+    from tests.test_text_report import link_problems
 except ImportError:  # tests/ not importable as a package: pytest put tests/ itself on sys.path
     from test_report import check_links
+    from test_text_report import link_problems
 
 
 @pytest.fixture(scope="module")
@@ -41,6 +44,23 @@ def test_demo_is_the_report_of_both_digits_models(demo):
     assert "attention" in (demo / "digits-vit" / "classes" / "index.html").read_text()
     assert not (demo / "digits-cnn" / "classes" / "attention").exists()
     assert (demo / "ensemble" / "uncertainty.png").is_file() and (demo / "ensemble" / "reliability.png").is_file()
+
+
+def test_demo_has_the_text_reports(demo):
+    from nnfeat.ops.demo import TEXT_N, demo_dates
+
+    page = (demo / "index.html").read_text()
+    manifest = json.loads((demo / "dates-seq2seq" / "report.json").read_text())
+    assert manifest["complete"] and manifest["settings"]["n"] == TEXT_N
+    attention = json.loads((demo / "dates-seq2seq" / "attention" / "attention.json").read_text())
+    assert set(attention["texts"]) <= set(demo_dates())  # a sample of its own date generator
+    assert "dates-seq2seq/index.html" in page and "dates-seq2seq/saliency/saliency.png" in page
+    assert link_problems(demo / "dates-seq2seq") == []
+    if (demo / "minilm").exists():  # the text extra is installed
+        assert json.loads((demo / "minilm" / "report.json").read_text())["complete"]
+        assert "minilm/index.html" in page and link_problems(demo / "minilm") == []
+    else:
+        assert "The minilm text report" in page and "Skipped: " in page and "pip install" in page
 
 
 def test_every_link_and_image_of_the_demo_resolves(demo):

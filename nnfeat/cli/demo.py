@@ -1,4 +1,5 @@
-"""``nnfeat demo``: the offline demo, the reports of the embedded ``digits-cnn`` and ``digits-vit``."""
+"""``nnfeat demo``: the offline demo, the reports of the embedded ``digits-cnn`` and ``digits-vit`` and the text
+reports of ``dates-seq2seq`` (and ``minilm`` with the text extra)."""
 
 from __future__ import annotations
 
@@ -9,7 +10,8 @@ from nnfeat.ops.demo import run_demo
 
 
 def register(sub) -> None:
-    p = sub.add_parser("demo", help="offline demo: the reports of the embedded digits-cnn and digits-vit; writes OUT/index.html")
+    p = sub.add_parser("demo", help="offline demo: the reports of the embedded digits-cnn and digits-vit and the text reports of "
+                                       "dates-seq2seq (and minilm with the text extra); writes OUT/index.html")
     p.add_argument("--out", default="out/demo", help="output folder (default out/demo)")
     p.add_argument("--steps", type=int, default=128, help="render steps of the reports' renders, atlas icons too (default 128; the class renders take at least 256)")
     p.add_argument("--no-atlas", action="store_true", help="skip the digits activation atlas")

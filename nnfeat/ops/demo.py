@@ -8,20 +8,33 @@ saliency and its sanity numbers, the most uncertain digits, the ViT's attention 
 ``conv3`` also gets an activation atlas), and writes ``OUT/index.html``: the CNN's class renders (drawn with
 :func:`class_render_settings`, so they read as digits), each report's key pictures linked to its pages, and the
 uncertainty of the two models as an ensemble. Both reports resume: a second run reuses what is done.
+
+Then the text reports (:func:`nnfeat.ops.text_report.text_report`): ``OUT/dates-seq2seq/`` over a seeded sample of
+its own date generator (:func:`nnfeat.models.dates_data.make_examples`, held-out dates), and ``OUT/minilm/`` over
+ordinary sentences of nnfeat's own grammar (:func:`demo_sentences`) when the text extra
+is installed (else the page says how to install it); each gets a section of ``OUT/index.html``.
 """
 
 from __future__ import annotations
 
+import importlib.util
+import random
 import time
+from html import escape
 from pathlib import Path
 
 from nnfeat.data import load_images
 from nnfeat.engine.objectives import l1, logit, total_variation
 from nnfeat.engine.transforms import Jitter, Pad, RandomAffine, RandomRotate, RandomScale
 from nnfeat.io import write_json
+from nnfeat.errors import NnfeatError
 from nnfeat.models.base import Model
+from nnfeat.models.dates_data import make_examples
+from nnfeat.models.hf import minilm_path
+from nnfeat.models.shortcut_text import SLOTS, TEMPLATES
 from nnfeat.models.zoo import load_model
 from nnfeat.ops.report import ReportResult, report, slug
+from nnfeat.ops.text_report import TextReportResult, text_report
 from nnfeat.ops.uncertainty import uncertainty
 from nnfeat.views.gallery import write_gallery
 
@@ -36,6 +49,8 @@ CLASS_TV_WEIGHT = 10.0
 CLASS_RENDER_STEPS = 256
 ATLAS_LAYER = "conv3"
 MODELS = ("digits-cnn", "digits-vit")
+#: the text reports: texts per model and the seed of their sample
+TEXT_N, TEXT_SEED = 16, 0
 
 
 def class_render_settings(steps: int = 256, seed: int = 0) -> tuple:
@@ -73,12 +88,70 @@ def run_demo(out: Path, *, steps: int = 128, atlas: bool = True, progress: bool 
     sections = [_class_section(reports["digits-cnn"], out)]
     sections += [_report_section(reports[name], out) for name in MODELS]
     sections.append(_ensemble_section([models[name] for name in MODELS], out))
-    index = write_gallery(out / "index.html", "nnfeat demo: digits-cnn and digits-vit", sections)
+    for name, texts in (("dates-seq2seq", demo_dates), ("minilm", demo_sentences)):
+        t0 = time.perf_counter()
+        section = _text_report(name, texts, out, progress)
+        seconds[name] = round(time.perf_counter() - t0, 1)
+        sections.append(section)
+    index = write_gallery(out / "index.html", "nnfeat demo: digits-cnn, digits-vit and text models", sections)
     elapsed = round(time.perf_counter() - started, 1)
     write_json(out / "demo.json", {"elapsed_seconds": elapsed, "report_seconds": seconds, "steps": steps,
                                    "atlas": atlas})
     print(f"wrote {index} ({elapsed:.0f} s)", flush=True)
     return index
+
+
+def demo_dates(n: int = TEXT_N, seed: int = TEXT_SEED) -> list[str]:
+    """The dates-seq2seq report's texts: ``n`` written dates from its own generator (held-out dates, ``seed``)."""
+    return [example.source for example in make_examples(n, seed=seed, split="heldout")]
+
+
+def demo_sentences(n: int = TEXT_N, seed: int = TEXT_SEED) -> list[str]:
+    """The minilm report's texts: ``n`` ordinary sentences of nnfeat's own grammar (the shortcut-text fixture's
+    sentence patterns and words, no planted token), drawn from ``seed`` (a private generator)."""
+    rng = random.Random(f"demo-sentences-{seed}")
+    texts = []
+    for _ in range(n):
+        words = [rng.choice(SLOTS[slot]) for slot in rng.choice(TEMPLATES)]
+        texts.append(" ".join(words[:-1]) + words[-1])
+    return texts
+
+
+def _text_report(name: str, texts, out: Path, progress: bool) -> dict:
+    """The text report of ``name`` over ``texts()`` into ``out/<name>`` and its section; minilm without the text
+    extra: a section that says so."""
+    if name == "minilm":
+        try:
+            minilm_path()
+            if importlib.util.find_spec("transformers") is None:
+                raise NnfeatError("minilm needs transformers: pip install 'nnfeat[text]'")
+        except NnfeatError as err:
+            print(f"minilm report skipped: {err}", flush=True)
+            return {"title": "The minilm text report", "note": f"Skipped: {escape(str(err))}", "items": []}
+    t0 = time.perf_counter()
+    model = load_model(name)
+    result = text_report(model, texts(), out / name, progress=progress)
+    print(f"{name} text report: {out / name / 'index.html'} ({time.perf_counter() - t0:.0f} s)", flush=True)
+    return _text_section(result, out)
+
+
+def _text_section(result: TextReportResult, out: Path) -> dict:
+    """The text report's pictures (those its stages wrote), each linked to its section of the report's index."""
+    folder = Path(result.out).relative_to(out).as_posix()
+    pictures = (("attention/attention.png", "attention", "attention"),
+                ("embeddings/projection.png", "embeddings", "embeddings"),
+                ("saliency/saliency.png", "saliency and its numbers", "saliency"),
+                ("logit-lens/logit-lens.png", "logit lens", "logit-lens"))
+    items = [{"src": f"{folder}/{src}", "caption": caption, "href": f"{folder}/index.html#{anchor}"}
+             for src, caption, anchor in pictures if (Path(result.out) / src).is_file()]
+    s = result.settings
+    left = "".join(f" {stage}: {escape(note)}." for stage, note in result.notes.items())
+    return {"title": f"The {result.model} text report",
+            "note": f"<a href='{folder}/index.html'>Open the report</a>: {s['n']} texts; the architecture, the "
+                    f"attention of every head with its scores, the embeddings with neighbours, {s['units_per_layer']} "
+                    f"units of {len(s['layers'])} layers with their contexts, saliency with its numbers "
+                    f"(nnfeat report {result.model} --text-file FILE).{' Left out:' + left if left else ''}",
+            "items": items, "wide": True}
 
 
 def _class_section(result: ReportResult, out: Path) -> dict:
