@@ -248,7 +248,7 @@ CASES = [
      ["gave NaN or Inf in the maps of layer 'conv' (first at image"], {}),
     ("saliency-nan-on-images", ["saliency", "{d}/net.py:make_nan_on_black", "--images", "digits", "--n", "3"],
      ["gave NaN or Inf in its gradient saliency maps (first at image"], {}),
-    # saliency targets beyond a class logit (nnfeat.analysis.targets)
+    # saliency targets beyond a class logit (nnfeat.targets)
     ("saliency-target-bad-region", ["saliency", "digits-cnn", "--images", "{d}/good.npz", "--target", "3@maks"],
      ["bad region 'maks' in target '3@maks'", "expected @mask or @Y0:Y1,X0:X1"], {}),
     ("saliency-target-empty-box", ["saliency", "digits-cnn", "--images", "{d}/good.npz", "--target", "3@5:2,0:4"],

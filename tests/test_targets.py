@@ -1,4 +1,4 @@
-"""Targets beyond a class logit (nnfeat.analysis.targets): the grammar, the reduction of an output to one score
+"""Targets beyond a class logit (nnfeat.targets): the grammar, the reduction of an output to one score
 per image, and every saliency method explaining it -- on hand-built networks whose answer is known (a segmentation
 net whose class 3 sees only one square, a regression head, a tuple output), on torchvision's segmentation models
 with random weights, and through the CLI (one-line errors, exit 2, nothing written)."""
@@ -15,11 +15,11 @@ from nnfeat import cli
 from nnfeat.analysis.attribution import baseline_images
 from nnfeat.analysis.saliency import saliency_maps
 from nnfeat.analysis.sanity import deletion_insertion
-from nnfeat.analysis.targets import (Target, format_target, parse_target, resolve_target, target_probabilities,
-                                     target_scores)
 from nnfeat.errors import NnfeatError
 from nnfeat.models.base import Model
 from nnfeat.ops.saliency import saliency
+from nnfeat.targets import (Target, format_target, parse_target, resolve_target, target_probabilities,
+                            target_scores)
 
 SIZE = 32
 SQUARE = (10, 20, 12, 22)  # y0, y1, x0, x1: the only pixels class 3's map depends on, and where class 3 wins

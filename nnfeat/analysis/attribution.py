@@ -1,8 +1,8 @@
 """What every attribution method stands on (tensors in, tensors out): the class logits of a batch, its resolved
 targets, the input gradient of the target score, the reference images of a perturbation, and chunked passes.
 
-The score explained is :func:`nnfeat.analysis.targets.target_scores` of the network's output: by default the
-logit (:data:`nnfeat.layouts.OUTPUT`) of the target class; a :class:`~nnfeat.analysis.targets.Target` can name a
+The score explained is :func:`nnfeat.targets.target_scores` of the network's output: by default the
+logit (:data:`nnfeat.layouts.OUTPUT`) of the target class; a :class:`~nnfeat.targets.Target` can name a
 part of a dict / tuple output, a region of a segmentation map or a regression value. ``targets`` everywhere is
 (B,) class indices or a resolved ``Target`` (both slice and repeat alike).
 Captures use :class:`nnfeat.hooks.ActivationCapture`, so hooks are gone after every call, also on error.
@@ -17,13 +17,13 @@ from typing import Any, Iterator, Sequence
 import torch
 from torch import nn
 
-from nnfeat.analysis.targets import (Target, as_target, cat_targets, check_classes, describe_output, parse_target,
-                                     resolve_target, select_output, target_scores)
 from nnfeat.distributed import shard_map
 from nnfeat.errors import NnfeatError
 from nnfeat.hooks import ActivationCapture
 from nnfeat.imageops import gaussian_blur
 from nnfeat.layouts import OUTPUT
+from nnfeat.targets import (Target, as_target, cat_targets, check_classes, describe_output, parse_target,
+                            resolve_target, select_output, target_scores)
 
 BASELINES = ("black", "blur", "noise")
 #: default images per forward/backward pass
@@ -81,7 +81,7 @@ def resolve_targets(model: nn.Module, images: torch.Tensor, targets, batch_size:
 
     Raises:
         NnfeatError: one line for a target the output does not fit (see
-            :func:`nnfeat.analysis.targets.resolve_target`) or a count of targets that is not 1 or B.
+            :func:`nnfeat.targets.resolve_target`) or a count of targets that is not 1 or B.
     """
     if isinstance(targets, str):
         targets = parse_target(targets)
@@ -107,7 +107,7 @@ def resolve_targets(model: nn.Module, images: torch.Tensor, targets, batch_size:
 def input_gradients(model: nn.Module, images: torch.Tensor, targets: torch.Tensor | Target,
                     batch_size: int = BATCH_SIZE) -> torch.Tensor:
     """(N, 3, H, W) images, (N,) classes or a resolved :class:`Target` of N images -> (N, 3, H, W)
-    d score / d image (score: :func:`~nnfeat.analysis.targets.target_scores`, by default the target logit), one
+    d score / d image (score: :func:`~nnfeat.targets.target_scores`, by default the target logit), one
     forward and one backward pass per chunk of ``batch_size`` images (chunk i on rank i % world under torchrun)."""
     parts = list(chunks(len(images), batch_size))
     targets = as_target(targets)

@@ -1,7 +1,7 @@
 """Class activation maps (tensors in, tensors out): the CAM family as one base and one weighting step each.
 
 With A the (B, C, h, w) activation of a spatial layer and G = d score / d A (the target's score,
-:mod:`nnfeat.analysis.targets`: by default the target class's logit), every CAM is
+:mod:`nnfeat.targets`: by default the target class's logit), every CAM is
 ReLU(sum_c W_c * A_c), upsampled bilinearly to the input; the members differ only in the weights W
 (:meth:`CAM.weights`, (B, C, 1, 1) per channel or (B, C, h, w) per position):
 
@@ -27,11 +27,11 @@ from torch import nn
 from nnfeat.analysis.attribution import BATCH_SIZE, chunks, output_and_acts
 from nnfeat.analysis.heatmap import no_spatial_map
 from nnfeat.analysis.registry import Registry
-from nnfeat.analysis.targets import Target, as_target, select_output, target_scores
 from nnfeat.analysis.tokens import fold_tokens
 from nnfeat.distributed import shard_map
 from nnfeat.errors import NnfeatError
 from nnfeat.hooks import layer_root
+from nnfeat.targets import Target, as_target, select_output, target_scores
 
 #: the CAM family by name (registration order is page order)
 CAMS = Registry("CAM method")
@@ -108,7 +108,7 @@ def default_cam_layer(model: nn.Module, size: Sequence[int] | None = None, part:
 def layer_act_and_grad(model: nn.Module, images: torch.Tensor, targets: torch.Tensor | Target, layer: str,
                        batch_size: int = BATCH_SIZE) -> tuple[torch.Tensor, torch.Tensor]:
     """(B, C, h, w) activation of ``layer`` and d score / d activation (token layers folded); ``targets``: (B,)
-    classes or a resolved :class:`~nnfeat.analysis.targets.Target`."""
+    classes or a resolved :class:`~nnfeat.targets.Target`."""
     parts = list(chunks(len(images), batch_size))
     targets = as_target(targets)
 

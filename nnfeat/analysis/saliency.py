@@ -20,7 +20,7 @@ sign, options); :data:`METHODS` lists them in page order:
 * ``edge`` -- a model-independent control: the Sobel gradient magnitude of the input's luma. Any sanity check
   worth its name must flag it (it ignores the model).
 
-The score explained is the target's (:mod:`nnfeat.analysis.targets`): by default the network's output (the
+The score explained is the target's (:mod:`nnfeat.targets`): by default the network's output (the
 logits) at the target class; a target text such as ``out:3@mask`` explains class 3 of a segmentation map summed
 over its predicted mask, ``value`` a regression output. Every method, gradient, path, perturbation or CAM, takes
 the gradient or the drop of that one score. No Python loop runs over images, samples or alphas; only over chunks of
@@ -44,10 +44,10 @@ from nnfeat.analysis.attribution import (BASELINES, BATCH_SIZE, baseline_images,
                                          predicted_classes, resolve_targets)
 from nnfeat.analysis.cam import CAMS, cam_maps, default_cam_layer
 from nnfeat.analysis.registry import Registry
-from nnfeat.analysis.targets import Target, as_target, target_scores
 from nnfeat.distributed import shard_map
 from nnfeat.errors import NnfeatError
 from nnfeat.imageops import luma
+from nnfeat.targets import Target, as_target, target_scores
 
 
 @dataclass(frozen=True)
@@ -241,7 +241,7 @@ def saliency_maps(model, images: torch.Tensor, targets: torch.Tensor | Target | 
                   method: str = "gradient", *, layer: str | None = None, **options) -> torch.Tensor:
     """(B, 3, H, W) images in [0, 1] -> (B, H, W) float maps at input resolution (signed where the method is);
     targets (B,) class indices, None = the predicted class, or a target text / :class:`Target` (``"out:3@mask"``,
-    ``"value"``; see :mod:`nnfeat.analysis.targets`).
+    ``"value"``; see :mod:`nnfeat.targets`).
 
     ``layer``: the CAM methods' layer (default :func:`default_cam_layer`; an error for other methods).
     ``options`` (each method takes only its own, plus ``batch_size``, images per pass, default 256):

@@ -3,7 +3,7 @@
 * :func:`deletion_insertion` -- the causal metrics of RISE (Petsiuk et al. 2018). Pixels are ranked by the
   map, most salient first. *Deletion* replaces them, ``steps`` equal fractions at a time, by a baseline
   and tracks the softmax probability of the target class (of another target, what
-  :func:`nnfeat.analysis.targets.target_probabilities` gives: a map's class averaged over its region, a value as
+  :func:`nnfeat.targets.target_probabilities` gives: a map's class averaged over its region, a value as
   it is); *insertion* starts from a blurred copy of the
   image (Gaussian, sigma = min(H, W) / 8 px by default) and puts the original pixels back in the same order.
   The deletion baseline defaults to that same blurred copy (``blur``); ``black`` (0, as in RISE) is offered.
@@ -38,10 +38,10 @@ from torch import nn
 
 from nnfeat.analysis.attribution import baseline_images, chunks, resolve_targets
 from nnfeat.analysis.saliency import saliency_maps
-from nnfeat.analysis.targets import Target, as_target, target_probabilities
 from nnfeat.distributed import shard_map
 from nnfeat.errors import NnfeatError
 from nnfeat.hooks import layer_root
+from nnfeat.targets import Target, as_target, target_probabilities
 
 #: median Spearman after full randomization at or above which a method fails the randomization test
 THRESHOLD = 0.3
@@ -107,7 +107,7 @@ def region_ranks(maps: torch.Tensor, patch: int = 1, seed: int = 0) -> tuple[tor
 @torch.no_grad()
 def _curves(model, pairs: list[tuple[torch.Tensor, torch.Tensor]], ranks: torch.Tensor, n_regions: int,
             targets: Target, steps: int, batch_size: int, check: Callable | None = None) -> torch.Tensor:
-    """Probability of ``targets`` (:func:`~nnfeat.analysis.targets.target_probabilities`) as the pixels whose
+    """Probability of ``targets`` (:func:`~nnfeat.targets.target_probabilities`) as the pixels whose
     region rank < k_s switch from ``start`` to ``end`` (k_s = s/steps of the regions, s = 0..steps), for each
     (start, end) pair of (B, 3, H, W) images and each map's (M, B, H*W) ``ranks`` -> (P, M, B, steps + 1).
     The end points do not depend on the map (s = 0 is ``start``, s = steps is ``end``): each distinct end image
@@ -159,8 +159,8 @@ def causal_scores(model, images: torch.Tensor, maps: Sequence[torch.Tensor], tar
                   rank_by: str | Sequence[str] = "value", patch: int | None = None, seed: int = 0,
                   batch_size: int = 256, check: Callable | None = None) -> list[CausalScores]:
     """RISE deletion and insertion (see the module docstring) of each of the (B, H, W) ``maps`` for (B, 3, H, W)
-    ``images`` and (B,) ``targets`` (or a resolved :class:`~nnfeat.analysis.targets.Target`: the same score the
-    maps explain, tracked as :func:`~nnfeat.analysis.targets.target_probabilities`), every map's steps in one
+    ``images`` and (B,) ``targets`` (or a resolved :class:`~nnfeat.targets.Target`: the same score the
+    maps explain, tracked as :func:`~nnfeat.targets.target_probabilities`), every map's steps in one
     stream of batched passes. ``rank_by`` (one, or one per map): ``value`` (most positive first) or ``abs``
     (largest |map| first).
     ``patch``: perturb ``patch`` x ``patch`` regions ranked by their mean map value (region perturbation,

@@ -41,12 +41,12 @@ from torch import nn
 
 from nnfeat.analysis.calibration import (ECE_BINS, Calibration, auroc, calibration, entropy, rankdata,
                                          set_metrics)
-from nnfeat.analysis.targets import Target, describe_output, output_kind, select_output
 from nnfeat.distributed import shard_map
 from nnfeat.engine.transforms import affine_resample
 from nnfeat.errors import NnfeatError
 from nnfeat.finite import check_finite
 from nnfeat.seeds import generator, stage_seed
+from nnfeat.targets import Target, describe_output, output_kind, select_output
 
 TTA_ZOOM = (0.9, 1.1)
 TTA_SHIFT = 1 / 16  # of the image size, each way
@@ -139,7 +139,7 @@ def class_log_distribution(output: Any, target: Target) -> torch.Tensor:
 
 class _Distribution(nn.Module):
     """A network whose output is the class distribution a :class:`Target` names (see
-    :func:`~nnfeat.analysis.targets.class_log_distribution`): (B, C, H, W) -> (B, K) scores."""
+    :func:`~nnfeat.targets.class_log_distribution`): (B, C, H, W) -> (B, K) scores."""
 
     def __init__(self, net: nn.Module, target: Target) -> None:
         super().__init__()

@@ -4,7 +4,6 @@ saliency maps of the most uncertain images across members / dropout samples / au
 
 from __future__ import annotations
 
-from nnfeat.analysis.targets import parse_target
 from nnfeat.analysis.uncertainty import check_distribution_target, check_same_classes, distribution_model
 from nnfeat.analysis.uncertainty_methods import UNCERTAINTY, check_method
 from nnfeat.cli.common import MODEL_HELP, add_images, add_shared, finish, load_images_from_args, load_model, positive
@@ -14,6 +13,7 @@ from nnfeat.layouts import OUTPUT
 from nnfeat.models.registry import find_card
 from nnfeat.ops.results import check_out_dir
 from nnfeat.ops.uncertainty import uncertainty
+from nnfeat.targets import parse_target
 
 
 def register(sub) -> None:

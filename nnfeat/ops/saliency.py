@@ -36,8 +36,7 @@ import torch
 
 from nnfeat.analysis.saliency import (CAM_METHODS, DISPLAY_PERCENTILE, SALIENCY, MethodMaps, default_cam_layer,
                                      display_scale, parse_methods, resolve_targets, saliency_maps)
-from nnfeat.analysis.targets import Target, describe_target
-from nnfeat.analysis.targets import parse_target as parse_target_text
+from nnfeat.targets import parse_target as parse_target_text
 from nnfeat.analysis.sanity import CausalScores, cascade_depths, causal_scores, random_maps, randomization_test
 from nnfeat.data import ImageSet
 from nnfeat.errors import NnfeatError, nearest
@@ -46,13 +45,14 @@ from nnfeat.io import save_image
 from nnfeat.layouts import OUTPUT
 from nnfeat.models.base import as_model
 from nnfeat.ops.results import Result, cli_command, weights_flag
+from nnfeat.targets import Target, describe_target
 from nnfeat.views import saliency_page as page
 from nnfeat.views.saliency_page import slug
 
 
 def parse_target(model, target) -> int | Target | None:
     """``None``/``"pred"`` -> None (each image's predicted class); an index or a class name -> its index; any other
-    target text (``out:3@mask``, ``value``; :mod:`nnfeat.analysis.targets`) or a :class:`Target` -> the Target, its
+    target text (``out:3@mask``, ``value``; :mod:`nnfeat.targets`) or a :class:`Target` -> the Target, its
     class name looked up. A one-line error naming the nearest class names."""
     if isinstance(target, Target):
         return _class_of(model, target)
@@ -97,7 +97,7 @@ class SaliencyResult(Result):
     """What :func:`saliency` returns: per method a :class:`MethodMaps`; ``inputs`` (B, 3, H, W); ``targets``
     (B,) the explained classes (None for a value); ``random`` the random map's deletion / insertion scores (with
     the numbers); ``target_text`` the target as given (``pred``, ``3``, ``out:3@mask``); ``target`` its record
-    (:func:`~nnfeat.analysis.targets.describe_target`) for a target other than a class logit, else None."""
+    (:func:`~nnfeat.targets.describe_target`) for a target other than a class logit, else None."""
 
     model: str
     methods: list[MethodMaps]
@@ -313,7 +313,7 @@ def saliency(model, images: ImageSet | torch.Tensor, methods: str | Sequence[str
     """Saliency maps of ``methods`` (``"gradient,gradcam"`` or a list) for ``images`` (an :class:`ImageSet` or
     (B, 3, H, W) in [0, 1] at the model's input size), explaining ``target`` (None/"pred": each image's
     predicted class; a class index or name; a target text such as ``out:3@mask``, ``out:3@8:24,16:40`` or
-    ``value``, or a :class:`~nnfeat.analysis.targets.Target`: see :mod:`nnfeat.analysis.targets`; every method and
+    ``value``, or a :class:`~nnfeat.targets.Target`: see :mod:`nnfeat.targets`; every method and
     the numbers explain that one score). ``layer``: the CAM layer (default: the last spatial layer).
     ``numbers`` (default on): deletion / insertion AUC (``steps``, ``deletion_baseline``, ``patch``) beside a
     seeded random map's, about 4 * steps forward passes per image and method. ``sanity``: add the randomization

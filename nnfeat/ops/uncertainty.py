@@ -26,7 +26,6 @@ import numpy as np
 import torch
 
 from nnfeat.analysis.calibration import ECE_BINS, set_metrics
-from nnfeat.analysis.targets import parse_target
 from nnfeat.analysis.uncertainty import (Summary, check_distribution_target, check_same_classes, distribution_model,
                                          fit_images, flip_safe, map_agreement, summarize)
 from nnfeat.analysis.uncertainty_methods import UNCERTAINTY, check_method, model_device, saliency_across
@@ -36,6 +35,7 @@ from nnfeat.finite import check_finite
 from nnfeat.io import atomic_path, save_image
 from nnfeat.models.base import as_model
 from nnfeat.ops.results import Result, cli_command, weights_flag
+from nnfeat.targets import parse_target
 from nnfeat.views import uncertainty_page as page
 from nnfeat.views.uncertainty_page import SHOWN_MAPS
 
@@ -216,7 +216,7 @@ def uncertainty(models, images: ImageSet | torch.Tensor, method: str = "ensemble
     ``top``: how many of the most uncertain images the sheet shows with their saliency maps; ``flip``: whether
     TTA mirrors images (None: unless the classes are glyphs such as digits, :func:`flip_safe`); ``target``: which
     class distribution of the output to measure (``pred``; ``out:pred`` of a dict output; ``out:pred@Y0:Y1,X0:X1``,
-    a segmentation map's per-pixel distribution averaged over a box; see :mod:`nnfeat.analysis.targets`)."""
+    a segmentation map's per-pixel distribution averaged over a box; see :mod:`nnfeat.targets`)."""
     started = time.perf_counter()
     explained = None if target is None else check_distribution_target(parse_target(target))
     models = [distribution_model(as_model(m), explained)
