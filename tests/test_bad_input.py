@@ -243,6 +243,8 @@ CASES = [
      ["gives NaN or Inf at layer 'conv' on a test image"], {}),
     ("atlas-model-nan", ["atlas", "{d}/net.py:make_nan", "conv", "--images", "{d}/good.npz", "--steps", "2"],
      ["gives NaN or Inf at layer 'conv' on a test image"], {}),
+    ("report-model-nan", ["report", "{d}/net.py:make_nan", "--images", "{d}/good.npz", "--layers", "conv", "--steps", "2"],
+     ["gives NaN or Inf at layer 'conv' on a test image"], {}),
     # NaN / Inf on real images only: found in the dataset pass, before anything is written
     ("heatmap-nan-on-images", ["heatmap", "{d}/net.py:make_nan_on_black", "conv", "--images", "digits", "--n", "3"],
      ["gave NaN or Inf in the maps of layer 'conv' (first at image"], {}),
