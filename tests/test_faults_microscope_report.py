@@ -2,8 +2,8 @@
 SIGKILLed after its k-th file write (and just before some renames, ``k:before``), for every write point of a
 microscope and for points inside every stage kind of a report; after each kill no file under its final name is
 partial (every PNG decodes, every JSON parses, every .npy / .npz loads), and a plain re-run ends byte-identical
-to an uninterrupted run. Hidden temporaries ``.name.*`` that a ``k:before`` kill leaves behind stay (nothing
-cleans them; they are ignored here as everywhere). A damaged cached file (a truncated render, a truncated
+to an uninterrupted run. Hidden temporaries ``.name.*`` that a ``k:before`` kill leaves behind are ignored
+here (the re-run removes them: tests/test_damaged_files.py). A damaged cached file (a truncated render, a truncated
 per-batch or per-stage record) is detected and redone, not trusted because it exists.
 """
 
