@@ -158,7 +158,7 @@ def input_spec(args, model):
         positive("size", size, 2)
         if size > LIMITS["size"][1]:
             raise NnfeatError(f"--size {size} is out of range: valid is at most {LIMITS['size'][1]}")
-        changes["size"] = (size, size)
+        changes["size"] = changes["working_size"] = (size, size)
         sources["size"] = "--size"
     source = getattr(args, "images", None)
     wants_classes = sources["classes"] == "default" and source is not None and _is_folder(source)
