@@ -17,6 +17,8 @@ from nnfeat.io import to_uint8
 
 #: Tiles are upscaled by an integer factor until they are at least this many pixels on their long side.
 MIN_TILE = 96
+#: ... and a sheet of one tile until it is at least this many.
+SINGLE_TILE = 256
 _FONT_SIZE = 12
 _PAD = 4
 _BACKGROUND = (255, 255, 255)
@@ -39,13 +41,21 @@ def font(size: int = _FONT_SIZE):
 _font = font
 
 
-def _fit(text: str, font, width: int, draw: ImageDraw.ImageDraw) -> str:
-    """``text`` shortened with an ellipsis until it fits ``width`` px."""
-    if draw.textlength(text, font=font) <= width:
-        return text
-    while text and draw.textlength(text + "…", font=font) > width:
-        text = text[:-1]
-    return text + "…"
+def _wrapped(text: str, font, width: int, draw: ImageDraw.ImageDraw) -> list[str]:
+    """``text`` broken into lines no wider than ``width`` px: at spaces, and a word wider than a line at
+    characters (nothing is cut off)."""
+    lines: list[str] = []
+    for word in text.split(" "):
+        if lines and draw.textlength(lines[-1] + " " + word, font=font) <= width:
+            lines[-1] += " " + word
+            continue
+        while draw.textlength(word, font=font) > width and len(word) > 1:  # a word wider than the line
+            cut = max(1, next(k for k in range(len(word), 0, -1)
+                              if draw.textlength(word[:k], font=font) <= width or k == 1))
+            lines.append(word[:cut])
+            word = word[cut:]
+        lines.append(word)
+    return lines or [""]
 
 
 def labelled_sheet(images: torch.Tensor, captions: Sequence[str] | None = None, *, ncol: int | None = None,
@@ -53,10 +63,12 @@ def labelled_sheet(images: torch.Tensor, captions: Sequence[str] | None = None, 
     """A captioned contact sheet.
 
     Args:
-        images: (B, 3, H, W) (or (B, 1, H, W)) in [0, 1]; tiles are upscaled (nearest) to >= ``min_tile`` px.
-        captions: one text per image (up to ``lines`` lines each, split at ``\\n``), or None.
+        images: (B, 3, H, W) (or (B, 1, H, W)) in [0, 1]; tiles are upscaled (nearest) to >= ``min_tile`` px
+            (one tile alone to >= :data:`SINGLE_TILE` px).
+        captions: one text per image (up to ``lines`` lines each, split at ``\\n``; a line wider than its tile is
+            wrapped, never cut), or None.
         ncol: tiles per row (default: about square).
-        title: a line above the grid, or None.
+        title: a line above the grid (wrapped to the sheet's width), or None.
         lines: caption lines per tile (default: the most any caption has).
     Returns:
         (H', W', 3) uint8 array.
@@ -67,45 +79,42 @@ def labelled_sheet(images: torch.Tensor, captions: Sequence[str] | None = None, 
     if images.shape[1] == 1:
         images = images.expand(-1, 3, -1, -1)
     b, _, h, w = images.shape
-    factor = upscale_factor(h, w, min_tile)
+    factor = upscale_factor(h, w, max(min_tile, SINGLE_TILE) if b == 1 else min_tile)
     th, tw = h * factor, w * factor
     ncol = max(1, min(b, ncol or math.ceil(math.sqrt(b))))
     nrow = max(1, math.ceil(b / ncol))
-    captions = [str(c) for c in captions] if captions is not None else []
-    lines = lines if lines is not None else max((c.count("\n") + 1 for c in captions), default=0)
     font = _font()
-    line_h = _FONT_SIZE + 3
-    cap_h = lines * line_h + (2 if lines else 0)
-    title_h = line_h + 2 * _PAD if title else 0
+    draw = ImageDraw.Draw(Image.new("RGB", (1, 1)))
     cell_w = max(tw, 8)
-    sheet = Image.new("RGB", (ncol * (cell_w + _PAD) + _PAD, title_h + nrow * (th + cap_h + _PAD) + _PAD), _BACKGROUND)
+    width = ncol * (cell_w + _PAD) + _PAD
+    # each caption's lines (``lines`` of them at most, split at "\n"), each wrapped to the tile's width
+    captions = [[part for line in str(c).split("\n")[:lines] for part in _wrapped(line, font, cell_w, draw)]
+                for c in (captions if captions is not None else [])]
+    n_lines = max([lines or 0] + [len(c) for c in captions])
+    title_lines = _wrapped(title, font, width - 2 * _PAD, draw) if title else []
+    line_h = _FONT_SIZE + 3
+    cap_h = n_lines * line_h + (2 if n_lines else 0)
+    title_h = len(title_lines) * line_h + 2 * _PAD if title else 0
+    sheet = Image.new("RGB", (width, title_h + nrow * (th + cap_h + _PAD) + _PAD), _BACKGROUND)
     draw = ImageDraw.Draw(sheet)
-    if title:
-        draw.text((_PAD, _PAD), _fit(title, font, sheet.width - 2 * _PAD, draw), fill=_TEXT, font=font)
+    for k, text in enumerate(title_lines):
+        draw.text((_PAD, _PAD + k * line_h), text, fill=_TEXT, font=font)
     tiles = to_uint8(images.repeat_interleave(factor, -2).repeat_interleave(factor, -1).permute(0, 2, 3, 1).numpy())
     for i in range(b):  # assembling a picture once, not a hot path
         r, c = divmod(i, ncol)
         x, y = _PAD + c * (cell_w + _PAD), title_h + _PAD + r * (th + cap_h + _PAD)
         sheet.paste(Image.fromarray(tiles[i]), (x, y))
         if i < len(captions):
-            for k, text in enumerate(captions[i].split("\n")[:lines]):
-                draw.text((x, y + th + 2 + k * line_h), _fit(text, font, cell_w, draw), fill=_TEXT, font=font)
+            for k, text in enumerate(captions[i]):
+                draw.text((x, y + th + 2 + k * line_h), text, fill=_TEXT, font=font)
     return np.asarray(sheet)
 
 
 
 
 def wrap_text(text: str, width: int, font=None) -> list[str]:
-    """``text`` broken at spaces into lines no wider than ``width`` px (a longer word gets its own line)."""
-    font = font or _font()
-    draw = ImageDraw.Draw(Image.new("RGB", (1, 1)))
-    lines: list[str] = []
-    for word in text.split(" "):
-        if lines and draw.textlength(lines[-1] + " " + word, font=font) <= width:
-            lines[-1] += " " + word
-        else:
-            lines.append(word)
-    return lines
+    """``text`` broken into lines no wider than ``width`` px: at spaces, a word wider than a line at characters."""
+    return _wrapped(text, font or _font(), width, ImageDraw.Draw(Image.new("RGB", (1, 1))))
 
 
 def colour_bar(table: torch.Tensor | np.ndarray, low: str, high: str, note: str, width: int, *,
