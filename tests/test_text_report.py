@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import random
 import shutil
 import subprocess
@@ -206,6 +207,45 @@ def test_tiny_lm_report_has_the_logit_lens_and_collected_contexts(tmp_path):
     assert any(p.name.startswith("token-examples-") for p in (out / "cache").iterdir())  # collected, resumable
     page = (out / "index.html").read_text()
     assert "lens&#x27;s top token" in page or "lens's top token" in page
+    assert link_problems(out) == []
+
+
+def _cli(args: list[str]) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "nnfeat", "report", *args], capture_output=True, text=True,
+                          env={**os.environ, "OMP_NUM_THREADS": "1"})
+
+
+@pytest.mark.parametrize("args, words", [
+    (["dates-seq2seq", "--text", "june 3 2001", "--steps", "5"], "--steps is for image models"),
+    (["dates-seq2seq", "--text", "june 3 2001", "--atlas", "encoder.layers.0", "--diversity", "0"],
+     "--diversity, --atlas are for image models"),
+    (["dates-seq2seq", "--images", "digits"], "is a token model: give it text"),
+    (["dates-seq2seq"], "is a token model: give it text with --text"),
+    (["dates-seq2seq", "--text", "june 3 2001", "--pair", "may 1 1999"], "--pair is for sentence encoders"),
+    (["dates-seq2seq", "--text", "june 3 2001", "--layers", "encoder.layers.7"], "encoder.layers.7"),
+    (["digits-cnn", "--images", "digits", "--pair", "a text"], "--pair is for token models given text"),
+    (["digits-cnn", "--text", "a text"], "takes images, not text"),
+    (["digits-cnn"], "report needs --images SRC"),
+])
+def test_cli_one_line_error_writes_nothing(tmp_path, dates_model, args, words):  # (trained once, first)
+    out = tmp_path / "cli"
+    run = _cli([*args, "--out", str(out)])
+    assert run.returncode == 2, run.stderr
+    assert len(run.stderr.strip().splitlines()) == 1 and words in run.stderr, run.stderr
+    assert not out.exists()
+
+
+def test_cli_text_report(tmp_path, dates_model):
+    from nnfeat import cli
+
+    texts = tmp_path / "dates.txt"
+    texts.write_text("\n".join(_dates(12)) + "\n")
+    out = tmp_path / "cli"
+    assert cli.main(["report", "dates-seq2seq", "--text-file", str(texts), "--n", "8", "--units-per-layer", "1",
+                     "--layers", "encoder.layers.1", "--method", "gradient", "--quiet", "--out", str(out)]) == 0
+    manifest = json.loads((out / "report.json").read_text())
+    assert manifest["complete"] and manifest["settings"]["n"] == 8 and manifest["settings"]["source"] == str(texts)
+    assert manifest["settings"]["layers"] == ["encoder.layers.1"] and manifest["settings"]["methods"] == ["gradient"]
     assert link_problems(out) == []
 
 
