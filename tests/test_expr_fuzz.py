@@ -212,6 +212,8 @@ def _argument(kind: str):
         "indices": st.one_of(INDICES.map(str), st.lists(INDICES, max_size=BATCH + 1).map(str)),
         "vector": st.lists(st.floats(-4, 4), min_size=0, max_size=70).map(str),
         "number": NUMBERS,
+        "target": st.one_of(st.sampled_from(["3", "pred", "9", "11", "out:3", "0:3", "3@mask", "3@0:4,0:4", "value",
+                                             "out:3@maks", "cat", ""]), st.text(max_size=12)).map(_quoted),
     }[kind]
     wrong = st.one_of(NUMBERS, LAYER_NAMES.map(_quoted), UNITS, st.lists(st.integers(0, 3), max_size=3).map(str),
                       st.just("[[1]]"), st.just("[]"))
@@ -229,6 +231,7 @@ SIGNATURES = {
                                 ("cossim_pow", "number"), ("batch", "index")],
     "logit": [("cls", "indices"), ("batch", "index")],
     "softmax": [("cls", "indices"), ("batch", "index")],
+    "target": [("target", "target"), ("batch", "index")],
     "diversity": [("layer", "layer"), ("group", "index")],
     "alignment": [("layer", "layer"), ("decay_ratio", "number"), ("max_distance", "index")],
     "l1": [("constant", "number"), ("layer", "layer")],
@@ -446,9 +449,9 @@ def test_any_wrong_argument_names_its_parameter(data):
     wrong_for = {
         "layer": ["3", "conv1:1", "[1]"], "indices": ["'a'", "2.5", "-1", "[]", "[0.5]", "conv1:1"],
         "index": ["'a'", "2.5", "-1", "[1]", "conv1:1"], "vector": ["[]", "3", "'a'", "conv1:1"],
-        "number": ["'a'", "[1]", "conv1:1"],
+        "number": ["'a'", "[1]", "conv1:1"], "target": ["3", "[1]", "conv1:1", "''"],
     }
-    valid = {"layer": "'conv1'", "indices": "1", "index": "1", "vector": "[1.0]", "number": "2"}
+    valid = {"layer": "'conv1'", "indices": "1", "index": "1", "vector": "[1.0]", "number": "2", "target": "'3'"}
     name = data.draw(st.sampled_from(sorted(SIGNATURES)))
     params = SIGNATURES[name]
     target = data.draw(st.integers(0, len(params) - 1))
