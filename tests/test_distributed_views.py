@@ -35,6 +35,10 @@ def views_worker(out: str) -> None:
     saliency(model, images, "gradient,gradcam,smoothgrad,occlusion", sanity=True, steps=4, cascade=2,
              samples=3, batch_size=BATCH, seed=3).save(root / "saliency", timing=False)
     other = _model()
+    with torch.no_grad():  # a member that differs: an ensemble of one model twice is refused
+        noise = torch.Generator().manual_seed(1)
+        for p in other.parameters():
+            p.add_(0.05 * torch.randn(p.shape, generator=noise))
     uncertainty([model, other], images, "ensemble", top=3, batch_size=BATCH).save(root / "ensemble", timing=False)
     uncertainty(model, images, "tta", samples=4, top=3, seed=5, batch_size=BATCH).save(root / "tta", timing=False)
 
