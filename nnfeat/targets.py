@@ -250,7 +250,7 @@ def check_classes(scores: torch.Tensor, classes: torch.Tensor, target: Target | 
 
 
 # -- resolving, per image -----------------------------------------------------------------------------------
-def resolve_target(output: Any, target: Target, *, empty_mask: str = "error") -> Target:
+def resolve_target(output: Any, target: Target, *, empty_mask: str = "error", check: bool = True) -> Target:
     """``target`` resolved for the N images of ``output`` (the unperturbed images' output): per image its class
     (the given one, or the predicted one: the arg-max logit, or on a map the class that wins the most pixels of
     the region) and, on a (N, K, h, w) map, its (N, h, w) region weights (the box, the mask of pixels whose
@@ -258,7 +258,9 @@ def resolve_target(output: Any, target: Target, *, empty_mask: str = "error") ->
 
     empty_mask: for an ``@mask`` target whose class wins no pixel of an image: ``"error"`` (explaining an empty
         region is meaningless), or ``"all"``: that image's region is every pixel (a render starting from noise,
-        where the class has no pixel yet, grows it from the whole map).
+        where the class has no pixel yet, grows it from the whole map); ``"all"`` runs without a host sync.
+    check: check the class range (a host sync); a caller that checked it on an earlier batch of the same
+        output shape (a render's later steps) passes False.
 
     Raises:
         NnfeatError: one line for a part the output lacks, a target that does not fit the part's shape, a class
@@ -290,13 +292,15 @@ def resolve_target(output: Any, target: Target, *, empty_mask: str = "error") ->
         classes = votes.argmax(1)
     else:
         classes = torch.full((n,), target.cls, dtype=torch.long, device=scores.device)
-        check_classes(scores, classes, target)
+        if check:
+            check_classes(scores, classes, target)
     if target.region == "mask":
         weights = (winners == classes[:, None, None]).float()
+        if empty_mask == "all":  # an image whose class wins no pixel: its whole map (no host sync)
+            none = weights.flatten(1).sum(1) == 0
+            return replace(target, classes=classes.long(), weights=torch.where(none[:, None, None], 1.0, weights))
         empty = (weights.flatten(1).sum(1) == 0).nonzero()
-        if len(empty) and empty_mask == "all":
-            weights[empty[:, 0]] = 1.0
-        elif len(empty):
+        if len(empty):
             i = int(empty[0])
             raise NnfeatError(f"target '{target}': class {int(classes[i])} wins no pixel of image {i}'s output map "
                               f"(its mask is empty): pick a class it predicts, pred@mask, or a box")
@@ -316,7 +320,7 @@ def cat_targets(parts: Sequence[Target]) -> Target:
 
 
 # -- the scores ----------------------------------------------------------------------------------------------
-def target_scores(output: Any, target: Target | torch.Tensor) -> torch.Tensor:
+def target_scores(output: Any, target: Target | torch.Tensor, *, check: bool = True) -> torch.Tensor:
     """The model's ``output`` for N images and their resolved ``target`` (or (N,) class indices) -> (N,) scores,
     differentiable: the class logit (a (N, K) output), the class's map summed over the region weights (a
     (N, K, h, w) map), or the value (a (N,) / (N, 1) output).
@@ -329,7 +333,8 @@ def target_scores(output: Any, target: Target | torch.Tensor) -> torch.Tensor:
     kind = output_kind(scores, target)
     if kind == "value":
         return scores.reshape(len(scores))
-    check_classes(scores, target.classes, target)
+    if check:  # a host sync: see resolve_target's ``check``
+        check_classes(scores, target.classes, target)
     if kind == "vector":
         return scores.gather(1, target.classes[:, None])[:, 0]
     picked = scores[torch.arange(len(scores), device=scores.device), target.classes]  # (N, h, w)

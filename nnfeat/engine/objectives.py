@@ -203,9 +203,14 @@ def target(target: str, batch: int | None = None) -> Objective:
         raise NnfeatError(f"target(\"{target}\") names class '{parsed.cls}': an objective takes a class index "
                           f"(e.g. {EXAMPLES})")
 
+    checked: list[bool] = []  # the class range is checked on the first call only: later steps run sync-free
+
     def fn(acts: Acts) -> torch.Tensor:
-        output = acts[OUTPUT]
-        return target_scores(output, resolve_target(output, parsed, empty_mask="all"))
+        output, check = acts[OUTPUT], not checked
+        score = target_scores(output, resolve_target(output, parsed, empty_mask="all", check=check), check=check)
+        if check:
+            checked.append(True)
+        return score
 
     return Objective(_batch_mask(fn, batch), [OUTPUT], _batch_desc(f'target("{target}")', batch))
 
