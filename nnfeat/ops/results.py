@@ -207,4 +207,25 @@ class Result:
         return f"<{type(self).__name__} {self.title()!r}: images {shape}>"
 
 
-__all__ = ["Result", "versions", "cli_command", "check_out_dir", "png_bytes", "weights_flag"]
+class FolderResult(Result):
+    """A result that is the folder it was built in (a report): :attr:`images` are its ``key_images``
+    ((B, 3, H, W) in [0, 1]) and :meth:`save` only checks that ``out`` is that folder. Subclasses are dataclasses
+    with ``out`` and ``key_images`` fields."""
+
+    out: Path
+    key_images: torch.Tensor
+
+    @property
+    def images(self) -> torch.Tensor:
+        return self.key_images
+
+    def save(self, out=None, *, timing: bool = False) -> Path:
+        """The report is its folder: ``out`` (default the folder it was built in) must be that folder.
+        Returns its entry page, ``index.html``."""
+        out = Path(out) if out is not None else self.out
+        if out.resolve() != Path(self.out).resolve():
+            raise NnfeatError(f"a report is saved where it was built ('{self.out}'), not '{out}'")
+        return Path(self.out) / "index.html"
+
+
+__all__ = ["Result", "FolderResult", "versions", "cli_command", "check_out_dir", "png_bytes", "weights_flag"]

@@ -9,8 +9,7 @@ from typing import ClassVar
 
 import torch
 
-from nnfeat.errors import NnfeatError
-from nnfeat.ops.results import Result
+from nnfeat.ops.results import FolderResult
 
 #: stage kinds whose time is "render" time (the floor), "collection" time and the report's own in
 #: :meth:`ReportResult.time_shares`
@@ -20,7 +19,7 @@ REPORT_KINDS = ("microscope", "pages")
 
 
 @dataclass(repr=False)
-class ReportResult(Result):
+class ReportResult(FolderResult):
     """What :func:`report` returns. ``out``: the report folder; ``layers``: {layer: channels};
     ``key_images``: (B, 3, H, W) a few key pictures (the first units' renders); ``timings``: {stage: seconds}
     of this run (in memory only); ``notes``: {stage: why it was left out}."""
@@ -36,23 +35,12 @@ class ReportResult(Result):
     command: str | None = None
     kind: ClassVar[str] = "report"
 
-    @property
-    def images(self) -> torch.Tensor:
-        return self.key_images
-
     def title(self) -> str:
         return f"{self.model} report  ({len(self.layers)} layers, {sum(map(len, self.layers.values()))} units)"
 
     def record(self) -> dict:
         return {"model": self.model, "settings": self.settings, "layers": {k: v for k, v in self.layers.items()},
                 "notes": self.notes, "page": "index.html"}
-
-    def save(self, out=None, *, timing: bool = False) -> Path:
-        """The report is its folder: ``out`` (default the folder it was built in) must be that folder."""
-        out = Path(out) if out is not None else self.out
-        if out.resolve() != Path(self.out).resolve():
-            raise NnfeatError(f"a report is saved where it was built ('{self.out}'), not '{out}'")
-        return Path(self.out) / "index.html"
 
     def time_shares(self) -> dict[str, float]:
         """Seconds of this run by kind: ``render`` (unit, diversity and class renders: the floor), ``collect``

@@ -9,15 +9,14 @@ from typing import ClassVar
 
 import torch
 
-from nnfeat.errors import NnfeatError
-from nnfeat.ops.results import Result
+from nnfeat.ops.results import FolderResult
 
 #: stage kinds that are the report's own work (not a view's passes) in :meth:`TextReportResult.time_shares`
 OWN_KINDS = ("pages",)
 
 
 @dataclass(repr=False)
-class TextReportResult(Result):
+class TextReportResult(FolderResult):
     """What :func:`text_report` returns. ``out``: the report folder (``index.html`` the entry page);
     ``key_images``: (1, 3, H, W) the attention picture (or none, (0, 3, 1, 1)); ``timings``: {stage: seconds} of
     this run (in memory only); ``notes``: {stage: why it was left out}."""
@@ -32,22 +31,11 @@ class TextReportResult(Result):
     command: str | None = None
     kind: ClassVar[str] = "text-report"
 
-    @property
-    def images(self) -> torch.Tensor:
-        return self.key_images
-
     def title(self) -> str:
         return f"{self.model} text report ({self.settings['n']} texts, {len(self.settings['layers'])} units layers)"
 
     def record(self) -> dict:
         return {"model": self.model, "settings": self.settings, "notes": self.notes, "page": "index.html"}
-
-    def save(self, out=None, *, timing: bool = False) -> Path:
-        """The report is its folder: ``out`` (default the folder it was built in) must be that folder."""
-        out = Path(out) if out is not None else self.out
-        if out.resolve() != Path(self.out).resolve():
-            raise NnfeatError(f"a report is saved where it was built ('{self.out}'), not '{out}'")
-        return Path(self.out) / "index.html"
 
     def time_shares(self) -> dict[str, float]:
         """Seconds of this run: ``views`` (the stages' operations: their passes and their own figures) and
