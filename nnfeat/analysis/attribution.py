@@ -117,7 +117,7 @@ def input_gradients(model: nn.Module, images: torch.Tensor, targets: torch.Tenso
         x = images[s].detach().clone().requires_grad_(True)
         with torch.enable_grad():
             (grad,) = torch.autograd.grad(target_scores(model(x), targets[s]).sum(), x)
-        return grad
+        return grad.contiguous()  # a channels-last network (nnfeat.analysis.fast_path) hands it back strided
 
     return torch.cat(shard_map(chunk_gradient, len(parts))).to(images.device)
 

@@ -86,10 +86,11 @@ def check_spatial(model, layer: str, size: Sequence[int] | None = None) -> tuple
 @torch.no_grad()
 def layer_maps(model: nn.Module, layer: str, images: torch.Tensor) -> torch.Tensor:
     """(B, 3, H, W) images in [0, 1] -> the layer's (B, C, h, w) maps, float32, from one forward pass that
-    stops at the layer."""
+    stops at the layer. ``model`` may be the fast network of :func:`nnfeat.analysis.fast_path.fast_network`
+    (its channels-last maps come back contiguous)."""
     with ActivationCapture(model, [layer]) as capture:
         act = capture(images)[layer]
-    return spatial_maps(act, model, images.shape[-2:], layer).float()
+    return spatial_maps(act, model, images.shape[-2:], layer).float().contiguous()
 
 
 def reduce_maps(maps: torch.Tensor, channels: Sequence[int] | None = None, reduce: str = "channels") -> torch.Tensor:

@@ -18,6 +18,7 @@ import torch
 
 from nnfeat.analysis.heatmap import (ColorScale, check_spatial, color_scale, layer_maps, overlay, reduce_maps,
                                      strongest_channels, upsample)
+from nnfeat.analysis.fast_path import fast_network
 from nnfeat.data import ImageSet
 from nnfeat.distributed import shard_map
 from nnfeat.errors import NnfeatError
@@ -51,6 +52,8 @@ class HeatmapResult(Result):
     command: str | None = None
     #: each image's name (a folder source's relative file paths), shown instead of its index; None: indices
     image_names: list[str] | None = None
+    #: what the dataset pass ran (:meth:`nnfeat.analysis.fast_path.FastPath.record`)
+    fast_path: dict | None = None
     kind: ClassVar[str] = "heatmap"
 
     @property
@@ -110,7 +113,8 @@ class HeatmapResult(Result):
         return {"model": self.model, "layer": self.layer, "units": self.units, "channels": self.channels,
                 "reduce": self.reduce, "maps": self.labels, "map_size": [h, w],
                 "input_size": list(self.inputs.shape[-2:]), "scale": scale, "source": self.source,
-                "device": self.device, "images": per_image}
+                "device": self.device, **({"fast_path": self.fast_path} if self.fast_path else {}),
+                "images": per_image}
 
     def write_files(self, out: Path) -> list[str]:
         return page.write_heatmap_pictures(out, self.inputs, self.overlays, self.maps, self.scale, self.captions(),
@@ -152,8 +156,10 @@ def heatmap(model: Model, units: str | Units, images: ImageSet | torch.Tensor, *
         source, indices, labels, image_names = "tensor", list(range(len(images))), [None] * len(images), None
         options = {"images": source, "n": len(images)}
     inputs = torch.cat(batches)
+    fast = fast_network(model, keep=[parsed.layer])  # BatchNorm folded, channels-last: built once, not per batch
+
     def batch_maps(i: int) -> torch.Tensor:  # each batch checked as it comes: the first with NaN/Inf stops the pass
-        maps_i = layer_maps(model, parsed.layer, batches[i])
+        maps_i = layer_maps(fast.network, parsed.layer, batches[i])
         start = sum(len(b) for b in batches[:i])
         check_finite(maps_i[:, channels], model.name, f"the maps of layer '{parsed.layer}'",
                      indices[start:start + len(maps_i)])
@@ -177,7 +183,8 @@ def heatmap(model: Model, units: str | Units, images: ImageSet | torch.Tensor, *
                          labels=names, reduce=reduce, maps=maps.cpu(), inputs=inputs.cpu(), overlays=overlays.cpu(),
                          scale=ColorScale(cs.vmin.cpu(), cs.vmax.cpu(), cs.signed, cs.mode, cs.dead.cpu()),
                          indices=indices, image_labels=labels, source=source, device=str(model.device),
-                         elapsed=time.perf_counter() - started, command=command, image_names=image_names)
+                         elapsed=time.perf_counter() - started, command=command, image_names=image_names,
+                         fast_path=fast.record())
 
 
 __all__ = ["HeatmapResult", "heatmap", "check_top"]
