@@ -37,10 +37,12 @@ import torch.nn.functional as F
 from torch import nn
 
 from nnfeat.analysis.attribution import baseline_images, chunks, resolve_targets
+from nnfeat.analysis.fast_path import fast_network
 from nnfeat.analysis.saliency import saliency_maps
 from nnfeat.distributed import shard_map
 from nnfeat.errors import NnfeatError
 from nnfeat.hooks import layer_root
+from nnfeat.models.base import Model
 from nnfeat.targets import Target, as_target, target_probabilities
 
 #: median Spearman after full randomization at or above which a method fails the randomization test
@@ -251,6 +253,12 @@ def parameter_layers(model: nn.Module, size: Sequence[int]) -> list[str]:
     return order[::-1]
 
 
+def _without_caches(model: nn.Module) -> dict:
+    """A deepcopy memo that leaves out the folded / fast networks cached on ``model`` (the copy starts bare)."""
+    names = ("_folded_cache", "_channels_last_copies", "_fast_paths")
+    return {id(v): {} for k, v in model.__dict__.items() if k in names}
+
+
 def cascade_depths(model: nn.Module, size: Sequence[int], cascade: int) -> list[int]:
     """``cascade`` depths spread evenly over 1..all parameter layers of ``model`` (at images of ``size``)."""
     n_layers = len(parameter_layers(model, tuple(size)))
@@ -324,14 +332,16 @@ def randomization_test(model, images: torch.Tensor, method: str, targets: torch.
     wanted = [k for k in wanted if k <= n]
     per_repeat = []
     for r in range(repeats):
-        randomized = copy.deepcopy(model)
+        randomized = copy.deepcopy(model, _without_caches(model))
         modules = dict(layer_root(randomized).named_modules())
+        # channels-last input, no fold: the copy's weights change between depths, a folded copy would go stale
+        run = fast_network(randomized, fold=False).network if isinstance(randomized, Model) else randomized
         rows, done = [], 0
         for k in wanted:
             for j in range(done, k):
                 reinitialize(modules[layers[j]], (seed + r) * 1000 + j)
             done = k
-            new = saliency(randomized, images, targets, method, layer=layer, **options)
+            new = saliency(run, images, targets, method, layer=layer, **options)
             rows.append(spearman(maps.abs(), new.abs()).float().cpu())
         per_repeat.append(torch.stack(rows))  # (K, B)
         del randomized

@@ -34,6 +34,7 @@ from typing import ClassVar, Sequence
 import numpy as np
 import torch
 
+from nnfeat.analysis.fast_path import fast_network
 from nnfeat.analysis.saliency import (CAM_METHODS, DISPLAY_PERCENTILE, SALIENCY, MethodMaps, default_cam_layer,
                                      display_scale, parse_methods, resolve_targets, saliency_maps)
 from nnfeat.targets import parse_target as parse_target_text
@@ -256,17 +257,18 @@ def _checked_maps(model, name: str, inputs: torch.Tensor, targets, opts: dict, l
         options = dict(opts, seed=opts["seed"] + k) if "seed" in opts else opts
         maps = saliency_maps(model, inputs[part], targets[part], name, layer=layer, **options).float()
         check_finite(maps, getattr(model, "name", "model"), f"its {name} saliency maps", indices[part])
-        parts.append(maps)
+        parts.append(maps.contiguous())
     return torch.cat(parts)
 
 
 def _method_maps(model, name: str, inputs: torch.Tensor, targets: torch.Tensor, opts: dict, layer: str | None,
-                 indices: list[int], sanity: dict | None) -> MethodMaps:
-    """One method's maps (checked for NaN / Inf) and, with ``sanity`` (the randomization settings), its
-    randomization test."""
+                 indices: list[int], sanity: dict | None, network=None) -> MethodMaps:
+    """One method's maps (checked for NaN / Inf), made by ``network`` (the fast network of ``model``; default
+    ``model``) and, with ``sanity`` (the randomization settings), its randomization test (on re-initialized
+    copies of ``model`` itself)."""
     t0 = time.perf_counter()
     entry = SALIENCY[name]
-    maps = _checked_maps(model, name, inputs, targets, opts, layer, indices)
+    maps = _checked_maps(network or model, name, inputs, targets, opts, layer, indices)
     m = MethodMaps(name, maps.cpu(), display_scale(maps), entry.signed, layer)
     if sanity is not None:
         cascade = sanity["cascade"]
@@ -333,25 +335,26 @@ def saliency(model, images: ImageSet | torch.Tensor, methods: str | Sequence[str
         raise NnfeatError(f"deletion/insertion needs steps >= 1; got {steps}")
     inputs, source, indices, labels, options = _inputs(model, images, batch_size)
     probe_finite(model, [OUTPUT] + ([layer] if layer else []), inputs.shape[-2:])  # NaN / Inf: before any work
-    targets = resolve_targets(model, inputs, target_index, batch_size)  # a bad target: an error before any map
     spec = target_index if isinstance(target_index, Target) else None
+    cam_layer = None
     if any(n in CAM_METHODS for n in names):
         cam_layer = layer or default_cam_layer(model, inputs.shape[-2:], None if spec is None else spec.part)
     elif layer is not None:
         raise NnfeatError(f"--layer is for the CAM methods ({', '.join(CAM_METHODS)}); "
                           f"none of {', '.join(names)} is one")
-    else:
-        cam_layer = None
+    # every pass below runs on it: BatchNorm folded (not into the CAM layer's conv), channels-last, built once
+    fast = fast_network(model, keep=[cam_layer] if cam_layer else [])
+    targets = resolve_targets(fast.network, inputs, target_index, batch_size)  # a bad target: an error first
     given = {"alphas": alphas, "baseline": baseline, "samples": samples, "window": window, "seed": seed}
     checks = dict(cascade=cascade, repeats=repeats, seed=seed) if sanity else None
     results = []
     for name in names:
         opts = dict({k: given[k] for k in SALIENCY[name].settings}, batch_size=batch_size)
         lay = cam_layer if name in CAM_METHODS else None
-        results.append(_method_maps(model, name, inputs, targets, opts, lay, indices, checks))
+        results.append(_method_maps(model, name, inputs, targets, opts, lay, indices, checks, fast.network))
     random, t0 = None, time.perf_counter()
     if numbers:  # beside the chance level: a seeded random map's deletion / insertion
-        random = _numbers(model, inputs, results, targets, indices, steps=steps, baseline=deletion_baseline,
+        random = _numbers(fast.network, inputs, results, targets, indices, steps=steps, baseline=deletion_baseline,
                           patch=patch, seed=seed, batch_size=batch_size)
     numbers_elapsed = time.perf_counter() - t0
     classes = list(getattr(model, "classes", None) or [])
@@ -359,7 +362,8 @@ def saliency(model, images: ImageSet | torch.Tensor, methods: str | Sequence[str
     settings = {"methods": names, "layer": cam_layer, "numbers": numbers, "sanity": sanity,
                 "batch_size": batch_size, "seed": seed,
                 "integrated_gradients": {"alphas": alphas, "baseline": baseline, "rule": "midpoint"},
-                "smoothgrad": {"samples": samples, "noise": 0.15}, "occlusion": {"window": window}}
+                "smoothgrad": {"samples": samples, "noise": 0.15}, "occlusion": {"window": window},
+                "fast_path": fast.record()}
     if numbers:
         settings.update(steps=steps, deletion_baseline=deletion_baseline, patch=random.patch)
     if sanity:
