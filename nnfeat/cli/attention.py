@@ -10,6 +10,7 @@ from nnfeat.models.text import TokenModel
 from nnfeat.ops.attention import attention, check_request
 from nnfeat.ops.results import check_out_dir
 from nnfeat.ops.token_attention import token_attention
+from nnfeat.views.attention_page import SCALE_CHOICES
 
 DEFAULT_N = 4
 
@@ -24,7 +25,7 @@ def register(sub) -> None:
                     "per text the layers x heads model view, the head view (an offline page of token-to-token "
                     "lines), for encoder-decoder models the source x target cross attention, and every head's "
                     "scores (previous-token, induction, diagonal, first-token sink, alignment). One colour scale "
-                    "per figure.")
+                    "per figure, or with --scale head one per head (its limits written under it).")
     add_model(p)
     add_images(p, required=False)
     add_texts(p, target=True)
@@ -46,6 +47,9 @@ def register(sub) -> None:
                    help="add gradient-weighted rollout for --target (needs class logits)")
     p.add_argument("--target", default=None, metavar="C|pred",
                    help="with --grad-rollout: the class (number or name; default pred, each image's prediction)")
+    p.add_argument("--scale", choices=SCALE_CHOICES, default="figure",
+                   help="figure: one colour scale for every head map (default); head: each head map on its own "
+                        "scale, its limits written under its tile (a head with small weights is not drawn dark)")
     p.add_argument("--batch", type=int, default=16, help="images per forward pass (default 16)")
     p.add_argument("--save-weights", action="store_true",
                    help="token models: also write every layer's weights into attention.npz (large for long texts)")
@@ -66,12 +70,13 @@ def cmd_attention(args) -> int:
     if args.save_weights:
         raise NnfeatError("--save-weights is for token models (an image model's attention-maps.npz is always written)")
     check_request(model, args.layer, args.head, args.query, grad_rollout=args.grad_rollout, target=args.target,
-                  fusion=args.fusion)
+                  fusion=args.fusion, scale=args.scale)
     images = load_images_from_args(args, model)
     if args.n is None and len(images) > DEFAULT_N:
         images = images.sample(DEFAULT_N, args.seed)
     result = attention(model, images, layers=args.layer, head=args.head, query=args.query, rollout=args.rollout,
-                       grad_rollout=args.grad_rollout, target=args.target, fusion=args.fusion, batch_size=args.batch)
+                       grad_rollout=args.grad_rollout, target=args.target, fusion=args.fusion, batch_size=args.batch,
+                       scale=args.scale)
     return finish(result, args, out)
 
 
@@ -81,7 +86,7 @@ def _token_attention(args, model, out) -> int:
                           "every query and head")
     texts = texts_from_args(args, default_n=DEFAULT_N)
     result = token_attention(model, texts, target_texts=args.target_text, layers=args.layer, rollout=args.rollout,
-                             seed=args.seed, save_weights=args.save_weights)
+                             seed=args.seed, save_weights=args.save_weights, scale=args.scale)
     for note in result.notes:
         print(f"note: {note}")
     return finish(result, args, out)

@@ -4,7 +4,9 @@ Per image the sheet shows a layers x heads grid: each row one attention layer (t
 token's -- or the chosen query token's -- attention over the patches per head, or fused over the heads),
 overlaid on the image. With ``rollout`` / ``grad_rollout`` it adds the attention rollout (Abnar & Zuidema
 2020) and the gradient-weighted rollout for a class (Chefer et al. 2021) as figures of their own. Each figure
-has one colour scale (viridis-like, 0 .. its largest value), stated in a colour bar under it. The
+has one colour scale (viridis-like, its smallest .. its largest value), stated in a colour bar under it; with
+``scale="head"`` each head map of the grid has its own (its min .. its max, written under its tile), so a head
+whose weights are all small is not drawn nearly black beside a sharp one. The
 computation is :mod:`nnfeat.analysis.attention`, the drawing :mod:`nnfeat.views.attention_page`.
 
 Files: ``attention.png`` (the sheet), ``attention.json`` (settings, the token layout, and per image and map
@@ -76,6 +78,9 @@ class AttentionResult(Result):
     command: str | None = None
     #: each image's name (a folder source's relative file paths), shown instead of its index; None: indices
     image_names: list[str] | None = None
+    #: the head maps' colour scale: ``figure`` (one for the grid) or ``head`` (one per map; ``scale`` then holds
+    #: vmin/vmax (B, L*K))
+    scale_mode: str = "figure"
     kind: ClassVar[str] = "attention"
 
     # -- the Result protocol -------------------------------------------------------------------------
@@ -107,7 +112,7 @@ class AttentionResult(Result):
         targets = [self._class_text(t) for t in self.targets] if self.targets is not None else None
         return page.AttentionFigure(self.inputs, self.overlays, self.maps, self.scale, self.layers, self.head_labels,
                                     [self.image_caption(i) for i in range(len(self.inputs))], rollouts, self.fusion,
-                                    targets)
+                                    targets, per_head=self.scale_mode == "head")
 
     def captions(self) -> list[str]:
         """One caption per tile of :attr:`images` (per image: its head maps, layer by layer, then its rollouts)."""
@@ -118,12 +123,18 @@ class AttentionResult(Result):
 
     def record(self) -> dict:
         per_image = []
+        per_head = self.scale_mode == "head"
+        k_maps = self.maps.shape[2]
+        if per_head:  # (B, L*K) limits of each map's own scale
+            lows, highs = self.scale.vmin.tolist(), self.scale.vmax.tolist()
         for i in range(len(self.inputs)):
             entries = []
             for l, layer in enumerate(self.layers):
-                for k in range(self.maps.shape[2]):
+                for k in range(k_maps):
                     peak, top = _peak(self.maps[i, l, k])
                     entries.append({"layer": layer, "head": self.head_labels[k], "max": top, "peak_patch": peak})
+                    if per_head:
+                        entries[-1]["scale"] = {"vmin": lows[i][l * k_maps + k], "vmax": highs[i][l * k_maps + k]}
             entry = {"index": self.indices[i], **({"name": self.image_names[i]} if self.image_names else {}),
                      "label": self.image_labels[i],
                      "prediction": None if self.predictions is None else self._class_text(self.predictions[i]),
@@ -135,7 +146,8 @@ class AttentionResult(Result):
                     if name == "grad_rollout":
                         entry[name]["target"] = self._class_text(self.targets[i])
             per_image.append(entry)
-        scales = {"attention": {"vmin": float(self.scale.vmin.flatten()[0]), "vmax": float(self.scale.vmax.flatten()[0])}}
+        scales = {"attention": ({"per_head": "each map's own limits: images[i].maps[j].scale"} if per_head else
+                                {"vmin": float(self.scale.vmin.flatten()[0]), "vmax": float(self.scale.vmax.flatten()[0])})}
         for name, scale in self.rollout_scales.items():
             scales[name] = {"vmin": float(scale.vmin.flatten()[0]), "vmax": float(scale.vmax.flatten()[0])}
         layout = self.layout
@@ -145,7 +157,7 @@ class AttentionResult(Result):
                            "grid": list(layout.grid)},
                 "rollout": "rollout" in self.rollout_overlays, "grad_rollout": "grad_rollout" in self.rollout_overlays,
                 "fusion": self.fusion, "input_size": list(self.inputs.shape[-2:]),
-                "scale": {"mode": "figure", "colormap": "viridis", "figures": scales},
+                "scale": {"mode": self.scale_mode, "colormap": "viridis", "figures": scales},
                 "source": self.source, "device": self.device, "images": per_image}
 
     def write_files(self, out: Path) -> list[str]:
@@ -166,17 +178,28 @@ class AttentionResult(Result):
 # -- the operation ----------------------------------------------------------------------------------
 def check_request(model, layers=None, head: int | str = "all", query: int | None = None, *,
                   grad_rollout: bool = False, target: int | str | None = None, fusion: str = "mean",
-                  size: Sequence[int] | None = None) -> tuple[list[at.AttentionLayer], int | str, at.TokenLayout]:
+                  size: Sequence[int] | None = None, scale: str = "figure"
+                  ) -> tuple[list[at.AttentionLayer], int | str, at.TokenLayout]:
     """Check an attention request before any image is read: the layers exist, the head and query token are in
-    range, ``target`` comes with gradient rollout and names a class. Returns (layers, head, token layout at
-    ``size``, default the model's input size). One-line :class:`NnfeatError` otherwise."""
+    range, ``target`` comes with gradient rollout and names a class, ``scale`` is ``figure`` or ``head``. Returns
+    (layers, head, token layout at ``size``, default the model's input size). One-line :class:`NnfeatError`
+    otherwise."""
     return _check_request(as_model(model), layers, head, query, grad_rollout=grad_rollout, target=target,
-                          fusion=fusion, size=size)
+                          fusion=fusion, size=size, scale=scale)
+
+
+def check_scale(scale: str) -> str:
+    """``figure`` or ``head``, else a one-line :class:`NnfeatError`."""
+    if scale not in page.SCALE_CHOICES:
+        raise NnfeatError(f"unknown scale '{scale}': use figure (one colour scale for every head map) or head "
+                          "(each head map on its own scale)")
+    return scale
 
 
 def _check_request(model: Model, layers, head: int | str, query: int | None, *, grad_rollout: bool,
-                   target: int | str | None, fusion: str, size: Sequence[int] | None
+                   target: int | str | None, fusion: str, size: Sequence[int] | None, scale: str = "figure"
                    ) -> tuple[list[at.AttentionLayer], int | str, at.TokenLayout]:
+    check_scale(scale)
     selected = at.select_layers(model, layers)
     fewest = min(selected, key=lambda layer: layer.heads)
     head = at.check_head(head, fewest.heads, f"attention layer '{fewest.name}'")
@@ -199,8 +222,8 @@ def _check_request(model: Model, layers, head: int | str, query: int | None, *, 
 
 def attention(model: Model, images: ImageSet | torch.Tensor, *, layers: str | Sequence[str | int] | None = None,
               head: int | str = "all", query: int | None = None, rollout: bool = False, grad_rollout: bool = False,
-              target: int | str | None = None, fusion: str = "mean", batch_size: int = 16, alpha: float = 0.6
-              ) -> AttentionResult:
+              target: int | str | None = None, fusion: str = "mean", batch_size: int = 16, alpha: float = 0.6,
+              scale: str = "figure") -> AttentionResult:
     """Attention maps of a vision transformer on ``images`` (an :class:`ImageSet`, read at the model's input
     size, or a (B, 3, H, W) tensor in [0, 1] at any size the model takes).
 
@@ -208,7 +231,8 @@ def attention(model: Model, images: ImageSet | torch.Tensor, *, layers: str | Se
     ``head``: ``all`` (default), ``mean``, ``max`` or a head number; ``query``: the query token (default the
     class token); ``rollout``: add attention rollout over every layer (heads fused by ``fusion``);
     ``grad_rollout``: add gradient-weighted rollout for ``target`` (``pred`` (default), a class number or
-    name)."""
+    name); ``scale``: ``figure`` (default: one colour scale for every head map) or ``head`` (each map its own,
+    its limits written under its tile and in the record)."""
     started = time.perf_counter()
     model = as_model(model)
     if isinstance(images, ImageSet):
@@ -225,7 +249,7 @@ def attention(model: Model, images: ImageSet | torch.Tensor, *, layers: str | Se
         options = {"images": source, "n": len(images)}
     size = tuple(batches[0].shape[-2:])
     selected, head, layout = _check_request(model, layers, head, query, grad_rollout=grad_rollout, target=target,
-                                            fusion=fusion, size=size)
+                                            fusion=fusion, size=size, scale=scale)
     query = at.check_query(query, layout)
     every = at.attention_layers(model) if (rollout or grad_rollout) else selected
     position = {layer.name: i for i, layer in enumerate(every)}
@@ -245,7 +269,8 @@ def attention(model: Model, images: ImageSet | torch.Tensor, *, layers: str | Se
     inputs = torch.cat(batches).cpu()
     maps = torch.cat(maps)  # (B, L, K, gh, gw)
     b, n_layers, k = maps.shape[:3]
-    scale = color_scale(maps.flatten(1, 2), "figure", signed=False)
+    scale_mode = scale
+    scale = color_scale(maps.flatten(1, 2), "figure" if scale_mode == "figure" else "per-map", signed=False)
     overlays = overlay(inputs, maps.flatten(1, 2), scale.vmin, scale.vmax, scale.colormap, alpha)
     overlays = overlays.reshape(b, n_layers, k, *overlays.shape[-3:])
     roll_maps = {"rollout": torch.cat(rolls) if rollout else None,
@@ -264,7 +289,7 @@ def attention(model: Model, images: ImageSet | torch.Tensor, *, layers: str | Se
                           rollout=rollout, grad_rollout=grad_rollout,
                           target=None if target in (None, "pred") else target,
                           fusion=None if fusion == "mean" else fusion,
-                          weights=weights_flag(model))
+                          scale=None if scale_mode == "figure" else scale_mode, weights=weights_flag(model))
     return AttentionResult(
         model=model.name, layers=[layer.name for layer in selected], heads=heads, head=head, head_labels=head_labels,
         query=query, layout=layout, maps=maps, inputs=inputs, overlays=overlays.cpu(), scale=scale,
@@ -272,7 +297,7 @@ def attention(model: Model, images: ImageSet | torch.Tensor, *, layers: str | Se
         rollout_scales=roll_scales, fusion=fusion, targets=torch.cat(targets).tolist() if grad_rollout else None,
         predictions=torch.cat(preds).tolist() if preds else None, class_names=model.classes, indices=indices,
         image_labels=labels, source=source, device=str(model.device), elapsed=time.perf_counter() - started,
-        command=command, image_names=image_names)
+        command=command, image_names=image_names, scale_mode=scale_mode)
 
 
-__all__ = ["AttentionResult", "attention", "check_request", "colorbar", "SHEET_TILE"]
+__all__ = ["AttentionResult", "attention", "check_request", "check_scale", "colorbar", "SHEET_TILE"]

@@ -1,6 +1,7 @@
 """``attention`` on token models: every head's query x key weights over the tokens of texts, with scores.
 
-For each text: the model view (the layers x heads grid of attention matrices, one colour scale), the head view
+For each text: the model view (the layers x heads grid of attention matrices, one colour scale, or with
+``scale="head"`` one per head, its limits under its cell), the head view
 (an offline page of token-to-token lines with hover, and its SVG), and for an encoder-decoder model the source x
 target cross attention of the best-aligned head (the NMT figure) and its rows over decoding steps. Beside every
 head, its scores (:mod:`nnfeat.analysis.head_scores`): previous-token, diagonal and first-token (sink) on the
@@ -30,7 +31,8 @@ from nnfeat.models.text import TokenBatch, TokenModel
 from nnfeat.ops.results import Result, cli_command, weights_flag
 from nnfeat.texts import TextSet, load_texts
 from nnfeat.views.head_view import head_view_html, head_view_svg
-from nnfeat.views.token_attention_page import cross_attention_png, model_view_figure, model_view_png, steps_png
+from nnfeat.views.token_attention_page import (MODEL_SCALES, cross_attention_png, model_view_figure, model_view_png,
+                                               steps_png)
 
 #: decoding steps at most when a seq2seq model decodes greedily
 MAX_NEW = 64
@@ -74,6 +76,8 @@ class TokenAttentionResult(Result):
     elapsed: float = 0.0
     #: write every layer's (B, H, Tq, Tk) weights into ``attention.npz`` (float32; 70 MB for minilm at 512 tokens)
     save_weights: bool = False
+    #: the model views' and decoding-step figures' colour scale: ``figure`` (one) or ``head`` (one per head)
+    scale: str = "figure"
 
     kind = "attention"
 
@@ -114,7 +118,7 @@ class TokenAttentionResult(Result):
     def sheet(self) -> np.ndarray:
         layers = self.layers_of("input") or list(self.weights)
         figure = model_view_figure(self.stack(layers, 0), *self._axes(layers[0], 0), layer_names=layers,
-                                   scores=_only(self.scores, layers), title=self.title())
+                                   scores=_only(self.scores, layers), title=self.title(), scale=self.scale)
         return figure.image
 
     def title(self) -> str:
@@ -135,7 +139,7 @@ class TokenAttentionResult(Result):
                 "layers": [{"name": n, "kind": k, "side": s, "heads": int(self.weights[n].shape[1])}
                            for n, (k, s) in self.kinds.items()],
                 "scores": self.scores, "probes": self.probes, "notes": self.notes, "device": self.device,
-                "rollout": self.rollout is not None,
+                "rollout": self.rollout is not None, "scale": self.scale,
                 "best_cross_head": list(self.best_cross_head()) if self.best_cross_head() else None}
 
     def write_files(self, out: Path) -> list[str]:
@@ -147,7 +151,8 @@ class TokenAttentionResult(Result):
                     continue
                 tq, tk = self._axes(layers[0], i)
                 stack, scores = self.stack(layers, i), _only(self.scores, layers)
-                model_view_png(stack, tq, tk, out / f"{stem}-{i}.png", layer_names=layers, scores=scores)
+                model_view_png(stack, tq, tk, out / f"{stem}-{i}.png", layer_names=layers, scores=scores,
+                               scale=self.scale)
                 head_view_html(stack, tq, tk, out / f"{stem}-{i}.html", layer_names=layers, scores=scores,
                                title=f"{self.model}: {stem.replace('-', ' ')} of text {i}")
                 head_view_svg(stack[-1], tq, tk, out / f"{stem}-{i}.svg", title=f"{layers[-1]}, every head")
@@ -165,7 +170,8 @@ class TokenAttentionResult(Result):
                 w = self.stack([layer], i)[0]  # (H, steps, source tokens)
                 cross_attention_png(w[head], tk, tq, out / f"cross-{i}.png",
                                     title=f"{layer} head {head} (best aligned)")
-                steps_png(w, tk, tq, out / f"steps-{i}.png", title=f"{layer}: every head, step by step")
+                steps_png(w, tk, tq, out / f"steps-{i}.png", title=f"{layer}: every head, step by step",
+                          scale=self.scale)
                 files += [f"cross-{i}.png", f"steps-{i}.png"]
         if not self.save_weights:
             return files
@@ -181,7 +187,7 @@ def _only(scores: dict, layers: Sequence[str]) -> dict:
 
 def token_attention(model: TokenModel, texts: TextSet | Sequence[str], *, target_texts: Sequence[str] | None = None,
                     layers: str | Sequence[str] | None = None, rollout: bool = False, seed: int = 0,
-                    save_weights: bool = False) -> TokenAttentionResult:
+                    save_weights: bool = False, scale: str = "figure") -> TokenAttentionResult:
     """Attention of ``model`` (a :class:`~nnfeat.models.text.TokenModel`) over ``texts``.
 
     Args:
@@ -191,12 +197,16 @@ def token_attention(model: TokenModel, texts: TextSet | Sequence[str], *, target
         rollout: add attention rollout over the input side's self-attention layers.
         seed: the induction probe's random tokens.
         save_weights: ``.save`` also writes the weights (``attention.npz``).
+        scale: ``figure`` (one colour scale per figure, default) or ``head`` (the model views and the decoding-step
+            figure give each head its own 0..max, written under its cell / beside its name).
 
     Raises:
         NnfeatError: one line for no texts, a text the tokenizer cannot spell, a model without readable
             attention, an unknown layer, or target texts given to a model that is not seq2seq.
     """
     started = time.perf_counter()
+    if scale not in MODEL_SCALES:
+        raise NnfeatError(f"unknown scale '{scale}': use figure (one colour scale per figure) or head (one per head)")
     texts = texts if isinstance(texts, TextSet) else load_texts(list(texts))
     if target_texts is not None and model.kind != "seq2seq":
         raise NnfeatError(f"{model.name} is a {model.kind} model: target texts are for encoder-decoder models")
@@ -221,7 +231,8 @@ def token_attention(model: TokenModel, texts: TextSet | Sequence[str], *, target
         roll = token_rollout(own, batch.mask).cpu() if own else None
     command = cli_command("attention", model.name, **_text_options(texts), seed=seed or None,
                           layer=",".join(layers) if isinstance(layers, (list, tuple)) else layers,
-                          rollout=rollout, weights=weights_flag(model), save_weights=save_weights)
+                          rollout=rollout, scale=None if scale == "figure" else scale, weights=weights_flag(model),
+                          save_weights=save_weights)
     given = texts.texts if texts.source == "text" else ()
     for flag, values in (("--text", given), ("--target-text", target_texts or ())):
         for value in values:
@@ -232,7 +243,7 @@ def token_attention(model: TokenModel, texts: TextSet | Sequence[str], *, target
         target_tokens=produced, decoder_inputs=None if target is None else target.tokens,
         target_mask=None if target is None else target.mask.cpu(), generated=generated, rollout=roll, notes=notes,
         source=texts.source, indices=texts.indices, device=str(model.device), command=command,
-        elapsed=time.perf_counter() - started, save_weights=save_weights)
+        elapsed=time.perf_counter() - started, save_weights=save_weights, scale=scale)
 
 
 def _decoder_inputs(target: TokenBatch, pad: int) -> TokenBatch:

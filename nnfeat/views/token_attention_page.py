@@ -34,21 +34,20 @@ from nnfeat.views.sheets import colour_bar, stack_rows
 from nnfeat.views.sheets import font as _font
 from nnfeat.views.token_text import drawn_token
 
-__all__ = ["LABEL_TOKENS", "MODEL_SCALES", "ModelViewFigure", "as_attention", "cross_attention_figure", "cross_attention_png",
+__all__ = ["HEAD_SCALE_NOTE", "LABEL_TOKENS", "MODEL_SCALES", "ModelViewFigure", "as_attention", "cross_attention_figure", "cross_attention_png",
            "model_view_figure", "model_view_png", "score_table", "steps_figure", "steps_png"]
 
 #: token labels are written on each model-view cell when both its sides have at most this many tokens
 LABEL_TOKENS = 24
 MODEL_SCALES = ("figure", "head")
+#: what the colour bar says under a figure whose heads each have their own scale
+HEAD_SCALE_NOTE = "Each head has its own scale (limits under each tile)"
 _LABEL_PX = 12          # px per token when labels are written (a 10 px font row)
 _LABEL_CHARS = 10       # token labels are cut to this many characters (an ellipsis says so)
 _PAD = 6
 _M = 6  # label strips reach this far past the matrix's ends
 _BG = (255, 255, 255)
 _INK = (40, 40, 40)
-
-
-
 
 _SMALL, _TEXT = _font(10), _font(12)
 
@@ -237,7 +236,7 @@ def model_view_figure(weights, tokens_q: Sequence[str], tokens_k: Sequence[str],
                 sheet.paste(rows, (x0, my - _M))
             sheet.paste(Image.fromarray(np.ascontiguousarray(colours[l, h])), (mx, my))
             boxes[(l, h)] = (mx, my, mw, mh)
-            lines = [f"L{l} H{h}"] + ([f"max {_fmt(float(heads_max[l, h]))}"] if scale == "head" else [])
+            lines = [f"L{l} H{h}"] + ([f"0..{_fmt(float(heads_max[l, h]))}"] if scale == "head" else [])
             lines += [f"{name} {_fmt(float(v[l, h]))}".replace("nan", "-") for name, v in table.items()]
             for i, line in enumerate(lines):
                 draw.text((x0, my + mh + 2 + 15 * i), line, fill=_INK, font=_TEXT)
@@ -246,7 +245,7 @@ def model_view_figure(weights, tokens_q: Sequence[str], tokens_k: Sequence[str],
         note = "One colour scale for every cell: attention weight from 0 to the figure's max."
     else:
         low, high = "0", "max"
-        note = "Each cell on its own scale: attention weight from 0 to that head's max (written under it)."
+        note = f"{HEAD_SCALE_NOTE}: attention weight from 0 to that head's max."
     note += " Rows are queries, columns keys." + _block_note(block, px)
     bar = colour_bar(COLORMAPS["viridis"], low, high, note, width)
     image = stack_rows([np.asarray(sheet), bar])
@@ -316,8 +315,11 @@ def cross_attention_png(weights, source_tokens: Sequence[str], target_tokens: Se
 
 
 def steps_figure(weights, source_tokens: Sequence[str], target_tokens: Sequence[str], *,
-                 head_names: Sequence[str] | None = None, title: str | None = None) -> np.ndarray:
+                 head_names: Sequence[str] | None = None, title: str | None = None, scale: str = "figure"
+                 ) -> np.ndarray:
     """The evolution over decoding steps (see :func:`steps_png`) as an (H, W, 3) uint8 picture."""
+    if scale not in MODEL_SCALES:
+        raise NnfeatError(f"unknown scale '{scale}': use figure (one 0..max for every head) or head (0..max per head)")
     w = torch.as_tensor(np.asarray(weights) if not torch.is_tensor(weights) else weights).detach().float().cpu()
     if w.dim() == 2:
         w = w[None]
@@ -332,11 +334,17 @@ def steps_figure(weights, source_tokens: Sequence[str], target_tokens: Sequence[
     maps = maps.reshape(steps, heads, -1)
     px = min(px, 20)
     vmax = float(w.max()) or 1.0
-    colours = _colours(maps, vmax)  # (S, H, k, 3)
+    if scale == "head":  # each head's 0..max over every step: (H,) limits, written beside the head's name
+        top = w.amax((0, 2))
+        top = torch.where(top > 0, top, torch.ones_like(top))
+        names = [f"{n} 0..{_fmt(v)}" for n, v in zip(names, top.tolist())]
+        colours = _colours(maps, top[None, :, None])  # (S, H, k, 3)
+    else:
+        colours = _colours(maps, vmax)  # (S, H, k, 3)
     row_h = 10 if heads > 1 else 14
     strips = np.repeat(np.repeat(colours, row_h, 1), px, 2)  # (S, H*row_h... per head rows)
     left = 8 + max(_text_width(f"{s}: {_shown(t)}", _TEXT) for s, t in enumerate(targets))
-    hname = max(_text_width(n, _SMALL) for n in names) + 4 if heads > 1 else 0
+    hname = max(_text_width(n, _SMALL) for n in names) + 4 if heads > 1 or scale == "head" else 0
     src, spx, stride = _axis(sources, px, block)
     clab = _col_labels(src, spx, stride, _label_room(src, stride, _TEXT), _TEXT)
     mean = w.mean(1)  # (S, Tk)
@@ -355,21 +363,24 @@ def steps_figure(weights, source_tokens: Sequence[str], target_tokens: Sequence[
     for s in range(steps):  # one strip per decoding step
         y = title_h + clab.height + s * (strip_h + gap)
         draw.text((_PAD, y + strip_h / 2), f"{s}: {_shown(targets[s])}", fill=_INK, font=_TEXT, anchor="lm")
-        for h in range(heads if heads > 1 else 0):
+        for h in range(heads if heads > 1 or scale == "head" else 0):
             draw.text((x - 2, y + h * row_h + row_h / 2), names[h], fill=_INK, font=_SMALL, anchor="rm")
         pic.paste(Image.fromarray(np.ascontiguousarray(strips[s].reshape(strip_h, mw, 3))), (x, y))
         p = int(peak[s])
         draw.text((x + mw + 6, y + strip_h / 2), f"peak {_shown(sources[p])} {_fmt(float(mean[s, p]))}", fill=_INK,
                   font=_TEXT, anchor="lm")
     note = ("Each decoding step (its token on the left) is a strip, a row per head, over the source tokens; right: "
-            "the source token where the heads' mean attention peaks. One colour scale, attention weight."
+            "the source token where the heads' mean attention peaks. "
+            + ("One colour scale, attention weight." if scale == "figure" else
+               f"{HEAD_SCALE_NOTE.replace('under each tile', 'beside each head')}: attention weight from 0 to "
+               "that head's max.")
             + (f" Each pixel is the max over {block} source tokens." if block > 1 else ""))
-    bar = colour_bar(COLORMAPS["viridis"], "0", _fmt(vmax), note, pic.width)
+    bar = colour_bar(COLORMAPS["viridis"], "0", _fmt(vmax) if scale == "figure" else "max", note, pic.width)
     return stack_rows([np.asarray(pic), bar])
 
 
 def steps_png(weights, source_tokens: Sequence[str], target_tokens: Sequence[str], path: str | os.PathLike, *,
-              head_names: Sequence[str] | None = None, title: str | None = None) -> Path:
+              head_names: Sequence[str] | None = None, title: str | None = None, scale: str = "figure") -> Path:
     """Write the evolution of cross attention over decoding steps.
 
     Args:
@@ -378,6 +389,9 @@ def steps_png(weights, source_tokens: Sequence[str], target_tokens: Sequence[str
             (one head).
         source_tokens: Tk tokens; target_tokens: S tokens, the one produced at each step.
         head_names: H names (default ``H0``...).
+        scale: ``figure`` (one 0..max for every head) or ``head`` (0..max of each head over the steps, written
+            beside its name).
     Returns the path (PNG written atomically, same bytes for the same input).
     """
-    return save_image(path, steps_figure(weights, source_tokens, target_tokens, head_names=head_names, title=title))
+    return save_image(path, steps_figure(weights, source_tokens, target_tokens, head_names=head_names, title=title,
+                                         scale=scale))
