@@ -16,17 +16,65 @@ This module depends on ``torch.nn`` and the leaf modules only, so every stage ca
 Each captured activation is the module's own output. Downstream code gets a copy, so a later in-place
 op (``ReLU(inplace=True)``, ``out += identity``) cannot overwrite the captured value, and gradients flow
 through the captured tensor.
+
+Pre-activations: for the layers in ``pre_relu`` whose output is the result of a ReLU call (an ``nn.ReLU``
+module, ``F.relu``, ``torch.relu``, ``Tensor.relu`` or an in-place form, called inside the layer's forward),
+the capture also returns that call's input under :func:`pre_relu_key` (a :class:`TorchFunctionMode` records
+the ReLU calls while such a layer runs; an in-place ReLU's input is copied first). A layer whose output is
+not a ReLU output gets no such entry; :attr:`ActivationCapture.pre_relu_found` says which are which.
 """
 
 from __future__ import annotations
 
+import contextlib
 from typing import Sequence
 
 import torch
+import torch.nn.functional as F
 from torch import nn
+from torch.overrides import TorchFunctionMode
 
 from nnfeat.errors import NnfeatError, unknown_layer
 from nnfeat.layouts import OUTPUT, parse_layer_ref
+
+
+#: Every call form of ReLU: what a TorchFunctionMode sees for ``nn.ReLU``, ``F.relu``, ``torch.relu``,
+#: ``Tensor.relu`` and their in-place forms.
+RELU_FUNCS = frozenset({F.relu, torch.relu, torch.relu_, torch.Tensor.relu, torch.Tensor.relu_, F.relu_})
+_INPLACE_RELU = frozenset({torch.relu_, torch.Tensor.relu_, F.relu_})
+
+
+def pre_relu_key(layer: str) -> str:
+    """The key of ``layer``'s pre-activation (the input of the ReLU that made its output) in the captured acts."""
+    return f"{layer} (pre-ReLU)"
+
+
+def _is_inplace(func, args: tuple, kwargs: dict) -> bool:
+    """Whether this ReLU call overwrites its input (``relu_``, ``F.relu(x, inplace=True)``, ``nn.ReLU(inplace=True)``)."""
+    return func in _INPLACE_RELU or bool(kwargs.get("inplace")) or (func is F.relu and len(args) > 1 and bool(args[1]))
+
+
+class _ReluRecorder(TorchFunctionMode):
+    """While a ``pre_relu`` layer runs, remember each ReLU call's output and input: ``{id(out): (out, input)}``.
+
+    Outside those layers every call passes straight through. An in-place call's input is cloned first (its output
+    IS the input tensor, overwritten)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.active = 0  # how many pre_relu layers are running now (set by the capture's hooks)
+        self.calls: dict[int, tuple[torch.Tensor, torch.Tensor, bool]] = {}  # id(out) -> (out, input, copied)
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        if func not in RELU_FUNCS or not self.active or not args or not torch.is_tensor(args[0]):
+            return func(*args, **kwargs)
+        inplace = _is_inplace(func, args, kwargs)
+        before = args[0].clone() if inplace else args[0]
+        out = func(*args, **kwargs)
+        if torch.is_tensor(out):
+            self.calls[id(out)] = (out, before, inplace)
+        return out
 
 
 class _StopForward(Exception):
@@ -65,9 +113,19 @@ class ActivationCapture:
             acts["layer3"]           # (B, 64, 8, 8)
     """
 
-    def __init__(self, model: nn.Module, layers: Sequence[str]) -> None:
+    def __init__(self, model: nn.Module, layers: Sequence[str], pre_relu: Sequence[str] = ()) -> None:
         self.model = model
         self.layers = list(dict.fromkeys(layers))
+        # layers whose pre-activation is wanted too (the network's output never has one: no hook sees it)
+        self.pre_relu = [layer for layer in dict.fromkeys(pre_relu) if layer != OUTPUT]
+        unknown = [layer for layer in self.pre_relu if layer not in self.layers]
+        if unknown:
+            raise ValueError(f"pre_relu layers must be captured layers too; not among them: {unknown}")
+        self._pre_bases = {parse_layer_ref(layer).base for layer in self.pre_relu}
+        self._recorder = _ReluRecorder() if self.pre_relu else None
+        #: After each call: ``{layer: True where its output was a ReLU output (its pre-activation is in the acts
+        #: under pre_relu_key(layer)), False where it was not}`` for the ``pre_relu`` layers.
+        self.pre_relu_found: dict[str, bool] = {}
         self.need_output = OUTPUT in self.layers
         # (module name, call index) -> [(requested layer string, tuple element)] ("relu" and "relu#0" are one call)
         self._wanted: dict[tuple[str, int], list[tuple[str, int]]] = {}
@@ -87,6 +145,8 @@ class ActivationCapture:
         try:
             for base in dict.fromkeys(b for b, _ in self._wanted):
                 module = find_module(self.model, base)
+                if base in self._pre_bases:
+                    self._handles.append(module.register_forward_pre_hook(self._enter_pre_relu_layer))
                 self._handles.append(module.register_forward_hook(self._make_hook(base)))
         except BaseException:
             self.close()
@@ -102,12 +162,29 @@ class ActivationCapture:
             handle.remove()
         self._handles.clear()
 
+    def _enter_pre_relu_layer(self, _module, _inputs) -> None:
+        self._recorder.active += 1
+
+    def _record_pre_relu(self, layer: str, value: torch.Tensor) -> None:
+        """Store the input of the ReLU call that produced ``value`` (``layer``'s output), if one did."""
+        call = self._recorder.calls.get(id(value))
+        found = call is not None and call[0] is value
+        self.pre_relu_found[layer] = found
+        if found:
+            before, copied = call[1], call[2]
+            self._acts[pre_relu_key(layer)] = before if copied else before.clone()  # safe from later in-place ops
+
     def _make_hook(self, base: str):
         def hook(_module, _inputs, output):
+            pre_layer = base in self._pre_bases
+            if pre_layer:
+                self._recorder.active -= 1
             call = self._calls.get(base, 0)
             self._calls[base] = call + 1
             wanted = self._wanted.get((base, call))
             if wanted is None:
+                if pre_layer and not self._recorder.active:
+                    self._recorder.calls.clear()
                 return None
             parts = list(output) if isinstance(output, (tuple, list)) else [output]
             for layer, element in wanted:
@@ -116,6 +193,10 @@ class ActivationCapture:
                     raise NnfeatError(f"layer '{layer}' selects output element {element}, but '{base}' returns "
                                       f"{kinds}: pick a tensor element")
                 self._acts[layer] = parts[element]
+                if pre_layer and layer in self.pre_relu:
+                    self._record_pre_relu(layer, parts[element])
+            if pre_layer and not self._recorder.active:
+                self._recorder.calls.clear()
             self._pending -= 1
             if self._pending == 0 and not self.need_output:
                 raise _StopForward
@@ -127,6 +208,9 @@ class ActivationCapture:
                                     if e == element and layer in self._tangents), None)
                     if tangent is not None:
                         copy = torch.autograd.forward_ad.make_dual(copy, tangent)
+                relu_call = self._recorder.calls.get(id(parts[element])) if self._recorder is not None else None
+                if relu_call is not None and relu_call[0] is parts[element]:  # the copy is that ReLU's output too
+                    self._recorder.calls[id(copy)] = (copy, *relu_call[1:])
                 parts[element] = copy
             if isinstance(output, tuple):
                 return tuple(parts)
@@ -151,14 +235,21 @@ class ActivationCapture:
         self._acts = {}
         self._calls = {}
         self._pending = len(self._wanted)
+        self.pre_relu_found = {layer: False for layer in self.pre_relu}
+        recording = self._recorder if self._recorder is not None else contextlib.nullcontext()
         try:
-            out = self.model(images)
+            with recording:
+                out = self.model(images)
             if self.need_output:
                 self._acts[OUTPUT] = out[0] if isinstance(out, (tuple, list)) else out
         except _StopForward:
             pass
-        if len(self._acts) != len(self.layers):
-            missing = [layer for layer in self.layers if layer not in self._acts]
+        finally:
+            if self._recorder is not None:
+                self._recorder.active = 0
+                self._recorder.calls.clear()
+        missing = [layer for layer in self.layers if layer not in self._acts]
+        if missing:
             detail = ", ".join(f"{m} (called {self._calls.get(parse_layer_ref(m).base, 0)} times)" for m in missing)
             raise NnfeatError(f"layer(s) not reached in the forward pass: {detail}")
         return self._acts

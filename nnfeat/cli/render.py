@@ -106,5 +106,7 @@ def cmd_render(args) -> int:
     if args.objective_file:
         result.settings["objective_file"] = args.objective_file
     finish(result, args)
+    for note in result.notes():
+        print(f"note: {note}")
     print(f"final objective {', '.join(f'{v:.3g}' for v in result.final_values.tolist())}")
     return 0

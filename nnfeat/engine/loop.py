@@ -13,6 +13,10 @@ and images are copied at the thresholds; both are read once at the end.
 3. :func:`optimize`: the loop -> per-step values (steps, B) and the images kept at the thresholds;
 4. :func:`final_scores` and :func:`render_settings`: the objective of the final images without transforms,
    and the settings record -> :class:`RenderOutput`, plain tensors on the CPU.
+
+A unit the objective minimizes (``-layer3:5``) is read before its layer's ReLU where the layer's output comes
+from one (the capture records it; see :mod:`nnfeat.engine.objective`); the settings say where
+(``pre_relu``) and where not (``not_relu_outputs``).
 """
 
 from __future__ import annotations
@@ -96,14 +100,15 @@ def render_images(model: Model, objective: Objective, options: RenderOptions = R
     run = build_run(model, objective, plan, options)
     bar = progress_bar(plan.steps, f"render {objective.description[:40]}", enabled=options.progress, unit="step")
     start = time.perf_counter()
-    with _bar_erased_on_error(bar), ActivationCapture(run.network, objective.model_layers) as capture:
+    with _bar_erased_on_error(bar), ActivationCapture(run.network, objective.model_layers,
+                                                      pre_relu=objective.minimized_layers) as capture:
         values, kept = optimize(run, objective, plan, capture, bar, options.redirected_relu_steps, model.name)
         final_values = final_scores(objective, capture, kept[plan.thresholds[-1]], plan.input_size, model.name)
     elapsed = time.perf_counter() - start
     if options.progress:
         bar.set_postfix_str(f"mean objective {final_values.mean().item():.3g}")
     bar.close()
-    settings = render_settings(model, objective, plan, run, options)
+    settings = render_settings(model, objective, plan, run, options, capture.pre_relu_found)
     return RenderOutput(history={k: v.cpu() for k, v in kept.items()}, values=values.cpu(),
                         final_values=final_values.cpu(), elapsed=elapsed, settings=settings)
 
@@ -194,10 +199,15 @@ def final_scores(objective: Objective, capture: ActivationCapture, final: torch.
 
 
 def render_settings(model: Model, objective: Objective, plan: RenderPlan, run: RenderRun,
-                    options: RenderOptions) -> dict:
-    """The settings record of a render (``render.json``'s ``settings``; keys in this order)."""
+                    options: RenderOptions, pre_relu_found: dict[str, bool] | None = None) -> dict:
+    """The settings record of a render (``render.json``'s ``settings``; keys in this order).
+
+    ``pre_relu_found``: ``{minimized layer: whether its output is a ReLU output}`` (the capture's
+    :attr:`~nnfeat.hooks.ActivationCapture.pre_relu_found`); with any, the record ends with ``pre_relu`` (the
+    layers whose minimized units read the pre-activation) and ``not_relu_outputs`` (those read as they are).
+    """
     param, transforms = run.param, options.transforms
-    return {
+    settings = {
         "size": list(plan.size), "model_input_size": list(plan.input_size), "batch": plan.batch, "steps": plan.steps,
         "lr": run.lr, "seed": options.seed, "device": str(plan.device),
         "param": type(param.raw).__name__ if hasattr(param, "raw") else type(param).__name__,
@@ -208,16 +218,21 @@ def render_settings(model: Model, objective: Objective, plan: RenderPlan, run: R
         "model": model.name, "weights": getattr(model, "weights", None), "objective": objective.description,
         "item_units": item_units(objective, plan.batch),
     }
+    if pre_relu_found:
+        settings["pre_relu"] = [layer for layer, found in pre_relu_found.items() if found]
+        settings["not_relu_outputs"] = [layer for layer, found in pre_relu_found.items() if not found]
+    return settings
 
 
 @torch.no_grad()
 def evaluate(model: Model, objective: Objective, images: torch.Tensor,
              device: str | torch.device | None = None) -> torch.Tensor:
-    """The objective on fixed images (B, 3, H, W) in [0,1], no transforms -> (B,) on the CPU."""
+    """The objective on fixed images (B, 3, H, W) in [0,1], no transforms -> (B,) on the CPU (minimized units read
+    as in a render: before their layer's ReLU)."""
     dev = resolve_device(device, model)
     model = model.to(dev)
     images = images.to(dev)
-    with ActivationCapture(model, objective.model_layers) as capture:
+    with ActivationCapture(model, objective.model_layers, pre_relu=objective.minimized_layers) as capture:
         acts = capture(model.fit(images)) if objective.model_layers else {}
     if IMAGE in objective.layers:
         acts[IMAGE] = images

@@ -4,6 +4,15 @@ An objective maps the captured activations ``acts: {layer: Tensor}`` to a tensor
 batch item, to be *maximized*. Objectives compose with ``+ - * /`` (with numbers and with each other) and unary
 minus; :func:`on_item` and :func:`per_item` restrict them to batch items. The constructors live in
 :mod:`nnfeat.engine.objectives` (units) and :mod:`nnfeat.engine.regularizers` (image priors, batch terms).
+
+Minimized units read the pre-activation. The minimum of a unit after a ReLU is 0 (a flat image reaches it), so a
+unit term (``channel``/``neuron``) that enters the objective with a negative sign -- ``-layer3:5``,
+``-0.5*layer3:5``, ``x - layer3:5`` -- reads the input of the ReLU that made its layer's output, where the
+capture found one (Lucid's ``*_pre_relu`` layers). The sign is tracked as objectives compose
+(:attr:`Objective.unit_signs`; the factors of a product of objectives keep their own reading), and at evaluation
+a negated part sees ``acts[NEGATED] = True``; :func:`unit_activation` then reads ``acts[pre_relu_key(layer)]``
+when the capture put it there. A positive term, or a layer that is not a ReLU output, reads ``acts[layer]`` as
+before.
 """
 
 from __future__ import annotations
@@ -14,11 +23,42 @@ from typing import Callable, Sequence
 import torch
 
 from nnfeat.errors import NnfeatError
+from nnfeat.hooks import pre_relu_key
 from nnfeat.layouts import IMAGE, OUTPUT, channel_count
 from nnfeat.units import check_position
 
 Acts = dict[str, torch.Tensor]
 ScoreFn = Callable[[Acts], torch.Tensor]
+
+#: The key of ``acts`` (a bool, not a tensor) that is True inside a negated part of an objective.
+NEGATED = "(negated)"
+#: The key of ``acts`` (a bool) that is True inside a factor of a product of objectives: units read as is there.
+IN_PRODUCT = "(in product)"
+
+
+def unit_activation(acts: Acts, layer: str) -> torch.Tensor:
+    """The activation a unit term reads: ``layer``'s pre-ReLU value inside a negated part of an objective, where
+    the capture found one (``acts[pre_relu_key(layer)]``), else ``acts[layer]``. Same shape either way."""
+    if acts.get(NEGATED) and not acts.get(IN_PRODUCT):
+        pre = acts.get(pre_relu_key(layer))
+        if pre is not None:
+            return pre
+    return acts[layer]
+
+
+def _negated_acts(acts: Acts) -> Acts:
+    """``acts`` as a negated part sees them (``NEGATED`` flipped; the tensors are the same objects)."""
+    return {**acts, NEGATED: not acts.get(NEGATED, False)}
+
+
+def _plain_acts(acts: Acts) -> Acts:
+    """``acts`` as a factor of a product of objectives sees them: its units read as is (a product's sign says
+    nothing about its factors')."""
+    return acts if acts.get(IN_PRODUCT) else {**acts, IN_PRODUCT: True}
+
+
+def _flip(signs: tuple[tuple[str, int], ...]) -> tuple[tuple[str, int], ...]:
+    return tuple((layer, -sign) for layer, sign in signs)
 
 
 @dataclass(frozen=True)
@@ -42,6 +82,8 @@ class Objective:
         batch_size: the batch this objective implies (e.g. 16 channels, one per item), or None.
         batch_items: the batch items that parts of it are restricted to (``batch=i`` of a constructor);
             a render needs at least ``max(batch_items) + 1`` items.
+        unit_signs: ``(layer, +1 or -1)`` for each unit term (``channel``, ``neuron``), with the sign it enters
+            the objective with; the ``-1`` layers are :attr:`minimized_layers` (see the module docstring).
     """
 
     def __init__(
@@ -52,6 +94,7 @@ class Objective:
         units: Sequence[UnitRef] = (),
         batch_size: int | None = None,
         batch_items: Sequence[int] = (),
+        unit_signs: Sequence[tuple[str, int]] = (),
     ) -> None:
         self.fn = fn
         own = (fn.item,) if isinstance(fn, _BatchMasked) else ()
@@ -60,6 +103,7 @@ class Objective:
         self.description = description
         self.units = tuple(units)
         self.batch_size = batch_size
+        self.unit_signs = tuple(unit_signs)
 
     def __call__(self, acts: Acts) -> torch.Tensor:
         return self.fn(acts)
@@ -78,6 +122,17 @@ class Objective:
         return self.batch_items[-1] + 1 if self.batch_items else 1
 
     @property
+    def minimized_layers(self) -> tuple[str, ...]:
+        """The model layers (not ``output``, not ``image``) with a unit term of negative sign: where the render reads
+        the pre-activation if the layer's output comes from a ReLU."""
+        return tuple(dict.fromkeys(layer for layer, sign in self.unit_signs
+                                   if sign < 0 and layer not in (IMAGE, OUTPUT)))
+
+    def _negated_fn(self) -> ScoreFn:
+        """``acts -> self(acts)`` with the unit terms read as a negated part reads them (unchanged without any)."""
+        return (lambda acts: self(_negated_acts(acts))) if self.unit_signs else self.fn
+
+    @property
     def model_layers(self) -> tuple[str, ...]:
         """The layers that need a hook on the model (excludes the ``image`` pseudo-layer)."""
         return tuple(layer for layer in self.layers if layer != IMAGE)
@@ -87,19 +142,24 @@ class Objective:
         if isinstance(other, Objective):
             left, right = (other, self) if reverse else (self, other)
             batch = _merge_batch(left.batch_size, right.batch_size)
-            return Objective(
-                lambda acts: op(left(acts), right(acts)),
-                left.layers + right.layers,
-                f"{_paren(left)} {symbol} {_paren(right)}",
-                left.units + right.units,
-                batch,
-                left.batch_items + right.batch_items,
-            )
+            if symbol in ("*", "/") and (left.unit_signs or right.unit_signs):  # factors read their units as is
+                fn, signs = (lambda acts: op(left(_plain_acts(acts)), right(_plain_acts(acts)))), ()
+            elif symbol == "-":
+                right_fn = right._negated_fn()
+                fn, signs = (lambda acts: op(left(acts), right_fn(acts))), left.unit_signs + _flip(right.unit_signs)
+            else:
+                fn, signs = (lambda acts: op(left(acts), right(acts))), left.unit_signs + right.unit_signs
+            return Objective(fn, left.layers + right.layers, f"{_paren(left)} {symbol} {_paren(right)}",
+                             left.units + right.units, batch, left.batch_items + right.batch_items, signs)
         if isinstance(other, (int, float)) and not isinstance(other, bool):
             number = float(other)
             desc = f"{_fmt(number)} {symbol} {_paren(self)}" if reverse else f"{_paren(self)} {symbol} {_fmt(number)}"
-            fn = (lambda acts: op(number, self(acts))) if reverse else (lambda acts: op(self(acts), number))
-            return Objective(fn, self.layers, desc, self.units, self.batch_size, self.batch_items)
+            # the objective enters negated in ``number - self``, ``self * -2``, ``-2 * self`` and ``self / -2``
+            negated = (symbol == "-" and reverse) or (symbol in ("*", "/") and number < 0)
+            own = self._negated_fn() if negated else self.fn
+            fn = (lambda acts: op(number, own(acts))) if reverse else (lambda acts: op(own(acts), number))
+            return Objective(fn, self.layers, desc, self.units, self.batch_size, self.batch_items,
+                             _flip(self.unit_signs) if negated else self.unit_signs)
         return NotImplemented
 
     def __add__(self, other):
@@ -126,8 +186,9 @@ class Objective:
         return self._combine(other, lambda a, b: a / b, "/")
 
     def __neg__(self) -> "Objective":
-        return Objective(lambda acts: -self(acts), self.layers, f"-{_paren(self)}", self.units, self.batch_size,
-                         self.batch_items)
+        own = self._negated_fn()
+        return Objective(lambda acts: -own(acts), self.layers, f"-{_paren(self)}", self.units, self.batch_size,
+                         self.batch_items, _flip(self.unit_signs))
 
     def __pos__(self) -> "Objective":
         return self
@@ -224,7 +285,7 @@ class _BatchMasked:
 def on_item(objective: Objective, item: int) -> Objective:
     """``objective`` restricted to batch item ``item`` (zero for every other item): (B,) -> (B,)."""
     return Objective(_BatchMasked(objective.fn, item), objective.layers, f"[{item}] {_paren(objective)}",
-                     objective.units, objective.batch_size, objective.batch_items)
+                     objective.units, objective.batch_size, objective.batch_items, objective.unit_signs)
 
 
 def per_item(objectives: Sequence[Objective]) -> Objective:

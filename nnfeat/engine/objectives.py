@@ -17,6 +17,9 @@ forward pass renders one unit per batch item. ``batch=i`` restricts an objective
 Sign conventions follow Lucid: ``l1``, ``total_variation`` and ``blur`` return positive *penalties*
 (subtract them); ``diversity`` and ``alignment`` return rewards (add them).
 
+A unit (``neuron``, ``channel``) that enters the objective with a negative sign (``-layer3:5``) is minimized on
+its layer's pre-ReLU value where the layer's output comes from a ReLU (see :mod:`nnfeat.engine.objective`).
+
 The pseudo-layer ``"image"`` is the parameterized image (B, 3, H, W) in [0,1] before the transforms.
 
 This module is the whole vocabulary (and :data:`CONSTRUCTORS`, the names the expression grammar may call);
@@ -32,7 +35,7 @@ import torch
 
 # the Objective type, its composition and the regularizers, re-exported: this module is the vocabulary
 from nnfeat.engine.objective import (Acts, Objective, ScoreFn, UnitRef, _BatchMasked, _fmt, _q,  # noqa: F401
-                                     on_item, per_item)
+                                     on_item, per_item, unit_activation)
 from nnfeat.engine.regularizers import alignment, blur, diversity, l1, total_variation
 from nnfeat.errors import NnfeatError, shorten
 from nnfeat.layouts import IMAGE, OUTPUT, at_position, channels_first  # noqa: F401 - IMAGE: the pseudo-layer
@@ -88,7 +91,7 @@ def neuron(layer: str, channel: int | Sequence[int], x: int | None = None, y: in
     channels = _as_channels(channel)
 
     def fn(acts: Acts) -> torch.Tensor:
-        return _select_channels(at_position(acts[layer], x, y), channels)
+        return _select_channels(at_position(unit_activation(acts, layer), x, y), channels)
 
     if x is None and y is None:
         desc = f"neuron({_q(layer)}, {_chan_arg(channels)})"
@@ -99,7 +102,7 @@ def neuron(layer: str, channel: int | Sequence[int], x: int | None = None, y: in
     else:
         desc = f"neuron({_q(layer)}, {_chan_arg(channels)}, y={y})"
     return Objective(_batch_mask(fn, batch), [layer], _batch_desc(desc, batch),
-                     [UnitRef(layer, channels, (y, x))], _units_batch(channels))
+                     [UnitRef(layer, channels, (y, x))], _units_batch(channels), unit_signs=[(layer, 1)])
 
 
 def channel(layer: str, channel: int | Sequence[int], batch: int | None = None) -> Objective:
@@ -107,10 +110,11 @@ def channel(layer: str, channel: int | Sequence[int], batch: int | None = None) 
     channels = _as_channels(channel)
 
     def fn(acts: Acts) -> torch.Tensor:
-        return _select_channels(channels_first(acts[layer]), channels).mean(-1)
+        return _select_channels(channels_first(unit_activation(acts, layer)), channels).mean(-1)
 
     desc = format_units(layer, channels) if batch is None else f"channel({_q(layer)}, {_chan_arg(channels)}, batch={batch})"
-    return Objective(_batch_mask(fn, batch), [layer], desc, [UnitRef(layer, channels)], _units_batch(channels))
+    return Objective(_batch_mask(fn, batch), [layer], desc, [UnitRef(layer, channels)], _units_batch(channels),
+                     unit_signs=[(layer, 1)])
 
 
 def deepdream(layer: str, batch: int | None = None) -> Objective:

@@ -9,8 +9,9 @@ gradient passes through negative inputs too, except where it would push them fur
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 from torch.overrides import TorchFunctionMode
+
+from nnfeat.hooks import RELU_FUNCS
 
 
 class _RedirectedReLUFn(torch.autograd.Function):
@@ -42,7 +43,7 @@ def redirected_relu(x: torch.Tensor) -> torch.Tensor:
     return _RedirectedReLUFn.apply(x)
 
 
-_RELU_FUNCS = {F.relu, torch.relu, torch.relu_, torch.Tensor.relu, torch.Tensor.relu_, torch.nn.functional.relu_}
+_RELU_FUNCS = RELU_FUNCS  # every ReLU call form (one definition, shared with the pre-ReLU capture of nnfeat.hooks)
 
 
 class RedirectedReLU(TorchFunctionMode):

@@ -120,7 +120,8 @@ def _thresholds(thresholds: Sequence[int] | None, steps: int) -> list[int]:
 
 
 def item_units(objective: Objective, batch: int) -> list[str] | None:
-    """What each batch item renders, as unit text, when the objective is one unit list (``layer3:0..3``)."""
+    """What each batch item renders, as unit text, when the objective is one unit list (``layer3:0..3``); a
+    minimized unit keeps its minus (``-layer3:5``)."""
     units = [u for u in objective.units if u.layer != IMAGE]
     if len(units) != 1 or not units[0].channels or len(units[0].channels) not in (1, batch):
         return None
@@ -131,4 +132,5 @@ def item_units(objective: Objective, batch: int) -> list[str] | None:
         position = (position[1],)
     if position is not None and None in position:
         position = None
-    return [format_units(unit.layer, [c], position) for c in channels]
+    sign = "-" if [s for _, s in objective.unit_signs] == [-1] else ""
+    return [sign + format_units(unit.layer, [c], position) for c in channels]

@@ -4,6 +4,10 @@ The loop itself is the render engine's (:mod:`nnfeat.engine.loop`): one step is 
 ``transforms(images)`` -> model forward up to the deepest layer the objective needs -> ``objective(acts)`` (B,)
 -> backward -> optimizer step, with no per-step reads back to the host. This module wraps the model once,
 parses a text objective, and turns the engine's plain output into a :class:`RenderResult` with its command.
+
+A unit the objective minimizes (``-layer3:5``) is read before its layer's ReLU where the layer's output comes from
+one (after it the minimum is 0, reached by a flat image): the settings list those layers (``pre_relu``), the
+captions and title say "pre-ReLU", and :meth:`RenderResult.notes` says it in words.
 """
 
 from __future__ import annotations
@@ -55,18 +59,37 @@ class RenderResult(Result):
         return self.history[max(self.history)]
 
     def title(self) -> str:
-        return f"{self.settings.get('model', 'model')}  {self.settings.get('objective', '')}"
+        pre_relu = self.settings.get("pre_relu")
+        tail = f"  (minimized: pre-ReLU {', '.join(pre_relu)})" if pre_relu else ""
+        return f"{self.settings.get('model', 'model')}  {self.settings.get('objective', '')}{tail}"
 
     def captions(self) -> list[str]:
         units = self.settings.get("item_units")
         names = units if units and len(units) == len(self.final_values) else [f"item {i}" for i in range(len(self.final_values))]
-        return [f"{name}\n{value:.3g}" for name, value in zip(names, self.final_values.tolist())]
+        return [f"{self._unit_name(name)}\n{value:.3g}" for name, value in zip(names, self.final_values.tolist())]
+
+    def _unit_name(self, name: str) -> str:
+        """A unit's caption: ``-layer3:5 (pre-ReLU)`` for a minimized unit read before its layer's ReLU."""
+        pre_relu = self.settings.get("pre_relu") or []
+        return f"{name} (pre-ReLU)" if name.startswith("-") and name[1:].partition(":")[0] in pre_relu else name
+
+    def notes(self) -> list[str]:
+        """One sentence per minimized layer: read before its ReLU, or as it is (not a ReLU output)."""
+        objective = self.settings.get("objective", "")
+        return [*(f"{objective}: the minimized units of '{layer}' read its pre-ReLU value (after the ReLU their "
+                  f"minimum is 0, a flat image); the objective is the negated pre-activation"
+                  for layer in self.settings.get("pre_relu") or []),
+                *(f"{objective}: '{layer}' is not a ReLU output: its minimized units read it as it is"
+                  for layer in self.settings.get("not_relu_outputs") or [])]
 
     def record(self) -> dict:
-        return {"model": self.settings.get("model"), "objective": self.settings.get("objective"),
-                "seed": self.settings.get("seed"), "device": self.settings.get("device"),
-                "precision": self.settings.get("precision"), "settings": self.settings,
-                "final_values": self.final_values.tolist(), "values_last_step": self.values[-1].tolist()}
+        record = {"model": self.settings.get("model"), "objective": self.settings.get("objective"),
+                  "seed": self.settings.get("seed"), "device": self.settings.get("device"),
+                  "precision": self.settings.get("precision"), "settings": self.settings,
+                  "final_values": self.final_values.tolist(), "values_last_step": self.values[-1].tolist()}
+        if self.notes():
+            record["notes"] = self.notes()
+        return record
 
     def write_files(self, out: Path) -> list[str]:
         files = []
@@ -82,7 +105,7 @@ class RenderResult(Result):
     def captions_at(self, step: int) -> list[str]:
         """Captions for the images at threshold ``step`` (unit names; values are the final ones' only)."""
         units = self.settings.get("item_units") or []
-        return [units[i] if i < len(units) else f"item {i}" for i in range(len(self.history[step]))]
+        return [self._unit_name(units[i]) if i < len(units) else f"item {i}" for i in range(len(self.history[step]))]
 
 
 def render(
