@@ -1,13 +1,18 @@
 """How much does ``nnfeat heatmap`` cost over a bare forward pass? Prints a table and writes it as JSON.
 
-Issue 10's number: heatmaps for 1,000 CIFAR-10 test images at ``layer2`` of cifar10-resnet20, one batched
-forward pass per batch (no Python loop over images or channels), timed against the bare forward pass of
-the same images; the target is at most 1.5x. Rows, all on the same preloaded (N, 3, 32, 32) float images in
+Heatmaps for 1,000 CIFAR-10 test images at ``layer2`` of cifar10-resnet20, one batched forward pass per batch
+(no Python loop over images or channels), timed against the bare forward pass of the same images. The ratio to
+read is **heatmap / bare forward to the layer** (c / b): the heatmap runs the fast network of a dataset pass
+(:func:`nnfeat.analysis.fast_path.fast_network`: BatchNorm folded, channels-last input on the CPU, fp32, the
+forward stopped at the layer), so everything beyond the plain model's own forward to the layer is what nnfeat
+adds, less what the fast path saves; the goal (issue 25) is at most 1.1x. Issue 10's older figure, c / a against
+the forward to the output, had a target of 1.5x. Rows, all on the same preloaded (N, 3, 32, 32) float images in
 batches of ``--batch``:
 
 a. **bare forward** -- ``model(batch)`` up to the output under ``torch.no_grad()`` (the nnfeat wrapper's
    forward: input normalization, then the network), every batch;
-b. **bare to layer2** -- the same forward stopped at the layer (:class:`nnfeat.hooks.ActivationCapture`);
+b. **bare to layer2** -- the plain model's forward stopped at the layer (:class:`nnfeat.hooks.ActivationCapture`);
+b'. **fast to layer2** -- the fast network's forward stopped at the layer (what c runs per batch);
 c. **heatmap** -- :func:`nnfeat.ops.heatmap.heatmap` on the image tensor: the forward passes, the
    strongest channels, the figure's colour scale, upsampling to input resolution, colouring and the
    overlays; no files written;
@@ -16,8 +21,8 @@ c'. **heatmap (ImageSet)** -- the same from the :class:`nnfeat.data.ImageSet` (u
 d. **save** -- ``result.save(dir)`` (sheet, two PNGs per image, JSON) of a ``--save-n``-image result (the
    command's default is 8 images; a sheet of 1,000 rows of tiles is not what anyone saves), reported per image.
 
-The headline ratio is c / a; a hook counts the network's forward calls during c, which must equal the number of
-batches. Rounds are interleaved (a, b, c, c', d, with the order rotated each round) and every figure is the
+The headline ratio is c / b (goal <= 1.1x; c / a is printed too); a hook on the fast network counts its forward
+calls during c, which must equal the number of batches. Rounds are interleaved (a, b, b', c, c', d, with the order rotated each round) and every figure is the
 median over rounds; ratios are taken per round, then the median. One thread (``--threads``), the thread
 setting restored at the end.
 
@@ -42,7 +47,8 @@ import torch
 
 REPO = Path(__file__).resolve().parents[1]
 DEFAULT_DATA = REPO.parent / "shared" / "data" / "cifar10_test.npz"
-TARGET = 1.5
+TARGET = 1.1  # heatmap / bare forward to the layer (issue 25)
+TARGET_OUTPUT = 1.5  # heatmap / bare forward to the output (issue 10)
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -71,6 +77,7 @@ def _clock(fn) -> float:
 
 
 def run(args) -> dict:
+    from nnfeat.analysis.fast_path import fast_network
     from nnfeat.data import load_images
     from nnfeat.errors import NnfeatError
     from nnfeat.hooks import ActivationCapture
@@ -101,6 +108,14 @@ def run(args) -> dict:
             for b in batches:
                 capture(b)
 
+    fast = fast_network(model, keep=[args.layer])
+
+    @torch.no_grad()
+    def fast_to_layer():
+        with ActivationCapture(fast.network, [args.layer]) as capture:
+            for b in batches:
+                capture(b)
+
     def full():
         heatmap(model, args.layer, images, batch_size=args.batch)
 
@@ -113,11 +128,11 @@ def run(args) -> dict:
     def save():
         small.save(save_dir / f"r{len(list(save_dir.iterdir()))}")
 
-    rows = {"bare_forward": bare, "bare_to_layer": to_layer, "heatmap": full, "heatmap_imageset": from_set,
+    rows = {"bare_forward": bare, "bare_to_layer": to_layer, "fast_to_layer": fast_to_layer, "heatmap": full, "heatmap_imageset": from_set,
             "save": save}
     for fn in rows.values():  # warm-up: allocator, kernels, fonts
         fn()
-    counter = model.net.register_forward_pre_hook(lambda *_: calls.__setitem__(0, calls[0] + 1))
+    counter = fast.network.net.register_forward_pre_hook(lambda *_: calls.__setitem__(0, calls[0] + 1))
     full()
     counter.remove()
     forward_calls = calls[0]
@@ -129,6 +144,7 @@ def run(args) -> dict:
     ratio = [c / a for c, a in zip(times["heatmap"], times["bare_forward"])]
     ratio_set = [c / a for c, a in zip(times["heatmap_imageset"], times["bare_forward"])]
     ratio_layer = [c / b for c, b in zip(times["heatmap"], times["bare_to_layer"])]
+    ratio_fast = [f / b for f, b in zip(times["fast_to_layer"], times["bare_to_layer"])]
     med = {name: statistics.median(t) for name, t in times.items()}
     return {
         "model": model.name, "weights": args.weights, "layer": args.layer, "data": str(args.data), "n": len(images),
@@ -140,7 +156,9 @@ def run(args) -> dict:
         "ratio_heatmap_vs_bare": statistics.median(ratio),
         "ratio_heatmap_imageset_vs_bare": statistics.median(ratio_set),
         "ratio_heatmap_vs_bare_to_layer": statistics.median(ratio_layer),
-        "target": TARGET, "meets_target": statistics.median(ratio) <= TARGET,
+        "ratio_fast_vs_bare_to_layer": statistics.median(ratio_fast), "fast_path": fast.record(),
+        "target": TARGET, "meets_target": statistics.median(ratio_layer) <= TARGET,
+        "target_vs_output": TARGET_OUTPUT, "meets_target_vs_output": statistics.median(ratio) <= TARGET_OUTPUT,
         "command": "experiments/bench_heatmap.py " + " ".join(sys.argv[1:]) if __name__ == "__main__" else None,
     }
 
@@ -150,17 +168,23 @@ def table(report: dict) -> str:
     lines = [f"heatmap benchmark: {report['model']} {report['layer']}, {n} images {report['input_size'][0]}x"
              f"{report['input_size'][1]}, batch {report['batch']}, {report['threads']} thread(s), median of "
              f"{report['rounds']} round(s)", "",
-             "| row | seconds | ms / image |", "|---|---:|---:|"]
-    labels = {"bare_forward": "a. bare forward (to output)", "bare_to_layer": f"b. bare forward to {report['layer']}",
-              "heatmap": "c. heatmap (tensor in, no files)", "heatmap_imageset": "c'. heatmap (ImageSet in)"}
+             "| row | seconds | ms / image | / bare to layer |", "|---|---:|---:|---:|"]
+    layer = report["layer"]
+    labels = {"bare_forward": "a. bare forward (to output)", "bare_to_layer": f"b. bare forward to {layer}",
+              "fast_to_layer": f"b'. fast network to {layer}", "heatmap": "c. heatmap (tensor in, no files)",
+              "heatmap_imageset": "c'. heatmap (ImageSet in)"}
+    to_layer = report["median_s"]["bare_to_layer"]
     for key, label in labels.items():
         s = report["median_s"][key]
-        lines.append(f"| {label} | {s:.3f} | {1000 * s / n:.3f} |")
+        lines.append(f"| {label} | {s:.3f} | {1000 * s / n:.3f} | {s / to_layer:.2f}x |")
     lines.append(f"| d. save() of {report['save_n']} images | {report['median_s']['save']:.3f} | "
-                 f"{1000 * report['save_per_image_s']:.3f} |")
-    lines += ["", f"c / a = {report['ratio_heatmap_vs_bare']:.2f}x (target <= {report['target']}x: "
-                  f"{'met' if report['meets_target'] else 'NOT met'}); c' / a = "
-                  f"{report['ratio_heatmap_imageset_vs_bare']:.2f}x; c / b = {report['ratio_heatmap_vs_bare_to_layer']:.2f}x",
+                 f"{1000 * report['save_per_image_s']:.3f} | |")
+    lines += ["", f"c / b = {report['ratio_heatmap_vs_bare_to_layer']:.2f}x (goal <= {report['target']}x: "
+                  f"{'met' if report['meets_target'] else 'NOT met'}); b' / b = "
+                  f"{report['ratio_fast_vs_bare_to_layer']:.2f}x; c / a = {report['ratio_heatmap_vs_bare']:.2f}x "
+                  f"(issue 10: <= {report['target_vs_output']}x); c' / a = "
+                  f"{report['ratio_heatmap_imageset_vs_bare']:.2f}x",
+              f"fast path: {report['fast_path']}",
               f"forward calls during c: {report['forward_calls_in_heatmap']} for {report['batches']} batches"]
     return "\n".join(lines)
 

@@ -41,6 +41,7 @@ import numpy as np
 import torch
 from torch.autograd import forward_ad
 
+from nnfeat.analysis.fast_path import fast_network
 from nnfeat.analysis.collect_files import (BATCH_DIR, META_FILE, batch_path, complete_and_valid, file_digest,
                                            merge_batches, read_batch, save_npz)
 from nnfeat.analysis.tokens import token_grid
@@ -152,6 +153,7 @@ def collect(model: Model, layer: str, images: ImageSet, directory: Path, *, n: i
         raise NnfeatError(f"--n must be at least 1, got {n}")
     logits = model_logit_count(model) if attribution and pool is None else None
     mode = attribution_mode(model, layer, size, per_image, logits) if logits else None
+    fast = fast_network(model, keep=[layer])  # BatchNorm folded (not into the layer's conv), channels-last
 
     image_count = min(len(images), math.ceil(n / per_image))
     order = torch.randperm(len(images), generator=generator(seed, "images"))[:image_count].numpy()
@@ -164,7 +166,7 @@ def collect(model: Model, layer: str, images: ImageSet, directory: Path, *, n: i
     meta = {"key": key, "layer": layer, "layer_shape": list(layer_shape), "pool": pool, "seed": seed,
             "source": images.name, "source_size": len(images), "samples": total, "per_image": per_image,
             "images": image_count, "batch_size": batch_size, "has_attribution": logits is not None,
-            "classes": logits, "attribution": mode}
+            "classes": logits, "attribution": mode, "fast_path": fast.record()}
     widths = {"acts": channels, "samples": 2, **({"attr": logits} if logits else {})}
     final_shapes = {name: (total, width) for name, width in widths.items()}
     # No collective here: every rank reads the same files before any rank can change them (the merge waits for
@@ -187,7 +189,7 @@ def collect(model: Model, layer: str, images: ImageSet, directory: Path, *, n: i
     bar = progress_bar(len(mine), f"collect {layer}", enabled=progress, unit="batch", initial=len(mine) - len(todo))
     layers = [layer, OUTPUT] if logits else [layer]
     origin = images.source_indices  # (N,) what the error line calls an image
-    with ActivationCapture(model, layers) as capture:
+    with ActivationCapture(fast.network, layers) as capture:  # stops after the layer unless the logits are needed
         for b in todo:
             idx = order[b * batch_size:(b + 1) * batch_size]
             batch = images.tensors(idx, size, device)

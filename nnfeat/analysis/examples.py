@@ -28,6 +28,7 @@ import torch
 import torch.nn.functional as F
 
 from nnfeat.analysis.collect import pool_positions, pooled
+from nnfeat.analysis.fast_path import fast_network
 from nnfeat.data import ImageSet, load_images
 from nnfeat.errors import NnfeatError
 from nnfeat.hooks import ActivationCapture
@@ -180,7 +181,7 @@ def top_examples(model: Model, layer: str, channels: Sequence[int] | int, source
     chosen = torch.unique(torch.cat([top.flatten(), bottom.flatten()]))
     wanted = torch.tensor(channels, device=model.device)
     strongest, weakest = [], []
-    with ActivationCapture(model, [layer]) as capture:
+    with ActivationCapture(fast_network(model, keep=[layer]).network, [layer]) as capture:
         for part in chosen.split(batch_size):
             view = positions_view(capture(images.tensors(part.numpy(), model.input_size, model.device))[layer])
             view = view.float()[:, first:, :][:, :, wanted]  # (B, P, Cs)

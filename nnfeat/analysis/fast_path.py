@@ -103,9 +103,11 @@ def fast_network(model: Model, keep: Sequence[str] = (), *, fold: bool = True,
     wish = default_channels_last(model.device, model) if channels_last is None else bool(channels_last)
     kept = tuple(sorted({str(k) for k in keep}))
     cache = model.__dict__.setdefault("_fast_paths", {})
-    key = (kept, str(model.device), bool(fold), wish)
-    if key in cache:
-        return cache[key]
+    # keyed by the network too: a shallow copy of the model around another network (a distribution_model) shares
+    # this cache; an entry holds its source network, so a reused id never hits
+    key = (kept, str(model.device), bool(fold), wish, id(model.net))
+    if key in cache and cache[key][0] is model.net:
+        return cache[key][1]
     folded = folded_copy(model, keep=kept) if fold else model
     count = _batchnorm_count(model.net) - _batchnorm_count(folded.net)
     network, used = (folded if folded is model else _same_contract(model, folded.net)), False
@@ -113,8 +115,9 @@ def fast_network(model: Model, keep: Sequence[str] = (), *, fold: bool = True,
         candidate = _same_contract(model, folded.net, ChannelsLastModel)
         if _accepts_channels_last(candidate):
             network, used = candidate, True
-    cache[key] = FastPath(network=network, batchnorm_folded=count, channels_last=used)
-    return cache[key]
+    made = FastPath(network=network, batchnorm_folded=count, channels_last=used)
+    cache[key] = (model.net, made)
+    return made
 
 
 __all__ = ["FastPath", "ChannelsLastModel", "fast_network", "PRECISION"]

@@ -71,13 +71,15 @@ def folded_copy(model: Model, keep: Sequence[str] = ()) -> Model:
     """
     kept_convs = {k.split("#", 1)[0] for k in keep}
     cache = model.__dict__.setdefault("_folded_cache", {})
-    key = (tuple(sorted(kept_convs)), str(model.device))
-    if key in cache:
-        return cache[key]
+    # keyed by the network too: a shallow copy of the model around another network shares this cache (its
+    # __dict__); an entry holds its source network, so a reused id never hits
+    key = (tuple(sorted(kept_convs)), str(model.device), id(model.net))
+    if key in cache and cache[key][0] is model.net:
+        return cache[key][1]
     candidates = [p for p in _conv_bn_pairs(model.net) if p[0] not in kept_convs]
     pairs = _verify_pairs(model, model.net, candidates, model.input_size) if candidates else []
     if not pairs:
-        cache[key] = model
+        cache[key] = (model.net, model)
         return model
     net = copy.deepcopy(model.net)
     for conv_name, bn_name in pairs:
@@ -86,7 +88,7 @@ def folded_copy(model: Model, keep: Sequence[str] = ()) -> Model:
         _set_submodule(net, bn_name, nn.Identity())
     folded = Model(net, name=model.name, mean=model.mean.flatten().tolist(), std=model.std.flatten().tolist(),
                    input_size=model.input_size, in_channels=model.in_channels, classes=model.classes).to(model.device)
-    cache[key] = folded
+    cache[key] = (model.net, folded)
     return folded
 
 

@@ -16,6 +16,7 @@ from typing import ClassVar
 
 import torch
 
+from nnfeat.analysis.fast_path import fast_network
 from nnfeat.analysis.examples import (SCORES, ChannelExamples, Example, ReceptiveField, example_images,
                                       example_patches, receptive_field, top_examples)
 from nnfeat.data import ImageSet, load_images
@@ -54,6 +55,8 @@ class ExamplesResult(Result):
     device: str = "cpu"
     elapsed: float = 0.0
     command: str | None = None
+    #: what the dataset pass ran (:meth:`nnfeat.analysis.fast_path.FastPath.record`)
+    fast_path: dict | None = None
     kind: ClassVar[str] = "examples"
 
     @property
@@ -107,6 +110,7 @@ class ExamplesResult(Result):
                 "k": self.k, "k_requested": self.k_requested, "score": self.score, "classes": self.classes,
                 "receptive_field": {"box": list(self.field.box), "input_size": list(self.field.input_size),
                                     "covers_input": self.field_covers_input, "note": self.field_note},
+                **({"fast_path": self.fast_path} if self.fast_path else {}),
                 "channels": [r.to_dict() for r in self.found.values()]}
 
     def write_files(self, out: Path, patch_sides: tuple[str, ...] = ("top", "bottom")) -> list[str]:
@@ -160,7 +164,8 @@ def examples(model: Model, units: str | Units, images: ImageSet | str, *, k: int
                           bottom=bottom, patches=patches, field=field,
                           source=image_set.name, classes=image_set.classes, score=score, k_requested=k,
                           device=str(model.device),
-                          elapsed=time.perf_counter() - started, command=command)
+                          elapsed=time.perf_counter() - started, command=command,
+                          fast_path=fast_network(model, keep=[parsed.layer]).record())  # cached: the pass's own
 
 
 #: the dataset-example search, moved to :mod:`nnfeat.analysis.examples` (re-exported for one release)

@@ -26,6 +26,7 @@ import numpy as np
 import torch
 
 from nnfeat.analysis.calibration import ECE_BINS, set_metrics
+from nnfeat.analysis.fast_path import fast_network
 from nnfeat.analysis.uncertainty import (Summary, check_distribution_target, check_same_classes, distribution_model,
                                          fit_images, flip_safe, map_agreement, summarize)
 from nnfeat.analysis.uncertainty_methods import UNCERTAINTY, check_method, model_device, saliency_across
@@ -79,6 +80,8 @@ class UncertaintyResult(Result):
     command: str | None = None
     #: each image's name (a folder source's relative file paths), shown instead of its index; None: indices
     image_names: list[str] | None = None
+    #: what the passes ran, one per model (:meth:`nnfeat.analysis.fast_path.FastPath.record`)
+    fast_path: list | None = None
     kind: ClassVar[str] = "uncertainty"
 
     # -- pictures (drawn by nnfeat.views.uncertainty_page) ----------------------------------------
@@ -149,7 +152,8 @@ class UncertaintyResult(Result):
                 "max_entropy": math.log(s.mean.shape[1]),
                 "saliency": {"method": "gradient", "target": "combined prediction", "maps": self.map_names,
                              "mean_spearman": _nanmean(self.spearman)},
-                "most_uncertain": top, "device": self.device}
+                "most_uncertain": top, "device": self.device,
+                **({"fast_path": self.fast_path} if self.fast_path else {})}
 
     def write_files(self, out: Path) -> list[str]:
         files = [save_image(out / "reliability.png", self.reliability_diagram()).name]
@@ -243,9 +247,12 @@ def uncertainty(models, images: ImageSet | torch.Tensor, method: str = "ensemble
     if len(inputs) == 0:
         raise NnfeatError("no images to measure: give --images a source with at least one image")
 
+    # the passes run BatchNorm folded, channels-last (not for MC dropout: its masks are drawn in memory order)
+    fast = [fast_network(m, channels_last=False if method == "mc-dropout" else None) for m in models]
+    runs = [f.network for f in fast]
     # every chunk of the dataset pass is checked as it comes: the first with a NaN or Inf stops the work
-    member = kind.member_probs(models, inputs, samples_used, seed, batch_size, flip, indices)
-    singles = kind.singles(models, labels_of, member, inputs, batch_size, indices)
+    member = kind.member_probs(runs, inputs, samples_used, seed, batch_size, flip, indices)
+    singles = kind.singles(runs, labels_of, member, inputs, batch_size, indices)
     combined = kind.combined_name(models, samples_used)
     summary = summarize(member)
     y, labels_note = _labels(images, labels, classes, k or member.shape[-1])
@@ -262,7 +269,7 @@ def uncertainty(models, images: ImageSet | torch.Tensor, method: str = "ensemble
     size = tuple(first.input_size)
     if len(order):
         mats = kind.matrices(len(inputs), size, samples_used, seed, flip, order)
-        maps_t, map_names = saliency_across(method, models, labels_of, picked, summary.prediction[order],
+        maps_t, map_names = saliency_across(method, runs, labels_of, picked, summary.prediction[order],
                                             min(SALIENCY_MAPS, samples_used), seed, mats)
         check_finite(maps_t.transpose(0, 1), ",".join(names), "its gradient saliency maps",
                      [indices[i] for i in order.tolist()])
@@ -282,7 +289,8 @@ def uncertainty(models, images: ImageSet | torch.Tensor, method: str = "ensemble
                              singles=singles, metrics=metrics, combined_name=combined, top=order,
                              inputs=picked.cpu(), maps=maps_t,
                              map_names=map_names, spearman=spearman, std_maps=std_maps, device=str(device),
-                             elapsed=time.perf_counter() - started, command=command, image_names=image_names)
+                             elapsed=time.perf_counter() - started, command=command, image_names=image_names,
+                             fast_path=[f.record() for f in fast])
 
 
 __all__ = ["UncertaintyResult", "uncertainty", "saliency_across", "check_method", "SALIENCY_MAPS"]
