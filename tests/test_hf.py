@@ -89,7 +89,7 @@ def test_minilm_attention_equals_transformers(minilm, folder):
     T = batch.ids.shape[1]
     for name, want in zip(names, expected):
         assert got[name].shape == (3, 12, T, T) and got[name].dtype == torch.float32
-        assert torch.allclose(got[name], want, atol=1e-6, rtol=0)
+        assert torch.allclose(got[name], want, atol=1e-5, rtol=0)  # SDPA vs eager layers: ~1e-6
     first = got[names[0]]
     assert torch.allclose(first.sum(-1), torch.ones(3, 12, T), atol=1e-5)
     assert bool((first[2][..., ~batch.mask[2]] == 0).all())  # padded keys get exactly 0

@@ -2,8 +2,10 @@
 
 :func:`load_hf` reads a folder holding ``config.json``, the weights and the tokenizer files (what
 ``save_pretrained`` writes) and makes a :class:`~nnfeat.models.text.TokenModel` of it; nothing is downloaded
-(``local_files_only=True``). The model is loaded with eager attention: the fused scaled-dot-product kernel never
-forms the (B, heads, T, T) attention weights, and capturing them is what nnfeat reads these models for.
+(``local_files_only=True``). The model is loaded with transformers' default attention: the fused
+scaled-dot-product kernel (``sdpa``) where the architecture supports it, else eager. The fused kernel never forms
+the (B, heads, T, T) attention weights; :func:`nnfeat.analysis.hf_attention.hf_attentions` computes them beside
+it from each call's queries and keys, so every other pass (saliency, units, reports) runs the fast kernel.
 
 The kind comes from the architecture named in the config: a base model (``BertModel``) is an ``encoder``
 ((B, T) ids -> (B, T, D) ``last_hidden_state``), ``*ForSequenceClassification`` a ``classifier`` (its
@@ -145,7 +147,8 @@ class HFTokenizer(Tokenizer):
 # -- the model ------------------------------------------------------------------------------------------------
 def load_hf(path: str | os.PathLike, *, name: str | None = None, device: str | torch.device | None = None,
             label: str | None = None) -> TokenModel:
-    """A Hugging Face model folder -> a :class:`TokenModel` (eval mode, frozen, float32, eager attention).
+    """A Hugging Face model folder -> a :class:`TokenModel` (eval mode, frozen, float32, SDPA attention where the
+    architecture has it, else eager).
 
     Args:
         path: a folder with ``config.json``, the weights (``model.safetensors`` or ``pytorch_model.bin``) and the
@@ -249,8 +252,9 @@ def _load_net(auto, folder: Path, config) -> nn.Module:
     bar = hf_logging.is_progress_bar_enabled()
     hf_logging.disable_progress_bar()  # no "Loading weights" bar on the console; restored below
     try:
+        # no attn_implementation: transformers picks sdpa where the architecture supports it, else eager
         net, info = auto.from_pretrained(str(folder), config=config, local_files_only=True,
-                                         attn_implementation="eager", output_loading_info=True)
+                                         output_loading_info=True)
     except (OSError, ValueError, KeyError, RuntimeError, TypeError) as err:
         raise NnfeatError(f"cannot load the {config.model_type} model in '{shorten(str(folder))}' "
                           f"({_reason(err)}): the folder needs model.safetensors or pytorch_model.bin matching "
