@@ -45,12 +45,14 @@ _INPLACE_RELU = frozenset({torch.relu_, torch.Tensor.relu_, F.relu_})
 
 
 def pre_relu_key(layer: str) -> str:
-    """The key of ``layer``'s pre-activation (the input of the ReLU that made its output) in the captured acts."""
+    """The key of ``layer``'s pre-activation (the input of the ReLU that made its output; the same shape as the
+    output, e.g. (B, C, H, W)) in the captured acts."""
     return f"{layer} (pre-ReLU)"
 
 
 def _is_inplace(func, args: tuple, kwargs: dict) -> bool:
-    """Whether this ReLU call overwrites its input (``relu_``, ``F.relu(x, inplace=True)``, ``nn.ReLU(inplace=True)``)."""
+    """Whether this ReLU call overwrites its input (``relu_``, ``F.relu(x, inplace=True)``,
+    ``nn.ReLU(inplace=True)``)."""
     return func in _INPLACE_RELU or bool(kwargs.get("inplace")) or (func is F.relu and len(args) > 1 and bool(args[1]))
 
 
@@ -111,6 +113,10 @@ class ActivationCapture:
         with ActivationCapture(model, ["layer3", "output"]) as capture:
             acts = capture(images)   # images (B, 3, H, W) in [0,1]
             acts["layer3"]           # (B, 64, 8, 8)
+
+    ``pre_relu``: layers (among ``layers``) whose pre-activation is captured too, under ``pre_relu_key(layer)``
+    (B, 64, 8, 8) where the layer's output is a ReLU's result (see the module docstring and
+    :attr:`pre_relu_found`).
     """
 
     def __init__(self, model: nn.Module, layers: Sequence[str], pre_relu: Sequence[str] = ()) -> None:

@@ -42,7 +42,9 @@ def register(sub) -> None:
     p = sub.add_parser("render", help="render images that maximize an objective expression or units",
                        description="Render images that maximize an objective. OBJECTIVE is units (layer3:5, "
                                    "layer3:0..15: one unit per image) or an expression "
-                                   "('layer3:5 - 0.5*diversity(\"layer3\")'); a leading '-' works: '-layer3:5'.")
+                                   "('layer3:5 - 0.5*diversity(\"layer3\")'); a leading '-' works: '-layer3:5' "
+                                   "(a minimized unit reads its layer's value before the ReLU, where the layer ends in "
+                                   "one).")
     add_model(p)
     p.add_argument("expr", nargs="?", metavar="OBJECTIVE",
                    help="units or an objective expression, e.g. layer3:5, layer3:0..3, 'output:3 - 0.5*l1()'")

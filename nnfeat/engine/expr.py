@@ -7,7 +7,7 @@ Examples::
     layer3                           every channel of layer3, one per batch item (a whole expression only)
     layer3.1.conv2:7                 dotted PyTorch names work
     layer3:5@4,6                     the neuron at row 4, column 6
-    -layer3:5                        minimize instead
+    -layer3:5                        minimize instead (read before layer3's ReLU: see engine.objective)
     output:3 - 0.5*diversity("layer2")
     neuron("layer3", 5, x=4, y=4)
     logit(3) + 2*softmax(3) / 4
