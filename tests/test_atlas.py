@@ -216,7 +216,8 @@ def test_pipeline_outputs(model, digits, tmp_path, layout):
     assert cells == result.cells and 1 <= len(cells) <= 16
     assert sum(c["count"] for c in cells) <= record["samples"] == 400
     mosaic = np.asarray(Image.open(tmp_path / "atlas.png"))
-    assert mosaic.shape == (4 * 32, 4 * 32, 3)
+    assert mosaic.shape[0] > 4 * 32 and mosaic.shape[1] >= 4 * 32  # the class legend under it: test_atlas_legend.py
+    mosaic = mosaic[:4 * 32, :4 * 32]
     occupied = {(c["row"], c["col"]) for c in cells}
     for cell in cells:
         assert cell["count"] >= 3

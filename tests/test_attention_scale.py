@@ -150,17 +150,15 @@ class SharpAndFaint(nn.Module):
 
     def __init__(self):
         super().__init__()
-        self.embed = nn.Embedding(len(WORDS), 4)
-        self.attn = nn.Module()
-        self.attn.probs = AttentionProbs()
+        self.embed, self.attn = nn.Embedding(len(WORDS), 4), nn.Module()
+        self.attn.probs = AttentionProbs()   # the probe nnfeat reads the weights from
 
     def forward(self, ids, mask=None):
-        b, t = ids.shape
-        rows = torch.arange(t)
+        t, rows = ids.shape[1], torch.arange(ids.shape[1])
         sharp = torch.zeros(t, t)
         sharp[rows, (rows - 1).clamp_min(0)] = 1
         faint = torch.softmax(torch.eye(t) * 0.3, -1)
-        w = self.attn.probs(torch.stack([sharp, faint])[None].expand(b, -1, -1, -1))
+        w = self.attn.probs(torch.stack([sharp, faint])[None].expand(len(ids), -1, -1, -1))
         return w.sum(1) @ self.embed(ids)
 
 

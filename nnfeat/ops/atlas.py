@@ -7,7 +7,8 @@
 3. layout    -> ``layout.npy`` (UMAP / t-SNE / PCA of the selected samples)
 4. grid      -> ``grid.npz`` (normalized layout, kept cells, their vectors and summaries)
 5. icons     -> ``icons/*.png`` + ``icons/batch-*.json`` (resumable by batch)
-6. stitch    -> ``atlas.png``, ``cells.json``, ``atlas.html`` (when the viewer is installed)
+6. stitch    -> ``atlas.png`` (a class legend under the mosaic when the cells have a top class),
+                ``cells.json``, ``atlas.html`` (when the viewer is installed)
 
 Every stage records a key made of the settings it depends on (and its inputs' keys) and the sha256 digest
 of its file. A re-run reuses a stage whose key matches and whose file loads with the right shape and digest
@@ -53,16 +54,16 @@ from nnfeat.analysis.atlas.settings import CLASS_GRID, CLASS_MIN_COUNT, AtlasSet
 from nnfeat.analysis.atlas.stages import (MAX_ATTRIBUTION_CLASSES, cell_entries, class_name,  # noqa: F401
                                           layout_info, load_stage_grid, load_stage_npy, read_grid, save_npy,
                                           stage_key)
-from nnfeat.analysis.atlas.stitch import save_mosaic
+from nnfeat.analysis.atlas.stitch import stitch
 from nnfeat.analysis.collect import Collected, collect, file_digest, model_logit_count, save_npz
 from nnfeat.data import ImageSet
 from nnfeat.device import autocast_for, precision_used
 from nnfeat.distributed import Ranks, current
 from nnfeat.errors import NnfeatError
-from nnfeat.io import read_json, write_json
+from nnfeat.io import read_json, save_image, write_json
 from nnfeat.models.base import Model, as_model
 from nnfeat.ops.results import Result, check_out_dir, cli_command, weights_flag
-from nnfeat.views.atlas_viewer import write_atlas_html
+from nnfeat.views.atlas_viewer import with_class_legend, write_atlas_html
 from nnfeat.views.sheets import labelled_sheet
 
 @dataclass(repr=False)
@@ -291,8 +292,10 @@ def build_atlas(model: Model, layer: str, images: ImageSet, out: str | Path, set
     mosaic = out / "atlas.png"
     if ranks.writer:
         icon_paths = [icon_dir / icon_name(int(r), int(c)) for r, c in zip(grid.rows, grid.cols)]
-        mosaic = save_mosaic(mosaic, icon_paths, grid.rows, grid.cols, s.grid, s.icon_size)
         cells = cell_entries(grid, cosines, class_names, images)
+        canvas = stitch(icon_paths, grid.rows, grid.cols, s.grid, s.icon_size)
+        picture, legend = with_class_legend(canvas, cells, s.grid)  # a class legend under it when cells have classes
+        mosaic = save_image(mosaic, picture)
         header = {
             "model": model.name, "layer": layer, "layer_shape": list(data.layer_shape), "source": images.name,
             "grid": s.grid, "icon_size": s.icon_size, "samples": int(count), "classes": class_names,
@@ -301,11 +304,13 @@ def build_atlas(model: Model, layer: str, images: ImageSet, out: str | Path, set
                                                        "name": class_name(class_names, class_index)},
             "mean_cosine": float(cosines.mean()), "settings": settings_dict, "layout_fit": fit_info,
             "mosaic": "atlas.png", "device": str(model.device), "precision": precision,
+            **({"legend": {"by": "top_class", "mosaic_height": int(canvas.shape[0]), "classes": legend}}
+               if legend else {}),
         }
         cells_json = write_json(out / "cells.json", {**header, "cells": cells})
         target = "" if class_index is None else f" — class {class_name(class_names, class_index)}"
         title = f"{model.name} {layer}{target}"
-        html = _write_html(out, mosaic, cells, class_names if class_names is not None else images.classes, s.grid,
+        html = _write_html(out, canvas, cells, class_names if class_names is not None else images.classes, s.grid,
                            title, images, model.input_size)
     ranks.barrier()
     if not ranks.writer:  # the other ranks return what rank 0 wrote
@@ -331,7 +336,7 @@ def build_atlas(model: Model, layer: str, images: ImageSet, out: str | Path, set
                        timings=timings, cached=cached, elapsed=time.perf_counter() - started, command=command)
 
 
-def _write_html(out: Path, mosaic: Path, cells: list[dict], classes: list[str] | None, grid: int,
+def _write_html(out: Path, mosaic: np.ndarray, cells: list[dict], classes: list[str] | None, grid: int,
                 title: str, images: ImageSet, size: tuple[int, int]) -> Path:
     """``atlas.html``: the interactive viewer (:mod:`nnfeat.views.atlas_viewer`), member images embedded."""
     members = sorted({m for cell in cells for m in cell["members"]})

@@ -14,12 +14,18 @@ Stable element ids (used by the browser test and handy for scripting): ``#viewpo
 ``#hover-box``, ``#details``, ``#detail-count``, ``#detail-class``, ``#detail-cosine``,
 ``#detail-labels``, ``#detail-members``, ``#class-select``, ``#zoom-in``, ``#zoom-out``, ``#zoom-fit``,
 ``#density`` (the checkbox) and ``#density-canvas`` (the density-scaled mosaic, drawn over ``#mosaic``).
+
+The class legend of ``atlas.png`` (:func:`with_class_legend`): when the cells know their top class, a strip under
+the mosaic -- a small map of the grid, each cell in its top class's colour (the viewer's own colours), and each
+class's swatch, name and cell count. The mosaic above it is left as it was, pixel for pixel.
 """
 
 from __future__ import annotations
 
 import base64
+import colorsys
 import io
+from collections import Counter
 import json
 import os
 from pathlib import Path
@@ -27,14 +33,18 @@ from typing import Any, Mapping, Sequence
 
 import numpy as np
 import torch
-from PIL import Image, UnidentifiedImageError
+from PIL import Image, ImageDraw, UnidentifiedImageError
 
 from nnfeat.analysis.atlas.cells import normalize_cells
 from nnfeat.errors import NnfeatError
 from nnfeat.io import to_uint8, write_text
+from nnfeat.views.sheets import font, stack_rows
 from nnfeat.views.templating import CSP_EMBEDDED, fill_page, template_text
 
-__all__ = ["write_atlas_html"]
+__all__ = ["LEGEND_CLASSES", "class_colour", "class_legend", "legend_cell_px", "legend_strip", "with_class_legend", "write_atlas_html"]
+
+#: the legend names at most this many classes (the most cells first); the rest are counted in one line
+LEGEND_CLASSES = 40
 
 
 def write_atlas_html(
@@ -181,3 +191,75 @@ def _inline_json(payload: Any) -> str:
     """JSON safe to place inside <script type="application/json">: no '<' so no '</script>' can occur."""
     text = json.dumps(payload, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
     return text.replace("<", "\\u003c").replace("\u2028", "\\u2028").replace("\u2029", "\\u2029")
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# the class legend under atlas.png
+
+
+def class_colour(index: int) -> tuple[int, int, int]:
+    """The RGB colour of class ``index``: the viewer's (``atlas.js`` ``classColour``: hue ``index * 137.508 + 12``
+    degrees, saturation 72 %, lightness 48 %), so the PNG and the page agree."""
+    red, green, blue = colorsys.hls_to_rgb(((index * 137.508 + 12) % 360) / 360, 0.48, 0.72)
+    return int(round(red * 255)), int(round(green * 255)), int(round(blue * 255))
+
+
+def class_legend(cells: Sequence[Mapping[str, Any]]) -> list[dict]:
+    """The classes of the cells' ``top_class``, the most cells first (ties: the lower class index):
+    ``[{"index", "name", "cells", "colour": [r, g, b]}]``; ``[]`` when no cell has a top class."""
+    counts = Counter((int(c["top_class"]["index"]), str(c["top_class"]["name"])) for c in cells if c.get("top_class"))
+    order = sorted(counts.items(), key=lambda item: (-item[1], item[0][0]))
+    return [{"index": i, "name": name, "cells": n, "colour": list(class_colour(i))} for (i, name), n in order]
+
+
+def legend_cell_px(grid: int) -> int:
+    """Px per cell of the legend's grid map (at most 96 px a side, cells 3..12 px); its cell (row, col) is at
+    (5 + col * px, 22 + row * px) in the strip."""
+    return max(3, min(12, 96 // grid))
+
+
+def legend_strip(cells: Sequence[Mapping[str, Any]], legend: Sequence[Mapping[str, Any]], grid: int,
+                 width: int) -> np.ndarray:
+    """(H, max(width, 240), 3) uint8: a line saying what the colours are, a map of the ``grid`` x ``grid`` cells
+    each in its top class's colour (row 0 at the top, as in the mosaic), then a swatch, name and cell count per
+    class of ``legend`` (:func:`class_legend`; the first :data:`LEGEND_CLASSES`)."""
+    width = max(int(width), 240)
+    text = font()
+    px = legend_cell_px(grid)
+    shown, rest = list(legend[:LEGEND_CLASSES]), len(legend) - LEGEND_CLASSES
+    items = [f"{entry['name']} ({entry['cells']} cell{'s' if entry['cells'] != 1 else ''})" for entry in shown]
+    items += [f"+{rest} more classes"] if rest > 0 else []
+    draw = ImageDraw.Draw(Image.new("RGB", (1, 1)))
+    place, x, y = [], 4, 0
+    for label in items:  # flow the entries into lines (a picture drawn once)
+        w = 16 + int(np.ceil(draw.textlength(label, font=text))) + 12
+        if x > 4 and x + w > width:
+            x, y = 4, y + 16
+        place.append((x, y))
+        x += w
+    top = 22 + grid * px + 6
+    strip = Image.new("RGB", (width, top + y + 20), (255, 255, 255))
+    draw = ImageDraw.Draw(strip)
+    draw.text((4, 4), "each cell's top class:", fill=(40, 40, 40), font=text)
+    draw.rectangle((4, 21, 5 + grid * px, 22 + grid * px), outline=(200, 200, 200))
+    colours = {entry["index"]: tuple(entry["colour"]) for entry in legend}
+    for cell in cells:
+        if cell.get("top_class"):
+            cx, cy = 5 + int(cell["col"]) * px, 22 + int(cell["row"]) * px
+            draw.rectangle((cx, cy, cx + px - 1, cy + px - 1), fill=colours[int(cell["top_class"]["index"])])
+    for (ex, ey), label, entry in zip(place, items, shown + [None]):
+        if entry is not None:
+            draw.rectangle((ex, top + ey + 2, ex + 11, top + ey + 13), fill=tuple(entry["colour"]))
+        draw.text((ex + 16, top + ey + 1), label, fill=(40, 40, 40), font=text)
+    return np.asarray(strip)
+
+
+def with_class_legend(mosaic: np.ndarray, cells: Sequence[Mapping[str, Any]], grid: int
+                      ) -> tuple[np.ndarray, list[dict]]:
+    """``atlas.png``'s picture: the (H, W, 3) uint8 ``mosaic`` as it is, and under it the :func:`legend_strip` when
+    the cells know their top class. Returns (picture, :func:`class_legend`); the mosaic alone and ``[]`` when none
+    does."""
+    legend = class_legend(cells)
+    if not legend:
+        return mosaic, []
+    return stack_rows([mosaic, legend_strip(cells, legend, grid, mosaic.shape[1])]), legend
