@@ -3,11 +3,13 @@ training time of the embedded text models. One thread, the same run for every ro
 
     OMP_NUM_THREADS=1 .venv/bin/python experiments/bench_text.py [--repeats 5] [--skip-training]
 
-1. ``minilm`` on 64 texts x 128 tokens: the bare eager forward (the same attention kernels, weights formed and
-   dropped), nnfeat's capture (:func:`nnfeat.analysis.token_capture.capture_token_attention`: one eager pass with
-   ``output_attentions=True``), and transformers' default SDPA forward (fused kernels: no weights are formed, the
-   pass a user runs when they do not look at attention). Median of ``--repeats`` interleaved runs, thread CPU
-   time (less sensitive to other processes on a shared machine) and wall time.
+1. ``minilm`` on 64 texts x 128 tokens: the bare eager forward (weights formed and dropped), the eager capture
+   (one eager pass with ``output_attentions=True``, the route nnfeat took before), nnfeat's capture
+   (:func:`nnfeat.analysis.token_capture.capture_token_attention` on the model as ``load_model`` gives it: the
+   fused SDPA pass, each layer's weights computed beside it from the call's queries and keys), and transformers'
+   default SDPA forward (fused kernels: no weights are formed, the pass a user runs when they do not look at
+   attention). Median of ``--repeats`` interleaved runs, thread CPU time (less sensitive to other processes on a
+   shared machine) and wall time.
 2. The head view of ``minilm`` at 512 tokens (6 layers x 12 heads): the page's size, and its load time in
    headless Chromium (the page's own ``loadMs`` and the browser's navigation timing); bertviz's head view fails
    or crawls at a few hundred tokens.
@@ -50,7 +52,9 @@ def timed(fn) -> tuple[float, float]:
 def capture_table(repeats: int) -> list[str]:
     import transformers  # noqa: PLC0415 - reason: optional extra (nnfeat[text])
 
-    model = load_model("minilm", device="cpu")
+    model = load_model("minilm", device="cpu")  # SDPA attention: what every nnfeat pass runs
+    eager = load_model("minilm", device="cpu")
+    eager.net.set_attn_implementation("eager")
     sdpa = transformers.AutoModel.from_pretrained(str(minilm_path()), local_files_only=True).eval()
     batch = model.encode([f"Text number {i}. " + BASE * 4 for i in range(64)])
     sep = model.tokenizer.id_of("sep")
@@ -60,14 +64,16 @@ def capture_table(repeats: int) -> list[str]:
 
     def bare():
         with torch.no_grad():
-            model.net(input_ids=ids, attention_mask=mask.long())
+            eager.net(input_ids=ids, attention_mask=mask.long())
 
     def fused():
         with torch.no_grad():
             sdpa(input_ids=ids, attention_mask=mask.long())
 
-    runs = {"bare eager forward": bare, "nnfeat capture (eager, weights kept)": lambda: capture_token_attention(
-        model, fixed), "transformers SDPA forward (no weights)": fused}
+    runs = {"bare eager forward": bare,
+            "eager capture (output_attentions=True)": lambda: capture_token_attention(eager, fixed),
+            "nnfeat capture (SDPA + weights)": lambda: capture_token_attention(model, fixed),
+            "transformers SDPA forward (no weights)": fused}
     for fn in runs.values():
         fn()  # warm-up
     cpu = {k: [] for k in runs}
