@@ -1,4 +1,4 @@
-"""``--scale figure|head`` of ``nnfeat attention``: a head whose weights are all small is nearly dark on the
+"""``--scale figure|per-map`` of ``nnfeat attention``: a head whose weights are all small is nearly dark on the
 figure's one scale and uses the whole colour range on its own; the figure, the record and the equivalent command
 say which scale. Image ViTs (a hand-set transformer with a known answer, digits-vit through the CLI) and token
 models (a hand-built layer, dates-seq2seq's cross attention)."""
@@ -82,7 +82,7 @@ def table_positions(colour: torch.Tensor) -> torch.Tensor:
 def test_a_faint_head_is_dark_on_the_figure_scale_and_full_range_on_its_own():
     model, images = two_heads()
     figure = attention(model, images)
-    head = attention(model, images, scale="head")
+    head = attention(model, images, scale="per-map")
     assert torch.equal(figure.maps, head.maps)
     faint = figure.maps[0, 0, 1]
     assert float(faint.max()) < 0.1 and float(faint.max() - faint.min()) > 1e-4   # nearly uniform, not flat
@@ -108,11 +108,11 @@ def test_a_faint_head_is_dark_on_the_figure_scale_and_full_range_on_its_own():
     assert view.scale_note() == HEAD_SCALE_NOTE and "each head has its own scale" in HEAD_SCALE_NOTE
     assert figure._view().grid_captions(0)[2].splitlines()[-1] == f"max {hi:.3g}"
     record = head.record()
-    assert record["scale"]["mode"] == "head" and figure.record()["scale"]["mode"] == "figure"
+    assert record["scale"]["mode"] == "per-map" and figure.record()["scale"]["mode"] == "figure"
     limits = record["images"][0]["maps"][1]["scale"]
     assert limits == pytest.approx({"vmin": lo, "vmax": hi})
     assert "scale" not in figure.record()["images"][0]["maps"][1]
-    assert "--scale head" in head.command and "--scale" not in figure.command
+    assert "--scale per-map" in head.command and "--scale" not in figure.command
     assert head.sheet().shape[1] == figure.sheet().shape[1] and not np.array_equal(head.sheet(), figure.sheet())
 
 
@@ -126,9 +126,9 @@ def test_figure_scale_is_the_default_and_a_bad_scale_is_one_line():
 def test_cli_scale_head_on_digits_vit(tmp_path, capsys):
     out = tmp_path / "attn"
     assert cli.main(["attention", "digits-vit", "--images", "digits", "--n", "2", "--weights", "random",
-                     "--scale", "head", "--quiet", "--out", str(out)]) == 0
+                     "--scale", "per-map", "--quiet", "--out", str(out)]) == 0
     record = json.loads((out / "attention.json").read_text())
-    assert record["scale"]["mode"] == "head" and " --scale head" in record["command"]
+    assert record["scale"]["mode"] == "per-map" and " --scale per-map" in record["command"]
     maps = np.load(out / "attention-maps.npz")["maps"]   # (B, L, K, gh, gw)
     entry = record["images"][1]["maps"][5]                # image 1, layer 1, head 1
     assert entry["scale"]["vmin"] == pytest.approx(float(maps[1, 1, 1].min()))
@@ -173,12 +173,12 @@ def cell(figure, l: int, h: int) -> np.ndarray:
 
 
 def test_token_model_view_per_head_scale(tmp_path):
-    result = token_attention(faint_model(), ["w1 w2 w3 w4 w5"], scale="head")
+    result = token_attention(faint_model(), ["w1 w2 w3 w4 w5"], scale="per-map")
     plain = token_attention(faint_model(), ["w1 w2 w3 w4 w5"])
     stack = result.stack(["attn.probs"], 0)
     tokens = result.tokens[0]
     fig = model_view_figure(stack, tokens, tokens, layer_names=["attn.probs"], scores=result.scores, scale="figure")
-    own = model_view_figure(stack, tokens, tokens, layer_names=["attn.probs"], scores=result.scores, scale="head")
+    own = model_view_figure(stack, tokens, tokens, layer_names=["attn.probs"], scores=result.scores, scale="per-map")
     top, bottom = TOP.numpy(), BOTTOM.numpy()
     faint_fig, faint_own = cell(fig, 0, 1), cell(own, 0, 1)
     assert faint_fig.mean() < 0.35 and np.abs(faint_fig - bottom).max() < 0.3      # dark on the figure's scale
@@ -193,7 +193,7 @@ def test_token_model_view_per_head_scale(tmp_path):
     assert np.array_equal(saved, own.image)
     assert np.array_equal(np.asarray(Image.open(tmp_path / "figure" / "model-view-0.png").convert("RGB")), fig.image)
     record = json.loads((tmp_path / "head" / "attention.json").read_text())
-    assert record["scale"] == "head" and record["command"].split(" --text")[0].endswith("--scale head")
+    assert record["scale"] == "per-map" and record["command"].split(" --text")[0].endswith("--scale per-map")
     assert json.loads((tmp_path / "figure" / "attention.json").read_text())["scale"] == "figure"
     with pytest.raises(NnfeatError, match="unknown scale 'cell'"):
         token_attention(faint_model(), ["w1 w2"], scale="cell")
@@ -206,15 +206,15 @@ def test_decoding_steps_per_head_scale_and_dates_seq2seq(tmp_path):
     w[1, :, 3] = 0.05                  # head 1: all small, the last source token the largest
     src, tgt = ["a", "b", "c", "d"], ["x", "y", "z"]
     fig = steps_figure(w, src, tgt, scale="figure")
-    own = steps_figure(w, src, tgt, scale="head")
+    own = steps_figure(w, src, tgt, scale="per-map")
     top = tuple(int(v) for v in (TOP * 255).round())
     # head 1's strip: a row of 10 px per head; on its own scale its largest weight is the top colour
     assert (own == np.array(top, dtype=np.uint8)).all(-1).sum() > (fig == np.array(top, dtype=np.uint8)).all(-1).sum()
     with pytest.raises(NnfeatError, match="unknown scale 'x'"):
         steps_figure(w, src, tgt, scale="x")
     model = load_model("dates-seq2seq", weights="random", device="cpu")
-    result = token_attention(model, ["25th of June, 2009"], scale="head")
+    result = token_attention(model, ["25th of June, 2009"], scale="per-map")
     result.save(tmp_path / "dates", timing=False)
     names = {p.name for p in (tmp_path / "dates").iterdir()}
     assert {"model-view-0.png", "cross-view-0.png", "steps-0.png"} <= names
-    assert json.loads((tmp_path / "dates" / "attention.json").read_text())["scale"] == "head"
+    assert json.loads((tmp_path / "dates" / "attention.json").read_text())["scale"] == "per-map"

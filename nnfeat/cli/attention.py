@@ -25,7 +25,7 @@ def register(sub) -> None:
                     "per text the layers x heads model view, the head view (an offline page of token-to-token "
                     "lines), for encoder-decoder models the source x target cross attention, and every head's "
                     "scores (previous-token, induction, diagonal, first-token sink, alignment). One colour scale "
-                    "per figure, or with --scale head one per head (its limits written under it).")
+                    "per figure, or with --scale per-map one per head (its limits written under it).")
     add_model(p)
     add_images(p, required=False)
     add_texts(p, target=True)
@@ -48,7 +48,7 @@ def register(sub) -> None:
     p.add_argument("--target", default=None, metavar="C|pred",
                    help="with --grad-rollout: the class (number or name; default pred, each image's prediction)")
     p.add_argument("--scale", choices=SCALE_CHOICES, default="figure",
-                   help="figure: one colour scale for every head map (default); head: each head map on its own "
+                   help="figure: one colour scale for every head map (default); per-map: each head map on its own "
                         "scale, its limits written under its tile (a head with small weights is not drawn dark)")
     p.add_argument("--batch", type=int, default=16, help="images per forward pass (default 16)")
     p.add_argument("--save-weights", action="store_true",

@@ -5,7 +5,7 @@ token's -- or the chosen query token's -- attention over the patches per head, o
 overlaid on the image. With ``rollout`` / ``grad_rollout`` it adds the attention rollout (Abnar & Zuidema
 2020) and the gradient-weighted rollout for a class (Chefer et al. 2021) as figures of their own. Each figure
 has one colour scale (viridis-like, its smallest .. its largest value), stated in a colour bar under it; with
-``scale="head"`` each head map of the grid has its own (its min .. its max, written under its tile), so a head
+``scale="per-map"`` each head map of the grid has its own (its min .. its max, written under its tile), so a head
 whose weights are all small is not drawn nearly black beside a sharp one. The
 computation is :mod:`nnfeat.analysis.attention`, the drawing :mod:`nnfeat.views.attention_page`.
 
@@ -78,7 +78,7 @@ class AttentionResult(Result):
     command: str | None = None
     #: each image's name (a folder source's relative file paths), shown instead of its index; None: indices
     image_names: list[str] | None = None
-    #: the head maps' colour scale: ``figure`` (one for the grid) or ``head`` (one per map; ``scale`` then holds
+    #: the head maps' colour scale: ``figure`` (one for the grid) or ``per-map`` (one per map; ``scale`` then holds
     #: vmin/vmax (B, L*K))
     scale_mode: str = "figure"
     kind: ClassVar[str] = "attention"
@@ -112,7 +112,7 @@ class AttentionResult(Result):
         targets = [self._class_text(t) for t in self.targets] if self.targets is not None else None
         return page.AttentionFigure(self.inputs, self.overlays, self.maps, self.scale, self.layers, self.head_labels,
                                     [self.image_caption(i) for i in range(len(self.inputs))], rollouts, self.fusion,
-                                    targets, per_head=self.scale_mode == "head")
+                                    targets, per_head=self.scale_mode == "per-map")
 
     def captions(self) -> list[str]:
         """One caption per tile of :attr:`images` (per image: its head maps, layer by layer, then its rollouts)."""
@@ -123,7 +123,7 @@ class AttentionResult(Result):
 
     def record(self) -> dict:
         per_image = []
-        per_head = self.scale_mode == "head"
+        per_head = self.scale_mode == "per-map"
         k_maps = self.maps.shape[2]
         if per_head:  # (B, L*K) limits of each map's own scale
             lows, highs = self.scale.vmin.tolist(), self.scale.vmax.tolist()
@@ -181,7 +181,7 @@ def check_request(model, layers=None, head: int | str = "all", query: int | None
                   size: Sequence[int] | None = None, scale: str = "figure"
                   ) -> tuple[list[at.AttentionLayer], int | str, at.TokenLayout]:
     """Check an attention request before any image is read: the layers exist, the head and query token are in
-    range, ``target`` comes with gradient rollout and names a class, ``scale`` is ``figure`` or ``head``. Returns
+    range, ``target`` comes with gradient rollout and names a class, ``scale`` is ``figure`` or ``per-map``. Returns
     (layers, head, token layout at ``size``, default the model's input size). One-line :class:`NnfeatError`
     otherwise."""
     return _check_request(as_model(model), layers, head, query, grad_rollout=grad_rollout, target=target,
@@ -191,7 +191,7 @@ def check_request(model, layers=None, head: int | str = "all", query: int | None
 def check_scale(scale: str) -> str:
     """``figure`` or ``head``, else a one-line :class:`NnfeatError`."""
     if scale not in page.SCALE_CHOICES:
-        raise NnfeatError(f"unknown scale '{scale}': use figure (one colour scale for every head map) or head "
+        raise NnfeatError(f"unknown scale '{scale}': use figure (one colour scale for every head map) or per-map "
                           "(each head map on its own scale)")
     return scale
 
@@ -231,7 +231,7 @@ def attention(model: Model, images: ImageSet | torch.Tensor, *, layers: str | Se
     ``head``: ``all`` (default), ``mean``, ``max`` or a head number; ``query``: the query token (default the
     class token); ``rollout``: add attention rollout over every layer (heads fused by ``fusion``);
     ``grad_rollout``: add gradient-weighted rollout for ``target`` (``pred`` (default), a class number or
-    name); ``scale``: ``figure`` (default: one colour scale for every head map) or ``head`` (each map its own,
+    name); ``scale``: ``figure`` (default: one colour scale for every head map) or ``per-map`` (each map its own,
     its limits written under its tile and in the record)."""
     started = time.perf_counter()
     model = as_model(model)

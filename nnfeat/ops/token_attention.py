@@ -1,7 +1,7 @@
 """``attention`` on token models: every head's query x key weights over the tokens of texts, with scores.
 
 For each text: the model view (the layers x heads grid of attention matrices, one colour scale, or with
-``scale="head"`` one per head, its limits under its cell), the head view
+``scale="per-map"`` one per head, its limits under its cell), the head view
 (an offline page of token-to-token lines with hover, and its SVG), and for an encoder-decoder model the source x
 target cross attention of the best-aligned head (the NMT figure) and its rows over decoding steps. Beside every
 head, its scores (:mod:`nnfeat.analysis.head_scores`): previous-token, diagonal and first-token (sink) on the
@@ -76,7 +76,7 @@ class TokenAttentionResult(Result):
     elapsed: float = 0.0
     #: write every layer's (B, H, Tq, Tk) weights into ``attention.npz`` (float32; 70 MB for minilm at 512 tokens)
     save_weights: bool = False
-    #: the model views' and decoding-step figures' colour scale: ``figure`` (one) or ``head`` (one per head)
+    #: the model views' and decoding-step figures' colour scale: ``figure`` (one) or ``per-map`` (one per head)
     scale: str = "figure"
 
     kind = "attention"
@@ -197,7 +197,7 @@ def token_attention(model: TokenModel, texts: TextSet | Sequence[str], *, target
         rollout: add attention rollout over the input side's self-attention layers.
         seed: the induction probe's random tokens.
         save_weights: ``.save`` also writes the weights (``attention.npz``).
-        scale: ``figure`` (one colour scale per figure, default) or ``head`` (the model views and the decoding-step
+        scale: ``figure`` (one colour scale per figure, default) or ``per-map`` (the model views and the decoding-step
             figure give each head its own 0..max, written under its cell / beside its name).
 
     Raises:
@@ -206,7 +206,7 @@ def token_attention(model: TokenModel, texts: TextSet | Sequence[str], *, target
     """
     started = time.perf_counter()
     if scale not in MODEL_SCALES:
-        raise NnfeatError(f"unknown scale '{scale}': use figure (one colour scale per figure) or head (one per head)")
+        raise NnfeatError(f"unknown scale '{scale}': use figure (one colour scale per figure) or per-map (one per head)")
     texts = texts if isinstance(texts, TextSet) else load_texts(list(texts))
     if target_texts is not None and model.kind != "seq2seq":
         raise NnfeatError(f"{model.name} is a {model.kind} model: target texts are for encoder-decoder models")

@@ -22,7 +22,7 @@ __all__ = ["HEAD_SCALE_NOTE", "SCALE_CHOICES", "SHEET_TILE", "AttentionFigure", 
            "image_caption", "map_limits", "small"]
 
 #: the head maps' colour scale: one for the figure (default) or one per head map
-SCALE_CHOICES = ("figure", "head")
+SCALE_CHOICES = ("figure", "per-map")
 #: what the colour bar says under a figure whose maps each have their own scale
 HEAD_SCALE_NOTE = "each head has its own scale (limits under each tile): attention weight from that map's min to its max"
 

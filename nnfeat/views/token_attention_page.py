@@ -39,7 +39,7 @@ __all__ = ["HEAD_SCALE_NOTE", "LABEL_TOKENS", "MODEL_SCALES", "ModelViewFigure",
 
 #: token labels are written on each model-view cell when both its sides have at most this many tokens
 LABEL_TOKENS = 24
-MODEL_SCALES = ("figure", "head")
+MODEL_SCALES = ("figure", "per-map")
 #: what the colour bar says under a figure whose heads each have their own scale
 HEAD_SCALE_NOTE = "Each head has its own scale (limits under each tile)"
 _LABEL_PX = 12          # px per token when labels are written (a 10 px font row)
@@ -146,7 +146,7 @@ def _block_note(block: int, px: int) -> str:
 class ModelViewFigure:
     """A drawn attention figure: ``image`` (H, W, 3) uint8; ``boxes[(l, h)]`` the (x, y, width, height) px of cell
     (layer l, head h)'s matrix; ``px`` px per token and ``block`` tokens per pixel (one of them is 1);
-    ``vmax`` the top of the scale (a float, or an (L, H) array for ``scale="head"``)."""
+    ``vmax`` the top of the scale (a float, or an (L, H) array for ``scale="per-map"``)."""
 
     image: np.ndarray
     boxes: dict[tuple[int, int], tuple[int, int, int, int]] = field(default_factory=dict)
@@ -191,7 +191,7 @@ def model_view_figure(weights, tokens_q: Sequence[str], tokens_k: Sequence[str],
     w = as_attention(weights)
     n_layers, n_heads, tq, tk = w.shape
     if scale not in MODEL_SCALES:
-        raise NnfeatError(f"unknown scale '{scale}': use figure (one 0..max for every cell) or head (0..max per head)")
+        raise NnfeatError(f"unknown scale '{scale}': use figure (one 0..max for every cell) or per-map (0..max per head)")
     tokens_q, tokens_k = _check_tokens(tokens_q, tq, "tokens_q"), _check_tokens(tokens_k, tk, "tokens_k")
     layer_names = [str(n) for n in layer_names]
     if len(layer_names) != n_layers:
@@ -213,7 +213,7 @@ def model_view_figure(weights, tokens_q: Sequence[str], tokens_k: Sequence[str],
     mh, mw = colours.shape[2:4]
     left = _label_room(tokens_q, 1) if labelled else 0
     top_room = _label_room(tokens_k, 1) if labelled else 0
-    caption = 1 + (scale == "head") + len(table)
+    caption = 1 + (scale == "per-map") + len(table)
     cell_w, cell_h = max(left + mw, 72), top_room + mh + 15 * caption + 4
     band, title_h = 16, (20 if title else 0)
     width = _PAD + n_heads * (cell_w + _PAD)
@@ -236,7 +236,7 @@ def model_view_figure(weights, tokens_q: Sequence[str], tokens_k: Sequence[str],
                 sheet.paste(rows, (x0, my - _M))
             sheet.paste(Image.fromarray(np.ascontiguousarray(colours[l, h])), (mx, my))
             boxes[(l, h)] = (mx, my, mw, mh)
-            lines = [f"L{l} H{h}"] + ([f"0..{_fmt(float(heads_max[l, h]))}"] if scale == "head" else [])
+            lines = [f"L{l} H{h}"] + ([f"0..{_fmt(float(heads_max[l, h]))}"] if scale == "per-map" else [])
             lines += [f"{name} {_fmt(float(v[l, h]))}".replace("nan", "-") for name, v in table.items()]
             for i, line in enumerate(lines):
                 draw.text((x0, my + mh + 2 + 15 * i), line, fill=_INK, font=_TEXT)
@@ -265,7 +265,7 @@ def model_view_png(weights, tokens_q: Sequence[str], tokens_k: Sequence[str], pa
         layer_names: L names (written at the start of each row).
         scores: per-head scores printed under each cell (:func:`score_table`: ``{score: (L, H)}`` or
             ``{layer: {score: H values}}``), or None.
-        scale: ``figure`` (one 0..max for all cells) or ``head`` (0..max of each head, the max written).
+        scale: ``figure`` (one 0..max for all cells) or ``per-map`` (0..max of each head, the max written).
     Returns the path of the PNG (written atomically; the same input gives the same bytes).
     """
     fig = model_view_figure(weights, tokens_q, tokens_k, layer_names=layer_names, scores=scores, scale=scale,
@@ -319,7 +319,7 @@ def steps_figure(weights, source_tokens: Sequence[str], target_tokens: Sequence[
                  ) -> np.ndarray:
     """The evolution over decoding steps (see :func:`steps_png`) as an (H, W, 3) uint8 picture."""
     if scale not in MODEL_SCALES:
-        raise NnfeatError(f"unknown scale '{scale}': use figure (one 0..max for every head) or head (0..max per head)")
+        raise NnfeatError(f"unknown scale '{scale}': use figure (one 0..max for every head) or per-map (0..max per head)")
     w = torch.as_tensor(np.asarray(weights) if not torch.is_tensor(weights) else weights).detach().float().cpu()
     if w.dim() == 2:
         w = w[None]
@@ -334,7 +334,7 @@ def steps_figure(weights, source_tokens: Sequence[str], target_tokens: Sequence[
     maps = maps.reshape(steps, heads, -1)
     px = min(px, 20)
     vmax = float(w.max()) or 1.0
-    if scale == "head":  # each head's 0..max over every step: (H,) limits, written beside the head's name
+    if scale == "per-map":  # each head's 0..max over every step: (H,) limits, written beside the head's name
         top = w.amax((0, 2))
         top = torch.where(top > 0, top, torch.ones_like(top))
         names = [f"{n} 0..{_fmt(v)}" for n, v in zip(names, top.tolist())]
@@ -344,7 +344,7 @@ def steps_figure(weights, source_tokens: Sequence[str], target_tokens: Sequence[
     row_h = 10 if heads > 1 else 14
     strips = np.repeat(np.repeat(colours, row_h, 1), px, 2)  # (S, H*row_h... per head rows)
     left = 8 + max(_text_width(f"{s}: {_shown(t)}", _TEXT) for s, t in enumerate(targets))
-    hname = max(_text_width(n, _SMALL) for n in names) + 4 if heads > 1 or scale == "head" else 0
+    hname = max(_text_width(n, _SMALL) for n in names) + 4 if heads > 1 or scale == "per-map" else 0
     src, spx, stride = _axis(sources, px, block)
     clab = _col_labels(src, spx, stride, _label_room(src, stride, _TEXT), _TEXT)
     mean = w.mean(1)  # (S, Tk)
@@ -363,7 +363,7 @@ def steps_figure(weights, source_tokens: Sequence[str], target_tokens: Sequence[
     for s in range(steps):  # one strip per decoding step
         y = title_h + clab.height + s * (strip_h + gap)
         draw.text((_PAD, y + strip_h / 2), f"{s}: {_shown(targets[s])}", fill=_INK, font=_TEXT, anchor="lm")
-        for h in range(heads if heads > 1 or scale == "head" else 0):
+        for h in range(heads if heads > 1 or scale == "per-map" else 0):
             draw.text((x - 2, y + h * row_h + row_h / 2), names[h], fill=_INK, font=_SMALL, anchor="rm")
         pic.paste(Image.fromarray(np.ascontiguousarray(strips[s].reshape(strip_h, mw, 3))), (x, y))
         p = int(peak[s])
@@ -389,7 +389,7 @@ def steps_png(weights, source_tokens: Sequence[str], target_tokens: Sequence[str
             (one head).
         source_tokens: Tk tokens; target_tokens: S tokens, the one produced at each step.
         head_names: H names (default ``H0``...).
-        scale: ``figure`` (one 0..max for every head) or ``head`` (0..max of each head over the steps, written
+        scale: ``figure`` (one 0..max for every head) or ``per-map`` (0..max of each head over the steps, written
             beside its name).
     Returns the path (PNG written atomically, same bytes for the same input).
     """
