@@ -2,7 +2,7 @@
 ``IntegratedGradients``, ``Occlusion`` and ``LayerGradCam``, and pytorch-grad-cam's ``GradCAM``, on the trained
 cifar10-resnet20 and 8 images of a seeded stratified sample (``experiments/_sample.py``), each explaining its
 predicted class, at one thread. Each reference call is set to nnfeat's definition (said beside it); Pearson r
-per image >= 0.9999 and the largest difference within 1e-4 of the map's scale. captum and pytorch-grad-cam are
+per image >= 0.9999 and the largest difference within 2e-3 of the map's scale (``REL_DIFF``). captum and pytorch-grad-cam are
 test extras (``pip install .[test]``): a missing one is an import error here, not a skip.
 """
 
@@ -18,12 +18,16 @@ from captum.attr import IntegratedGradients, LayerAttribution, LayerGradCam, Occ
 from pytorch_grad_cam import GradCAM
 from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
 
-from nnfeat.analysis.saliency import predicted_classes, saliency_maps
+from nnfeat.analysis.saliency import predicted_classes
 from nnfeat.data import load_images
+from nnfeat.ops.saliency import saliency
 
 REPO = Path(__file__).resolve().parents[1]
 R_MIN = 0.9999
-REL_DIFF = 1e-4
+#: the largest |difference| / max |map|: nnfeat's passes run on the fast network (BatchNorm folded, channels-last:
+#: nnfeat.analysis.fast_path), the same function rounded differently (~1e-6); where a ReLU sits at its kink on one
+#: of IG's path images that rounding flips its gradient, so one pixel may move by ~1e-3 of the map's scale
+REL_DIFF = 2e-3
 
 
 def _load_sample_module():
@@ -47,6 +51,14 @@ def case(cifar_resnet20, shared_dir, one_thread):
     source = _load_sample_module().stratified(load_images(shared_dir / "data" / "cifar10_test.npz"), 8, 0)
     images = torch.cat(list(source.iter_batches(8, cifar_resnet20.input_size)))
     return cifar_resnet20, images, predicted_classes(cifar_resnet20, images)
+
+
+def nnfeat_maps(model, images, method: str, targets: torch.Tensor, **options) -> torch.Tensor:
+    """(B, H, W) maps as ``nnfeat saliency`` makes them (the public operation, on its fast network), no numbers;
+    its targets must be the predicted classes the references are given."""
+    result = saliency(model, images, method, numbers=False, **options)
+    assert result.targets == targets.tolist()
+    return result.methods[0].maps
 
 
 def pearson(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
@@ -76,7 +88,7 @@ def minmax(maps: torch.Tensor) -> torch.Tensor:
 
 def test_gradient_equals_captum_saliency(case):
     model, images, targets = case
-    mine = saliency_maps(model, images, targets, "gradient")
+    mine = nnfeat_maps(model, images, "gradient", targets)
     # captum's Saliency takes |grad| by default; nnfeat's "gradient" is the signed gradient summed over channels
     ref = Saliency(model).attribute(images.clone(), target=targets, abs=False).sum(1)
     assert_equal_maps(mine, ref, "gradient vs captum Saliency(abs=False)")
@@ -85,14 +97,14 @@ def test_gradient_equals_captum_saliency(case):
 def test_the_check_tells_a_different_definition_apart(case):
     """captum's default, |grad| summed over the channels, is a different map: the check must notice."""
     model, images, targets = case
-    mine = saliency_maps(model, images, targets, "gradient")
+    mine = nnfeat_maps(model, images, "gradient", targets)
     ref = Saliency(model).attribute(images.clone(), target=targets).sum(1)  # abs=True
     assert float(pearson(mine, ref).max()) < R_MIN
 
 
 def test_integrated_gradients_equal_captum(case):
     model, images, targets = case
-    mine = saliency_maps(model, images, targets, "integrated-gradients", alphas=32, baseline="black")
+    mine = nnfeat_maps(model, images, "integrated-gradients", targets, alphas=32, baseline="black")
     # nnfeat: the midpoint rule, alphas (k + 1/2) / 32, from a black (all-zero, in [0, 1] pixels) baseline
     ref = IntegratedGradients(model).attribute(images, baselines=torch.zeros_like(images), target=targets,
                                                n_steps=32, method="riemann_middle", internal_batch_size=256).sum(1)
@@ -101,7 +113,7 @@ def test_integrated_gradients_equal_captum(case):
 
 def test_occlusion_equals_captum(case):
     model, images, targets = case
-    mine = saliency_maps(model, images, targets, "occlusion")
+    mine = nnfeat_maps(model, images, "occlusion", targets)
     # nnfeat's defaults: a 4 px window (min(H, W) // 8) over all three channels, stride 2 px, black (0) fill, the
     # drop averaged over the windows covering each pixel (captum divides by the same count); for 32 px both slide
     # the windows 0, 2, ..., 28, so the last one touches the edge in both
@@ -113,17 +125,17 @@ def test_occlusion_equals_captum(case):
 
 def test_gradcam_equals_captum_layer_gradcam(case):
     model, images, targets = case
-    mine_grid = saliency_maps(model, images, targets, "gradcam", layer="layer3")
+    mine = nnfeat_maps(model, images, "gradcam", targets, layer="layer3")
     # nnfeat: ReLU(sum_c mean_hw(G_c) A_c), upsampled bilinearly (align_corners=False) to the input
     lgc = LayerGradCam(model, model.module("layer3"))
     ref = lgc.attribute(images, target=targets, relu_attributions=True)
     ref = LayerAttribution.interpolate(ref, tuple(images.shape[-2:]), interpolate_mode="bilinear")[:, 0]
-    assert_equal_maps(mine_grid, ref, "Grad-CAM vs captum LayerGradCam")
+    assert_equal_maps(mine, ref, "Grad-CAM vs captum LayerGradCam")
 
 
 def test_gradcam_equals_pytorch_grad_cam(case):
     model, images, targets = case
-    mine = saliency_maps(model, images, targets, "gradcam", layer="layer3")
+    mine = nnfeat_maps(model, images, "gradcam", targets, layer="layer3")
     # pytorch-grad-cam returns each map min-max scaled to [0, 1] and resized by cv2 (bilinear, half-pixel centres,
     # as nnfeat's upsampling): compare after the same scaling. nnfeat's model has frozen weights, so the graph
     # starts at an input that requires grad.
@@ -136,7 +148,7 @@ def test_gradcam_equals_pytorch_grad_cam(case):
 
 def test_gradcam_of_another_layer_is_told_apart(case):
     model, images, targets = case
-    mine = saliency_maps(model, images, targets, "gradcam", layer="layer3")
+    mine = nnfeat_maps(model, images, "gradcam", targets, layer="layer3")
     with GradCAM(model=model, target_layers=[model.module("layer2")]) as cam:
         ref = torch.from_numpy(cam(input_tensor=images.clone().requires_grad_(True),
                                    targets=[ClassifierOutputTarget(int(c)) for c in targets]))
