@@ -276,6 +276,20 @@ def test_heatmap_channels_with_top_refused(inputs, tmp_path, capsys):
         nnfeat.heatmap(nnfeat.load_model("digits-cnn"), "conv1:0..3", torch.rand(2, 3, 32, 32), top=2)
 
 
+def test_heatmap_top_with_reduce_refused(inputs, tmp_path, capsys):
+    """``--reduce sum --top 2`` drew one map of every channel, the 2 ignored; now one line says which to drop."""
+    out = tmp_path / "out"
+    code, lines, _ = run(["heatmap", "digits-cnn", "conv1", "--top", "2", "--reduce", "sum", "--images",
+                          inputs / "good.npz", "--out", out], capsys)
+    assert_one_line(code, lines, "--top 2", "--reduce sum draws one map of every channel", "drop --top",
+                    "drop --reduce")
+    assert files_in(out) == []
+    import nnfeat
+    with pytest.raises(NnfeatError, match="--reduce norm"):
+        nnfeat.heatmap(nnfeat.load_model("digits-cnn"), "conv1", torch.rand(2, 3, 32, 32), top=2, reduce="norm")
+    assert nnfeat.heatmap(nnfeat.load_model("digits-cnn"), "conv1", torch.rand(2, 3, 32, 32), reduce="norm").maps.shape[1] == 1
+
+
 def test_ensemble_of_one_model_twice_refused(inputs, tmp_path, capsys):
     """Its mutual information is 0 by construction: refused by name (CLI) and by weights (API)."""
     out = tmp_path / "out"

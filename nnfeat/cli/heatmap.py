@@ -48,7 +48,7 @@ def cmd_heatmap(args) -> int:
     units = parse_units(args.layer)
     if args.top is not None:
         positive("top", args.top)
-        check_top(args.top, units)  # before the model loads
+        check_top(args.top, units, args.reduce)  # before the model loads
     positive("n", args.n)
     positive("batch", args.batch)
     out = check_out_dir(args.out)

@@ -121,9 +121,14 @@ class HeatmapResult(Result):
                                            self.labels)
 
 
-def check_top(top: int | None, units: Units) -> None:
+def check_top(top: int | None, units: Units, reduce: str = "channels") -> None:
     """A one-line error when ``top`` (the K strongest channels of a whole layer) is given with ``units`` that
-    name their own channels (``layer2:0..3 --top 2`` would draw all 4 maps, silently)."""
+    name their own channels (``layer2:0..3 --top 2`` would draw all 4 maps, silently), or with a ``reduce``
+    that draws one map of every channel (``--reduce sum --top 2`` would ignore the 2, silently)."""
+    if top is not None and reduce != "channels":
+        raise NnfeatError(f"--top {top} picks channels to draw one map each, but --reduce {reduce} draws one map of "
+                          f"every channel: drop --top (one {reduce} map of the whole layer), or drop --reduce "
+                          f"(the {top} strongest channels)")
     if top is not None and units.channels is not None:
         raise NnfeatError(f"--top {top} picks the strongest channels of a whole layer, but '{units}' names "
                           f"{len(units.channels)} channels itself: drop --top (to draw those), or give the plain "
@@ -139,7 +144,7 @@ def heatmap(model: Model, units: str | Units, images: ImageSet | torch.Tensor, *
     parsed, channels = model.units(units)
     channels_all = list(channels)
     check_spatial(model, parsed.layer)
-    check_top(top, parsed)
+    check_top(top, parsed, reduce)
     if top is None:
         top = min(8, len(channels))
     elif parsed.channels is None and reduce == "channels" and not 1 <= top <= len(channels):
