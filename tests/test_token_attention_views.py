@@ -83,7 +83,7 @@ def test_model_view_bytes_identical_and_cells_show_known_weights(tmp_path):
     assert _pixel(saved, fig.boxes[(0, 1)], fig.px, 3, 0) == MIDDLE
     assert _pixel(saved, fig.boxes[(0, 1)], fig.px, 3, 1) == BOTTOM
     # per head: that head's own max (0.5) is the top colour
-    head = model_view_figure(w, _tokens(6), _tokens(6), layer_names=names, scale="head")
+    head = model_view_figure(w, _tokens(6), _tokens(6), layer_names=names, scale="per-map")
     assert _pixel(head.image, head.boxes[(0, 1)], head.px, 3, 0) == TOP
     assert np.allclose(head.vmax[0, 1], 0.5)
 
