@@ -230,10 +230,15 @@ def _sides(model, images: torch.Tensor, targets: torch.Tensor, args) -> list[dic
     return out
 
 
-def _clock(fn):
+def _clock(fn, min_seconds: float = 1.0):
+    """(wall s, CPU s, result) of one call of ``fn``: calls shorter than ``min_seconds`` are repeated until
+    that much time has passed and the time is divided (a 0.2 s row is otherwise timer and scheduler noise)."""
     wall, cpu = time.perf_counter(), time.process_time()
-    result = fn()
-    return time.perf_counter() - wall, time.process_time() - cpu, result
+    result, calls = fn(), 1
+    while time.perf_counter() - wall < min_seconds:
+        fn()
+        calls += 1
+    return (time.perf_counter() - wall) / calls, (time.process_time() - cpu) / calls, result
 
 
 @torch.no_grad()
