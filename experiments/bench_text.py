@@ -6,7 +6,8 @@ training time of the embedded text models. One thread, the same run for every ro
 1. ``minilm`` on 64 texts x 128 tokens: the bare eager forward (weights formed and dropped), the eager capture
    (one eager pass with ``output_attentions=True``, the route nnfeat took before), nnfeat's capture
    (:func:`nnfeat.analysis.token_capture.capture_token_attention` on the model as ``load_model`` gives it: the
-   fused SDPA pass, each layer's weights computed beside it from the call's queries and keys), and transformers'
+   model's SDPA calls, each returning weights @ values from the weights computed from its own queries, keys and
+   mask), and transformers'
    default SDPA forward (fused kernels: no weights are formed, the pass a user runs when they do not look at
    attention). Median of ``--repeats`` interleaved runs, thread CPU time (less sensitive to other processes on a
    shared machine) and wall time.
@@ -72,7 +73,7 @@ def capture_table(repeats: int) -> list[str]:
 
     runs = {"bare eager forward": bare,
             "eager capture (output_attentions=True)": lambda: capture_token_attention(eager, fixed),
-            "nnfeat capture (SDPA + weights)": lambda: capture_token_attention(model, fixed),
+            "nnfeat capture (weights, then weights @ values)": lambda: capture_token_attention(model, fixed),
             "transformers SDPA forward (no weights)": fused}
     for fn in runs.values():
         fn()  # warm-up

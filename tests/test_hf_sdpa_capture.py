@@ -11,12 +11,12 @@ import warnings
 import pytest
 import torch
 import torch.nn.functional as F
-from torch.overrides import TorchFunctionMode
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")  # nothing is downloaded here; local_files_only everywhere
 transformers = pytest.importorskip("transformers")
 
-from nnfeat.analysis.hf_attention import attention_route, hf_attentions, sdpa_weights  # noqa: E402
+from nnfeat.analysis import hf_attention  # noqa: E402
+from nnfeat.analysis.hf_attention import SDPAWeights, attend, attention_route, hf_attentions, sdpa_weights  # noqa: E402
 from nnfeat.analysis.token_capture import capture_token_attention  # noqa: E402
 from nnfeat.errors import NnfeatError  # noqa: E402
 from nnfeat.models import load_model  # noqa: E402
@@ -27,21 +27,26 @@ WORDS = ["the", "king", "spoke", "to", "queen", "a", "man", "is", "eating", "foo
 SENTENCES = ["the king spoke to the queen", "a man", "the market is a river to the king and the queen"]
 
 
-class SDPACalls(TorchFunctionMode):
-    """Counts F.scaled_dot_product_attention calls (entered outside nnfeat's own mode, it sees the calls that mode
-    passes on to the kernel) and keeps each call's is_causal / mask dtype / enable_gqa."""
+class SDPACalls:
+    """Keeps each scaled-dot-product-attention call nnfeat's capture read (its is_causal / mask dtype /
+    enable_gqa), by wrapping the module's ``sdpa_weights`` while the block runs: the SDPA route really ran (an eager
+    pass makes no such call)."""
 
     def __init__(self) -> None:
-        super().__init__()
         self.calls: list[dict] = []
+        self._real = hf_attention.sdpa_weights
 
-    def __torch_function__(self, func, types, args=(), kwargs=None):
-        kwargs = kwargs or {}
-        if func is F.scaled_dot_product_attention:
-            mask = kwargs.get("attn_mask", args[3] if len(args) > 3 else None)
-            self.calls.append({"is_causal": bool(kwargs.get("is_causal")), "gqa": bool(kwargs.get("enable_gqa")),
-                               "mask": None if mask is None else mask.dtype})
-        return func(*args, **kwargs)
+    def _record(self, query, key, attn_mask=None, is_causal=False, scale=None, enable_gqa=False):
+        self.calls.append({"is_causal": bool(is_causal), "gqa": bool(enable_gqa),
+                           "mask": None if attn_mask is None else attn_mask.dtype})
+        return self._real(query, key, attn_mask, is_causal, scale, enable_gqa)
+
+    def __enter__(self) -> "SDPACalls":
+        hf_attention.sdpa_weights = self._record
+        return self
+
+    def __exit__(self, *exc) -> None:
+        hf_attention.sdpa_weights = self._real
 
 
 def _eager_reference(folder, auto, batch) -> tuple[torch.Tensor, ...]:
@@ -94,6 +99,8 @@ def test_weights_times_values_is_sdpa_output(case):
     vv = v.repeat_interleave(h // hk, dim=1)
     assert w.shape == (b, h, tq, tk)
     assert torch.allclose(w @ vv, out, atol=1e-5), float((w @ vv - out).abs().max())
+    mine = attend(w, v, kw.get("enable_gqa", False))  # what a captured pass returns in the kernel's place
+    assert mine.shape == out.shape and torch.allclose(mine, out, atol=1e-5), float((mine - out).abs().max())
     assert torch.allclose(w.sum(-1), torch.ones(b, h, tq), atol=1e-6)
     if case.startswith("causal"):
         assert float(w.triu(1).abs().max()) == 0.0  # query i sees keys 0..i (upper-left aligned)
@@ -108,6 +115,21 @@ def minilm():
         return load_model("minilm")
     except NnfeatError as err:
         pytest.skip(str(err))
+
+
+def test_captured_pass_output_equals_the_fused_pass(minilm):
+    """Under the capture the SDPA calls return weights @ values: the network's output is the fused pass's to float
+    rounding (padded texts), and every layer's weights were kept."""
+    batch = minilm.encode(TEXTS)
+    with torch.no_grad():
+        plain = minilm.net(input_ids=batch.ids, attention_mask=batch.mask.long()).last_hidden_state
+        mode = SDPAWeights()
+        with mode:
+            captured = minilm.net(input_ids=batch.ids, attention_mask=batch.mask.long()).last_hidden_state
+    assert len(mode.weights) == 6
+    rows = batch.mask  # padded query rows are whatever the model computes there
+    diff = float((captured - plain)[rows].abs().max())
+    assert diff <= 1e-4, diff
 
 
 def test_minilm_runs_sdpa_and_equals_eager(minilm):

@@ -4,11 +4,11 @@
 the attention module that produced them (the innermost one: ``encoder.layer.0.attention.self`` for BERT,
 ``h.0.attn`` for GPT-2), so that they read like the attention nnfeat captures from its own models. Two routes:
 
-* **beside SDPA** (models loaded with transformers' default ``sdpa`` attention, as
-  :func:`nnfeat.models.hf.load_hf` loads them where the architecture supports it): the fused kernel computes each
-  layer's output as in any pass -- the output is unchanged -- while :class:`SDPAWeights`, a ``TorchFunctionMode``,
-  sees every ``torch.nn.functional.scaled_dot_product_attention`` call and computes the weights beside it from the
-  call's own arguments, ``softmax(q k^T * scale + mask)``: boolean or additive float masks, ``is_causal`` (upper
+* **from the SDPA calls** (models loaded with transformers' default ``sdpa`` attention, as
+  :func:`nnfeat.models.hf.load_hf` loads them where the architecture supports it): :class:`SDPAWeights`, a
+  ``TorchFunctionMode``, sees every ``torch.nn.functional.scaled_dot_product_attention`` call, computes its weights
+  from the call's own arguments and returns weights @ values in its place (the kernel's output to float rounding;
+  computing both would pay the attention twice), ``softmax(q k^T * scale + mask)``: boolean or additive float masks, ``is_causal`` (upper
   left aligned, as SDPA's), grouped keys (``enable_gqa``; keys repeated by the caller need nothing). A forward
   pre-hook on each attention module names the calls it makes;
 * **eager** (a model loaded with ``attn_implementation="eager"``, or one whose attention modules make no SDPA
@@ -119,9 +119,20 @@ def sdpa_weights(query: torch.Tensor, key: torch.Tensor, attn_mask: torch.Tensor
     return scores.softmax(-1)
 
 
+def attend(weights: torch.Tensor, value: torch.Tensor, enable_gqa: bool = False) -> torch.Tensor:
+    """What the SDPA call returns, from its weights: (B, H, Tq, Tk) weights @ (B, Hv, Tk, Dv) values -> (B, H, Tq, Dv)
+    in the values' dtype (Hv divides H when ``enable_gqa``). Equal to the fused kernel's output to float rounding
+    (``tests/test_hf_sdpa_capture.py``), without doing the kernel's work a second time."""
+    v = value.float()
+    if enable_gqa and v.shape[-3] != weights.shape[-3]:
+        v = v.repeat_interleave(weights.shape[-3] // v.shape[-3], dim=-3)
+    return torch.matmul(weights, v).to(value.dtype)
+
+
 class SDPAWeights(TorchFunctionMode):
-    """A context in which every ``F.scaled_dot_product_attention`` call runs as usual (its output unchanged) and
-    its weights (:func:`sdpa_weights`) are kept under the name of the innermost attention module running it.
+    """A context in which every ``F.scaled_dot_product_attention`` call's weights (:func:`sdpa_weights`) are
+    computed from its own arguments and kept under the name of the innermost attention module running it; the call
+    returns :func:`attend` of them (the kernel's output to float rounding; the fused kernel is not run as well).
 
     Attributes:
         weights: ``{name: (B, H, Tq, Tk) float32}`` in call order (a module's later calls: ``name#1``, ...).
@@ -144,10 +155,10 @@ class SDPAWeights(TorchFunctionMode):
         if call.get("dropout_p", 0.0):
             raise NnfeatError(f"attention dropout is on (p={call['dropout_p']}, the network is in training mode): "
                               "its attention weights would not be the ones its output used; call .eval() first")
-        out = func(*args, **kwargs)
         with torch.no_grad():
             weights = sdpa_weights(call["query"], call["key"], call.get("attn_mask"), bool(call.get("is_causal")),
                                    call.get("scale"), bool(call.get("enable_gqa")))
+            out = attend(weights, call["value"], bool(call.get("enable_gqa")))
         for entry in self.stack:
             entry[1] += 1
         name = self.stack[-1][0] if self.stack else f"layer.{len(self.weights)}"

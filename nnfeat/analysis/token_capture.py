@@ -4,8 +4,8 @@ Three kinds of attention, found from the model:
 
 * nnfeat's own text models: every attention passes its softmax weights through an ``AttentionProbs`` probe
   (:func:`nnfeat.analysis.token_attention.capture_probes`);
-* Hugging Face models (``call="hf"``): the weights computed beside each fused SDPA call from its queries and
-  keys (the output unchanged), or ``output_attentions=True`` for a model with eager attention
+* Hugging Face models (``call="hf"``): the weights computed from each SDPA call's queries, keys and mask, and
+  the call's output from them (weights @ values, the kernel's to float rounding), or ``output_attentions=True`` for a model with eager attention
   (:func:`nnfeat.analysis.hf_attention.hf_attentions`);
 * ``nn.MultiheadAttention`` (``nn.TransformerEncoder`` and any model built on it): a forward pre-hook asks each
   call for per-head weights (``need_weights=True, average_attn_weights=False``; the output is unchanged) and
