@@ -106,14 +106,15 @@ def _integrated_gradients(model, target, rows, ids, mask, base, *, steps=32, bat
     flat = torch.arange(steps * m, device=emb.device)
     which, a = flat % m, flat // m
 
+    total = torch.zeros_like(emb)  # (M, T, D): the gradients summed over the path, chunk by chunk
+
     def part(s):
         w, al = which[s], alphas[a[s]][:, None, None]
         point = base.emb[w] + al * (emb[w] - base.emb[w])
-        return _grad(model, target, rows[w], ids[w], mask[w], point)[1]
+        total.index_add_(0, w, _grad(model, target, rows[w], ids[w], mask[w], point)[1])
 
-    grads = torch.cat(_chunked(part, steps * m, max(batch_size, 1)))  # (steps * m, T, D)
-    mean = grads.view(steps, m, *grads.shape[1:]).mean(0)
-    return ((emb - base.emb) * mean).sum(-1)
+    _chunked(part, steps * m, max(batch_size, 1))  # no (steps * M, T, D) buffer: each chunk is added, then freed
+    return ((emb - base.emb) * (total / steps)).sum(-1)
 
 
 @_register("smoothgrad", signed=False)
