@@ -167,3 +167,29 @@ def test_mc_dropout_keeps_dropout_active_on_the_folded_network():
     fast = mc_dropout_probs(fast_network(model, channels_last=False).network, x, samples=4, seed=0)
     assert float((plain[0] - plain[1]).abs().max()) > 1e-3
     _same(plain, fast, 1e-5)
+
+
+def test_weights_changed_in_place_after_a_pass_are_the_ones_used(cifar_resnet20):
+    """A notebook fine-tune (in-place weight and running-statistics changes) after a first pass: the cached folded,
+    fast and channels-last copies are made again, so the next pass computes the changed model, not the old one."""
+    import copy
+
+    from nnfeat.engine.loop import prepared_network
+    from nnfeat.models.fold import folded_copy
+
+    model = copy.deepcopy(cifar_resnet20)
+    x = _images(4)
+    before = fast_network(model)
+    assert fast_network(model) is before  # unchanged weights: the cache hits
+    prepared_network(model, [], True, True)
+    with torch.no_grad():
+        old = model(x)
+        model.net.conv1.weight.mul_(-1.5)
+        model.net.layer2[0].bn1.running_mean.add_(0.3)
+        expected = model(x)
+    assert float((expected - old).abs().max()) > 0.1  # the change matters
+    tolerance = 1e-4 * float(expected.abs().max())
+    with torch.no_grad():
+        for network in (fast_network(model).network, folded_copy(model), prepared_network(model, [], True, True)):
+            assert float((network(x) - expected).abs().max()) <= tolerance
+    assert fast_network(model) is not before

@@ -20,7 +20,8 @@ within float rounding), with
 The forward stops after the deepest captured layer wherever the output is not needed: that is
 :class:`nnfeat.hooks.ActivationCapture`'s ``_StopForward``, which every capture of the passes uses.
 
-Built once per (model, kept layers, device, channels-last wish) and cached on the model: no re-fold per batch.
+Built once per (model, kept layers, device, channels-last wish) and cached on the model: no re-fold per batch;
+built again when the model's weights changed since (:func:`nnfeat.models.fold.weights_version`).
 ``record()`` says what ran, for each result's JSON.
 """
 
@@ -34,7 +35,7 @@ from torch import nn
 
 from nnfeat.device import default_channels_last
 from nnfeat.models.base import Model
-from nnfeat.models.fold import folded_copy
+from nnfeat.models.fold import folded_copy, weights_version
 
 PRECISION = "fp32"
 
@@ -106,7 +107,8 @@ def fast_network(model: Model, keep: Sequence[str] = (), *, fold: bool = True,
     # keyed by the network too: a shallow copy of the model around another network (a distribution_model) shares
     # this cache; an entry holds its source network, so a reused id never hits
     key = (kept, str(model.device), bool(fold), wish, id(model.net))
-    if key in cache and cache[key][0] is model.net:
+    version = weights_version(model.net)  # weights changed in place since (a fine-tune): fold again
+    if key in cache and cache[key][0] is model.net and cache[key][2] == version:
         return cache[key][1]
     folded = folded_copy(model, keep=kept) if fold else model
     count = _batchnorm_count(model.net) - _batchnorm_count(folded.net)
@@ -116,7 +118,7 @@ def fast_network(model: Model, keep: Sequence[str] = (), *, fold: bool = True,
         if _accepts_channels_last(candidate):
             network, used = candidate, True
     made = FastPath(network=network, batchnorm_folded=count, channels_last=used)
-    cache[key] = (model.net, made)
+    cache[key] = (model.net, made, version)
     return made
 
 

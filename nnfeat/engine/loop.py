@@ -40,7 +40,7 @@ from nnfeat.hooks import ActivationCapture
 from nnfeat.imageops import to_grey
 from nnfeat.layouts import IMAGE
 from nnfeat.models.base import Model
-from nnfeat.models.fold import folded_copy
+from nnfeat.models.fold import folded_copy, weights_version
 from nnfeat.progress import progress_bar
 
 
@@ -241,18 +241,18 @@ def evaluate(model: Model, objective: Objective, images: torch.Tensor,
 
 def prepared_network(model: Model, keep: Sequence[str], fold_batchnorm: bool, convert_weights: bool) -> Model:
     """The network a render runs: BatchNorm folded (cached on ``model`` by :func:`folded_copy`) and, with
-    ``convert_weights``, a copy of that with channels-last weights, cached on it per device (the caller's
-    model is never converted in place)."""
+    ``convert_weights``, a copy of that with channels-last weights, cached on it per device and weights version
+    (the caller's model is never converted in place)."""
     network = folded_copy(model, keep=keep) if fold_batchnorm else model
     if not convert_weights:
         return network
     copies = network.__dict__.setdefault("_channels_last_copies", {})
-    key = str(model.device)
-    if key not in copies:
+    key, version = str(model.device), weights_version(network)
+    if key not in copies or copies[key][0] != version:  # new, or the weights changed in place since
         # deep-copy the network only, not the caches that hang on the module
         memo = {id(v): {} for k, v in network.__dict__.items() if k in ("_folded_cache", "_channels_last_copies")}
-        copies[key] = copy.deepcopy(network, memo).to(memory_format=torch.channels_last)
-    return copies[key]
+        copies[key] = (version, copy.deepcopy(network, memo).to(memory_format=torch.channels_last))
+    return copies[key][1]
 
 
 @contextlib.contextmanager

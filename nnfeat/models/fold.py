@@ -8,6 +8,7 @@ an objective reads is left unfolded, so its hooks still see the pre-BatchNorm va
 from __future__ import annotations
 
 import copy
+import itertools
 from typing import Sequence
 
 import torch
@@ -64,22 +65,38 @@ def fold_conv_bn(conv: nn.Conv2d, bn: nn.BatchNorm2d) -> nn.Conv2d:
     return fused
 
 
+def weights_version(net: nn.Module) -> tuple:
+    """A key that changes whenever a parameter or buffer of ``net`` is replaced or changed in place (an optimizer
+    step, ``load_state_dict``, ``weight.mul_(2)``, a BatchNorm's running statistics updated in train mode): each
+    tensor's identity and autograd version counter. Caches of copies derived from the weights compare it, so a
+    model fine-tuned in a notebook after a first pass is not run with its old weights. Inference-mode tensors keep
+    no version counter: only their identity counts."""
+    def version(t: torch.Tensor) -> int:
+        try:
+            return t._version
+        except RuntimeError:  # an inference tensor
+            return -1
+    return tuple((id(t), version(t)) for t in itertools.chain(net.parameters(), net.buffers()))
+
+
 def folded_copy(model: Model, keep: Sequence[str] = ()) -> Model:
     """A copy of ``model`` with BatchNorms folded into their convolutions, except convs named in ``keep``.
 
-    The copy is cached on ``model`` per ``keep`` set. Returns ``model`` itself when nothing folds.
+    The copy is cached on ``model`` per ``keep`` set and remade when the weights changed since
+    (:func:`weights_version`). Returns ``model`` itself when nothing folds.
     """
     kept_convs = {k.split("#", 1)[0] for k in keep}
     cache = model.__dict__.setdefault("_folded_cache", {})
     # keyed by the network too: a shallow copy of the model around another network shares this cache (its
     # __dict__); an entry holds its source network, so a reused id never hits
     key = (tuple(sorted(kept_convs)), str(model.device), id(model.net))
-    if key in cache and cache[key][0] is model.net:
+    version = weights_version(model.net)
+    if key in cache and cache[key][0] is model.net and cache[key][2] == version:
         return cache[key][1]
     candidates = [p for p in _conv_bn_pairs(model.net) if p[0] not in kept_convs]
     pairs = _verify_pairs(model, model.net, candidates, model.input_size) if candidates else []
     if not pairs:
-        cache[key] = (model.net, model)
+        cache[key] = (model.net, model, version)
         return model
     net = copy.deepcopy(model.net)
     for conv_name, bn_name in pairs:
@@ -88,7 +105,7 @@ def folded_copy(model: Model, keep: Sequence[str] = ()) -> Model:
         _set_submodule(net, bn_name, nn.Identity())
     folded = Model(net, name=model.name, mean=model.mean.flatten().tolist(), std=model.std.flatten().tolist(),
                    input_size=model.input_size, in_channels=model.in_channels, classes=model.classes).to(model.device)
-    cache[key] = (model.net, folded)
+    cache[key] = (model.net, folded, version)
     return folded
 
 
