@@ -193,3 +193,22 @@ def test_weights_changed_in_place_after_a_pass_are_the_ones_used(cifar_resnet20)
         for network in (fast_network(model).network, folded_copy(model), prepared_network(model, [], True, True)):
             assert float((network(x) - expected).abs().max()) <= tolerance
     assert fast_network(model) is not before
+
+
+class _ChecksLayout(_Flattens):
+    """A model with its own layout check: a ValueError (not a RuntimeError) on channels-last input."""
+
+    def forward(self, x):
+        if not x.is_contiguous():
+            raise ValueError("this model wants contiguous NCHW input")
+        return super().forward(x)
+
+
+def test_a_network_refusing_channels_last_with_its_own_error_runs_contiguous():
+    torch.manual_seed(0)
+    model = Model(_ChecksLayout(), name="checks-layout", input_size=8)
+    x = torch.rand(3, 3, 8, 8, generator=torch.Generator().manual_seed(2))
+    fast = fast_network(model)
+    assert fast.record()["channels_last"] is False
+    with torch.no_grad():
+        _same(model(x), fast.network(x), 1e-5)
