@@ -9,7 +9,9 @@ text (``--pair``): 64 texts x 128 tokens, 32 path points = 2,048 forward + backw
 
 * **bare**: the 2,048 rows as nnfeat batches them (``--batches``' first size), each chunk one forward with the
   embedding output replaced and one backward to it -- the least any embedding-space IG can do;
-* **nnfeat**: :func:`nnfeat.analysis.token_saliency.row_attributions` (``integrated-gradients``) at each batch size;
+* **nnfeat**: :func:`nnfeat.analysis.token_saliency.row_attributions` (``integrated-gradients``) at its default
+  (``batch_size=None``: :func:`~nnfeat.analysis.token_saliency.rows_per_pass`, 64 rows of 128 tokens) and at each
+  batch size;
 * **captum**: ``LayerIntegratedGradients`` on the embedding module, ``riemann_middle``, at each
   ``internal_batch_size`` (its best is the one to beat); its attributions checked equal to nnfeat's.
 
@@ -31,7 +33,7 @@ sys.path.insert(0, str(ROOT / "experiments"))
 
 from bench_text import BASE, timed  # noqa: E402 - the texts and the timer of the text benchmarks
 from nnfeat.analysis.token_embedding import embed, embedding_hook, make_baseline  # noqa: E402
-from nnfeat.analysis.token_saliency import row_attributions  # noqa: E402
+from nnfeat.analysis.token_saliency import row_attributions, rows_per_pass  # noqa: E402
 from nnfeat.analysis.token_targets import make_target  # noqa: E402
 from nnfeat.models import load_model  # noqa: E402
 from nnfeat.models.text import TokenBatch  # noqa: E402
@@ -91,7 +93,10 @@ def main() -> None:
     ref = theirs(sizes[0])().sum(-1) * target.mask
     error = float((mine - ref).abs().max() / ref.abs().max())
     runs = {("bare", sizes[0]): bare(sizes[0])}
-    runs.update({("nnfeat", s): ours(s) for s in sizes})
+    default = rows_per_pass(args.tokens)  # nnfeat's default rows per pass: 8,192 tokens' worth
+    runs.update({("nnfeat", f"{s} (default)" if s == default else s): ours(s) for s in sizes})
+    if default not in sizes:
+        runs[("nnfeat", f"{default} (default)")] = ours(None)
     runs.update({("captum", s): theirs(s) for s in sizes})
     times: dict = {key: [] for key in runs}
     for _ in range(args.repeats):  # interleaved rounds

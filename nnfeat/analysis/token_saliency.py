@@ -23,7 +23,7 @@ point, a noisy copy, an occluded copy); a seq2seq model that names its decoder e
 Baselines (:data:`TOKEN_BASELINES`): ``pad`` (the pad token's embedding), ``mask`` (the [MASK] token's) or
 ``zero`` (a zero embedding). Special tokens ([CLS], <bos>, ...) keep their own embedding in every baseline,
 path and occlusion. Path points, noisy copies and occluded copies of all rows run batched, ``batch_size`` rows
-per forward and backward pass; no Python loop runs over texts, steps or path points.
+per forward and backward pass (by default :data:`TOKENS_PER_PASS` tokens' worth: :func:`rows_per_pass`); no Python loop runs over texts, steps or path points.
 """
 
 from __future__ import annotations
@@ -40,8 +40,26 @@ from nnfeat.analysis.token_targets import TokenTarget, make_target
 from nnfeat.errors import NnfeatError
 from nnfeat.models.text import TokenBatch, TokenModel
 
-#: rows per forward / backward pass of the batched methods
+#: rows per forward / backward pass of the batched methods at most (``batch_size=None``: see :func:`rows_per_pass`)
 BATCH_SIZE = 256
+#: tokens per forward / backward pass by default. Measured on minilm, one thread (fwd + bwd to the embedding, rows
+#: of 128 tokens): 1,024 to 16,384 tokens a pass cost the same per token within 8 %; 32,768 (256 rows) cost 1.37x
+#: (``experiments/bench_token_ig.py``): the activations of a pass outgrow the caches.
+TOKENS_PER_PASS = 8192
+#: rows of a masked model run at their length rounded up to a multiple of this (:func:`row_groups`)
+WIDTH_STEP = 16
+
+
+def rows_per_pass(width: int, batch_size: int | None = None) -> int:
+    """Rows of ``width`` tokens per forward / backward pass: ``batch_size`` when given, else as many as fit in
+    :data:`TOKENS_PER_PASS` tokens (64 rows of 128 tokens), at least 1 and at most :data:`BATCH_SIZE`.
+
+    >>> rows_per_pass(128), rows_per_pass(8), rows_per_pass(512), rows_per_pass(128, 16)
+    (64, 256, 16, 16)
+    """
+    if batch_size is not None:
+        return int(batch_size)
+    return max(1, min(BATCH_SIZE, TOKENS_PER_PASS // max(1, int(width))))
 
 
 @dataclass(frozen=True)
@@ -194,29 +212,58 @@ def parse_token_methods(text: str | Sequence[str]) -> list[str]:
     return [TOKEN_SALIENCY.check(n) for n in names]
 
 
+def row_groups(model: TokenModel, target: TokenTarget) -> list[tuple[torch.Tensor, int]]:
+    """(row numbers, width) groups of the target's rows, each run at its first ``width`` columns:
+
+    * a network called without a mask (``call="ids"``): one group per distinct length, as padding would change
+      what it computes;
+    * a masked network whose rows are right-padded and whose target reads no padded position (a class logit, a
+      pair similarity; not joint seq2seq rows): rows grouped by their length rounded up to :data:`WIDTH_STEP`,
+      the padding beyond cut. Masked positions change nothing the target reads, so the values are the same
+      within float rounding, and a batch of mixed lengths no longer pays for its longest text in every pass;
+    * otherwise one group at the full width.
+
+    >>> class M: call = "ids_mask"
+    >>> from types import SimpleNamespace as T
+    >>> mask = torch.arange(40)[None] < torch.tensor([[5], [40], [12], [17]])
+    >>> [(r.tolist(), w) for r, w in row_groups(M, T(rows=4, ids=mask.long(), mask=mask, kind="pair", source_width=None))]
+    [([0, 2], 16), ([3], 32), ([1], 40)]
+    """
+    n, full = target.rows, target.ids.shape[1]
+    everything = [(torch.arange(n, device=target.ids.device), full)]
+    if bool(target.mask.all()):
+        return everything
+    lengths = target.mask.sum(1)
+    if model.call == "ids":
+        return [((lengths == k).nonzero()[:, 0], int(k)) for k in sorted(set(lengths.tolist()))]
+    right_padded = bool((target.mask.long().cumprod(1).sum(1) == lengths).all())
+    if not right_padded or target.source_width is not None or target.kind not in ("class", "pair"):
+        return everything
+    widths = ((lengths + WIDTH_STEP - 1) // WIDTH_STEP * WIDTH_STEP).clamp(max=full)
+    return [((widths == w).nonzero()[:, 0], int(w)) for w in sorted(set(widths.tolist()))]
+
+
 def row_attributions(model: TokenModel, target: TokenTarget, method: str, *, baseline: str = "pad",
-                     batch_size: int = BATCH_SIZE, **options) -> torch.Tensor:
-    """(N, T) attributions of every target row (padded positions 0). A network called without a mask
-    (``call="ids"``) gets rows of one length per pass, so padding never changes what it computes."""
+                     batch_size: int | None = None, **options) -> torch.Tensor:
+    """(N, T) attributions of every target row (padded positions 0), the rows run in the groups of
+    :func:`row_groups` (a network called without a mask gets rows of one length per pass, so padding never changes
+    what it computes; a masked one runs without most of the padding). ``batch_size``: rows per forward / backward pass (None: :func:`rows_per_pass` of the rows' width)."""
     entry = TOKEN_SALIENCY[method]
     baseline_id(model, baseline)
     out = torch.zeros(target.ids.shape, dtype=torch.float32, device=target.ids.device)
-    lengths = target.mask.sum(1)
-    groups = ([(torch.arange(target.rows, device=out.device), target.ids.shape[1])]
-              if model.call != "ids" or bool(target.mask.all())
-              else [((lengths == n).nonzero()[:, 0], n) for n in sorted(set(lengths.tolist()))])
-    for rows, width in groups:  # one group per distinct length, not per text
+    for rows, width in row_groups(model, target):  # groups by length, not per text
         ids, mask = target.ids[rows, :width], target.mask[rows, :width]
         base = make_baseline(model, ids, mask, embed(model, ids, target.source_width), baseline,
                              target.source_width)
-        values = entry.compute(model, target, rows, ids, mask, base, batch_size=batch_size, **options)
+        values = entry.compute(model, target, rows, ids, mask, base, batch_size=rows_per_pass(width, batch_size),
+                               **options)
         out[rows, :width] = values.float() * mask
     return out
 
 
 def token_attributions(model: TokenModel, batch: TokenBatch, method: str, target: TokenTarget | str | None = "pred",
                        *, baseline: str = "pad", steps: int = 32, samples: int = 16, noise: float = 0.1,
-                       seed: int = 0, window: int = 3, batch_size: int = BATCH_SIZE, pair: str | None = None,
+                       seed: int = 0, window: int = 3, batch_size: int | None = None, pair: str | None = None,
                        target_texts: Sequence[str] | None = None) -> torch.Tensor:
     """Attributions of ``method`` for ``target`` over the tokens of ``batch``.
 
@@ -242,6 +289,6 @@ def as_matrix(rows: torch.Tensor, target: TokenTarget) -> torch.Tensor:
     return out
 
 
-__all__ = ["BATCH_SIZE", "TOKEN_BASELINES", "TOKEN_SALIENCY", "TokenMethod", "as_matrix", "baseline_id", "embed",
+__all__ = ["BATCH_SIZE", "TOKENS_PER_PASS", "WIDTH_STEP", "rows_per_pass", "row_groups", "TOKEN_BASELINES", "TOKEN_SALIENCY", "TokenMethod", "as_matrix", "baseline_id", "embed",
            "embedding_hook", "ig_alphas", "make_baseline", "parse_token_methods", "row_attributions",
            "special_mask", "token_attributions"]

@@ -5,7 +5,7 @@ which tokens (and words) a class, a sentence similarity (``--pair``) or each gen
 
 from __future__ import annotations
 
-from nnfeat.analysis.attribution import BASELINES
+from nnfeat.analysis.attribution import BASELINES, BATCH_SIZE
 from nnfeat.analysis.heatmap import check_spatial
 from nnfeat.analysis.saliency import CAM_METHODS, SALIENCY, parse_methods
 from nnfeat.analysis.token_saliency import TOKEN_BASELINES, TOKEN_SALIENCY, parse_token_methods
@@ -77,7 +77,9 @@ def register(sub) -> None:
                    help="--sanity: evaluate this many cascade depths, evenly spread (default: every layer)")
     p.add_argument("--repeats", type=int, default=1,
                    help="--sanity: independent random networks pooled in the randomization test (default 1)")
-    p.add_argument("--batch", type=int, default=256, help="images per forward/backward pass (default 256)")
+    p.add_argument("--batch", type=int, default=None,
+                   help="images per forward/backward pass (default 256); token models: rows per pass (default: "
+                        "8,192 tokens' worth, 64 rows of 128 tokens)")
     add_shared(p, out="out/saliency", precision=False)
     p.set_defaults(func=cmd_saliency)
 
@@ -115,7 +117,7 @@ def cmd_saliency(args) -> int:
                       steps=args.steps, deletion_baseline=args.deletion_baseline, patch=args.patch,
                       cascade=args.cascade, repeats=args.repeats, alphas=args.alphas,
                       baseline=args.baseline or "black", samples=args.samples, window=args.window,
-                      batch_size=args.batch, seed=args.seed)
+                      batch_size=BATCH_SIZE if args.batch is None else args.batch, seed=args.seed)
     code = finish(result, args, out)
     if current().writer:  # under torchrun only rank 0 prints
         print(result.numbers_table())

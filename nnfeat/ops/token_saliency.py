@@ -20,7 +20,7 @@ import numpy as np
 import torch
 
 from nnfeat.analysis.token_checks import attention_check, causal_check, randomization_check
-from nnfeat.analysis.token_saliency import BATCH_SIZE, TOKEN_SALIENCY, as_matrix, parse_token_methods, \
+from nnfeat.analysis.token_saliency import TOKEN_SALIENCY, as_matrix, parse_token_methods, \
     row_attributions
 from nnfeat.analysis.token_sanity import verdicts
 from nnfeat.analysis.token_targets import MAX_STEPS, make_target
@@ -170,7 +170,7 @@ def token_saliency(model: TokenModel, texts: TextSet | Sequence[str], methods: s
                    target: str | int | None = "pred", pair: str | None = None,
                    target_texts: Sequence[str] | None = None, baseline: str = "pad", steps: int = 32,
                    samples: int = 16, noise: float = 0.1, window: int = 3, seed: int = 0,
-                   max_steps: int = MAX_STEPS, batch_size: int = BATCH_SIZE, numbers: bool = True,
+                   max_steps: int = MAX_STEPS, batch_size: int | None = None, numbers: bool = True,
                    sanity: bool = False) -> TokenSaliencyResult:
     """Token saliency of ``model`` over ``texts`` (see :mod:`nnfeat.analysis.token_saliency` for the methods and
     :mod:`nnfeat.analysis.token_targets` for the targets).
@@ -182,6 +182,8 @@ def token_saliency(model: TokenModel, texts: TextSet | Sequence[str], methods: s
         target_texts: seq2seq: the decoder text per text; lm: the continuation per text (default: greedy).
         baseline: ``pad``, ``mask`` or ``zero``; steps: integrated-gradients path points; samples, noise:
             smoothgrad; window: occlusion-span; seed: smoothgrad's noise; max_steps: greedy decoding's length.
+        batch_size: rows per forward / backward pass (default None: 8,192 tokens' worth, 64 rows of 128 tokens;
+            :func:`nnfeat.analysis.token_saliency.rows_per_pass`).
         numbers: deletion and insertion AUC over tokens beside a seeded random ranking, per method (default on:
             a few batched forward passes per text; :func:`nnfeat.analysis.token_checks.causal_check`).
         sanity: also the cascading randomization test per method (one attribution pass per layer).
@@ -194,7 +196,7 @@ def token_saliency(model: TokenModel, texts: TextSet | Sequence[str], methods: s
     names = parse_token_methods(methods)
     for name, value, low in (("steps", steps, 1), ("samples", samples, 1), ("window", window, 1),
                              ("max_steps", max_steps, 1), ("batch_size", batch_size, 1)):
-        if int(value) < low:
+        if value is not None and int(value) < low:
             raise NnfeatError(f"{name} must be at least {low}; got {value}")
     if not model.embedding:
         raise NnfeatError(f"{model.name} names no input embedding module: token saliency needs one")
