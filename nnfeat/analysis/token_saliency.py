@@ -23,7 +23,8 @@ point, a noisy copy, an occluded copy); a seq2seq model that names its decoder e
 Baselines (:data:`TOKEN_BASELINES`): ``pad`` (the pad token's embedding), ``mask`` (the [MASK] token's) or
 ``zero`` (a zero embedding). Special tokens ([CLS], <bos>, ...) keep their own embedding in every baseline,
 path and occlusion. Path points, noisy copies and occluded copies of all rows run batched, ``batch_size`` rows
-per forward and backward pass (by default :data:`TOKENS_PER_PASS` tokens' worth: :func:`rows_per_pass`); no Python loop runs over texts, steps or path points.
+per forward and backward pass (by default :data:`TOKENS_PER_PASS` tokens' worth: :func:`rows_per_pass`); no Python
+loop runs over texts, steps or path points.
 """
 
 from __future__ import annotations
@@ -226,7 +227,8 @@ def row_groups(model: TokenModel, target: TokenTarget) -> list[tuple[torch.Tenso
     >>> class M: call = "ids_mask"
     >>> from types import SimpleNamespace as T
     >>> mask = torch.arange(40)[None] < torch.tensor([[5], [40], [12], [17]])
-    >>> [(r.tolist(), w) for r, w in row_groups(M, T(rows=4, ids=mask.long(), mask=mask, kind="pair", source_width=None))]
+    >>> target = T(rows=4, ids=mask.long(), mask=mask, kind="pair", source_width=None)
+    >>> [(r.tolist(), w) for r, w in row_groups(M, target)]
     [([0, 2], 16), ([3], 32), ([1], 40)]
     """
     n, full = target.rows, target.ids.shape[1]
@@ -247,7 +249,8 @@ def row_attributions(model: TokenModel, target: TokenTarget, method: str, *, bas
                      batch_size: int | None = None, **options) -> torch.Tensor:
     """(N, T) attributions of every target row (padded positions 0), the rows run in the groups of
     :func:`row_groups` (a network called without a mask gets rows of one length per pass, so padding never changes
-    what it computes; a masked one runs without most of the padding). ``batch_size``: rows per forward / backward pass (None: :func:`rows_per_pass` of the rows' width)."""
+    what it computes; a masked one runs without most of the padding). ``batch_size``: rows per forward / backward
+    pass (None: :func:`rows_per_pass` of the rows' width)."""
     entry = TOKEN_SALIENCY[method]
     baseline_id(model, baseline)
     out = torch.zeros(target.ids.shape, dtype=torch.float32, device=target.ids.device)
@@ -289,6 +292,7 @@ def as_matrix(rows: torch.Tensor, target: TokenTarget) -> torch.Tensor:
     return out
 
 
-__all__ = ["BATCH_SIZE", "TOKENS_PER_PASS", "WIDTH_STEP", "rows_per_pass", "row_groups", "TOKEN_BASELINES", "TOKEN_SALIENCY", "TokenMethod", "as_matrix", "baseline_id", "embed",
+__all__ = ["BATCH_SIZE", "TOKENS_PER_PASS", "WIDTH_STEP", "rows_per_pass", "row_groups", "TOKEN_BASELINES",
+           "TOKEN_SALIENCY", "TokenMethod", "as_matrix", "baseline_id", "embed",
            "embedding_hook", "ig_alphas", "make_baseline", "parse_token_methods", "row_attributions",
            "special_mask", "token_attributions"]
