@@ -44,8 +44,8 @@ from nnfeat.models.text import TokenBatch, TokenModel
 #: rows per forward / backward pass of the batched methods at most (``batch_size=None``: see :func:`rows_per_pass`)
 BATCH_SIZE = 256
 #: tokens per forward / backward pass by default. Measured on minilm, one thread (fwd + bwd to the embedding, rows
-#: of 128 tokens): 1,024 to 16,384 tokens a pass cost the same per token within 8 %; 32,768 (256 rows) cost 1.37x
-#: (``experiments/bench_token_ig.py``): the activations of a pass outgrow the caches.
+#: of 128 tokens, SDPA attention): 1,024 to 16,384 tokens a pass cost the same per token within 9 %; 32,768 (256
+#: rows) cost 1.37x with eager attention (``experiments/bench_token_ig.py``): a pass's activations outgrow the caches.
 TOKENS_PER_PASS = 8192
 #: rows of a masked model run at their length rounded up to a multiple of this (:func:`row_groups`)
 WIDTH_STEP = 16
